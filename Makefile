@@ -1,0 +1,27 @@
+# Everything a fresh machine needs, from the README: `make test` and `make demo`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: test demo install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]" "$(TORCH)"
+	@$(PY) -c "import torch; print('torch', torch.__version__)"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 tests
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/qkv demo --out runs/demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
