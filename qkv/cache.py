@@ -1,0 +1,102 @@
+"""Decoding state behind one interface: KV caches for softmax attention, recurrent states for the linear family.
+
+The caller owns the cache (``model.new_cache(batch_size)``) and passes it to every forward call; a layer reads
+and writes only its own entry. Buffers are allocated on first use, from the dtype and device of the tensors
+written, so a cache never guesses where the model lives.
+
+Every entry supports ``reorder(index)`` (beam search keeps the caches of the surviving beams instead of
+recomputing them) and reports ``length`` (tokens seen).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class KVCache:
+    """Keys and values of one self-attention layer, preallocated as (B, G, capacity, D), written by index.
+
+    With ``max_len`` given the buffer never moves (static shapes for compiled or CUDA-graph decoding); without
+    it the capacity doubles when full, so appending stays amortised O(1)."""
+
+    def __init__(self, max_len: int | None = None):
+        self.max_len = max_len
+        self.k: torch.Tensor | None = None  # (B, G, capacity, D)
+        self.v: torch.Tensor | None = None  # (B, G, capacity, Dv)
+        self.length = 0
+
+    def _grow(self, k_new: torch.Tensor, v_new: torch.Tensor, needed: int) -> None:
+        if self.max_len is not None and needed > self.max_len:
+            raise ValueError(f"KV cache is full: {needed} positions needed, max_len is {self.max_len}")
+        capacity = self.max_len or max(needed, 2 * (0 if self.k is None else self.k.shape[2]), 16)
+        B, G, _, D = k_new.shape
+        k = k_new.new_zeros(B, G, capacity, D)
+        v = v_new.new_zeros(B, G, capacity, v_new.shape[-1])
+        if self.k is not None:
+            k[:, :, : self.length] = self.k[:, :, : self.length]
+            v[:, :, : self.length] = self.v[:, :, : self.length]
+        self.k, self.v = k, v
+
+    def update(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, G, T, D) keys and values; return all keys and values so far, (B, G, length, D)."""
+        end = self.length + k_new.shape[2]
+        if self.k is None or end > self.k.shape[2]:
+            self._grow(k_new, v_new, end)
+        self.k[:, :, self.length: end] = k_new
+        self.v[:, :, self.length: end] = v_new
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class CrossKVCache:
+    """Keys and values of one cross-attention layer: computed once from the encoder output, reused every step."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+@dataclass
+class LayerCache:
+    """What one block keeps between steps: its mixer's state (a KVCache or a recurrent state) and, in a decoder
+    with cross-attention, the encoder's keys and values."""
+    mixer: object = None
+    cross: CrossKVCache | None = None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        for part in (self.mixer, self.cross):
+            if part is not None:
+                part.reorder(index)
+
+
+@dataclass
+class Cache:
+    """A whole model's decoding state: one LayerCache per block, plus the number of tokens already fed.
+
+    ``extra`` holds per-model state that is not per-layer (the encoder output of an encoder-decoder model)."""
+    layers: list[LayerCache]
+    batch_size: int
+    length: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows ``index`` (B',) in that order: beam search's survivors."""
+        for layer in self.layers:
+            layer.reorder(index)
+        for key, value in self.extra.items():
+            if isinstance(value, torch.Tensor):
+                self.extra[key] = value.index_select(0, index)
+        self.batch_size = int(index.numel())

@@ -1,0 +1,67 @@
+"""The residual block every family stacks: token mixer, optional cross-attention, FFN, each with residual + norm.
+
+pre-norm (GPT-2, Llama, T5):          x = x + dropout(f(norm(x)))
+post-norm ("Add & Norm", original):   x = norm(x + dropout(f(x)))      (Vaswani et al. 2017, sec. 5.4)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .layers import make_norm
+
+
+@dataclass
+class BlockWeights:
+    """Attention weights of one block, (B, H, T, S) each, when asked for (None where the block has none)."""
+    self_attn: torch.Tensor | None = None
+    cross_attn: torch.Tensor | None = None
+
+
+class Block(nn.Module):
+    """One layer. ``mixer`` has MultiHeadAttention's forward contract (softmax attention or a linear-time layer);
+    ``cross`` is a MultiHeadAttention over the encoder output (decoders of encoder-decoder models only)."""
+
+    def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module, *, cross: nn.Module | None = None,
+                 norm: str = "layer", prenorm: bool = True, eps: float = 1e-5, norm_bias: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.prenorm = prenorm
+        self.mixer, self.cross, self.ffn = mixer, cross, ffn
+        self.norm_mixer = make_norm(norm, d_model, eps=eps, bias=norm_bias)
+        self.norm_cross = make_norm(norm, d_model, eps=eps, bias=norm_bias) if cross is not None else None
+        self.norm_ffn = make_norm(norm, d_model, eps=eps, bias=norm_bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def _sublayer(self, x, norm, fn):
+        """Residual + norm around fn; returns (new x, fn's extra output or None)."""
+        y = fn(norm(x) if self.prenorm else x)
+        extra = None
+        if isinstance(y, tuple):
+            y, extra = y
+        x = x + self.dropout(y)
+        return (x if self.prenorm else norm(x)), extra
+
+    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, mask=None, causal: bool = False,
+                context_mask=None, cache=None, rope=None, bias=None, context_bias=None, window: int | None = None,
+                return_weights: bool = False):
+        """x: (B, T, d_model); context: (B, S, d_model) encoder output when the block has cross-attention.
+
+        mask / causal / window / rope / bias go to the mixer; context_mask / context_bias to cross-attention.
+        cache: a ``qkv.cache.LayerCache`` (its ``mixer`` and ``cross`` entries) or None.
+        Returns x, or (x, BlockWeights) when ``return_weights``."""
+        weights = BlockWeights()
+        mixer_cache = None if cache is None else cache.mixer
+        x, weights.self_attn = self._sublayer(x, self.norm_mixer, lambda h: self.mixer(
+            h, mask=mask, causal=causal, cache=mixer_cache, rope=rope, bias=bias, window=window,
+            return_weights=return_weights))
+        if self.cross is not None:
+            if context is None:
+                raise ValueError("this block has cross-attention: pass context (the encoder output, (B, S, d_model))")
+            cross_cache = None if cache is None else cache.cross
+            x, weights.cross_attn = self._sublayer(x, self.norm_cross, lambda h: self.cross(
+                h, context, mask=context_mask, cache=cross_cache, bias=context_bias, return_weights=return_weights))
+        x, _ = self._sublayer(x, self.norm_ffn, self.ffn)
+        return (x, weights) if return_weights else x

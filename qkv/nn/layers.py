@@ -1,0 +1,84 @@
+"""Norms and feed-forward networks: the parts of a block around the token mixer."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g (Zhang & Sennrich 2019): LayerNorm without centring or bias. Computed in float32."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm (Ba et al. 2016), computed in float32 and cast back, with an optional bias."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True):
+        super().__init__(dim, eps=eps, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float32, torch.float64):
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+NORMS = ("layer", "rms")
+
+
+def make_norm(kind: str, dim: int, *, eps: float, bias: bool = True) -> nn.Module:
+    if kind == "layer":
+        return LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rms":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+_ACTIVATIONS = {
+    "relu": F.relu,  # the original Transformer
+    "gelu": F.gelu,  # BERT (erf form)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+    "silu": F.silu,
+}
+_GATED = {"swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+          "reglu": F.relu}
+ACTIVATIONS = tuple(_ACTIVATIONS) + tuple(_GATED)
+
+
+class FeedForward(nn.Module):
+    """The position-wise FFN: W_2 act(W_1 x) (Vaswani et al. 2017, sec. 3.3), or a gated one,
+    W_2 (act(W_gate x) * W_up x) (Shazeer 2020: SwiGLU, GeGLU).
+
+    Gated variants keep gate and up in one matrix ``w_in`` of 2 * d_ff rows, [W_gate; W_up]: one matmul.
+    ``dropout`` acts on the hidden activations (T5 puts it there; GPT-2 and BERT do not)."""
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: str = "relu", bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.gated = activation in _GATED
+        self.act = _GATED[activation] if self.gated else _ACTIVATIONS[activation]
+        self.d_ff = d_ff
+        self.w_in = nn.Linear(d_model, (2 if self.gated else 1) * d_ff, bias=bias)
+        self.w_out = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.w_in(x)
+        if self.gated:
+            gate, up = h.split(self.d_ff, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.w_out(self.dropout(h))

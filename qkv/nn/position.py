@@ -1,0 +1,122 @@
+"""Positional information: attention itself is order-blind, so every family adds position somewhere.
+
+- added to the embeddings: sinusoidal (Vaswani et al. 2017, sec. 3.5) and learned absolute positions;
+- rotating q and k: RoPE (Su et al. 2021);
+- biasing the logits: ALiBi (Press et al. 2022) and T5's bucketed relative bias (Raffel et al. 2020, sec. 2.1).
+All take integer ``positions`` as tensors, so cached decoding just passes the positions of the new tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..ops.rope import rope_frequencies, rope_tables
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed encodings PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+
+    ``interleaved=False`` puts all sines first and all cosines after (the Marian / fairseq layout); the
+    frequencies are the same. No parameters; computed in float32 for the positions asked for."""
+
+    def __init__(self, d_model: int, *, base: float = 10000.0, interleaved: bool = True):
+        super().__init__()
+        if d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model, got {d_model}")
+        self.d_model, self.interleaved = d_model, interleaved
+        self.register_buffer("inv_freq", base ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model),
+                             persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions (..., T) -> (..., T, d_model) float32."""
+        angles = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq  # (..., T, d/2)
+        if self.interleaved:
+            return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+        return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+class LearnedPositions(nn.Embedding):
+    """One learned vector per position (GPT-2, BERT, ViT). ``offset`` shifts the table (MBART keeps 2 spare rows)."""
+
+    def __init__(self, max_positions: int, d_model: int, *, offset: int = 0):
+        super().__init__(max_positions + offset, d_model)
+        self.max_positions, self.offset = max_positions, offset
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        if positions.numel() and int(positions.max()) >= self.max_positions:
+            raise ValueError(f"position {int(positions.max())} is beyond the model's {self.max_positions} "
+                             f"learned positions (max_positions)")
+        return super().forward(positions + self.offset)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables: positions -> (cos, sin), to be applied to q and k by ``MultiHeadAttention(rope=...)``."""
+
+    def __init__(self, head_dim: int, *, base: float = 10000.0, rotary_dim: int | None = None):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_frequencies(rotary_dim or head_dim, base), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) or (B, T) -> cos, sin of shape (..., T, rotary_dim), float32."""
+        return rope_tables(positions, self.inv_freq)
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """(H,) ALiBi slopes: the geometric sequence 2^(-8 i / n) for n a power of two; otherwise the slopes of the
+    nearest lower power of two, then every other slope of the next power (Press et al. 2022, sec. 3)."""
+    def powers(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(n_heads))
+    slopes = powers(closest)
+    if closest < n_heads:
+        slopes += powers(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class ALiBi(nn.Module):
+    """Linear biases: logit(i, j) -= slope_h * |i - j|. No parameters, extrapolates to unseen lengths."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
+
+    def forward(self, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
+        """(T,), (S,) integer positions -> (1, H, T, S) float32 bias."""
+        distance = (q_positions[:, None] - k_positions[None, :]).abs().to(torch.float32)  # (T, S)
+        return -(self.slopes[:, None, None] * distance).unsqueeze(0)
+
+
+class T5RelativeBias(nn.Module):
+    """T5's learned bias per (head, bucket of relative distance). Small distances get a bucket each; larger ones
+    share log-spaced buckets up to ``max_distance``; bidirectional models split the buckets between the two
+    directions (Raffel et al. 2020, sec. 2.1)."""
+
+    def __init__(self, n_heads: int, *, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.bias = nn.Embedding(num_buckets, n_heads)
+
+    def bucket(self, relative: torch.Tensor) -> torch.Tensor:
+        """relative = key position - query position (any shape) -> bucket ids in [0, num_buckets)."""
+        n = self.num_buckets
+        bucket = torch.zeros_like(relative)
+        if self.bidirectional:
+            n //= 2
+            bucket = bucket + (relative > 0).long() * n  # keys after the query use the upper half
+            distance = relative.abs()
+        else:
+            distance = (-relative).clamp(min=0)  # a causal model only looks back
+        exact = n // 2
+        # log-spaced buckets from `exact` up to `max_distance`, the last one open-ended
+        log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(self.max_distance / exact)
+        far = (exact + (log_ratio * (n - exact)).long()).clamp(max=n - 1)
+        return bucket + torch.where(distance < exact, distance, far)
+
+    def forward(self, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
+        """(T,), (S,) integer positions -> (1, H, T, S) bias, in the parameter dtype."""
+        relative = k_positions[None, :] - q_positions[:, None]  # (T, S)
+        return self.bias(self.bucket(relative)).permute(2, 0, 1).unsqueeze(0)

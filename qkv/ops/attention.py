@@ -1,0 +1,246 @@
+"""Attention as a pure function: scores, masks, softmax over keys, weighted sum of values.
+
+Glossary: B batch, H query heads, G key/value heads (G divides H), T queries, S keys, D head size, Dv value size,
+A hidden size of the additive score.
+
+Two paths compute the same thing:
+- the explicit path (the reference): every score function, every mask, hard attention, and the weights;
+- the fast path: scaled-dot scores with no weights requested go through PyTorch's fused
+  ``scaled_dot_product_attention`` (FlashAttention / memory-efficient kernels on GPU).
+Tests hold them equal.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .masks import causal_mask, global_mask, window_mask
+
+SCORES = ("additive", "bilinear", "dot", "scaled_dot", "cosine")
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Score functions: (B, H, T, D) x (B, H, S, D) -> (B, H, T, S)
+
+def _score_dot(q, k, params, scale):
+    return q @ k.transpose(-2, -1)
+
+
+def _score_scaled_dot(q, k, params, scale):
+    # Vaswani et al. 2017, sec. 3.2.1: divide by sqrt(D) so the logits' variance does not grow with D.
+    return (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+def _score_cosine(q, k, params, scale):
+    # Scaled cosine (query-key normalisation, Henry et al. 2020): bounded logits times a temperature. The default
+    # sqrt(D) gives random unit-variance q, k the same logit spread as the scaled dot product.
+    s = math.sqrt(q.shape[-1]) if scale is None else scale
+    return (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * s
+
+
+def _score_bilinear(q, k, params, scale):
+    # Luong et al. 2015 "general": q^T W k, with W (D, Dk) shared by heads or (H, D, Dk) one per head.
+    W = _param(params, "W", "bilinear")
+    if W.dim() == 2:
+        return (q @ W) @ k.transpose(-2, -1)
+    return torch.einsum("bhtd,hde,bhse->bhts", q, W, k)
+
+
+def _score_additive(q, k, params, scale):
+    # Bahdanau et al. 2015: an MLP, v^T tanh(W_q q + W_k k + b). Memory is O(B H T S A): a reference, not a kernel.
+    W_q, W_k, v = (_param(params, name, "additive") for name in ("W_q", "W_k", "v"))
+    qa = q @ W_q.transpose(-2, -1)  # (B, H, T, A)
+    ka = k @ W_k.transpose(-2, -1)  # (B, H, S, A)
+    hidden = qa.unsqueeze(-2) + ka.unsqueeze(-3)  # (B, H, T, S, A)
+    if params.get("b") is not None:
+        hidden = hidden + params["b"]
+    return torch.tanh(hidden) @ v  # (B, H, T, S)
+
+
+_SCORE_FNS = {"additive": _score_additive, "bilinear": _score_bilinear, "dot": _score_dot,
+              "scaled_dot": _score_scaled_dot, "cosine": _score_cosine}
+
+
+def _param(params, name, score):
+    if params is None or params.get(name) is None:
+        needed = {"additive": "W_q (A, D), W_k (A, Dk), v (A,) and optionally b (A,)",
+                  "bilinear": "W (D, Dk) or (H, D, Dk)"}[score]
+        raise ValueError(f"score={score!r} needs params with {needed}; params lacks {name!r}")
+    return params[name]
+
+
+def scores(q, k, *, score="scaled_dot", params=None, scale=None) -> torch.Tensor:
+    """Raw attention logits (B, H, T, S) for one of ``SCORES``, before any mask."""
+    if score not in _SCORE_FNS:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return _SCORE_FNS[score](q, k, params, scale)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masks: everything becomes one boolean "may attend" tensor broadcastable to (B, H, T, S), plus a float bias.
+
+def _combine_masks(T, S, device, mask, causal, window, global_tokens):
+    """Returns (allowed or None, float_bias or None). None means "no restriction" / "no bias"."""
+    allowed, bias = None, None
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            allowed = mask
+        elif mask.is_floating_point():
+            # An additive float mask: -inf marks a forbidden key, anything else shifts the logit.
+            bias = mask
+            allowed = mask != float("-inf")
+        else:
+            raise TypeError(f"mask must be a bool tensor (True = may attend) or a float additive mask, "
+                            f"got dtype {mask.dtype}")
+    structural = None
+    if window is not None:
+        structural = window_mask(T, S, window=window, causal=causal, device=device)
+    elif causal:
+        structural = causal_mask(T, S, device=device)
+    if global_tokens is not None:
+        g = global_mask(T, S, global_tokens, device=device)
+        structural = g if structural is None else structural | g
+    if structural is not None:
+        allowed = structural if allowed is None else allowed & structural
+    return allowed, bias
+
+
+def _check(q, k, v, score, mask, bias, window, hard):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, heads, length, head size), got shape {tuple(t.shape)}")
+    if score not in _SCORE_FNS:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must agree on (B, heads, S): k is {tuple(k.shape)}, v is {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q and k must have the same batch size, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if score in ("dot", "scaled_dot", "cosine") and q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"score={score!r} needs equal query and key head sizes, got q D={q.shape[-1]} "
+                         f"and k D={k.shape[-1]}")
+    B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    for name, m in (("mask", mask), ("bias", bias)):
+        if m is None:
+            continue
+        if not isinstance(m, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
+        try:
+            if torch.broadcast_shapes(m.shape, (B, H, T, S)) != (B, H, T, S):
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {tuple(m.shape)} does not broadcast to (B, H, T, S) = "
+                             f"{(B, H, T, S)}") from None
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
+        raise ValueError(f"window must be an int >= 0 (how many neighbours a query sees), got {window!r}")
+    if hard is not None and hard != "argmax" and not (isinstance(hard, int) and hard >= 1):
+        raise ValueError(f"hard must be None, 'argmax' or an int k >= 1 (keep the top-k scores), got {hard!r}")
+
+
+def _expand_kv(k, v, H):
+    """Grouped-query attention: each of the G key/value heads serves H / G query heads."""
+    G = k.shape[1]
+    if G == H:
+        return k, v
+    return k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=None, global_tokens=None,
+              bias=None, hard=None, scale=None, dropout_p=0.0, return_weights=False, params=None):
+    """Softmax attention: ``softmax(score(q, k) + bias, masked) @ v``.
+
+    Args:
+        q: (B, H, T, D) queries. k: (B, G, S, D) keys. v: (B, G, S, Dv) values; G divides H (GQA / MQA).
+        score: "additive", "bilinear", "dot", "scaled_dot" (default) or "cosine".
+        mask: bool, True = may attend, or a float additive mask (-inf = may not); broadcastable to (B, H, T, S).
+        causal: a query sees no later key. With T < S the queries are the last T positions (cached decoding).
+        window: local attention: a query sees itself and the ``window`` keys before it (and after it too when
+            ``causal`` is False).
+        global_tokens: key positions that attend to all and are attended by all (with ``window``: global + local).
+        bias: float (broadcastable to (B, H, T, S)) added to the logits: ALiBi, T5 relative position bias.
+        hard: None (soft attention), an int k (keep the top-k logits of each query, renormalise), or "argmax"
+            (one-hot on the best key; the gradient flows through the softmax: straight-through).
+        scale: the logit scale of "scaled_dot" (default D^-0.5) and "cosine" (default sqrt(D)).
+        dropout_p: dropout on the attention weights (pass 0 at evaluation).
+        return_weights: also return the weights (B, H, T, S).
+        params: learned tensors for "additive" (W_q, W_k, v, b) and "bilinear" (W).
+
+    Returns:
+        out (B, H, T, Dv), or (out, weights) when ``return_weights``. A query with no key it may attend to
+        gets zero output and zero weights rather than NaN.
+    """
+    _check(q, k, v, score, mask, bias, window, hard)
+    T, S = q.shape[2], k.shape[2]
+
+    if score == "scaled_dot" and not return_weights and hard is None:
+        return _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p)
+
+    k, v = _expand_kv(k, v, q.shape[1])
+    logits = scores(q, k, score=score, params=params, scale=scale)  # (B, H, T, S)
+    allowed, mask_bias = _combine_masks(T, S, q.device, mask, causal, window, global_tokens)
+    for b in (mask_bias, bias):
+        if b is not None:
+            logits = logits + b
+    # Softmax in float32 at least (bf16 / fp16 logits lose the small weights), cast back at the end.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    if isinstance(hard, int):
+        kth = logits.topk(min(hard, S), dim=-1).values[..., -1:]  # (B, H, T, 1): the k-th best logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    # Rows with no allowed key: softmax of all -inf is NaN. Give them finite logits, then zero their weights.
+    empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
+    logits = logits.masked_fill(empty, 0.0)
+    weights = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
+    if hard == "argmax":
+        one_hot = F.one_hot(weights.argmax(-1), S).to(weights.dtype).masked_fill(empty, 0.0)
+        weights = one_hot + weights - weights.detach()  # straight-through estimator (Bengio et al. 2013)
+    weights = weights.to(v.dtype)
+    if dropout_p > 0.0:
+        weights_used = F.dropout(weights, p=dropout_p)
+    else:
+        weights_used = weights
+    out = weights_used @ v  # (B, H, T, Dv)
+    return (out, weights) if return_weights else out
+
+
+def _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p):
+    """The fused path. Same semantics as the explicit one, including zero output for rows with no key."""
+    T, S, H = q.shape[2], k.shape[2], q.shape[1]
+    if causal and T == 1 and window is None:
+        causal = False  # one query at the end of the keys sees them all: no mask to build (the decode step)
+    gqa = k.shape[1] != H
+    kwargs = {}
+    if gqa and _SDPA_HAS_GQA:
+        kwargs["enable_gqa"] = True
+    elif gqa:
+        k, v = _expand_kv(k, v, H)
+    if scale is not None:
+        kwargs["scale"] = scale
+    # The common cases need no mask tensor at all: let the kernel do causality itself (its causal mask is
+    # top-left aligned, which matches ours only when T == S).
+    if mask is None and bias is None and window is None and global_tokens is None and (not causal or T == S):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, **kwargs)
+
+    allowed, mask_bias = _combine_masks(T, S, q.device, mask, causal, window, global_tokens)
+    empty = None if allowed is None else ~allowed.any(dim=-1, keepdim=True)  # (.., T, 1): queries with no key
+    biases = [b for b in (mask_bias, bias) if b is not None]
+    if biases:
+        attn_mask = sum(biases[1:], biases[0]).to(q.dtype)
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+    else:
+        attn_mask = allowed
+    if empty is not None:
+        # Give key-less queries every key with logit 0 (finite, no NaN in forward or backward), zero them after.
+        attn_mask = attn_mask.masked_fill(empty, 0.0) if biases else attn_mask | empty
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
+    return out if empty is None else out.masked_fill(empty, 0.0)
