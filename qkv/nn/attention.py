@@ -53,6 +53,10 @@ class MultiHeadAttention(nn.Module):
             self.W_k = nn.Parameter(torch.randn(head_dim, head_dim) * head_dim ** -0.5)
             self.v = nn.Parameter(torch.randn(head_dim) * head_dim ** -0.5)
 
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        """An empty self-attention cache for this layer (buffers allocated on first use)."""
+        return KVCache(max_len)
+
     def _score_params(self):
         if self.score == "bilinear":
             return {"W": self.W}

@@ -1,0 +1,211 @@
+"""Hugging Face checkpoint folders in and out: ``qkv.from_hf(path)``, ``qkv.to_hf(model, path)``.
+
+A folder holds config.json and weights: model.safetensors, pytorch_model.bin (read with weights_only=True), or
+either one sharded with an index file. Each supported architecture is a ``Converter``: a translation of the
+config and an explicit map of weight names, registered by the config's ``model_type``. The maps live beside
+this file, one per family (hf_decoder.py, hf_encoder.py, hf_seq2seq.py).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import ModelConfig
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Converter:
+    """How one Hugging Face architecture maps onto qkv.
+
+    config_from_hf(hf_config dict) -> ModelConfig; state_from_hf(hf weights, config) -> qkv weights.
+    The ``*_to_hf`` pair, when given, is the way back (``qkv convert --to-hf``)."""
+    model_type: str
+    architecture: str  # the class name written into an exported config.json
+    config_from_hf: Callable[[dict], ModelConfig]
+    state_from_hf: Callable[[StateDict, ModelConfig], StateDict]
+    config_to_hf: Callable[[ModelConfig], dict] | None = None
+    state_to_hf: Callable[[StateDict, ModelConfig], StateDict] | None = None
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def register(converter: Converter) -> Converter:
+    CONVERTERS[converter.model_type] = converter
+    return converter
+
+
+def supported() -> list[str]:
+    return sorted(CONVERTERS)
+
+
+# -- reading a folder ---------------------------------------------------------------------------------------------
+
+def _resolve_folder(path: Path) -> Path:
+    """The folder that holds config.json. A sentence-transformers folder may keep its transformer in a
+    sub-folder named by modules.json; recent ones keep the weights in the top folder."""
+    if (path / "config.json").is_file():
+        return path
+    modules = path / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text()):
+            if module.get("type", "").endswith("Transformer") and (path / module.get("path", "") / "config.json").is_file():
+                return path / module["path"]
+    raise FileNotFoundError(f"{path}: config.json is missing (not a Hugging Face checkpoint folder)")
+
+
+def _load_weight_file(file: Path) -> StateDict:
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(file))
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def read_weights(folder: Path) -> StateDict:
+    """All tensors of a folder, single-file or sharded, safetensors preferred."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: StateDict = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise FileNotFoundError(f"{folder}: shard {shard} named in {index_name} is missing")
+                state.update(_load_weight_file(folder / shard))
+            return state
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return _load_weight_file(folder / name)
+    raise FileNotFoundError(f"{folder}: no weights found (looked for model.safetensors, pytorch_model.bin and "
+                            f"their sharded index files)")
+
+
+def read_folder(path) -> tuple[dict, StateDict]:
+    folder = _resolve_folder(Path(path))
+    return json.loads((folder / "config.json").read_text()), read_weights(folder)
+
+
+# -- helpers for the maps ------------------------------------------------------------------------------------------
+
+class Weights:
+    """A checkpoint's tensors with a name prefix stripped, and errors that name the missing key."""
+
+    def __init__(self, state: StateDict, prefixes: tuple[str, ...] = ()):
+        self.state = state
+        self.prefix = next((p for p in prefixes if any(k.startswith(p) for k in state)), "")
+
+    def __call__(self, key: str) -> torch.Tensor:
+        full = self.prefix + key
+        if full not in self.state:
+            raise KeyError(f"weight {full!r} is missing from the checkpoint")
+        return self.state[full]
+
+    def get(self, key: str):
+        return self.state.get(self.prefix + key)
+
+    def __contains__(self, key: str) -> bool:
+        return self.prefix + key in self.state
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One qkv weight and the checkpoint weight(s) it comes from. Several names are concatenated along dim 0
+    (separate Q, K, V into qkv's fused projection), ``sizes`` splitting them again on the way out;
+    ``transpose`` for GPT-2's Conv1D, which stores (in, out)."""
+    ours: str
+    theirs: str | tuple[str, ...]
+    transpose: bool = False
+    sizes: tuple[int, ...] | None = None
+
+
+def map_from_hf(pairs: list[Pair], weights: Weights) -> StateDict:
+    out = {}
+    for p in pairs:
+        names = (p.theirs,) if isinstance(p.theirs, str) else p.theirs
+        parts = [weights(n).t() if p.transpose else weights(n) for n in names]
+        out[p.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+    return out
+
+
+def map_to_hf(pairs: list[Pair], state: StateDict) -> StateDict:
+    out = {}
+    for p in pairs:
+        names = (p.theirs,) if isinstance(p.theirs, str) else p.theirs
+        parts = state[p.ours].split(list(p.sizes), dim=0) if len(names) > 1 else (state[p.ours],)
+        for n, t in zip(names, parts):
+            out[n] = t.t() if p.transpose else t
+    return out
+
+
+def hf_get(hf: dict, *names, default=None):
+    """The first of several config names that is present (names changed across transformers versions)."""
+    for name in names:
+        if hf.get(name) is not None:
+            return hf[name]
+    return default
+
+
+def rope_theta(hf: dict) -> float:
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ("default", None):
+        raise ValueError(f"RoPE scaling {kind!r} is not supported yet (only the default rotary embedding)")
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+# -- the two entry points ----------------------------------------------------------------------------------------
+
+def from_hf(path, *, dtype: torch.dtype | None = None):
+    """A qkv model with the weights of a local Hugging Face folder (see the module docstring for what it reads)."""
+    from ..models.build import build
+    hf_config, state = read_folder(path)
+    model_type = hf_config.get("model_type")
+    if model_type not in CONVERTERS:
+        raise ValueError(f"{path}: architecture {model_type!r} ({', '.join(hf_config.get('architectures') or [])}) "
+                         f"is not supported; supported model types: {', '.join(supported())}")
+    conv = CONVERTERS[model_type]
+    config = conv.config_from_hf(hf_config)
+    model = build(config)
+    try:
+        ours = conv.state_from_hf(state, config)
+    except KeyError as e:
+        raise ValueError(f"{path}: {e.args[0]}") from None
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    tied = {"head.weight"} if config.tie_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(f"{path}: the {model_type} map left qkv weights {missing} unset and produced unknown "
+                         f"names {unexpected}")
+    if config.tie_embeddings and hasattr(model, "head") and hasattr(model, "embed"):
+        model.head.weight = model.embed.tokens.weight
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def to_hf(model, path) -> Path:
+    """Write ``model`` as a Hugging Face folder (config.json + model.safetensors) that ``transformers`` loads."""
+    from safetensors.torch import save_file
+    model_type = model.config.extra.get("hf_model_type")
+    conv = CONVERTERS.get(model_type)
+    if conv is None or conv.state_to_hf is None:
+        exportable = sorted(t for t, c in CONVERTERS.items() if c.state_to_hf is not None)
+        raise ValueError(f"cannot export this model to Hugging Face: its hf_model_type is {model_type!r}; "
+                         f"exportable types: {exportable} (set config.extra['hf_model_type'])")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    hf_config = {"model_type": model_type, "architectures": [conv.architecture], **conv.config_to_hf(model.config)}
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+    state = {k: v.detach().contiguous() for k, v in conv.state_to_hf(model.state_dict(), model.config).items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+# The maps register themselves on import.
+from . import hf_decoder  # noqa: E402,F401

@@ -1,0 +1,6 @@
+"""Model families; the only code that reads ModelConfig."""
+from .build import FAMILY_CLASSES, build, load
+from .common import QKVModel
+from .decoder import DecoderLM
+
+__all__ = ["FAMILY_CLASSES", "build", "load", "QKVModel", "DecoderLM"]

@@ -1,0 +1,176 @@
+"""What every family shares: the base class (save, summary, caches), embeddings, position machinery, blocks.
+
+This is the only place outside the family files that reads ModelConfig; it turns fields into primitives for
+``qkv.nn``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..cache import Cache, CrossKVCache, KVCache, LayerCache
+from ..config import ModelConfig
+from ..nn import (ALiBi, Block, FeedForward, LearnedPositions, MultiHeadAttention, RotaryEmbedding,
+                  SinusoidalPositions, T5RelativeBias, make_norm)
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+class QKVModel(nn.Module):
+    """Base of every family: holds the config, saves itself, counts parameters and FLOPs, makes caches."""
+
+    config: ModelConfig
+
+    def save(self, path) -> Path:
+        """Write qkv's own folder: config.json + model.safetensors (tied weights stored once)."""
+        from safetensors.torch import save_model
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(self.config.to_json())
+        tmp = path / (WEIGHTS_FILE + ".tmp")
+        save_model(self, str(tmp))
+        tmp.replace(path / WEIGHTS_FILE)  # atomic: a crash mid-write leaves the old weights whole
+        return path
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen or (exclude_embeddings and isinstance(self.get_submodule(name.rsplit(".", 1)[0]),
+                                                                   (nn.Embedding,))):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Forward FLOPs per token: 2 per weight of every matmul, plus the attention scores and weighted sum
+        (2 * 2 * T * d per layer at context T; Kaplan et al. 2020, sec. 2.1)."""
+        cfg = self.config
+        T = seq_len or cfg.max_positions
+        matmul = 2 * self.num_parameters(exclude_embeddings=True)
+        if cfg.tie_embeddings and cfg.family != "vit":
+            matmul += 2 * cfg.d_model * cfg.vocab_size  # the tied output layer is a matmul too
+        layers = cfg.n_layers + (cfg.n_decoder_layers if cfg.family == "encoder_decoder" else 0)
+        return int(matmul + 4 * layers * T * cfg.n_heads * cfg.head_dim)
+
+    def summary(self, seq_len: int | None = None) -> str:
+        cfg, n = self.config, self.num_parameters()
+        lines = [f"{type(self).__name__} ({cfg.family})",
+                 f"  parameters:       {n:,} ({n / 1e6:.2f} M)",
+                 f"  non-embedding:    {self.num_parameters(exclude_embeddings=True):,}",
+                 f"  FLOPs per token:  {self.flops_per_token(seq_len) / 1e6:.2f} M "
+                 f"(forward, context {seq_len or cfg.max_positions})",
+                 f"  weights memory:   {sum(p.numel() * p.element_size() for p in self.parameters()) / 2**20:.1f} MiB",
+                 f"  layers x width:   {cfg.n_layers} x {cfg.d_model}, heads {cfg.n_heads} "
+                 f"(kv {cfg.n_kv_heads}), head size {cfg.head_dim}, FFN {cfg.d_ff} ({cfg.activation})",
+                 f"  position:         {cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})"]
+        return "\n".join(lines)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+        """An empty decoding state for ``batch_size`` sequences (KV caches grow unless ``max_len`` is given)."""
+        blocks = self.decoder_blocks()
+        return Cache([LayerCache(mixer=b.mixer.new_cache(max_len),
+                                 cross=CrossKVCache() if b.cross is not None else None) for b in blocks],
+                     batch_size=batch_size)
+
+    def decoder_blocks(self):
+        raise NotImplementedError(f"{type(self).__name__} does not decode token by token")
+
+
+def load_config(path) -> ModelConfig:
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a qkv model folder: {CONFIG_FILE} is missing")
+    return ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+
+
+# -- embeddings and positions -----------------------------------------------------------------------------------
+
+class Embeddings(nn.Module):
+    """Token embeddings (scaled by sqrt(d_model) if asked) + absolute positions + token types, then an optional
+    norm and dropout."""
+
+    def __init__(self, cfg: ModelConfig, *, tokens: nn.Embedding | None = None):
+        super().__init__()
+        self.tokens = tokens if tokens is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.positions = None
+        if cfg.position == "learned":
+            self.positions = LearnedPositions(cfg.max_positions, cfg.d_model, offset=cfg.position_offset)
+        elif cfg.position == "sinusoidal":
+            self.positions = SinusoidalPositions(cfg.d_model, interleaved=cfg.sinusoidal_interleaved)
+        self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias) if cfg.embed_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids, positions, token_type_ids=None):
+        """input_ids (B, T), positions (T,) or (B, T) -> (B, T, d_model)."""
+        x = self.tokens(input_ids)
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.positions is not None:
+            x = x + self.positions(positions).to(x.dtype)
+        if self.types is not None:
+            types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + self.types(types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class RelativePositions(nn.Module):
+    """The position signals that act inside attention, for one stack of blocks: RoPE tables, or a logits bias
+    (ALiBi, T5 relative buckets), computed once per forward and shared by every block of the stack."""
+
+    def __init__(self, cfg: ModelConfig, *, bidirectional: bool):
+        super().__init__()
+        self.rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_base, rotary_dim=cfg.rotary_dim) \
+            if cfg.position == "rope" else None
+        self.alibi = ALiBi(cfg.n_heads) if cfg.position == "alibi" else None
+        self.relative = T5RelativeBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
+                                       max_distance=cfg.relative_max_distance, bidirectional=bidirectional) \
+            if cfg.position == "relative" else None
+
+    def forward(self, positions, past: int, T: int, device):
+        """positions: (T,) or (B, T) of the new tokens; keys are positions 0 .. past + T - 1.
+        Returns (rope tables or None, bias (1, H, T, S) or None)."""
+        rope = self.rope(positions) if self.rope is not None else None
+        bias = None
+        if self.alibi is not None or self.relative is not None:
+            q_pos = torch.arange(past, past + T, device=device)
+            k_pos = torch.arange(past + T, device=device)
+            bias = (self.alibi or self.relative)(q_pos, k_pos)
+        return rope, bias
+
+
+def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+                              score=cfg.score, bias=cfg.bias, out_bias=cfg.out_bias, dropout=cfg.attn_dropout, scale=cfg.attn_scale)
+
+
+# Token mixers by config name. The linear-time family registers its layers here (qkv/nn/mixers.py).
+MIXER_BUILDERS = {"attention": make_attention}
+
+
+def mixer_kind(cfg: ModelConfig, layer: int) -> str:
+    """Which mixer block ``layer`` uses: hybrids put softmax attention in every ``attention_every``-th block."""
+    if cfg.mixer != "attention" and cfg.attention_every and (layer + 1) % cfg.attention_every == 0:
+        return "attention"
+    return cfg.mixer
+
+
+def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: str | None = None) -> Block:
+    kind = mixer or mixer_kind(cfg, layer)
+    if kind not in MIXER_BUILDERS:
+        raise ValueError(f"mixer {kind!r} is not available; registered mixers: {sorted(MIXER_BUILDERS)}")
+    ffn = FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.ffn_bias, dropout=cfg.ffn_dropout)
+    return Block(cfg.d_model, MIXER_BUILDERS[kind](cfg), ffn, cross=make_attention(cfg) if cross else None,
+                 norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout)
+
+
+def final_norm(cfg: ModelConfig) -> nn.Module:
+    return make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias) if cfg.final_norm else nn.Identity()

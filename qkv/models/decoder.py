@@ -1,0 +1,89 @@
+"""Decoder-only language models: GPT-2 (learned positions, LayerNorm, GELU, tied head), Llama (RoPE, RMSNorm,
+SwiGLU, grouped-query attention, untied head), and the linear-time family (``mixer=``), all one class.
+
+Data flow: tokens -> embeddings (+ positions) -> blocks of (masked mixer + FFN) -> final norm -> head -> logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..cache import Cache
+from ..config import ModelConfig
+from ..ops.masks import padding_mask
+from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block
+
+
+class DecoderLM(QKVModel):
+    """A causal language model.
+
+    forward(input_ids (B, T), cache=None) -> logits (B, T, V). Feeding tokens one at a time through
+    ``cache = model.new_cache(B)`` gives the same logits as one full pass.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.family != "decoder":
+            raise ValueError(f"DecoderLM needs family='decoder', got {config.family!r}")
+        self.config = config
+        self.embed = Embeddings(config)
+        self.relative = RelativePositions(config, bidirectional=False)
+        self.blocks = nn.ModuleList(make_block(config, layer=i) for i in range(config.n_layers))
+        self.norm = final_norm(config)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.tokens.weight
+        self.apply(_init_weights)
+
+    def decoder_blocks(self):
+        return self.blocks
+
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None, *, attention_mask=None,
+                position_ids=None, return_weights: bool = False, last_only: bool = False):
+        """input_ids: (B, T) token ids.
+        cache: from ``new_cache``; the new tokens continue the cached ones (and are appended to it).
+        attention_mask: (B, past + T), 1 = token, 0 = padding (e.g. left-padded prompts).
+        position_ids: (B, T) or (T,) positions of the new tokens; default past .. past + T - 1.
+        last_only: compute logits for the last position only (decoding needs no others).
+
+        Returns logits (B, T or 1, V), or (logits, list of BlockWeights per layer) when ``return_weights``."""
+        _check_ids(input_ids, self.config.vocab_size)
+        B, T = input_ids.shape
+        past = 0 if cache is None else cache.length
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)
+        x = self.embed(input_ids, position_ids)  # (B, T, d_model)
+        rope, bias = self.relative(position_ids, past, T, input_ids.device)
+        mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, S)
+        weights = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, causal=True, cache=None if cache is None else cache.layers[i], rope=rope,
+                      bias=bias, window=self.config.window, return_weights=return_weights)
+            if return_weights:
+                x, w = x
+                weights.append(w)
+        if cache is not None:
+            cache.length += T
+        if last_only:
+            x = x[:, -1:]
+        logits = self.head(self.norm(x))  # (B, T, V)
+        return (logits, weights) if return_weights else logits
+
+
+def _check_ids(input_ids, vocab_size):
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int16):
+        raise TypeError(f"input_ids must be an integer tensor (B, T), got "
+                        f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (vocab_size), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit norms."""
+    if isinstance(module, (nn.Linear, nn.Embedding)) and not hasattr(module, "inv_freq"):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)

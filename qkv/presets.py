@@ -1,0 +1,61 @@
+"""Named model sizes: plain data, looked up by exact name. ``qkv.preset(name, **overrides)`` -> ModelConfig."""
+from __future__ import annotations
+
+from .config import ModelConfig
+
+_GPT2 = dict(family="decoder", vocab_size=50257, max_positions=1024, position="learned", norm="layer",
+             prenorm=True, activation="gelu_tanh", bias=True, tie_embeddings=True, bos_token_id=50256,
+             eos_token_id=50256)
+_LLAMA = dict(family="decoder", position="rope", norm="rms", norm_eps=1e-6, prenorm=True, activation="swiglu",
+              bias=False, tie_embeddings=False)
+_TRANSFORMER = dict(family="encoder_decoder", position="sinusoidal", norm="layer", prenorm=False,
+                    activation="relu", bias=True, tie_embeddings=True, scale_embeddings=True, dropout=0.1,
+                    pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+_T5 = dict(family="encoder_decoder", position="relative", norm="rms", norm_eps=1e-6, prenorm=True,
+           activation="relu", bias=False, score="dot", attn_scale=1.0, tie_embeddings=True,
+           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+_BERT = dict(family="encoder", vocab_size=30522, max_positions=512, position="learned", norm="layer",
+             norm_eps=1e-12, prenorm=False, embed_norm=True, activation="gelu", bias=True, type_vocab_size=2,
+             pad_token_id=0)
+_VIT = dict(family="vit", position="learned", norm="layer", norm_eps=1e-12, prenorm=True, activation="gelu",
+            bias=True, image_size=224, patch_size=16, num_labels=1000)
+
+PRESETS: dict[str, dict] = {
+    # decoder-only
+    "gpt2": dict(_GPT2, d_model=768, n_layers=12, n_heads=12),
+    "gpt2-medium": dict(_GPT2, d_model=1024, n_layers=24, n_heads=16),
+    "gpt2-large": dict(_GPT2, d_model=1280, n_layers=36, n_heads=20),
+    "gpt2-tiny": dict(_GPT2, vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_positions=128),
+    # nanoGPT's CPU-sized Shakespeare run: characters, 4 layers, 4 heads, 128 wide, block 64
+    "gpt-char-tiny": dict(_GPT2, vocab_size=65, d_model=128, n_layers=4, n_heads=4, max_positions=64,
+                          bos_token_id=None, eos_token_id=None),
+    "llama-tiny": dict(_LLAMA, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=172,
+                       max_positions=256),
+    "llama-1b": dict(_LLAMA, vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                     d_ff=8192, max_positions=8192, rope_base=500000.0, tie_embeddings=True),
+    "llama2-7b": dict(_LLAMA, vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+                      max_positions=4096),
+    # encoder-decoder
+    "transformer-base": dict(_TRANSFORMER, vocab_size=37000, d_model=512, n_layers=6, n_heads=8, d_ff=2048,
+                             max_positions=1024),
+    "transformer-big": dict(_TRANSFORMER, vocab_size=37000, d_model=1024, n_layers=6, n_heads=16, d_ff=4096,
+                            max_positions=1024, dropout=0.3),
+    "transformer-tiny": dict(_TRANSFORMER, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+                             max_positions=128, dropout=0.0),
+    "t5-small": dict(_T5, vocab_size=32128, d_model=512, n_layers=6, n_heads=8, head_dim=64, d_ff=2048),
+    "t5-tiny": dict(_T5, vocab_size=256, d_model=64, n_layers=2, n_heads=4, head_dim=16, d_ff=128),
+    # encoder-only
+    "bert-base": dict(_BERT, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    "bert-tiny": dict(_BERT, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_positions=128),
+    # vision
+    "vit-b16": dict(_VIT, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+    "vit-tiny": dict(_VIT, image_size=32, patch_size=8, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+                     num_labels=10),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """The ModelConfig of a named preset, with fields overridden (derived fields follow the overrides)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
