@@ -13,6 +13,7 @@ vocabulary for char-level) and, for HF-backed tokenizers, `tokenizer.json`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -119,6 +120,13 @@ class Tokenizer:
     cls_id = property(lambda self: self._role_id("cls"))
     sep_id = property(lambda self: self._role_id("sep"))
 
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids (vocabulary, rules, specials): a cache key."""
+        return hashlib.sha256(json.dumps([self.kind, self.specials, self._identity()]).encode()).hexdigest()
+
+    def _identity(self) -> str:
+        raise NotImplementedError
+
     @property
     def special_ids(self) -> list[int]:
         """Ids of this tokenizer's special tokens, sorted (never masked, never sampled as random words)."""
@@ -191,6 +199,9 @@ class CharTokenizer(Tokenizer):
     def _save_files(self, directory: Path) -> dict:
         return {"vocab": self.vocab}
 
+    def _identity(self) -> str:
+        return json.dumps(self.vocab)
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
@@ -261,6 +272,9 @@ class HFTokenizer(Tokenizer):
     def _save_files(self, directory: Path) -> dict:
         self.hf.save(str(directory / HF_FILE))
         return {}
+
+    def _identity(self) -> str:
+        return self.hf.to_str()
 
     @property
     def vocab_size(self) -> int:
