@@ -2,7 +2,7 @@
 
 Files are read with Pillow and numpy (no torchvision): converted to RGB, resized to image_size x image_size,
 scaled to [0, 1], then normalised per channel with (x - mean) / std. The default mean = std = 0.5 (every channel)
-pixels to [-1, 1], as the original ViT does. Items are (pixel_values (C, H, W) float32, label int), so
+maps pixels to [-1, 1], as the original ViT does. Items are (pixel_values (C, H, W) float32, label int), so
 `torch.utils.data.DataLoader(dataset, batch_size)` yields (B, C, H, W) and (B,).
 """
 from __future__ import annotations
