@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 KINDS = ("self", "masked", "cross")
+KIND_NAMES = {"self": "self-attention", "masked": "masked self-attention", "cross": "cross-attention"}
 # Lines fainter than this are not drawn in the explorer; tests count lines against the same number.
 EXPLORER_MIN_WEIGHT = 0.01
 
@@ -103,6 +104,13 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _save(fig, path: PathLike, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def _token_fontsize(inches: float, n: int) -> float:
     """Tick-label size for n tokens along `inches` of axis: 60% of a row's height, between 5 and 10 pt."""
     return float(min(10.0, max(5.0, 0.6 * 72 * inches / max(n, 1))))
@@ -153,10 +161,8 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
             _heatmap(ax, maps.layers[l][h].numpy(), maps.queries, maps.keys, ylabels=h == 0, xlabels=l == L - 1,
                      size=cell)
             ax.set_title(f"layer {l} · head {h}", fontsize=9)
-    fig.suptitle(title or f"{maps.kind}-attention (colour scaled per head)", fontsize=12)
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    return path
+    fig.suptitle(title or f"{KIND_NAMES[maps.kind]} (colour scaled per head)", fontsize=12)
+    return _save(fig, path, dpi)
 
 
 def plot_alignment(weights: Array, queries: Sequence[str], keys: Sequence[str], path: PathLike, *,
@@ -179,9 +185,7 @@ def plot_alignment(weights: Array, queries: Sequence[str], keys: Sequence[str], 
     ax.set_ylabel("target (queries)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title or "alignment", fontsize=12)
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _save(fig, path, dpi)
 
 
 def read_metrics(source: PathLike | Iterable[Mapping]) -> list[dict]:
@@ -191,9 +195,12 @@ def read_metrics(source: PathLike | Iterable[Mapping]) -> list[dict]:
         for n, line in enumerate(Path(source).read_text().splitlines(), 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{source}:{n}: not a JSON object ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{source}:{n}: {type(record).__name__} where a JSON object was expected")
+                records.append(record)
         return records
     return [dict(r) for r in source]
 
@@ -228,9 +235,7 @@ def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: 
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
     ax.set_title(title or "training curves", fontsize=12)
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _save(fig, path, dpi)
 
 
 # ---------------------------------------------------------------------------------------------------------------

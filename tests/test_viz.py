@@ -106,12 +106,15 @@ def test_plot_curves_tolerates_sparse_missing_and_bad_values(tmp_path):
     jsonl = tmp_path / "metrics.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     assert len(read_metrics(jsonl)) == len(records)
-    a = png_size(plot_curves(jsonl, tmp_path / "curves.png"))
+    a = png_size(plot_curves(jsonl, tmp_path / "plots" / "curves.png"))  # makes the folder
     b = png_size(plot_curves(records, tmp_path / "curves_log.png", log_y=True))
     c = png_size(plot_curves([], tmp_path / "empty.png"))
     assert a == b == c and a[0] > 300
     jsonl.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+        read_metrics(jsonl)
+    jsonl.write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: list"):
         read_metrics(jsonl)
 
 
