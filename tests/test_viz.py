@@ -2,6 +2,7 @@
 its data, and renders in a real headless Chromium (skipped when `chromium` is not installed)."""
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -172,7 +173,8 @@ def test_explorer_accepts_one_map_and_rejects_none(tmp_path, explorer_maps):
 
 # --- the HTML explorer, in a real headless Chromium ----------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Debian's `chromium` package; QKV_CHROMIUM may name another Chromium/Chrome binary.
+CHROMIUM = os.environ.get("QKV_CHROMIUM") or shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 
 
