@@ -1,0 +1,284 @@
+"""Seeing attention: heatmap grids, an alignment plot, training curves and a self-contained HTML explorer.
+
+Inputs are plain data, never a model: token strings and attention weights. A model returns, per attention
+kind, a list over layers of weights (B, H, T, S); the caller picks one example and wraps it in
+`AttentionMaps`. Shape letters: H heads, T query length, S key length.
+
+Plots use matplotlib's object API (`Figure` + Agg canvas), so nothing touches pyplot's global state or the
+user's chosen backend. The explorer is one HTML file with its CSS, JavaScript and data inline: it opens from
+disk with no network, and the template lives beside this file as `viz_explorer.html`.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+KINDS = ("self", "masked", "cross")
+KIND_NAMES = {"self": "self-attention", "masked": "masked self-attention", "cross": "cross-attention"}
+# Lines fainter than this are not drawn in the explorer; tests count lines against the same number.
+EXPLORER_MIN_WEIGHT = 0.01
+
+PathLike = Union[str, Path]
+Array = Union[torch.Tensor, np.ndarray]
+
+
+@dataclass
+class AttentionMaps:
+    """The attention weights of one example, for one attention kind, across layers.
+
+    kind:    "self" (encoder, bidirectional), "masked" (decoder self-attention, causal) or "cross".
+    layers:  one tensor per layer, each (H, T, S); rows are query positions, columns key positions.
+    queries: the T query tokens (for cross-attention, the target side).
+    keys:    the S key tokens (for cross-attention, the source side).
+    Tensors and numpy arrays are accepted and stored as float32 CPU tensors.
+    """
+
+    kind: str
+    layers: list[torch.Tensor]
+    queries: list[str]
+    keys: list[str]
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: expected one of {KINDS}")
+        if len(self.layers) == 0:
+            raise ValueError("layers=[]: expected at least one layer of weights (H, T, S)")
+        self.queries = [str(t) for t in self.queries]
+        self.keys = [str(t) for t in self.keys]
+        T, S = len(self.queries), len(self.keys)
+        layers = []
+        for i, w in enumerate(self.layers):
+            w = torch.as_tensor(w).detach().to("cpu", torch.float32)
+            if w.dim() != 3 or w.shape[1:] != (T, S):
+                raise ValueError(f"layers[{i}] has shape {tuple(w.shape)}: expected (H, T, S) = (H, {T}, {S}) "
+                                 f"from len(queries)={T}, len(keys)={S}")
+            if layers and w.shape[0] != layers[0].shape[0]:
+                raise ValueError(f"layers[{i}] has {w.shape[0]} heads: expected {layers[0].shape[0]} as in layers[0]")
+            if not torch.isfinite(w).all():
+                raise ValueError(f"layers[{i}] holds non-finite weights: expected finite attention probabilities")
+            layers.append(w)
+        self.layers = layers
+
+    @classmethod
+    def from_batch(cls, kind: str, weights: Sequence[Array], queries: Sequence[str], keys: Sequence[str],
+                   *, index: int = 0) -> "AttentionMaps":
+        """Take example `index` from a model's per-layer weights, each (B, H, T, S); padding is the caller's
+        to trim by passing only the real tokens (the weights are cut to len(queries) x len(keys))."""
+        T, S = len(queries), len(keys)
+        layers = [torch.as_tensor(w)[index, :, :T, :S] for w in weights]
+        return cls(kind, layers, list(queries), list(keys))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return self.layers[0].shape[0]
+
+    def mean_heads(self, layer: int = -1) -> torch.Tensor:
+        """The weights of one layer averaged over heads: (T, S)."""
+        return self.layers[layer].mean(dim=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PNG plots
+# ---------------------------------------------------------------------------------------------------------------
+
+def _figure(width: float, height: float):
+    """A Figure bound to an Agg canvas, never registered with pyplot (so no global state and nothing to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")   # constrained: room for suptitle and labels
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: PathLike, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _token_fontsize(inches: float, n: int) -> float:
+    """Tick-label size for n tokens along `inches` of axis: 60% of a row's height, between 5 and 10 pt."""
+    return float(min(10.0, max(5.0, 0.6 * 72 * inches / max(n, 1))))
+
+
+def _label(token: str, width: int = 16) -> str:
+    """A token as a tick label: whitespace made visible, `$` escaped (matplotlib would read $...$ as TeX), and
+    long tokens cut to `width` characters."""
+    text = token.replace("\n", "\\n").replace("\t", "\\t")
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+def _heatmap(ax, w: np.ndarray, queries: Sequence[str], keys: Sequence[str], *, ylabels: bool, xlabels: bool,
+             size: float, cmap: str = "Blues"):
+    """Draw one (T, S) heatmap on `ax` (about `size` inches square), coloured from 0 to its own maximum;
+    returns the image."""
+    T, S = w.shape
+    vmax = float(w.max()) if w.size and w.max() > 0 else 1.0
+    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(S))
+    ax.set_yticks(range(T))
+    ax.set_xticklabels([_label(k) for k in keys] if xlabels else [], rotation=90, fontsize=_token_fontsize(size, S))
+    ax.set_yticklabels([_label(q) for q in queries] if ylabels else [], fontsize=_token_fontsize(size, T))
+    ax.tick_params(length=0, pad=2)
+    return im
+
+
+def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = None, dpi: int = 100) -> Path:
+    """Save a grid of heatmaps, one per (layer, head): rows are layers, columns heads.
+
+    Each panel is a (T, S) matrix with query tokens on y and key tokens on x (labelled on the left column and
+    the bottom row, which every panel shares), coloured from 0 to that head's own maximum so diffuse and sharp
+    heads are both visible. Returns the path of the PNG.
+    """
+    L, H = maps.n_layers, maps.n_heads
+    T, S = len(maps.queries), len(maps.keys)
+    # Panels grow with the token count (~0.15 in a token) so labels stay readable; the margin holds the
+    # longest token at its font size (a character is about 0.6 em wide).
+    cell = min(5.0, max(1.8, 0.14 * max(T, S) + 0.5))
+    longest = max((len(_label(t)) for t in maps.queries + maps.keys), default=1)
+    margin = min(2.5, 0.3 + 0.6 * longest * _token_fontsize(cell, max(T, S)) / 72)
+    fig = _figure(H * cell + margin + 0.3, L * (cell + 0.3) + margin + 0.5)
+    axes = fig.subplots(L, H, squeeze=False)
+    for l in range(L):
+        for h in range(H):
+            ax = axes[l][h]
+            _heatmap(ax, maps.layers[l][h].numpy(), maps.queries, maps.keys, ylabels=h == 0, xlabels=l == L - 1,
+                     size=cell)
+            ax.set_title(f"layer {l} · head {h}", fontsize=9)
+    fig.suptitle(title or f"{KIND_NAMES[maps.kind]} (colour scaled per head)", fontsize=12)
+    return _save(fig, path, dpi)
+
+
+def plot_alignment(weights: Array, queries: Sequence[str], keys: Sequence[str], path: PathLike, *,
+                   title: str | None = None, dpi: int = 100) -> Path:
+    """Save one large heatmap of weights (T, S), e.g. cross-attention of the last layer averaged over heads,
+    where a word alignment between source (keys, x) and target (queries, y) shows as a near-diagonal path.
+    Each row's strongest key is marked with a dot. Returns the path of the PNG.
+    """
+    w = torch.as_tensor(weights).detach().to("cpu", torch.float32).numpy()
+    T, S = len(queries), len(keys)
+    if w.shape != (T, S):
+        raise ValueError(f"weights has shape {w.shape}: expected (T, S) = ({T}, {S}) from the token lists")
+    side = min(12.0, max(4.0, 0.3 * max(T, S) + 2.0))
+    fig = _figure(side * max(S, 1) / max(T, S, 1) + 2.0, side * max(T, 1) / max(T, S, 1) + 1.5)
+    ax = fig.subplots()
+    im = _heatmap(ax, w, queries, keys, ylabels=True, xlabels=True, size=side, cmap="viridis")
+    if T and S:
+        ax.scatter(w.argmax(axis=1), range(T), s=12, c="white", marker="o", linewidths=0)
+    ax.set_xlabel("source (keys)")
+    ax.set_ylabel("target (queries)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title or "alignment", fontsize=12)
+    return _save(fig, path, dpi)
+
+
+def read_metrics(source: PathLike | Iterable[Mapping]) -> list[dict]:
+    """Records from a metrics .jsonl file (one JSON object a line, blank lines skipped) or an iterable of dicts."""
+    if isinstance(source, (str, Path)):
+        records = []
+        for n, line in enumerate(Path(source).read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{source}:{n}: not a JSON object ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{source}:{n}: {type(record).__name__} where a JSON object was expected")
+                records.append(record)
+        return records
+    return [dict(r) for r in source]
+
+
+def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: Sequence[str] | None = None,
+                log_y: bool = False, title: str | None = None, dpi: int = 100) -> Path:
+    """Save training curves: each series in `keys` (default: every key containing "loss") against "step".
+
+    Records may omit any series (validation every N steps, a crashed log line): each series is drawn through
+    the steps where it has a finite value, with markers when it is sparse. Returns the path of the PNG.
+    """
+    records = [r for r in read_metrics(metrics) if isinstance(r.get("step"), (int, float))]
+    if keys is None:
+        keys = sorted({k for r in records for k in r if "loss" in k})
+    fig = _figure(7.0, 4.2)
+    ax = fig.subplots()
+    for key in keys:
+        pts = [(r["step"], float(r[key])) for r in records
+               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and (not log_y or r[key] > 0)]
+        if not pts:
+            continue
+        steps, values = zip(*sorted(pts))
+        sparse = len(pts) < 0.5 * len(records) or len(pts) < 20
+        ax.plot(steps, values, label=key, marker="o" if sparse else None, markersize=3, linewidth=1.4)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_title(title or "training curves", fontsize=12)
+    return _save(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML explorer
+# ---------------------------------------------------------------------------------------------------------------
+
+def _script_json(obj) -> str:
+    """JSON that is safe inside <script>: `<`, `>` and `&` become \\u escapes, so no token can close the tag
+    or open a comment; ensure_ascii already escapes U+2028/U+2029."""
+    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def explorer_data(maps_list: Sequence[AttentionMaps], *, title: str, decimals: int = 4) -> dict:
+    """The explorer's JSON payload: per kind its tokens and weights, layers x heads x T x S, rounded."""
+    return {
+        "title": title,
+        "min_weight": EXPLORER_MIN_WEIGHT,
+        "kinds": [{
+            "kind": m.kind,
+            "queries": m.queries,
+            "keys": m.keys,
+            "layers": [np.round(w.numpy().astype(np.float64), decimals).tolist() for w in m.layers],
+        } for m in maps_list],
+    }
+
+
+def explorer_html(maps_list: Sequence[AttentionMaps], path: PathLike, *, title: str = "qkv attention explorer") -> Path:
+    """Write one self-contained HTML file to explore attention: pick the kind, layer and head (or the mean of
+    heads), hover a query token to draw lines to the keys it attends to, with opacity proportional to weight,
+    beside the head's (T, S) heatmap. No network: CSS, JavaScript and data are inline.
+
+    The page exposes `window.qkvExplorer` and, after rendering, `data-status="ok"` plus counts on <body>;
+    `?kind=&layer=&head=&focus=` in the URL choose the initial view (see the template). Returns the path.
+    """
+    if isinstance(maps_list, AttentionMaps):
+        maps_list = [maps_list]
+    if not maps_list:
+        raise ValueError("maps_list=[]: expected at least one AttentionMaps")
+    template = resources.files("qkv").joinpath("viz_explorer.html").read_text(encoding="utf-8")
+    fill = {"TITLE": html.escape(title), "DATA": _script_json(explorer_data(maps_list, title=title))}
+    # One pass, so a title that happens to contain "{{DATA}}" is not filled twice.
+    page = re.sub(r"\{\{(TITLE|DATA)\}\}", lambda m: fill[m.group(1)], template)
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
