@@ -7,11 +7,15 @@ attention is one concatenating Pair. Source, target and output embeddings are on
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .hf import Converter, Pair, Weights, hf_get, map_from_hf, register
+from .hf import Converter, Pair, Weights, hf_get, map_from_hf, map_to_hf, register
 from .hf_decoder import _ACT_FROM_HF
 
 _GATED_FROM_HF = {"relu": "reglu", "gelu": "geglu", "gelu_new": "geglu_tanh", "gelu_pytorch_tanh": "geglu_tanh",
                   "silu": "swiglu", "swish": "swiglu"}
+# The way back: T5's "gated-gelu" means the tanh form; MBART and Marian name SiLU "swish"
+_T5_FFN_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu", "reglu": "gated-relu",
+                 "geglu_tanh": "gated-gelu", "swiglu": "gated-silu"}
+_ACT_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "swish"}
 
 
 def _activation(model_type: str, act: str, *, gated: bool = False) -> str:
@@ -111,12 +115,42 @@ def _t5_from_hf(state, cfg):
     return out
 
 
-register(Converter("t5", "T5ForConditionalGeneration", _t5_config, _t5_from_hf))
+def _require(cfg: ModelConfig, model_type: str, **fields) -> None:
+    wrong = {k: getattr(cfg, k) for k, v in fields.items() if getattr(cfg, k) != v}
+    if wrong:
+        raise ValueError(f"this model does not have the {model_type} layout: it needs {fields}, has {wrong}")
+
+
+def _t5_config_to_hf(cfg: ModelConfig) -> dict:
+    _require(cfg, "t5", position="relative", norm="rms", prenorm=True, bias=False, out_bias=False,
+             ffn_bias=False, score="dot", attn_scale=1.0, n_kv_heads=cfg.n_heads, scale_embeddings=False,
+             embed_norm=False, head_bias=False, final_norm=True, tie_embeddings=True)
+    if cfg.activation not in _T5_FFN_TO_HF:
+        raise ValueError(f"t5: activation {cfg.activation!r} has no feed_forward_proj; "
+                         f"exportable: {sorted(_T5_FFN_TO_HF)}")
+    # transformers >= 5 always ties T5's head and reads the scale from tie_word_embeddings / scale_decoder_outputs
+    return dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.d_ff,
+                num_layers=cfg.n_layers, num_decoder_layers=cfg.n_decoder_layers, num_heads=cfg.n_heads,
+                relative_attention_num_buckets=cfg.relative_buckets,
+                relative_attention_max_distance=cfg.relative_max_distance, layer_norm_epsilon=cfg.norm_eps,
+                feed_forward_proj=_T5_FFN_TO_HF[cfg.activation], tie_word_embeddings=cfg.scale_head,
+                scale_decoder_outputs=cfg.scale_head, dropout_rate=cfg.dropout, is_encoder_decoder=True,
+                pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id,
+                decoder_start_token_id=cfg.decoder_start_token_id)
+
+
+def _t5_to_hf(state, cfg):
+    out = map_to_hf(_t5_pairs(cfg), state)
+    out["shared.weight"] = state["encoder.embed.tokens.weight"]
+    return out
+
+
+register(Converter("t5", "T5ForConditionalGeneration", _t5_config, _t5_from_hf, _t5_config_to_hf, _t5_to_hf))
 
 
 # -- MBART and Marian: the BART layout ----------------------------------------------------------------------------
 
-# What distinguishes the two, as qkv fields (Liu et al. 2020; Junczys-Dowmunt et al. 2018 / Tiedemann & Thottingal 2020).
+# What distinguishes the two, as qkv fields (Liu et al. 2020; Junczys-Dowmunt et al. 2018).
 _BART_LIKE = {
     "mbart": dict(position="learned", position_offset=2, prenorm=True, embed_norm=True, final_norm=True),
     # Marian's positions are fixed sinusoids starting at 0, sines in the first half, cosines in the second
@@ -187,5 +221,34 @@ def _bart_like_from_hf(state, cfg):
     return out
 
 
-register(Converter("mbart", "MBartForConditionalGeneration", _bart_like_config, _bart_like_from_hf))
-register(Converter("marian", "MarianMTModel", _bart_like_config, _bart_like_from_hf))
+def _bart_like_config_to_hf(cfg: ModelConfig) -> dict:
+    model_type = cfg.extra.get("hf_model_type")
+    _require(cfg, model_type, norm="layer", bias=True, out_bias=True, ffn_bias=True, score="scaled_dot",
+             attn_scale=None, n_kv_heads=cfg.n_heads, head_dim=cfg.d_model // cfg.n_heads, head_bias=True,
+             norm_eps=1e-5, **_BART_LIKE[model_type])
+    if cfg.activation not in _ACT_TO_HF:
+        raise ValueError(f"{model_type}: activation {cfg.activation!r} is not exportable; "
+                         f"exportable: {sorted(_ACT_TO_HF)}")
+    return dict(vocab_size=cfg.vocab_size, decoder_vocab_size=cfg.vocab_size, d_model=cfg.d_model,
+                encoder_layers=cfg.n_layers, decoder_layers=cfg.n_decoder_layers,
+                encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads,
+                encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, max_position_embeddings=cfg.max_positions,
+                activation_function=_ACT_TO_HF[cfg.activation], scale_embedding=cfg.scale_embeddings,
+                tie_word_embeddings=cfg.tie_embeddings, share_encoder_decoder_embeddings=True,
+                dropout=cfg.dropout, attention_dropout=cfg.attn_dropout, activation_dropout=cfg.ffn_dropout,
+                is_encoder_decoder=True, pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id,
+                eos_token_id=cfg.eos_token_id, decoder_start_token_id=cfg.decoder_start_token_id)
+
+
+def _bart_like_to_hf(state, cfg):
+    out = {"model." + k: v for k, v in map_to_hf(_bart_like_pairs(cfg), state).items()}
+    out["model.shared.weight"] = state["encoder.embed.tokens.weight"]
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = state["head.weight"]
+    out["final_logits_bias"] = state["head.bias"].reshape(1, -1)
+    return out
+
+
+for _type, _arch in (("mbart", "MBartForConditionalGeneration"), ("marian", "MarianMTModel")):
+    register(Converter(_type, _arch, _bart_like_config, _bart_like_from_hf, _bart_like_config_to_hf,
+                       _bart_like_to_hf))

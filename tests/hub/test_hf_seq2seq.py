@@ -120,3 +120,23 @@ def test_separate_marian_vocabularies_are_refused(tmp_path):
     cfg.update(share_encoder_decoder_embeddings=False, decoder_vocab_size=V + 3)
     with pytest.raises(ValueError, match="share_encoder_decoder_embeddings"):
         qkv.hub.hf_seq2seq._bart_like_config(cfg)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_to_hf_round_trip_loads_in_transformers(name, tmp_path):
+    peer = _perturb(PEERS[name]())
+    peer.save_pretrained(tmp_path / "in")
+    ours = qkv.from_hf(tmp_path / "in")
+    qkv.to_hf(ours, tmp_path / "out")
+    back = type(peer).from_pretrained(tmp_path / "out").eval()
+    src, mask, tgt = _inputs()
+    with torch.no_grad():
+        expected = ours(src, tgt, mask)
+        got = back(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_to_hf_refuses_a_model_of_another_layout(tmp_path):
+    model = qkv.build(qkv.preset("transformer-tiny", extra={"hf_model_type": "marian"}))
+    with pytest.raises(ValueError, match="marian layout"):
+        qkv.to_hf(model, tmp_path)
