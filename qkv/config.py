@@ -49,6 +49,8 @@ class ModelConfig:
     window: int | None = None  # sliding-window attention: each token sees itself and this many before it
     tie_embeddings: bool = True  # the output layer shares the token embedding matrix
     scale_embeddings: bool = False  # multiply embeddings by sqrt(d_model) (original Transformer, sec. 3.4)
+    scale_head: bool = False  # multiply the last hidden state by d_model^-0.5 before the head (T5, tied head)
+    head_bias: bool = False  # a bias on the output layer, added to the logits (Marian / MBART final_logits_bias)
     dropout: float = 0.0  # on embeddings and sublayer outputs
     attn_dropout: float = 0.0  # on attention weights
     ffn_dropout: float = 0.0  # on the FFN's hidden activations (T5)

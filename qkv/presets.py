@@ -12,7 +12,7 @@ _TRANSFORMER = dict(family="encoder_decoder", position="sinusoidal", norm="layer
                     activation="relu", bias=True, tie_embeddings=True, scale_embeddings=True, dropout=0.1,
                     pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
 _T5 = dict(family="encoder_decoder", position="relative", norm="rms", norm_eps=1e-6, prenorm=True,
-           activation="relu", bias=False, score="dot", attn_scale=1.0, tie_embeddings=True,
+           activation="relu", bias=False, score="dot", attn_scale=1.0, tie_embeddings=True, scale_head=True,
            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 _BERT = dict(family="encoder", vocab_size=30522, max_positions=512, position="learned", norm="layer",
              norm_eps=1e-12, prenorm=False, embed_norm=True, activation="gelu", bias=True, type_vocab_size=2,
@@ -51,6 +51,19 @@ PRESETS: dict[str, dict] = {
     "vit-b16": dict(_VIT, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
     "vit-tiny": dict(_VIT, image_size=32, patch_size=8, d_model=64, n_layers=2, n_heads=4, d_ff=128,
                      num_labels=10),
+    # encoder-decoder, continued: T5 v1.1 (gated GELU, untied unscaled head), MBART, Marian (opus-mt shapes)
+    "t5-v1_1-tiny": dict(_T5, vocab_size=256, d_model=64, n_layers=2, n_heads=4, head_dim=16, d_ff=128,
+                         activation="geglu_tanh", tie_embeddings=False, scale_head=False),
+    "mbart-tiny": dict(family="encoder_decoder", position="learned", position_offset=2, norm="layer",
+                       prenorm=True, embed_norm=True, activation="gelu", bias=True, tie_embeddings=True,
+                       scale_embeddings=True, head_bias=True, vocab_size=256, d_model=64, n_layers=2,
+                       n_heads=4, d_ff=128, max_positions=128, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                       decoder_start_token_id=2),
+    "marian-tiny": dict(family="encoder_decoder", position="sinusoidal", sinusoidal_interleaved=False,
+                        norm="layer", prenorm=False, activation="silu", bias=True, tie_embeddings=True,
+                        scale_embeddings=True, head_bias=True, vocab_size=256, d_model=64, n_layers=2,
+                        n_heads=4, d_ff=128, max_positions=128, pad_token_id=255, eos_token_id=0,
+                        decoder_start_token_id=255),
 }
 
 

@@ -2,5 +2,6 @@
 from .build import FAMILY_CLASSES, build, load
 from .common import QKVModel
 from .decoder import DecoderLM
+from .encoder_decoder import EncoderDecoder, Seq2SeqWeights
 
-__all__ = ["FAMILY_CLASSES", "build", "load", "QKVModel", "DecoderLM"]
+__all__ = ["FAMILY_CLASSES", "build", "load", "QKVModel", "DecoderLM", "EncoderDecoder", "Seq2SeqWeights"]

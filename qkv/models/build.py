@@ -6,8 +6,9 @@ from pathlib import Path
 from ..config import ModelConfig
 from .common import WEIGHTS_FILE, QKVModel, load_config
 from .decoder import DecoderLM
+from .encoder_decoder import EncoderDecoder
 
-FAMILY_CLASSES: dict[str, type[QKVModel]] = {"decoder": DecoderLM}
+FAMILY_CLASSES: dict[str, type[QKVModel]] = {"decoder": DecoderLM, "encoder_decoder": EncoderDecoder}
 
 
 def build(config: ModelConfig) -> QKVModel:
