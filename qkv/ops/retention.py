@@ -54,7 +54,8 @@ def _check(q, k, v, decay, mode, chunk_size, initial_state) -> torch.Tensor:
     if decay.shape != (H,):
         raise ValueError(f"decay must have shape (H,) = ({H},), one gamma per head; got shape {tuple(decay.shape)}")
     if not decay.is_floating_point() or not bool(((decay > 0) & (decay < 1)).all()):
-        raise ValueError(f"decay={decay.tolist()} is invalid; expected every gamma strictly inside (0, 1)")
+        shown = ", ".join(f"{g:.6g}" for g in decay.flatten().tolist())
+        raise ValueError(f"decay=[{shown}] is invalid; expected every gamma strictly inside (0, 1)")
     if initial_state is not None:
         S0 = initial_state.S if isinstance(initial_state, RetentionState) else initial_state
         want = (q.shape[0], H, q.shape[-1], v.shape[-1])
