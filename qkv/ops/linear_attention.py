@@ -63,7 +63,8 @@ def feature_map_fn(feature_map: FeatureMap) -> Callable[[torch.Tensor], torch.Te
     )
 
 
-def _check(q, k, v, causal, mode, chunk_size, initial_state) -> None:
+def _check(q, k, v, causal, mode, chunk_size, initial_state) -> LinearAttentionState | None:
+    """Validate the arguments; return initial_state as a LinearAttentionState (or None)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -84,13 +85,15 @@ def _check(q, k, v, causal, mode, chunk_size, initial_state) -> None:
         want_S, want_z = (B, H, D, v.shape[-1]), (B, H, D)
         if not isinstance(initial_state, LinearAttentionState):
             if not (isinstance(initial_state, (tuple, list)) and len(initial_state) == 2):
-                raise TypeError(f"initial_state must be a LinearAttentionState or a tuple (S, z), got {type(initial_state).__name__}")
+                got = type(initial_state).__name__
+                raise TypeError(f"initial_state must be a LinearAttentionState or a tuple (S, z), got {got}")
             initial_state = LinearAttentionState(*initial_state)
         if tuple(initial_state.S.shape) != want_S or tuple(initial_state.z.shape) != want_z:
             raise ValueError(
                 f"initial_state has S {tuple(initial_state.S.shape)} and z {tuple(initial_state.z.shape)}; "
                 f"expected S {want_S} and z {want_z}"
             )
+    return initial_state
 
 
 def _parallel(fq, fk, v, S0, z0, causal):
@@ -196,7 +199,7 @@ def linear_attention(
 
     Half-precision inputs are computed in float32 and cast back: the running sums grow with T.
     """
-    _check(q, k, v, causal, mode, chunk_size, initial_state)
+    initial_state = _check(q, k, v, causal, mode, chunk_size, initial_state)
     phi = feature_map_fn(feature_map)
     cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)  # compute dtype
     fq, fk, vv = phi(q.to(cdt)), phi(k.to(cdt)), v.to(cdt)
@@ -205,8 +208,7 @@ def linear_attention(
         S0 = q.new_zeros(B, H, D, v.shape[-1], dtype=cdt)  # (B, H, D, Dv)
         z0 = q.new_zeros(B, H, D, dtype=cdt)  # (B, H, D)
     else:
-        S0, z0 = (initial_state.S, initial_state.z) if isinstance(initial_state, LinearAttentionState) else initial_state
-        S0, z0 = S0.to(cdt), z0.to(cdt)
+        S0, z0 = initial_state.S.to(cdt), initial_state.z.to(cdt)
     if mode == "parallel":
         num, den, S, z = _parallel(fq, fk, vv, S0, z0, causal)
     elif not causal:

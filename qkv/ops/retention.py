@@ -61,7 +61,9 @@ def _check(q, k, v, decay, mode, chunk_size, initial_state) -> torch.Tensor:
         want = (q.shape[0], H, q.shape[-1], v.shape[-1])
         if not isinstance(S0, torch.Tensor) or tuple(S0.shape) != want:
             got = tuple(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__
-            raise ValueError(f"initial_state must be a RetentionState or tensor of shape (B, H, D, Dv) = {want}, got {got}")
+            raise ValueError(
+                f"initial_state must be a RetentionState or a tensor of shape (B, H, D, Dv) = {want}, got {got}"
+            )
     return decay
 
 
@@ -85,7 +87,8 @@ def _parallel(q, k, v, S0, log_g):
     out = ((q @ k.transpose(-1, -2)) * Dm) @ v  # (B, H, T, Dv)
     out = out + _powers(log_g, t + 1).unsqueeze(-1) * (q @ S0)
     # The state after token T-1: S0 decayed T times plus each k_s^T v_s decayed T-1-s times.
-    S = _powers(log_g, t.new_tensor(T)).view(-1, 1, 1) * S0 + (k * _powers(log_g, T - 1 - t).unsqueeze(-1)).transpose(-1, -2) @ v
+    k_to_end = k * _powers(log_g, T - 1 - t).unsqueeze(-1)  # (B, H, T, D)
+    S = _powers(log_g, t.new_tensor(T)).view(-1, 1, 1) * S0 + k_to_end.transpose(-1, -2) @ v  # (B, H, D, Dv)
     return out, S
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 MODES = ("parallel", "recurrent", "chunk")
+_NEGLIGIBLE = 60.0  # log-space cut below the row maximum (see _parallel)
 
 
 @dataclass
@@ -77,7 +78,8 @@ def _check(w, u, k, v, mode, chunk_size, state) -> None:
         want = (k.shape[0], C)
         for name in ("a", "b", "p"):
             if tuple(getattr(state, name).shape) != want:
-                raise ValueError(f"state.{name} must have shape (B, C) = {want}, got {tuple(getattr(state, name).shape)}")
+                got = tuple(getattr(state, name).shape)
+                raise ValueError(f"state.{name} must have shape (B, C) = {want}, got {got}")
 
 
 def _recurrent(w, u, k, v, state: WKVState):
@@ -100,24 +102,34 @@ def _recurrent(w, u, k, v, state: WKVState):
     return out, WKVState(a, b, p)
 
 
-def _parallel(w, u, k, v, state: WKVState):
+def _offsets(w, u, T: int):
+    """O[t, i] = -(t-1-i) w for i < t, u for i = t, -inf for i > t, shape (T, T, C): the exponent of key i for
+    query t is k_i + O[t, i]. Shared by the batch and, in chunk mode, by every full block."""
+    t = torch.arange(T, device=w.device, dtype=w.dtype)
+    dist = t[:, None] - 1 - t[None, :]  # (T, T): steps of decay from key i to query t
+    O = -dist.clamp(min=0)[:, :, None] * w  # (T, T, C)
+    O = torch.where((dist == -1)[:, :, None], u, O)  # i = t: the bonus instead of a decay
+    # i > t: excluded, with -inf so that it can neither count nor inflate the row maximum below.
+    return O.masked_fill((dist < -1)[:, :, None], float("-inf"))
+
+
+def _parallel(w, u, k, v, state: WKVState, offsets=None):
     """All T outputs at once from the (T, T) exponent matrix per channel, plus the carried state as one extra
     term: token t sees the state decayed t times (exponent p - t w). Returns out (B, T, C) and the new state."""
     B, T, C = k.shape
     t = torch.arange(T, device=k.device, dtype=k.dtype)
-    dist = (t[:, None] - 1 - t[None, :]).clamp(min=0)  # (T, T): steps of decay from key i to query t
-    E = k[:, None, :, :] - dist[None, :, :, None] * w  # (B, T, T, C): exponent of key i for query t, i < t
-    diag = torch.eye(T, dtype=torch.bool, device=k.device)[None, :, :, None]
-    E = torch.where(diag, (u + k)[:, None, :, :], E)  # i = t: the bonus instead of the decay
-    future = torch.ones(T, T, dtype=torch.bool, device=k.device).triu(1)[None, :, :, None]
-    E = E.masked_fill(future, float("-inf"))  # i > t: excluded (masked before the max so it cannot inflate it)
+    E = k[:, None, :, :] + (_offsets(w, u, T) if offsets is None else offsets)  # (B, T, T, C): query t, key i
     s = state.p[:, None, :] - t[None, :, None] * w  # (B, T, C): exponent of the carried state for query t
     # Subtracting the row maximum is exact (it cancels between numerator and denominator) and keeps exp <= 1;
     # detached because the result does not depend on it.
     m = torch.maximum(E.amax(2), s).detach()  # (B, T, C)
-    ex = torch.exp(E - m[:, :, None, :])  # (B, T, T, C)
+    x = E - m[:, :, None, :]  # (B, T, T, C), <= 0
+    # Terms below e^-60 of the row's largest are dropped to exact zeros: they are beneath float64 resolution
+    # (2^-52 ~ e^-36) even summed over millions of tokens, and exp() that underflows into subnormal floats runs
+    # ~10-50x slower on CPUs. This is what keeps long-decayed keys (w * distance large) from slowing the op.
+    ex = torch.exp(x.masked_fill(x < -_NEGLIGIBLE, float("-inf")))  # (B, T, T, C)
     es = torch.exp(s - m)  # (B, T, C)
-    num = torch.einsum("btic,bic->btc", ex, v) + es * state.a[:, None, :]
+    num = (ex * v[:, None, :, :]).sum(2) + es * state.a[:, None, :]
     den = ex.sum(2) + es * state.b[:, None, :]
     # The state after the last token: key i decayed T-1-i times (no bonus), the old state decayed T times.
     Ef = k - (T - 1 - t)[None, :, None] * w  # (B, T, C)
@@ -130,10 +142,12 @@ def _parallel(w, u, k, v, state: WKVState):
 
 
 def _chunk(w, u, k, v, state: WKVState, chunk_size: int):
-    """The parallel form on blocks of ``chunk_size`` tokens, the state carried between them."""
+    """The parallel form on blocks of ``chunk_size`` tokens, the state carried between them. Costs O(T L C)
+    for blocks of L tokens, so small blocks (16-32) are fastest here; L trades Python overhead for work."""
+    offsets = _offsets(w, u, min(chunk_size, k.shape[1]))  # for every full block
     outs = []
     for kc, vc in zip(k.split(chunk_size, 1), v.split(chunk_size, 1)):
-        out, state = _parallel(w, u, kc, vc, state)
+        out, state = _parallel(w, u, kc, vc, state, offsets if kc.shape[1] == offsets.shape[0] else None)
         outs.append(out)
     return (torch.cat(outs, 1) if outs else torch.zeros_like(v)), state
 
@@ -145,7 +159,7 @@ def wkv4(
     v: torch.Tensor,
     *,
     mode: str = "parallel",
-    chunk_size: int = 64,
+    chunk_size: int = 16,
     state: WKVState | None = None,
     return_state: bool = False,
 ):
@@ -158,7 +172,9 @@ def wkv4(
         k, v: (B, T, C) keys and values.
         mode: "parallel" ((T, T) per channel, O(T^2 C) memory), "recurrent" (token by token, log-space: the
             decode step) or "chunk" (parallel inside blocks of ``chunk_size``, recurrent between them).
-        chunk_size: block length for mode="chunk".
+        chunk_size: block length for mode="chunk". Work grows as T * chunk_size * C (a (L, L, C) block of
+            exponentials per block), unlike the matmul-bound linear attention and retention, so the default
+            is smaller than theirs (16 vs 64).
         state: a WKVState from an earlier piece of the sequence; None starts empty (WKVState.zeros).
         return_state: also return the state after the last token.
 

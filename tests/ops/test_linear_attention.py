@@ -80,9 +80,9 @@ def test_parallel_prefill_then_recurrent_decode_equals_one_pass():
     _, state = linear_attention(q[:, :, :8], k[:, :, :8], v[:, :, :8], mode="chunk", chunk_size=4, return_state=True)
     steps = []
     for t in range(8, 12):
+        sl = slice(t, t + 1)
         out, state = linear_attention(
-            q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], mode="recurrent", initial_state=(state.S, state.z),
-            return_state=True,
+            q[:, :, sl], k[:, :, sl], v[:, :, sl], mode="recurrent", initial_state=(state.S, state.z), return_state=True
         )
         steps.append(out)
     torch.testing.assert_close(torch.cat(steps, 2), whole[:, :, 8:], rtol=0, atol=1e-12)
@@ -117,7 +117,8 @@ def test_gradcheck(mode):
 def test_bfloat16_runs_and_is_close_to_float32():
     q, k, v = _qkv(T=70, D=16, Dv=16, dtype=torch.float32)
     ref = linear_attention(q, k, v, mode="parallel")
-    out, state = linear_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mode="chunk", chunk_size=16, return_state=True)
+    q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    out, state = linear_attention(q16, k16, v16, mode="chunk", chunk_size=16, return_state=True)
     assert out.dtype == torch.bfloat16 and state.S.dtype == torch.float32
     torch.testing.assert_close(out.float(), ref, rtol=0, atol=3e-2)
 
@@ -128,7 +129,10 @@ def test_bfloat16_runs_and_is_close_to_float32():
         (dict(mode="fast"), "mode='fast'"),
         (dict(chunk_size=0), "chunk_size=0"),
         (dict(feature_map="softmax"), "feature_map='softmax'"),
-        (dict(initial_state=(torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4))), r"initial_state.*expected S \(2, 2, 4, 3\)"),
+        (
+            dict(initial_state=(torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4))),
+            r"initial_state has S \(2, 2, 4, 4\).*expected S \(2, 2, 4, 3\)",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, match):

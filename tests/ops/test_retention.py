@@ -28,7 +28,8 @@ def naive(q, k, v, decay, scale=None):
     for h in range(H):
         for t in range(T):
             for s in range(t + 1):
-                out[:, h, t] += scale * decay[h] ** (t - s) * (q[:, h, t] * k[:, h, s]).sum(-1, keepdim=True) * v[:, h, s]
+                score = (q[:, h, t] * k[:, h, s]).sum(-1, keepdim=True)  # (B, 1)
+                out[:, h, t] += scale * decay[h] ** (t - s) * score * v[:, h, s]
     return out
 
 
