@@ -2,8 +2,7 @@
 sequence length they are faster. This script times one layer-sized call of each, forward and forward+backward,
 over T = 512, 1024, ... and prints the time ratios to softmax attention and where the lines cross.
 
-    python bench/scaling.py                       # CPU, float32, stops at --max-T (default 16384 on CPU)
-    python bench/scaling.py --threads 1 --max-T 8192   # steadier on a busy machine, ~3 minutes
+    python bench/scaling.py --threads 1           # CPU, float32, up to T = 8192: ~1.5-3 minutes on 2 shared cores
     python bench/scaling.py --device cuda --dtype bfloat16 --max-T 65536
 
 Softmax attention is torch.nn.functional.scaled_dot_product_attention(is_causal=True), which picks PyTorch's
@@ -98,7 +97,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--min-T", type=int, default=512)
-    p.add_argument("--max-T", type=int, default=None, help="largest T (default 16384 on CPU, 65536 on CUDA)")
+    p.add_argument("--max-T", type=int, default=None, help="largest T (default 8192 on CPU, 65536 on CUDA)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dim", type=int, default=64, help="head size D")
@@ -110,7 +109,7 @@ def main(argv=None):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
-    max_T = args.max_T or (65536 if device.type == "cuda" else 16384)
+    max_T = args.max_T or (65536 if device.type == "cuda" else 8192)
     Ts = [T for T in (2**i for i in range(6, 20)) if args.min_T <= T <= max_T]
 
     cmd = "python bench/scaling.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

@@ -14,7 +14,8 @@ Three forms, chosen by `mode` and tested equal:
   exponent, so that e^{k} is never formed: keys of 50..100 would overflow float32 (e^89 > 3.4e38). This is the
   decode step.
 - ``parallel``: the (T, T) matrix of exponents per channel, maximum-subtracted per row, then a weighted sum.
-  O(T^2 C) memory: a reference, and the training form for short T.
+  O(T^2 C) memory: a reference, and the training form for short T. Terms below e^-60 of a row's largest are
+  dropped (exact to float64 resolution; it keeps CPU exp() off its slow subnormal path).
 - ``chunk``: ``parallel`` over blocks of ``chunk_size`` tokens, carrying the state between blocks; O(T C) memory.
 
 Every form takes and returns the state, so pieces chain: running T in two pieces equals running it at once.
