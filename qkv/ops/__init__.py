@@ -1,7 +1,11 @@
 """Pure functions on tensors, no parameters. Each op's reference and fast forms sit side by side."""
 from .attention import SCORES, attention, scores
+from .linear_attention import LinearAttentionState, linear_attention
 from .masks import causal_mask, global_mask, padding_mask, window_mask
+from .retention import RetentionState, retention
 from .rope import apply_rope, rope_frequencies, rope_tables
+from .wkv import WKVState, wkv4
 
 __all__ = ["SCORES", "attention", "scores", "causal_mask", "global_mask", "padding_mask", "window_mask",
-           "apply_rope", "rope_frequencies", "rope_tables"]
+           "apply_rope", "rope_frequencies", "rope_tables", "linear_attention", "LinearAttentionState",
+           "retention", "RetentionState", "wkv4", "WKVState"]

@@ -1,0 +1,189 @@
+"""Retention, the mixer of RetNet (Sun et al. 2023, "Retentive Network", Sec. 2.1-2.2).
+
+Each head h has a fixed decay gamma_h in (0, 1); a token reads every earlier token with a weight that shrinks
+geometrically with distance:
+
+    out_t = scale * sum_{s<=t} gamma_h^(t-s) (q_t . k_s) v_s        (scale defaults to D^-0.5)
+
+Three forms of the same function, chosen by `mode` and tested equal:
+
+- ``parallel`` (Sec. 2.1, eq. 5): ((Q K^T) * Dmask) V with Dmask[t, s] = gamma^(t-s) for s <= t, else 0.
+- ``recurrent`` (eq. 6): S_t = gamma S_{t-1} + k_t^T v_t, out_t = scale * q_t S_t; the decode step.
+- ``chunk`` (Sec. 2.2, eq. 7): blocks of C tokens; the parallel form inside a block plus the state carried in
+  from earlier blocks, decayed by gamma^(i+1) for the i-th token of the block.
+
+Numerics: every decay factor is gamma^n with n >= 0, computed as exp(n * log gamma) in float32 or higher.
+Nothing is ever divided by a power of gamma, so no exponent overflows however long T is (gamma^-T, which some
+chunk formulations use, overflows float32 at T ~ 3000 for gamma = 1 - 2^-5).
+
+Shapes: q, k (B, H, T, D); v (B, H, T, Dv); decay (H,); state S (B, H, D, Dv).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("parallel", "recurrent", "chunk")
+
+
+@dataclass
+class RetentionState:
+    """S = sum_s gamma^(T-1-s) k_s^T v_s over the tokens seen so far (unscaled), (B, H, D, Dv)."""
+
+    S: torch.Tensor
+
+
+def _check(q, k, v, decay, mode, chunk_size, initial_state) -> torch.Tensor:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, T, D), got shape {tuple(t.shape)}")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (B, H, T, D), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must have shape (B, H, T, Dv) = {tuple(q.shape[:3])} + (Dv,), got {tuple(v.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not supported; expected one of {MODES}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected an int >= 1")
+    decay = torch.as_tensor(decay, device=q.device)
+    H = q.shape[1]
+    if decay.shape != (H,):
+        raise ValueError(f"decay must have shape (H,) = ({H},), one gamma per head; got shape {tuple(decay.shape)}")
+    if not decay.is_floating_point() or not bool(((decay > 0) & (decay < 1)).all()):
+        shown = ", ".join(f"{g:.6g}" for g in decay.flatten().tolist())
+        raise ValueError(f"decay=[{shown}] is invalid; expected every gamma strictly inside (0, 1)")
+    if initial_state is not None:
+        S0 = initial_state.S if isinstance(initial_state, RetentionState) else initial_state
+        want = (q.shape[0], H, q.shape[-1], v.shape[-1])
+        if not isinstance(S0, torch.Tensor) or tuple(S0.shape) != want:
+            got = tuple(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__
+            raise ValueError(
+                f"initial_state must be a RetentionState or a tensor of shape (B, H, D, Dv) = {want}, got {got}"
+            )
+    return decay
+
+
+def _powers(log_g: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """gamma^n for integer n >= 0 as exp(n log gamma): (H,) x any shape -> (H, *n.shape), never overflows."""
+    return torch.exp(log_g.view(-1, *([1] * n.dim())) * n)
+
+
+def _decay_mask(log_g: torch.Tensor, L: int) -> torch.Tensor:
+    """Dmask[h, t, s] = gamma_h^(t-s) for s <= t, else 0 (eq. 5), shape (H, L, L)."""
+    idx = torch.arange(L, device=log_g.device, dtype=log_g.dtype)
+    dist = idx[:, None] - idx[None, :]  # (L, L)
+    return _powers(log_g, dist.clamp(min=0)) * (dist >= 0)
+
+
+def _parallel(q, k, v, S0, log_g):
+    """The definition, eq. 5, plus the carried state: token t (0-based) sees S0 decayed t + 1 times."""
+    T = q.shape[2]
+    Dm = _decay_mask(log_g, T)  # (H, T, T)
+    t = torch.arange(T, device=q.device, dtype=log_g.dtype)
+    out = ((q @ k.transpose(-1, -2)) * Dm) @ v  # (B, H, T, Dv)
+    out = out + _powers(log_g, t + 1).unsqueeze(-1) * (q @ S0)
+    # The state after token T-1: S0 decayed T times plus each k_s^T v_s decayed T-1-s times.
+    k_to_end = k * _powers(log_g, T - 1 - t).unsqueeze(-1)  # (B, H, T, D)
+    S = _powers(log_g, t.new_tensor(T)).view(-1, 1, 1) * S0 + k_to_end.transpose(-1, -2) @ v  # (B, H, D, Dv)
+    return out, S
+
+
+def _recurrent(q, k, v, S0, log_g):
+    """Eq. 6, one token at a time: S_t = gamma S_{t-1} + k_t^T v_t, out_t = q_t S_t."""
+    g = log_g.exp().view(-1, 1, 1)  # (H, 1, 1)
+    S = S0
+    outs = []
+    for t in range(q.shape[2]):
+        S = g * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # (B, H, D, Dv)
+        outs.append((q[:, :, t, None, :] @ S)[:, :, 0])  # (B, H, Dv)
+    if not outs:
+        return v.new_zeros(*v.shape), S
+    return torch.stack(outs, 2), S
+
+
+def _chunk(q, k, v, S0, log_g, chunk_size):
+    """Eq. 7: the masked form inside blocks of C tokens; the state carried across blocks.
+
+    T is zero-padded to N whole blocks. Padded keys are zero, and every decay is measured to the true end of
+    its own block (the last one may be short), so the padding changes neither outputs nor the final state.
+    """
+    B, H, T, D = q.shape
+    Dv = v.shape[-1]
+    C = chunk_size
+    N = -(-T // C)
+    q, k, v = (F.pad(x, (0, 0, 0, N * C - T)) for x in (q, k, v))
+    qc = q.view(B, H, N, C, D)
+    kc = k.view(B, H, N, C, D)
+    vc = v.view(B, H, N, C, Dv)
+    # Inside each block: the parallel form with a (C, C) decay mask, shared by all blocks.
+    out = ((qc @ kc.transpose(-1, -2)) * _decay_mask(log_g, C).unsqueeze(1)) @ vc  # (B, H, N, C, Dv)
+    # What each block adds to the state: k_j^T v_j decayed to the block's last real token, L_n - 1 - j times.
+    pos = torch.arange(N * C, device=q.device).view(N, C)
+    L = (T - pos[:, :1]).clamp(max=C)  # (N, 1): real tokens per block
+    to_end = (L - 1 - pos.remainder(C)).clamp(min=0).to(log_g.dtype)  # (N, C); padded slots have k = 0
+    kv = (kc * _powers(log_g, to_end).unsqueeze(-1)).transpose(-1, -2) @ vc  # (B, H, N, D, Dv)
+    block_decay = _powers(log_g, L[:, 0].to(log_g.dtype)).view(H, N, 1, 1)  # gamma^(L_n)
+    # Across blocks: a short loop of N multiply-adds on (B, H, D, Dv) states.
+    S, before = S0, []
+    for n in range(N):
+        before.append(S)
+        S = block_decay[:, n] * S + kv[:, :, n]
+    S_before = torch.stack(before, 2)  # (B, H, N, D, Dv)
+    i1 = torch.arange(1, C + 1, device=q.device, dtype=log_g.dtype)  # the i-th token reads S decayed i + 1 times
+    out = out + _powers(log_g, i1).view(H, 1, C, 1) * (qc @ S_before)
+    return out.reshape(B, H, N * C, Dv)[:, :, :T], S
+
+
+def retention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    decay,
+    *,
+    scale: float | None = None,
+    mode: str = "chunk",
+    chunk_size: int = 64,
+    initial_state: RetentionState | torch.Tensor | None = None,
+    return_state: bool = False,
+):
+    """RetNet retention out_t = scale * sum_{s<=t} gamma_h^(t-s) (q_t . k_s) v_s in one of three equal forms.
+
+    Args:
+        q, k: (B, H, T, D) queries and keys (rotated by xPos / RoPE beforehand if the model uses it).
+        v: (B, H, T, Dv) values.
+        decay: (H,) tensor (or sequence) of per-head gammas, each strictly in (0, 1). RetNet uses
+            gamma_h = 1 - 2^(-5 - h) (Sec. 2.2).
+        scale: multiplies q . k; default D^-0.5.
+        mode: "parallel" (decay-masked quadratic, the definition), "recurrent" (token by token, the decode
+            step) or "chunk" (blocks of ``chunk_size``).
+        chunk_size: block length for mode="chunk"; any T works.
+        initial_state: a RetentionState or tensor S (B, H, D, Dv) from an earlier piece; None starts at zero.
+        return_state: also return the state after the last token.
+
+    Returns:
+        out (B, H, T, Dv) in the dtype of v, or (out, RetentionState) when ``return_state``; the state is kept
+        in float32 (or float64), whatever the input dtype.
+    """
+    decay = _check(q, k, v, decay, mode, chunk_size, initial_state)
+    cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+    log_g = decay.to(cdt).log()  # (H,); decay powers in float32 or higher
+    B, H, T, D = q.shape
+    scale = D**-0.5 if scale is None else scale
+    qq, kk, vv = q.to(cdt), k.to(cdt), v.to(cdt)
+    if initial_state is None:
+        S0 = q.new_zeros(B, H, D, v.shape[-1], dtype=cdt)  # (B, H, D, Dv)
+    else:
+        S0 = (initial_state.S if isinstance(initial_state, RetentionState) else initial_state).to(cdt)
+    if mode == "parallel":
+        out, S = _parallel(qq, kk, vv, S0, log_g)
+    elif mode == "recurrent":
+        out, S = _recurrent(qq, kk, vv, S0, log_g)
+    else:
+        out, S = _chunk(qq, kk, vv, S0, log_g, chunk_size)
+    # Scale applied once at the end: the state stays unscaled, so pieces with the same scale chain exactly.
+    out = (scale * out).to(v.dtype)
+    return (out, RetentionState(S)) if return_state else out
