@@ -41,13 +41,26 @@ def _load_model(args):
 
 
 def _model_folder(path):
-    """A training output folder keeps its latest model under checkpoints/latest; accept either."""
+    """A model folder, or a training output folder (its ``latest`` file names the newest checkpoint), or the
+    demo's output folder (training output under train/)."""
     from pathlib import Path
     p = Path(path)
-    for candidate in (p, p / "model", p / "checkpoints" / "latest" / "model", p / "latest" / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise CLIError(f"--checkpoint {path}: no config.json there (nor in model/ or checkpoints/latest/model/)")
+    for run in (p, p / "train"):
+        if (run / "latest").is_file():
+            return run / (run / "latest").read_text().strip()
+    if (p / "config.json").is_file():
+        return p
+    raise CLIError(f"--checkpoint {path}: not a qkv model folder (no config.json) nor a training output folder "
+                   f"(no 'latest' file)")
+
+
+def _tokenizer_for(model_dir):
+    """The tokenizer saved beside a checkpoint (training writes it to tokenizer/)."""
+    from .data import Tokenizer
+    folder = model_dir / "tokenizer"
+    if not folder.is_dir():
+        raise CLIError(f"{model_dir}: no tokenizer/ folder beside the weights; pass token ids or train with qkv")
+    return Tokenizer.load(folder)
 
 
 # -- info -------------------------------------------------------------------------------------------------------
@@ -105,9 +118,128 @@ def _convert(args):
     return 0
 
 
+# -- demo -------------------------------------------------------------------------------------------------------
+
+def _demo_args(p):
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo); an interrupted run "
+                                                      "resumes from its last checkpoint")
+    p.add_argument("--src", help="your own source-language file, one sentence a line (default: qkv's generated "
+                                 "English -> Spanish task)")
+    p.add_argument("--tgt", help="the target-language file aligned with --src")
+    p.add_argument("--val-src", help="held-out source file (with --src)")
+    p.add_argument("--val-tgt", help="held-out target file (with --src)")
+    p.add_argument("--max-steps", type=int, help="training steps (default: the demo's tuned value)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, weights and order (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _demo(args):
+    import logging
+    from .demo import run_demo
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    run_demo(args.out, src=args.src, tgt=args.tgt, val_src=args.val_src, val_tgt=args.val_tgt,
+             max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
+# -- plot -------------------------------------------------------------------------------------------------------
+
+def _plot_args(p):
+    p.add_argument("what", choices=("attention", "curves"), help="attention: heatmaps of every layer and head; "
+                                                                 "curves: the training curves of a run")
+    p.add_argument("--checkpoint", help="attention: a model folder or training output; curves: a training "
+                                        "output folder (or give --metrics)")
+    p.add_argument("--metrics", help="curves: a metrics.jsonl file")
+    p.add_argument("--text", help="attention, language models and encoders: the text to look at")
+    p.add_argument("--src", help="attention, translation models: the source sentence")
+    p.add_argument("--tgt", help="attention, translation models: the target sentence (default: the model's own "
+                                 "greedy translation)")
+    p.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png); the HTML "
+                                                          "explorer goes beside it with --html")
+    p.add_argument("--html", action="store_true", help="also write the interactive explorer (OUT with .html)")
+
+
+def _plot(args):
+    from pathlib import Path
+    from . import viz
+    out = Path(args.out)
+    if args.what == "curves":
+        metrics = Path(args.metrics) if args.metrics else None
+        if metrics is None:
+            if not args.checkpoint:
+                raise CLIError("plot curves needs --metrics FILE or --checkpoint RUN_FOLDER")
+            run = Path(args.checkpoint)
+            metrics = next((m for m in (run / "metrics.jsonl", run / "train" / "metrics.jsonl") if m.is_file()), None)
+            if metrics is None:
+                raise CLIError(f"--checkpoint {run}: no metrics.jsonl there (nor in train/)")
+        viz.plot_curves(metrics, out)
+        print(f"wrote {out}")
+        return 0
+    if not args.checkpoint:
+        raise CLIError("plot attention needs --checkpoint")
+    import torch
+    import qkv
+    folder = _model_folder(args.checkpoint)
+    model = qkv.load(folder)
+    tok = _tokenizer_for(folder)
+    if model.config.family == "encoder_decoder":
+        if not args.src:
+            raise CLIError("a translation model: pass --src (and optionally --tgt)")
+        from .demo import attention_maps, translate
+        tgt = args.tgt if args.tgt is not None else translate(model, tok, [args.src])[0]
+        maps = attention_maps(model, tok, args.src, tgt)
+    else:
+        if not args.text:
+            raise CLIError("pass --text")
+        ids = tok.encode(args.text)
+        tokens = tok.tokens(args.text)
+        with torch.no_grad():
+            result = model(torch.tensor([ids]), return_weights=True)
+        weights = result[1]
+        kind = "masked" if model.config.family == "decoder" else "self"
+        maps = [viz.AttentionMaps.from_batch(kind, [w.self_attn for w in weights], tokens, tokens)]
+    for m in maps:
+        path = out if len(maps) == 1 else out.with_name(f"{out.stem}_{m.kind}{out.suffix}")
+        viz.plot_attention(m, path, title=f"{m.kind} attention")
+        print(f"wrote {path}")
+    if args.html:
+        viz.explorer_html(maps, out.with_suffix(".html"))
+        print(f"wrote {out.with_suffix('.html')}")
+    return 0
+
+
+# -- bench ------------------------------------------------------------------------------------------------------
+
+def _bench_args(p):
+    p.add_argument("name", nargs="?", help="which benchmark (a script in bench/); none: list them")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed on to the script (see its --help)")
+
+
+def _bench(args):
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "bench"
+    scripts = sorted(p.stem for p in root.glob("*.py")) if root.is_dir() else []
+    if not scripts:
+        raise CLIError("the bench/ scripts ship with the source tree, not the installed package: run from a clone")
+    if not args.name:
+        print("benchmarks (qkv bench NAME [args]):\n  " + "\n  ".join(scripts))
+        return 0
+    if args.name not in scripts:
+        raise CLIError(f"unknown benchmark {args.name!r}; available: {', '.join(scripts)}")
+    return subprocess.call([sys.executable, str(root / f"{args.name}.py"), *args.args])
+
+
 COMMANDS: dict[str, Command] = {
+    "demo": Command("the main job: train a small Transformer to translate, then show where it attends",
+                    "qkv demo --out runs/demo", _demo_args, _demo),
     "info": Command("a model's configuration, parameters, FLOPs per token and memory",
                     "qkv info --preset gpt2 --seq-len 1024", _info_args, _info),
+    "plot": Command("attention heatmaps (every layer and head) and training curves",
+                    "qkv plot attention --checkpoint runs/demo --src 'march 5, 1999' --out attn.png --html",
+                    _plot_args, _plot),
+    "bench": Command("run a benchmark script from bench/ (each prints its ratio to a peer)",
+                     "qkv bench attention --max-T 2048", _bench_args, _bench),
     "convert": Command("checkpoints between formats: Hugging Face folders, RWKV-LM files, qkv folders",
                        "qkv convert --from-hf ./gpt2-hf --out ./gpt2-qkv", _convert_args, _convert),
 }
