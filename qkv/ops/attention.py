@@ -100,9 +100,9 @@ def _combine_masks(T, S, device, mask, causal, window, global_tokens):
         structural = window_mask(T, S, window=window, causal=causal, device=device)
     elif causal:
         structural = causal_mask(T, S, device=device)
-    if global_tokens is not None:
-        g = global_mask(T, S, global_tokens, device=device)
-        structural = g if structural is None else structural | g
+    if global_tokens is not None and structural is not None:
+        # Global tokens widen a local / causal pattern; with no such pattern every query already sees every key.
+        structural = structural | global_mask(T, S, global_tokens, device=device)
     if structural is not None:
         allowed = structural if allowed is None else allowed & structural
     return allowed, bias
@@ -139,7 +139,8 @@ def _check(q, k, v, score, mask, bias, window, hard):
                              f"{(B, H, T, S)}") from None
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
         raise ValueError(f"window must be an int >= 0 (how many neighbours a query sees), got {window!r}")
-    if hard is not None and hard != "argmax" and not (isinstance(hard, int) and hard >= 1):
+    if hard is not None and hard != "argmax" and not (isinstance(hard, int) and not isinstance(hard, bool)
+                                                      and hard >= 1):
         raise ValueError(f"hard must be None, 'argmax' or an int k >= 1 (keep the top-k scores), got {hard!r}")
 
 
