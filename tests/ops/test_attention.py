@@ -411,7 +411,8 @@ def test_mismatched_head_sizes_are_rejected():
 
 def test_mask_that_cannot_broadcast_is_rejected():
     q, k, v = qkv_()
-    with pytest.raises(ValueError, match=r"mask of shape \(7, 8\) does not broadcast to \(B, H, T, S\) = \(2, 4, 7, 9\)"):
+    with pytest.raises(ValueError, match=r"mask of shape \(7, 8\) does not broadcast to "
+                                         r"\(B, H, T, S\) = \(2, 4, 7, 9\)"):
         attention(q, k, v, mask=torch.ones(7, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"bias of shape \(3, 1, 1, 9\) does not broadcast"):
         attention(q, k, v, bias=torch.zeros(3, 1, 1, 9, dtype=f64))
@@ -461,5 +462,6 @@ def test_missing_params_for_learned_scores_are_rejected():
         attention(q, k, v, score="additive")
     with pytest.raises(ValueError, match=r"score='additive' needs params .*params lacks 'v'"):
         attention(q, k, v, score="additive", params={"W_q": rand(3, 8), "W_k": rand(3, 8)})
-    with pytest.raises(ValueError, match=r"score='bilinear' needs params with W \(D, Dk\) or \(H, D, Dk\); params lacks 'W'"):
+    with pytest.raises(ValueError, match=r"score='bilinear' needs params with W \(D, Dk\) or \(H, D, Dk\); "
+                                         r"params lacks 'W'"):
         attention(q, k, v, score="bilinear", params={})

@@ -21,8 +21,10 @@ def test_causal_mask_defaults_to_square():
 @pytest.mark.parametrize("T,S", [(7, 7), (1, 9), (7, 13)])
 @pytest.mark.parametrize("window", [0, 2])
 def test_window_mask_sees_w_before_or_w_each_side(T, S, window):
-    assert torch.equal(window_mask(T, S, window=window, causal=True), loop_mask(T, S, lambda p, j: p - window <= j <= p))
-    assert torch.equal(window_mask(T, S, window=window, causal=False), loop_mask(T, S, lambda p, j: abs(p - j) <= window))
+    before = loop_mask(T, S, lambda p, j: p - window <= j <= p)
+    each_side = loop_mask(T, S, lambda p, j: abs(p - j) <= window)
+    assert torch.equal(window_mask(T, S, window=window, causal=True), before)
+    assert torch.equal(window_mask(T, S, window=window, causal=False), each_side)
 
 
 def test_global_mask_rows_and_columns():
