@@ -15,9 +15,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least: never downcast float64
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        # Cast back, then scale in the input dtype (Llama's order), so bf16 in gives bf16 out even when the
+        # gain is float32 (autocast / mixed precision keep parameters in float32).
+        return normed.to(x.dtype) * self.weight.to(x.dtype)
 
 
 class LayerNorm(nn.LayerNorm):

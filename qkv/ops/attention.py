@@ -100,9 +100,9 @@ def _combine_masks(T, S, device, mask, causal, window, global_tokens):
         structural = window_mask(T, S, window=window, causal=causal, device=device)
     elif causal:
         structural = causal_mask(T, S, device=device)
-    if global_tokens is not None:
-        g = global_mask(T, S, global_tokens, device=device)
-        structural = g if structural is None else structural | g
+    if global_tokens is not None and structural is not None:
+        # Global tokens widen a local / causal pattern; with no such pattern every query already sees every key.
+        structural = structural | global_mask(T, S, global_tokens, device=device)
     if structural is not None:
         allowed = structural if allowed is None else allowed & structural
     return allowed, bias
@@ -116,16 +116,17 @@ def _check(q, k, v, score, mask, bias, window, hard):
             raise ValueError(f"{name} must be 4-D (B, heads, length, head size), got shape {tuple(t.shape)}")
     if score not in _SCORE_FNS:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if k.shape[:3] != v.shape[:3]:
+    # Unpack each shape once: every ``t.shape`` builds a new torch.Size (~0.5 us), and this runs on every
+    # call of the fast path, the decode step included.
+    (B, H, T, D), (Bk, G, S, Dk), (Bv, Gv, Sv, _) = q.shape, k.shape, v.shape
+    if (Bk, G, S) != (Bv, Gv, Sv):
         raise ValueError(f"k and v must agree on (B, heads, S): k is {tuple(k.shape)}, v is {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0]:
+    if B != Bk:
         raise ValueError(f"q and k must have the same batch size, got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    if score in ("dot", "scaled_dot", "cosine") and q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"score={score!r} needs equal query and key head sizes, got q D={q.shape[-1]} "
-                         f"and k D={k.shape[-1]}")
-    B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    if H % G:
+        raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({G})")
+    if D != Dk and score in ("dot", "scaled_dot", "cosine"):
+        raise ValueError(f"score={score!r} needs equal query and key head sizes, got q D={D} and k D={Dk}")
     for name, m in (("mask", mask), ("bias", bias)):
         if m is None:
             continue
@@ -139,7 +140,8 @@ def _check(q, k, v, score, mask, bias, window, hard):
                              f"{(B, H, T, S)}") from None
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
         raise ValueError(f"window must be an int >= 0 (how many neighbours a query sees), got {window!r}")
-    if hard is not None and hard != "argmax" and not (isinstance(hard, int) and hard >= 1):
+    if hard is not None and hard != "argmax" and not (isinstance(hard, int) and not isinstance(hard, bool)
+                                                      and hard >= 1):
         raise ValueError(f"hard must be None, 'argmax' or an int k >= 1 (keep the top-k scores), got {hard!r}")
 
 
@@ -178,11 +180,10 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
         gets zero output and zero weights rather than NaN.
     """
     _check(q, k, v, score, mask, bias, window, hard)
-    T, S = q.shape[2], k.shape[2]
-
     if score == "scaled_dot" and not return_weights and hard is None:
         return _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p)
 
+    T, S = q.shape[2], k.shape[2]
     k, v = _expand_kv(k, v, q.shape[1])
     logits = scores(q, k, score=score, params=params, scale=scale)  # (B, H, T, S)
     allowed, mask_bias = _combine_masks(T, S, q.device, mask, causal, window, global_tokens)

@@ -39,6 +39,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     r = cos.shape[-1]
     x_rot, x_pass = x[..., :r], x[..., r:]
-    xf = x_rot.float()
+    xf = x_rot.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least: never downcast float64
     rotated = (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
     return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated
