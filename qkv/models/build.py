@@ -6,8 +6,10 @@ from pathlib import Path
 from ..config import ModelConfig
 from .common import WEIGHTS_FILE, QKVModel, load_config
 from .decoder import DecoderLM
+from .encoder import Encoder
+from .vit import ViT
 
-FAMILY_CLASSES: dict[str, type[QKVModel]] = {"decoder": DecoderLM}
+FAMILY_CLASSES: dict[str, type[QKVModel]] = {"decoder": DecoderLM, "encoder": Encoder, "vit": ViT}
 
 
 def build(config: ModelConfig) -> QKVModel:
