@@ -209,3 +209,4 @@ def to_hf(model, path) -> Path:
 
 # The maps register themselves on import.
 from . import hf_decoder  # noqa: E402,F401
+from . import hf_encoder  # noqa: E402,F401
