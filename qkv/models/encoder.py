@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..nn import make_norm
@@ -38,7 +39,8 @@ class MaskedLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size))  # per-token output bias, never tied
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias
+        h = self.norm(self.act(self.dense(hidden)))
+        return F.linear(h, self.decoder.weight, self.bias)  # bias inside the matmul: no extra (B, T, V) pass
 
 
 class ClassificationHead(nn.Module):
