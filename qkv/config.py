@@ -56,6 +56,7 @@ class ModelConfig:
     ffn_dropout: float = 0.0  # on the FFN's hidden activations (T5)
     type_vocab_size: int = 0  # segment (token type) embeddings, BERT: 2
     num_labels: int = 0  # classes of a sequence-classification head (encoder) or image classes (vit)
+    mlm_head: bool = True  # encoder: a masked-LM head on top (BERT pre-training); False for a bare encoder
     image_size: int = 224  # ViT: input side in pixels
     patch_size: int = 16  # ViT: patch side in pixels
     num_channels: int = 3  # ViT: image channels

@@ -209,4 +209,5 @@ def to_hf(model, path) -> Path:
 
 # The maps register themselves on import.
 from . import hf_decoder  # noqa: E402,F401
+from . import hf_encoder  # noqa: E402,F401
 from . import hf_seq2seq  # noqa: E402,F401

@@ -6,9 +6,12 @@ from pathlib import Path
 from ..config import ModelConfig
 from .common import WEIGHTS_FILE, QKVModel, load_config
 from .decoder import DecoderLM
+from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder
+from .vit import ViT
 
-FAMILY_CLASSES: dict[str, type[QKVModel]] = {"decoder": DecoderLM, "encoder_decoder": EncoderDecoder}
+FAMILY_CLASSES: dict[str, type[QKVModel]] = {"decoder": DecoderLM, "encoder": Encoder,
+                                             "encoder_decoder": EncoderDecoder, "vit": ViT}
 
 
 def build(config: ModelConfig) -> QKVModel:
