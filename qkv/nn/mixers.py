@@ -163,8 +163,9 @@ class MultiScaleRetention(nn.Module):
             cache["S"] = state.S
             cache.length += T
         # GroupNorm per head, per token, in float32 (Sec. 2.2: the heads' variances differ).
-        y = _merge_heads(y).reshape(B * T, H * Dv)
-        y = F.group_norm(y.float(), H, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps)
+        ndt = torch.promote_types(x.dtype, torch.float32)
+        y = _merge_heads(y).reshape(B * T, H * Dv).to(ndt)
+        y = F.group_norm(y, H, self.norm.weight.to(ndt), self.norm.bias.to(ndt), self.norm.eps)
         y = y.to(x.dtype).view(B, T, H * Dv)
         out = self.out(F.silu(self.gate(x)) * y)
         return (out, None) if return_weights else out
