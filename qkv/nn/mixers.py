@@ -226,11 +226,11 @@ class MemoryAttention(nn.Module):
         C = self.segment
         N = -(-T // C)
         pad = N * C - T  # zero padding at the end: later queries only, which are cut off below
-        q, k, v = (F.pad(t, (0, 0, 0, pad)).view(B, H * N, C, D) for t in (q, k, v))  # segments as extra heads
-        local = attention(q, k, v, causal=True).view(B, H, N, C, D)
+        q, k, v = (F.pad(t, (0, 0, 0, pad)).reshape(B, H * N, C, D) for t in (q, k, v))  # segments as extra heads
+        local = attention(q, k, v, causal=True).reshape(B, H, N, C, D)
         cdt = torch.promote_types(q.dtype, torch.float32)  # the sums grow with T: float32 at least
-        fq, fk = ((F.elu(t.to(cdt)) + 1).view(B, H, N, C, D) for t in (q, k))  # sigma = elu + 1
-        vv = v.to(cdt).view(B, H, N, C, D)
+        fq, fk = ((F.elu(t.to(cdt)) + 1).reshape(B, H, N, C, D) for t in (q, k))  # sigma = elu + 1
+        vv = v.to(cdt).reshape(B, H, N, C, D)
         kv = (fk.transpose(-1, -2) @ vv).cumsum(2)  # (B, H, N, D, D): memory after each segment
         ks = fk.sum(-2).cumsum(2)  # (B, H, N, D)
         M = F.pad(kv[:, :, :-1], (0, 0, 0, 0, 1, 0))  # memory before each segment (exclusive)
