@@ -101,7 +101,8 @@ def main(argv=None):
     torch.manual_seed(0)
     clock_name = args.clock or ("wall" if device.type == "cuda" else "process")
     clock = time.perf_counter if clock_name == "wall" else time.process_time
-    cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + given)
     print(f"# python {cmd}")
     print(f"# torch {torch.__version__}, device {device} ({torch.get_num_threads()} threads), dtype {args.dtype}, "
           f"{args.layers} layers x {args.width} wide, best of {args.repeats} x {args.steps} steps, {clock_name} time")

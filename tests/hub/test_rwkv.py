@@ -27,7 +27,8 @@ def _checkpoint(path, *, seed=0):
                    b + "att.key.weight": r(C, C), b + "att.value.weight": r(C, C),
                    b + "att.receptance.weight": r(C, C), b + "att.output.weight": r(C, C),
                    b + "ffn.time_mix_k": u(1, 1, C), b + "ffn.time_mix_r": u(1, 1, C),
-                   b + "ffn.key.weight": r(F, C), b + "ffn.receptance.weight": r(C, C), b + "ffn.value.weight": r(C, F)})
+                   b + "ffn.key.weight": r(F, C), b + "ffn.receptance.weight": r(C, C),
+                   b + "ffn.value.weight": r(C, F)})
     torch.save(sd, path)
     return sd
 

@@ -106,7 +106,8 @@ def test_arguments_a_recurrent_layer_cannot_honour_raise(kind):
 def test_mixers_fit_the_block_contract_of_multihead_attention():
     """The same keyword call Block makes works for every mixer and gives (B, T, d_model)."""
     x = _x(T=5)
-    for layer in [_make(k) for k in ("linear", "retention", "memory", "rwkv_time")] + [MultiHeadAttention(D_MODEL, H).double()]:
+    layers = [_make(k) for k in ("linear", "retention", "memory", "rwkv_time")]
+    for layer in layers + [MultiHeadAttention(D_MODEL, H).double()]:
         cache = layer.new_cache(None)
         out = layer(x, mask=None, causal=True, cache=cache, rope=None, bias=None, window=None, return_weights=False)
         assert out.shape == x.shape and cache.length == 5
