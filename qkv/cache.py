@@ -100,3 +100,35 @@ class Cache:
             if isinstance(value, torch.Tensor):
                 self.extra[key] = value.index_select(0, index)
         self.batch_size = int(index.numel())
+
+
+class RecurrentCache:
+    """The state of one linear-time layer (linear attention, retention, RWKV, compressive memory): named tensors,
+    batch first, replaced at every step and never grown. Its size does not depend on how many tokens it has seen,
+    which is what these layers trade softmax attention's exact recall for.
+
+    Each layer owns its names (e.g. ``S`` and ``z`` for linear attention; ``att_shift``, ``a``, ``b``, ``p`` and
+    ``ffn_shift`` for an RWKV-4 block). Tensors are created by the layer on first use, from its inputs' dtype and
+    device; ``length`` is advanced by the layer that owns the entry."""
+
+    def __init__(self):
+        self.state: dict[str, torch.Tensor] = {}
+        self.length = 0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.state
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.state[name]
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        self.state[name] = value
+
+    def numel(self) -> int:
+        """Numbers held: constant in the number of tokens seen (tests check it)."""
+        return sum(t.numel() for t in self.state.values())
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows ``index`` (B',) in that order (beam search's survivors)."""
+        for name, t in self.state.items():
+            self.state[name] = t.index_select(0, index)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
-MIXERS = ("attention", "linear", "retention", "rwkv4")
+MIXERS = ("attention", "linear", "retention", "rwkv4", "memory")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class ModelConfig:
     image_size: int = 224  # ViT: input side in pixels
     patch_size: int = 16  # ViT: patch side in pixels
     num_channels: int = 3  # ViT: image channels
-    mixer: str = "attention"  # token mixer of decoder blocks: attention | linear | retention | rwkv4
+    mixer: str = "attention"  # token mixer of decoder blocks: attention | linear | retention | rwkv4 | memory
     attention_every: int = 0  # hybrids: every k-th block uses softmax attention, the rest `mixer` (0: none)
     pad_token_id: int | None = None  # padding token
     bos_token_id: int | None = None  # beginning of sequence

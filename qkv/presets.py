@@ -64,6 +64,26 @@ PRESETS: dict[str, dict] = {
                         scale_embeddings=True, head_bias=True, vocab_size=256, d_model=64, n_layers=2,
                         n_heads=4, d_ff=128, max_positions=128, pad_token_id=255, eos_token_id=0,
                         decoder_start_token_id=255),
+    # linear-time decoders (qkv/nn/mixers.py, qkv/nn/rwkv.py): a fixed-size state instead of a KV cache
+    "linear-tiny": dict(family="decoder", mixer="linear", position="none", norm="layer", activation="gelu",
+                        bias=False, tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4,
+                        max_positions=4096),
+    # RetNet: retention with RoPE as its relative position, LayerNorm, a gated FFN (Sun et al. 2023, Sec. 3)
+    "retnet-tiny": dict(family="decoder", mixer="retention", position="rope", norm="layer", activation="swiglu",
+                        bias=False, tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4,
+                        d_ff=128, max_positions=4096),
+    # RWKV-4: RWKV-LM's layout (ln0 on the embeddings, untied head, LayerNorm eps 1e-5, FFN 4 d_model, one head)
+    "rwkv4-tiny": dict(family="decoder", mixer="rwkv4", position="none", norm="layer", norm_eps=1e-5, bias=False,
+                       tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=1, d_ff=256,
+                       max_positions=4096),
+    # hybrid: retention blocks with softmax attention in every 2nd block (both read the same RoPE tables)
+    "hybrid-tiny": dict(family="decoder", mixer="retention", attention_every=2, position="rope", norm="layer",
+                        activation="swiglu", bias=False, tie_embeddings=False, vocab_size=256, d_model=64,
+                        n_layers=4, n_heads=4, d_ff=128, max_positions=4096),
+    # Infini-attention: softmax within 64-token segments plus a compressive linear-attention memory
+    "memory-tiny": dict(family="decoder", mixer="memory", position="none", norm="layer", activation="gelu",
+                        bias=False, tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4,
+                        max_positions=4096),
 }
 
 

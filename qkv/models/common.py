@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..cache import Cache, CrossKVCache, KVCache, LayerCache
 from ..config import ModelConfig
+from .mixers import make_linear, make_memory, make_retention, make_rwkv_block
 from ..nn import (ALiBi, Block, FeedForward, LearnedPositions, MultiHeadAttention, RotaryEmbedding,
                   SinusoidalPositions, T5RelativeBias, make_norm)
 
@@ -153,7 +154,10 @@ def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
 
 
 # Token mixers by config name. The linear-time family registers its layers here (qkv/nn/mixers.py).
-MIXER_BUILDERS = {"attention": make_attention}
+MIXER_BUILDERS = {"attention": make_attention, "linear": make_linear, "retention": make_retention,
+                  "memory": make_memory}
+# Mixers that replace the whole block (their FFN keeps a state too): name -> builder(cfg, layer).
+BLOCK_BUILDERS = {"rwkv4": make_rwkv_block}
 
 
 def mixer_kind(cfg: ModelConfig, layer: int) -> str:
@@ -165,8 +169,13 @@ def mixer_kind(cfg: ModelConfig, layer: int) -> str:
 
 def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: str | None = None) -> Block:
     kind = mixer or mixer_kind(cfg, layer)
+    if kind in BLOCK_BUILDERS:
+        if cross:
+            raise ValueError(f"mixer {kind!r} builds a whole block without cross-attention; cross=True needs a mixer")
+        return BLOCK_BUILDERS[kind](cfg, layer)
     if kind not in MIXER_BUILDERS:
-        raise ValueError(f"mixer {kind!r} is not available; registered mixers: {sorted(MIXER_BUILDERS)}")
+        raise ValueError(f"mixer {kind!r} is not available; registered mixers: "
+                         f"{sorted(MIXER_BUILDERS) + sorted(BLOCK_BUILDERS)}")
     ffn = FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.ffn_bias, dropout=cfg.ffn_dropout)
     return Block(cfg.d_model, MIXER_BUILDERS[kind](cfg), ffn, cross=make_attention(cfg) if cross else None,
                  norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout)

@@ -1,0 +1,143 @@
+"""RWKV-4 (Peng et al. 2023, "RWKV: Reinventing RNNs for the Transformer Era", Sec. 3): a block of time mixing
+(the WKV operator, qkv.ops.wkv4) and channel mixing, each fed a "token shift": a per-channel interpolation between
+the current token's x and the previous token's x (Sec. 3.1.1, eq. 11-13).
+
+Because the channel mix (RWKV's FFN) also reads the previous token, the decoding state spans the whole block, so
+RWKV-4 gets its own block rather than a mixer inside ``Block`` (whose FFN is stateless). One RecurrentCache per
+block holds everything (all of size (B, C), whatever the length):
+
+    att_shift   ln1(x) of the previous token (time mix)       a, b, p   the WKV state (qkv.ops.WKVState)
+    ffn_shift   ln2(x) of the previous token (channel mix)
+
+Parameter names follow RWKV-LM's checkpoints (time_decay, time_first, time_mix_k, key, receptance, ...), so the
+converter in qkv/hub/rwkv.py is a plain rename. Official checkpoints store time_decay = log w (w > 0 the decay
+rate): the layer uses w = exp(time_decay), u = time_first.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..cache import RecurrentCache
+from ..ops.wkv import WKVState, wkv4
+from .block import BlockWeights
+from .layers import LayerNorm
+from .mixers import check_mixer_call
+
+
+def token_shift(x: torch.Tensor, cache: RecurrentCache | None, name: str) -> torch.Tensor:
+    """The previous token's x at each position, (B, T, C): zeros before the first token (RWKV's ZeroPad2d shift),
+    or the cached last token of the earlier call; stores this call's last token under ``name``."""
+    if cache is not None and name in cache:
+        prev = cache[name].unsqueeze(1).to(x.dtype)  # (B, 1, C)
+    else:
+        prev = x.new_zeros(x.shape[0], 1, x.shape[2])
+    if cache is not None and x.shape[1]:
+        cache[name] = x[:, -1]
+    return torch.cat([prev, x[:, :-1]], 1)
+
+
+def _mix(x, prev, mu):
+    """mu * x + (1 - mu) * prev: how much of each channel comes from the current token (eq. 11-13)."""
+    return x * mu + prev * (1 - mu)
+
+
+class RWKVTimeMix(nn.Module):
+    """r = sigmoid(W_r mix_r), k = W_k mix_k, v = W_v mix_v; out = W_o (r * wkv(k, v)) (Sec. 3.1, eq. 11-15).
+
+    d_att: width of k, v, r (RWKV-LM's dim_att, d_model in every released RWKV-4). chunk_size: block length of
+    the WKV chunk form used for training and prompts; one token at a time uses the recurrent step."""
+
+    def __init__(self, d_model: int, d_att: int | None = None, *, layer: int = 0, n_layers: int = 1,
+                 chunk_size: int = 16):
+        super().__init__()
+        d_att = d_att or d_model
+        self.chunk_size = chunk_size
+        # Initialisation (ours, after the paper's description in Sec. 3.5 / appendix D): channel c of layer l
+        # decays at rate w_c from ~e^-5 (remembers hundreds of tokens) to ~e^1 (a few tokens), deeper layers
+        # remembering longer; the mix coefficients shade from "mostly the previous token" to "mostly this one".
+        depth = layer / max(n_layers - 1, 1)  # 0 .. 1
+        c = torch.linspace(0, 1, d_att)
+        self.time_decay = nn.Parameter(-5 + 6 * c ** (1 + depth))  # log w, (d_att,)
+        self.time_first = nn.Parameter(torch.full((d_att,), 0.3).log() + 0.5 * (c - 0.5))  # u, (d_att,)
+        ramp = torch.linspace(0, 1, d_model) ** (1 - 0.5 * depth)
+        self.time_mix_k = nn.Parameter(ramp.clone())
+        self.time_mix_v = nn.Parameter((ramp + 0.1 * depth).clamp(max=1))
+        self.time_mix_r = nn.Parameter(ramp.sqrt())
+        self.key = nn.Linear(d_model, d_att, bias=False)
+        self.value = nn.Linear(d_model, d_att, bias=False)
+        self.receptance = nn.Linear(d_model, d_att, bias=False)
+        self.output = nn.Linear(d_att, d_model, bias=False)
+
+    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
+        """One state for the whole RWKV block (time mix and channel mix), allocated on first use."""
+        return RecurrentCache()
+
+    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
+                return_weights: bool = False, rope=None, bias=None, window=None):
+        """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
+        check_mixer_call("RWKVTimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
+                         causal=causal, cache=cache)
+        prev = token_shift(x, cache, "att_shift")
+        r = torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r)))
+        k = self.key(_mix(x, prev, self.time_mix_k))  # (B, T, d_att)
+        v = self.value(_mix(x, prev, self.time_mix_v))
+        state = WKVState(cache["a"], cache["b"], cache["p"]) if cache is not None and "a" in cache else None
+        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
+        wkv, state = wkv4(torch.exp(self.time_decay), self.time_first, k, v, mode=mode, chunk_size=self.chunk_size,
+                          state=state, return_state=True)
+        if cache is not None:
+            cache["a"], cache["b"], cache["p"] = state.a, state.b, state.p
+            cache.length += x.shape[1]
+        out = self.output(r * wkv)
+        return (out, None) if return_weights else out
+
+
+class RWKVChannelMix(nn.Module):
+    """RWKV's FFN: out = sigmoid(W_r mix_r) * W_v relu(W_k mix_k)^2 (Sec. 3.1.2, eq. 17-19): squared ReLU, gated by
+    a receptance, both inputs token-shifted."""
+
+    def __init__(self, d_model: int, d_ff: int, *, layer: int = 0, n_layers: int = 1):
+        super().__init__()
+        ramp = torch.linspace(0, 1, d_model) ** (1 - 0.5 * layer / max(n_layers - 1, 1))
+        self.time_mix_k = nn.Parameter(ramp.clone())
+        self.time_mix_r = nn.Parameter(ramp.clone())
+        self.key = nn.Linear(d_model, d_ff, bias=False)
+        self.receptance = nn.Linear(d_model, d_model, bias=False)
+        self.value = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x, cache: RecurrentCache | None = None):
+        """x: ln2 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
+        prev = token_shift(x, cache, "ffn_shift")
+        k = torch.relu(self.key(_mix(x, prev, self.time_mix_k))) ** 2  # (B, T, d_ff)
+        return torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r))) * self.value(k)
+
+
+class RWKVBlock(nn.Module):
+    """One RWKV-4 layer: x += TimeMix(ln1(x)); x += ChannelMix(ln2(x)). The first block also normalises the
+    embeddings (``ln0``). Same forward signature as ``Block``; ``mixer`` (the time mix) makes the block's cache.
+
+    Args: d_model; d_ff (RWKV-4: 4 d_model); d_att (time-mix width, default d_model); first: has ln0;
+    layer / n_layers: depth, for the initialisation; eps: of the LayerNorms (RWKV-LM: 1e-5)."""
+
+    def __init__(self, d_model: int, d_ff: int, *, d_att: int | None = None, first: bool = False, layer: int = 0,
+                 n_layers: int = 1, eps: float = 1e-5, chunk_size: int = 16):
+        super().__init__()
+        self.ln0 = LayerNorm(d_model, eps=eps) if first else None
+        self.ln1, self.ln2 = LayerNorm(d_model, eps=eps), LayerNorm(d_model, eps=eps)
+        self.mixer = RWKVTimeMix(d_model, d_att, layer=layer, n_layers=n_layers, chunk_size=chunk_size)
+        self.ffn = RWKVChannelMix(d_model, d_ff, layer=layer, n_layers=n_layers)
+        self.cross = None  # no cross-attention (QKVModel.new_cache looks)
+
+    def forward(self, x: torch.Tensor, *, context=None, mask=None, causal: bool = True, context_mask=None,
+                cache=None, rope=None, bias=None, context_bias=None, window=None, return_weights: bool = False):
+        """x: (B, T, d_model). cache: a ``qkv.cache.LayerCache`` whose ``mixer`` entry is this block's state.
+        Returns x, or (x, BlockWeights()) when ``return_weights`` (RWKV forms no attention weights)."""
+        if context is not None:
+            raise ValueError("RWKVBlock has no cross-attention: context must be None")
+        state = None if cache is None else cache.mixer
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        x = x + self.mixer(self.ln1(x), mask=mask, causal=causal, cache=state, rope=rope, bias=bias, window=window)
+        x = x + self.ffn(self.ln2(x), cache=state)
+        return (x, BlockWeights()) if return_weights else x
