@@ -98,7 +98,8 @@ class ArrayImages(torch.utils.data.Dataset):
         if layout is None:
             layout = "NHWC" if images.shape[-1] in (1, 3, 4) else "NCHW" if images.shape[1] in (1, 3, 4) else None
         if layout not in ("NHWC", "NCHW"):
-            raise ValueError(f"layout={layout!r}: cannot tell channels from shape {images.shape}; pass 'NHWC' or 'NCHW'")
+            raise ValueError(f"layout={layout!r}: cannot tell channels from shape {images.shape}; "
+                             f"pass 'NHWC' or 'NCHW'")
         lab = np.asarray(lab).reshape(-1)
         if len(lab) != len(images):
             raise ValueError(f"labels: {len(lab)} labels for {len(images)} images; expected one per image")

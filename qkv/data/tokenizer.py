@@ -145,7 +145,9 @@ class Tokenizer:
     def load(cls, path: PathLike) -> "Tokenizer":
         """Load a folder written by `save`, a folder holding a `tokenizer.json`, or a `tokenizer.json` file."""
         p = Path(path)
-        if p.is_file():
+        if p.is_file() and p.name == META_FILE:
+            p = p.parent
+        elif p.is_file():
             return HFTokenizer.from_file(p)
         if not p.is_dir():
             raise FileNotFoundError(f"path={str(p)!r}: no such tokenizer folder or tokenizer.json file")

@@ -23,9 +23,10 @@ def test_read_aligned_tsv_and_jsonl_agree(tmp_path):
     (tmp_path / "a.en").write_text("\n".join(s for s, _ in pairs) + "\n", encoding="utf-8")
     (tmp_path / "a.es").write_text("\n".join(t for _, t in pairs) + "\n", encoding="utf-8")
     (tmp_path / "a.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"en": s, "es": t}) + "\n" for s, t in pairs), encoding="utf-8")
+    jsonl = "".join(json.dumps({"en": s, "es": t}) + "\n" for s, t in pairs)
+    (tmp_path / "a.jsonl").write_text(jsonl, encoding="utf-8")
     assert read_pairs(tmp_path / "a.en", tmp_path / "a.es") == pairs
-    assert read_pairs(tmp_path / "a.tsv") == [p for p in pairs]
+    assert read_pairs(tmp_path / "a.tsv") == pairs
     assert read_pairs(tmp_path / "a.jsonl", fields=("en", "es")) == pairs
 
 
