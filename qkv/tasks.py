@@ -144,8 +144,7 @@ def shard_rows(batch, rank: int, world: int):
     if world == 1:
         return batch, 1.0
     n = batch_rows(batch)
-    bounds = np.linspace(0, n, world + 1).round().astype(int)
-    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    lo, hi = n * rank // world, n * (rank + 1) // world
     if hi > lo:
         return _map(batch, lambda t: t[lo:hi]), 1.0
     return _map(batch, lambda t: t[:1]), 0.0

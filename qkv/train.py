@@ -301,6 +301,9 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
     if data is None:
         data = prepare_data(model_config if model is None else model.config, cfg, tokenizer)
     model_config = data.model_config
+    if model is not None and model.config.vocab_size != model_config.vocab_size:
+        raise ValueError(f"model: its vocab_size is {model.config.vocab_size} but the tokenizer has "
+                         f"{model_config.vocab_size} tokens; build the model with vocab_size={model_config.vocab_size}")
     if cfg.batch_size % d.world and data.task != "seq2seq":
         raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({d.world}): "
                          f"it is the global batch, split across them")
