@@ -368,6 +368,8 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         autocast = lambda: torch.autocast(device.type, dtype=dtype)  # noqa: E731
 
     def save(val_loss=None):
+        if shadow is not None:
+            task_loss.reshard()  # FSDP2 leaves the root unsharded after a forward; state dicts want the shards
         state = {"step": step, "optimizer": _optimizer_state(task_loss, opt, cfg, d), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict(), "data": data.train.state_dict(), "rng": _gather_rng(d),
                  "best_val_loss": best_val, "tokens": tokens_seen, "world_size": d.world}
