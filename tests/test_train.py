@@ -347,3 +347,12 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path, corpus, fsdp)
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], abs=1e-5)
     wa, wb = _weights(tmp_path / "one/run/checkpoints/step-0000004"), _weights(tmp_path / "two/run/checkpoints/step-0000004")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_the_torchrun_entry_builds_configs_from_flags(tmp_path, corpus):
+    from qkv.train import main
+    s = main(["--preset", "gpt-char-tiny", "--data", str(corpus), "--out-dir", str(tmp_path / "run"),
+              "--max-steps", "2", "--batch-size", "2", "--block-size", "16", "--eval-steps", "1",
+              "--precision", "bf16", "--no-progress"])
+    assert s.steps == 2 and math.isfinite(s.val_loss)
+    assert json.loads((tmp_path / "run/config.json").read_text())["vocab_size"] == len(set(TEXT))
