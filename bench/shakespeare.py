@@ -40,7 +40,7 @@ def hf_run(model_config, cfg: TrainConfig, data) -> dict:
     hf_cfg = GPT2Config(vocab_size=model_config.vocab_size, n_positions=model_config.max_positions,
                         n_embd=model_config.d_model, n_layer=model_config.n_layers, n_head=model_config.n_heads,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
-                        layer_norm_epsilon=model_config.norm_eps)
+                        layer_norm_epsilon=model_config.norm_eps, bos_token_id=None, eos_token_id=None)
     model = GPT2LMHeadModel(hf_cfg)
     model.config._attn_implementation = "sdpa"
     model.train()
@@ -80,7 +80,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     model_config = qkv.preset("gpt-char-tiny", dropout=0.0)
     cfg = TrainConfig(data=args.data, out_dir=args.out, max_steps=args.steps, batch_size=12, block_size=64,
-                      lr=1e-3, min_lr=1e-4, warmup_steps=100, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0,
+                      lr=1e-3, min_lr=1e-4, warmup_steps=min(100, args.steps // 10), betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0,
                       schedule="cosine", eval_every=0, eval_steps=args.eval_steps, log_every=50, seed=1337,
                       keep_last=1, progress=sys.stderr.isatty())
     import shutil
