@@ -144,3 +144,177 @@ def _choice(name, value, allowed):
 def _positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+SCHEDULES = ("cosine", "inverse_sqrt", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, optimisation, precision, evaluation, checkpoints. Read by ``qkv.train.train``.
+
+    Batch sizes are global: ``batch_size`` sequences (LM) per micro-step summed over every process, so a run
+    on N processes sees the same batches, and follows the same loss curve, as one process.
+    """
+    data: str | None = None  # training data: a text file (LM, MLM), a .tsv/.jsonl of pairs or the source side of aligned files (translation), an image folder or .npz (ViT)
+    data_tgt: str | None = None  # translation: the target side, aligned line by line with --data
+    val_data: str | None = None  # validation data in the same form; default: the last val_fraction of --data (LM) or none
+    val_data_tgt: str | None = None  # translation: the target side of --val-data
+    val_fraction: float = 0.1  # LM without --val-data: the share of the corpus held out (its tail)
+    tokenizer: str | None = None  # a saved tokenizer folder or tokenizer.json; default: a character tokenizer trained on --data
+    out_dir: str = "runs/train"  # where checkpoints, metrics.jsonl, the loss plot and the tokenizer go
+    max_steps: int = 1000  # optimizer steps to train for
+    batch_size: int = 12  # sequences per micro-step, over all processes together (translation: see max_tokens)
+    max_tokens: int = 4096  # translation: padded tokens per micro-step, over all processes together
+    block_size: int | None = None  # LM/MLM context length in tokens; default the model's max_positions
+    grad_accum: int = 1  # micro-steps accumulated into one optimizer step
+    lr: float = 1e-3  # peak learning rate (reached at the end of warmup)
+    min_lr: float = 1e-4  # cosine: the learning rate at max_steps
+    weight_decay: float = 0.1  # AdamW decoupled weight decay, on tensors of 2+ dims (matrices, embeddings), not biases or norms
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW (beta1, beta2)
+    eps: float = 1e-8  # AdamW epsilon
+    warmup_steps: int = 100  # steps of linear warmup from 0 to lr
+    schedule: str = "cosine"  # cosine (to min_lr at max_steps) | inverse_sqrt (Vaswani et al. 2017, sec. 5.3) | constant
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    label_smoothing: float = 0.0  # epsilon of label smoothing (0.1 in Vaswani et al. 2017, sec. 5.4)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a GradScaler)
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337  # seeds weights, data order, dropout
+    eval_every: int = 250  # evaluate every this many steps (0: only at the end)
+    eval_steps: int = 20  # validation batches per evaluation
+    log_every: int = 10  # write a metrics.jsonl line every this many steps
+    save_every: int = 0  # checkpoint every this many steps (0: at evaluations and at the end)
+    keep_last: int = 2  # checkpoints kept besides the best one (0: keep all)
+    resume: bool = False  # continue from the latest checkpoint in out_dir
+    fsdp: bool = False  # under torchrun: shard parameters with FSDP2 (fully_shard) instead of DDP
+    device: str | None = None  # cpu | cuda | cuda:N ...; default cuda when available (the local rank's under torchrun)
+    progress: bool = True  # show a progress bar on stderr
+    mlm_probability: float = 0.15  # MLM: share of tokens selected for prediction
+
+    def __post_init__(self):
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, PRECISIONS)
+        for name in ("max_steps", "batch_size", "grad_accum", "max_tokens"):
+            _positive(name, getattr(self, name))
+        if self.block_size is not None:
+            _positive("block_size", self.block_size)
+        for name in ("warmup_steps", "eval_every", "eval_steps", "log_every", "save_every", "keep_last"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if self.schedule == "inverse_sqrt" and self.warmup_steps < 1:
+            raise ValueError("schedule='inverse_sqrt' needs warmup_steps >= 1 (its peak is at the end of warmup)")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        for name in ("weight_decay", "grad_clip", "eps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+# -- command-line flags and config files from the dataclasses ---------------------------------------------------
+
+def field_help(cls) -> dict[str, str]:
+    """Field name -> the comment after it in the class body: the one place a field is documented."""
+    import inspect
+    import re
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s{4}(\w+)\s*:[^#]*#\s?(.*)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+
+def add_dataclass_arguments(parser, cls, *, skip=(), defaults_to_none: bool = False):
+    """Add one ``--flag`` per field of the dataclass ``cls`` to an argparse parser (or argument group).
+
+    Flags are the field names with dashes (``max_steps`` -> ``--max-steps``), help is the field's comment,
+    types come from the annotation: bools become ``--x/--no-x``, tuples take several values, dict fields are
+    skipped. With ``defaults_to_none`` every default is None, so ``dataclass_from_args`` can tell the flags the
+    user gave from the rest (e.g. to let them override a config file or a preset).
+    """
+    import argparse
+    docs = field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        ann = str(f.type).replace(" ", "")
+        base = ann.replace("|None", "").replace("None|", "")
+        if base.startswith("dict"):
+            continue
+        default = None if defaults_to_none else (f.default if f.default is not dataclasses.MISSING else None)
+        shown = f.default if f.default is not dataclasses.MISSING else None
+        kw = dict(default=default, help=f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%"))
+        flag = "--" + f.name.replace("_", "-")
+        if base == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif base.startswith("tuple["):
+            inner = base[len("tuple["):-1].split(",")
+            parser.add_argument(flag, nargs=len(inner), type=_TYPES.get(inner[0], str), metavar=inner[0].upper(), **kw)
+        else:
+            parser.add_argument(flag, type=_TYPES.get(base, str), metavar=base.upper(), dest=f.name, **kw)
+    return parser
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def dataclass_from_args(cls, args, base: dict | None = None, *, skip=()):
+    """Build ``cls`` from parsed flags: fields start from ``base`` (a config file's dict, a preset's), and flags
+    that were given (not None) override them."""
+    values = dict(base or {})
+    for f in dataclasses.fields(cls):
+        if f.name not in skip and getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+
+
+def load_config_file(path) -> dict:
+    """Read a YAML (.yaml/.yml) or JSON config file into a dict, e.g. ``{"model": {...}, "train": {...}}`` or the
+    flat fields of one dataclass; the caller splits it with ``TrainConfig.from_dict`` / ``ModelConfig.from_dict``."""
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r}: no such file")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {str(p)!r}: not valid YAML ({e})") from None
+    elif p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {str(p)!r}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    else:
+        raise ValueError(f"config file {str(p)!r}: expected a .yaml, .yml or .json file")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r}: expected a mapping of field names to values, got {type(data).__name__}")
+    return data
