@@ -79,12 +79,17 @@ def make(name, dtype=torch.float64, **overrides):
     if name == "seq2seq":
         cfg = qkv.preset("transformer-tiny", dropout=0.0, **overrides)
         model = TinySeq2Seq(cfg)
+    elif name == "transformer-tiny":  # the real encoder-decoder, once its family is registered
+        try:
+            model = qkv.build(qkv.preset(name, dropout=0.0, **overrides))
+        except ValueError as err:
+            pytest.skip(f"no encoder-decoder model class yet: {err}")
     else:
         model = qkv.build(qkv.preset(name, **overrides))
     return _peaky(model).to(dtype)
 
 
-FAMILIES = ["gpt2-tiny", "llama-tiny", "seq2seq"]
+FAMILIES = ["gpt2-tiny", "llama-tiny", "seq2seq", "transformer-tiny"]
 
 
 def full_logits(model, prefix, generated, src_mask=None, mask=None):
@@ -128,11 +133,11 @@ def test_cached_step_logits_equal_full_pass(name, padded):
         mask = torch.ones_like(ids)
         mask[1, :2] = 0  # left padding (decoder) / source padding (encoder-decoder)
         mask[2, :5] = 0
-        if name == "seq2seq":
+        if model.config.family == "encoder_decoder":
             mask = mask.flip(1)  # sources are usually right-padded; any pattern must work
     opts = _options(model, 5, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
     run = _Runner(model, ids, mask, opts, True, None)
-    seq2seq = name == "seq2seq"
+    seq2seq = model.config.family == "encoder_decoder"
     prefix = (ids, run.prefix) if seq2seq else ids
     generated = torch.zeros(3, 0, dtype=torch.long)
     logits = run.logits
