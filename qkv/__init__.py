@@ -1,12 +1,13 @@
 """qkv: one PyTorch library for the whole attention family. See README.md for the map of concepts to files."""
 from . import ops
 from .cache import Cache, KVCache
+from .config import ModelConfig, TrainConfig
+from .generate import generate, stream
 from .hub import from_hf, from_rwkv, to_hf
-from .config import ModelConfig
 from .models import build, load
 from .nn import MultiHeadAttention
 from .presets import PRESETS, preset
 
 __version__ = "0.1.0"
-__all__ = ["ops", "Cache", "KVCache", "from_hf", "from_rwkv", "to_hf", "ModelConfig", "build", "load", "MultiHeadAttention", "PRESETS", "preset",
-           "__version__"]
+__all__ = ["ops", "Cache", "KVCache", "ModelConfig", "TrainConfig", "generate", "stream", "from_hf", "from_rwkv",
+           "to_hf", "build", "load", "MultiHeadAttention", "PRESETS", "preset", "__version__"]

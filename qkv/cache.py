@@ -43,13 +43,22 @@ class KVCache:
         end = self.length + k_new.shape[2]
         if self.k is None or end > self.k.shape[2]:
             self._grow(k_new, v_new, end)
-        self.k[:, :, self.length: end] = k_new
-        self.v[:, :, self.length: end] = v_new
+        T = k_new.shape[2]
+        self.k.narrow(2, self.length, T).copy_(k_new)  # narrow + copy_: the cheapest write per decode step
+        self.v.narrow(2, self.length, T).copy_(v_new)
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
     def reorder(self, index: torch.Tensor) -> None:
-        if self.k is not None:
+        """Keep the batch rows ``index`` (B',). With B' == B (beam search) the rows are rewritten in place and only
+        the filled positions are copied: the buffer never moves, and a long preallocated tail costs nothing."""
+        if self.k is None:
+            return
+        if index.numel() == self.k.shape[0]:
+            end = self.length
+            self.k[:, :, :end] = self.k[:, :, :end].index_select(0, index)
+            self.v[:, :, :end] = self.v[:, :, :end].index_select(0, index)
+        else:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
@@ -76,8 +85,8 @@ class LayerCache:
     mixer: object = None
     cross: CrossKVCache | None = None
 
-    def reorder(self, index: torch.Tensor) -> None:
-        for part in (self.mixer, self.cross):
+    def reorder(self, index: torch.Tensor, *, cross: bool = True) -> None:
+        for part in (self.mixer, self.cross if cross else None):
             if part is not None:
                 part.reorder(index)
 
@@ -92,12 +101,15 @@ class Cache:
     length: int = 0
     extra: dict = field(default_factory=dict)
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows ``index`` (B',) in that order: beam search's survivors."""
+    def reorder(self, index: torch.Tensor, *, cross: bool = True) -> None:
+        """Keep the batch rows ``index`` (B',) in that order: beam search's survivors.
+
+        cross=False leaves the per-source state alone (cross-attention K/V and ``extra``): beam search moves rows
+        only among the beams of one source, whose encoder state is identical, so copying it would be wasted."""
         for layer in self.layers:
-            layer.reorder(index)
+            layer.reorder(index, cross=cross)
         for key, value in self.extra.items():
-            if isinstance(value, torch.Tensor):
+            if cross and isinstance(value, torch.Tensor):
                 self.extra[key] = value.index_select(0, index)
         self.batch_size = int(index.numel())
 

@@ -1,0 +1,504 @@
+"""Decoding: greedy, beam search, sampling and streaming, over any model that makes a cache (``new_cache``).
+
+Glossary: B inputs, K beams, N rows decoded at once (B, B * K or B * num_return_sequences), T prompt length,
+S source length (encoder-decoder), L tokens generated so far, V vocabulary.
+
+How a run goes:
+1. *Prefill*: the prompt (decoder-only) or the source through the encoder plus the decoder-start token
+   (encoder-decoder) goes through the model once, for B rows, filling a cache preallocated for the whole run
+   (``model.new_cache(B, max_len=prompt + max_new_tokens)``: its buffers never move).
+2. *Expand*: beams and extra samples copy that state row-wise once (``cache.reorder``), so the prompt, the
+   encoder output and the cross-attention keys and values are computed once per input, never per beam.
+3. *Step*: one token per row goes in, only the last position's logits come out (``last_only=True``).
+   Beam search keeps the caches of the surviving beams by reordering rows in place, never recomputing.
+
+Host syncs: the loop reads one boolean per step (have all rows finished?), and only when something can finish
+(an EOS id, stop strings or a stop callback); on an accelerator it reads it every ``_SYNC_EVERY`` steps and
+trims the surplus all-padding columns at the end. Stop strings and the stop callback need the tokens on the host
+every step by nature.
+
+Dispatch is on ``model.config.family``: "encoder_decoder" models are driven through ``encode`` / ``decode``;
+every other family through ``forward(input_ids, cache, attention_mask=, position_ids=, last_only=)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+_SYNC_EVERY = 8  # steps between "all finished?" checks on accelerators (on CPU a check is free: every step)
+
+
+@dataclass
+class StreamChunk:
+    """One step of ``stream``: the new token of every row, (N,) (``pad_token_id`` for finished rows), and, when a
+    ``decode`` function was given, the new text of every row ("" while a multi-byte character is incomplete)."""
+    tokens: torch.Tensor
+    text: list[str] | None = None
+
+
+@dataclass
+class _Options:
+    max_new_tokens: int
+    num_beams: int
+    do_sample: bool
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    repetition_penalty: float
+    length_penalty: float
+    eos: torch.Tensor | None  # (E,) ids that end a sequence, or None
+    pad: int
+    num_return_sequences: int
+    early_stopping: bool | str
+    stop_strings: tuple[str, ...]
+    decode: Callable | None
+    stop: Callable | None
+    generator: torch.Generator | None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: int = 1, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             repetition_penalty: float = 1.0, length_penalty: float = 1.0, eos_token_id=None,
+             pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
+             num_return_sequences: int = 1, early_stopping: bool | str = True,
+             stop_strings: str | Sequence[str] | None = None, decode: Callable | None = None,
+             stop: Callable | None = None, generator: torch.Generator | None = None, static_cache: bool = True,
+             max_len: int | None = None) -> torch.Tensor:
+    """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
+
+    Args:
+        model: a qkv model (decoder-only, or ``config.family == "encoder_decoder"`` with encode / decode).
+        input_ids: (B, T) prompt (decoder-only) or source (encoder-decoder); left-padded when rows differ in
+            length, with ``attention_mask`` (B, T) marking tokens 1 and padding 0.
+        num_beams: 1 = greedy or sampling; K > 1 = beam search (K hypotheses per input, the best K kept by
+            summed log-probability each step; finished ones scored ``sum log p / L ** length_penalty``).
+        do_sample: sample from ``softmax(logits / temperature)``, restricted to the ``top_k`` best tokens and to
+            the smallest set holding ``top_p`` of the mass (nucleus sampling); ``generator`` seeds it.
+        repetition_penalty: > 1 discourages tokens already in the sequence (Keskar et al. 2019, sec. 4.1: positive
+            logits divided by it, negative ones multiplied).
+        eos_token_id: an id or ids that end a sequence; None takes ``model.config.eos_token_id``; ``()`` none.
+            A finished row is padded with ``pad_token_id`` (default: config's pad id, else the first EOS id, else 0).
+        num_return_sequences: the n best hypotheses per input (beam search, n <= num_beams) or n samples.
+        early_stopping: beam search ends an input once it has ``num_beams`` finished hypotheses (True); False goes
+            on while the best running beam could still win at its current length; "never" while it could win at
+            the maximum length.
+        stop_strings, decode: end a row once ``decode(generated ids as a list)`` contains one of the strings.
+        stop: a callback ``stop(sequences (N, T + L)) -> bool (N,)`` ending the rows it marks.
+        generator: a ``torch.Generator`` for reproducible sampling.
+        static_cache: preallocate the cache for the whole run (``max_len`` positions, default prompt +
+            max_new_tokens) so its buffers never move; False lets it grow.
+
+    Returns:
+        (B * num_return_sequences, T + L) token ids for a decoder-only model (prompt included, padding kept), or
+        (B * num_return_sequences, 1 + L) for an encoder-decoder model (starting with decoder_start_token_id).
+        L <= max_new_tokens: the run stops early once every row has finished.
+    """
+    opts = _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty,
+                    length_penalty, eos_token_id, pad_token_id, num_return_sequences, early_stopping,
+                    stop_strings, decode, stop, generator)
+    with torch.inference_mode():
+        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len)
+        if opts.num_beams > 1:
+            return _beam_search(run, opts)
+        steps = sum(1 for _ in _sample_loop(run, opts))
+        return torch.cat([run.prefix, run.out[:, :run.trimmed_length(steps)]], dim=1)
+
+
+def stream(model, input_ids: torch.Tensor, *, max_new_tokens: int, decode: Callable | None = None,
+           do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, repetition_penalty: float = 1.0, eos_token_id=None,
+           pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
+           num_return_sequences: int = 1, stop_strings: str | Sequence[str] | None = None,
+           stop: Callable | None = None, generator: torch.Generator | None = None, static_cache: bool = True,
+           max_len: int | None = None) -> Iterator[StreamChunk]:
+    """Greedy decoding or sampling, one ``StreamChunk`` per step as soon as it is known (arguments as in
+    ``generate``). With ``decode`` (ids list -> str) each chunk also carries every row's new text."""
+    opts = _options(model, max_new_tokens, 1, do_sample, temperature, top_k, top_p, repetition_penalty, 1.0,
+                    eos_token_id, pad_token_id, num_return_sequences, True, stop_strings, decode, stop, generator)
+    with torch.inference_mode():
+        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len)
+        shown = [""] * run.out.shape[0]  # text already yielded, per row
+        for step, tokens in enumerate(_sample_loop(run, opts)):
+            text = None
+            if decode is not None:
+                text = []
+                ends = [step + 1] * len(shown) if run.finished_at is None else \
+                    (run.finished_at.clamp(max=step) + 1).tolist()
+                for row, ids in enumerate(run.out[:, : step + 1].tolist()):
+                    full = decode(ids[: ends[row]])
+                    # A piece ending in U+FFFD is a multi-byte character cut in half: wait for the rest.
+                    new = "" if full.endswith("\ufffd") or not full.startswith(shown[row]) else full[len(shown[row]):]
+                    shown[row] += new
+                    text.append(new)
+            yield StreamChunk(tokens.clone(), text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Argument checks
+
+def _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty,
+             length_penalty, eos_token_id, pad_token_id, num_return_sequences, early_stopping, stop_strings,
+             decode, stop, generator) -> _Options:
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if not is_int(num_beams) or num_beams < 1:
+        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+    if not is_int(num_return_sequences) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be an int >= 1, got {num_return_sequences!r}")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences must be <= num_beams ({num_beams}) in beam search, "
+                         f"got {num_return_sequences}")
+    if num_beams == 1 and not do_sample and num_return_sequences > 1:
+        raise ValueError(f"num_return_sequences > 1 needs do_sample=True or num_beams > 1 (greedy decoding "
+                         f"returns one sequence per input), got {num_return_sequences}")
+    if num_beams > 1 and do_sample:
+        raise ValueError(f"do_sample=True is not supported with num_beams > 1 (got num_beams={num_beams}); "
+                         f"use num_beams=1 to sample")
+    if do_sample and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a number > 0 when sampling, got {temperature!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty must be a number > 0 (1 = off), got {repetition_penalty!r}")
+    if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if isinstance(stop_strings, str):
+        stop_strings = (stop_strings,)
+    stop_strings = tuple(stop_strings or ())
+    if stop_strings and decode is None:
+        raise ValueError("stop_strings need decode (a function from a list of token ids to text), got decode=None")
+    if any(not isinstance(s, str) or not s for s in stop_strings):
+        raise ValueError(f"stop_strings must be non-empty strings, got {stop_strings!r}")
+    if num_beams > 1 and (stop_strings or stop is not None):
+        raise ValueError(f"stop_strings and stop work with num_beams=1 only, got num_beams={num_beams}")
+    if stop is not None and not callable(stop):
+        raise TypeError(f"stop must be a callable (sequences (N, L)) -> bool (N,), got {type(stop).__name__}")
+
+    config = model.config
+    if eos_token_id is None:
+        eos_token_id = getattr(config, "eos_token_id", None)
+    eos_ids = [] if eos_token_id is None else [eos_token_id] if is_int(eos_token_id) else list(eos_token_id)
+    if any(not is_int(e) or e < 0 for e in eos_ids):
+        raise ValueError(f"eos_token_id must be an int >= 0, a sequence of them, () or None, got {eos_token_id!r}")
+    if pad_token_id is None:
+        pad_token_id = getattr(config, "pad_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = eos_ids[0] if eos_ids else 0
+    if not is_int(pad_token_id):
+        raise ValueError(f"pad_token_id must be an int, got {pad_token_id!r}")
+    eos = torch.tensor(eos_ids, dtype=torch.long) if eos_ids else None
+    return _Options(max_new_tokens, num_beams, bool(do_sample), float(temperature), top_k, top_p,
+                    float(repetition_penalty), float(length_penalty), eos, pad_token_id, num_return_sequences,
+                    early_stopping, stop_strings, decode, stop, generator)
+
+
+def _check_inputs(model, input_ids, attention_mask, max_new_tokens):
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int16):
+        raise TypeError(f"input_ids must be an integer tensor (B, T), got "
+                        f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must be (B, T) with B >= 1 and T >= 1 (a non-empty prompt), got shape "
+                         f"{tuple(input_ids.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
+                         f"{tuple(attention_mask.shape)}")
+    cfg = model.config
+    T, limit = input_ids.shape[1], getattr(cfg, "max_positions", None)
+    if limit is None:
+        return
+    if T > limit:
+        raise ValueError(f"input_ids has {T} positions, more than the model's context: max_positions={limit}")
+    # Learned positions end at the table; RoPE, ALiBi, sinusoids and relative buckets extrapolate (rarely well).
+    prompt = 1 if cfg.family == "encoder_decoder" else T  # the decoder starts from one token
+    if cfg.position == "learned" and prompt + max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens={max_new_tokens} with a {prompt}-token decoder prompt needs "
+                         f"{prompt + max_new_tokens} positions, more than the model's {limit} learned positions "
+                         f"(max_positions); expected max_new_tokens <= {limit - prompt}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model side: prefill, expand, step, reorder, for either family
+
+class _Runner:
+    """Drives one model through a run. Holds the cache, the masks and positions, and the output buffer.
+
+    ``prefix``: (B, T) prompt or (B, 1) decoder-start tokens (expanded with the rows); ``out``: (N, max_new)
+    generated ids; ``logits``: (N, V) next-token logits after prefill / each step."""
+
+    def __init__(self, model, input_ids, attention_mask, opts: _Options, static_cache: bool, max_len: int | None):
+        cfg = model.config
+        self.model, self.opts = model, opts
+        self.seq2seq = cfg.family == "encoder_decoder"
+        B, T = input_ids.shape if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else (0, 0)
+        needed = (1 if self.seq2seq else T) + opts.max_new_tokens
+        _check_inputs(model, input_ids, attention_mask, opts.max_new_tokens)
+        if max_len is not None and (not isinstance(max_len, int) or max_len < needed):
+            raise ValueError(f"max_len must be an int >= {needed} (prompt + max_new_tokens), got {max_len!r}")
+        capacity = (max_len or needed) if static_cache else None
+        device = input_ids.device
+        input_ids = input_ids.long()
+        self.cache = _new_cache(model, B, capacity)
+        self.sync_every = 1 if device.type == "cpu" else _SYNC_EVERY
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device=device, dtype=torch.long)
+            if attention_mask.numel() and bool(attention_mask.all()):
+                attention_mask = None  # no padding: the mask-free attention path is the fast one
+        if self.seq2seq:
+            start = getattr(cfg, "decoder_start_token_id", None)
+            if start is None:
+                raise ValueError("an encoder-decoder model needs config.decoder_start_token_id to start decoding")
+            self.src_mask = attention_mask
+            self.memory = model.encode(input_ids, attention_mask=attention_mask)  # (B, S, d_model)
+            self.prefix = torch.full((B, 1), start, dtype=torch.long, device=device)
+            logits = model.decode(self.prefix, self.memory, attention_mask=attention_mask, cache=self.cache,
+                                  last_only=True)
+        else:
+            self.mask, self.positions = None, None
+            if attention_mask is not None:
+                if not bool(attention_mask[:, -1].all()):
+                    raise ValueError("attention_mask must be left padding for decoding (every row's last position "
+                                     "a token, 1); got a row ending in padding")
+                # One buffer for the whole run: prompt mask, then 1 for every generated token.
+                self.mask = attention_mask.new_ones(B, T + opts.max_new_tokens)
+                self.mask[:, :T] = attention_mask
+                positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
+                self.positions = positions[:, -1:] + 1  # (B, 1): the next token's position
+            self.prefix = input_ids
+            logits = model(input_ids, self.cache, attention_mask=None if self.mask is None else self.mask[:, :T],
+                           position_ids=None if self.mask is None else positions, last_only=True)
+        self.logits = logits[:, -1]  # (B, V)
+        self.out = torch.full((B, opts.max_new_tokens), opts.pad, dtype=torch.long, device=device)
+        self.finished_at = None  # (N,) step at which each row finished, when rows can finish
+        self._fed = 0  # generated tokens fed back so far
+
+    def expand(self, n: int) -> None:
+        """Repeat every row n times (beams, samples): cache, encoder state, masks, positions, logits."""
+        if n == 1:
+            return
+        index = torch.arange(self.prefix.shape[0], device=self.prefix.device).repeat_interleave(n)
+        self.cache.reorder(index)
+        self.prefix, self.logits, self.out = self.prefix[index], self.logits[index], self.out[index]
+        if self.seq2seq:
+            self.memory = self.memory[index]
+            self.src_mask = None if self.src_mask is None else self.src_mask[index]
+        elif self.mask is not None:
+            self.mask, self.positions = self.mask[index], self.positions[index]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Beam search: row i continues row ``index[i]`` of the same input. Encoder state, masks and positions
+        are equal across the beams of one input, so only the self-attention caches move."""
+        self.cache.reorder(index, cross=False)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row, (N,); return the next logits (N, V)."""
+        tokens = tokens[:, None]  # (N, 1)
+        if self.seq2seq:
+            logits = self.model.decode(tokens, self.memory, attention_mask=self.src_mask, cache=self.cache,
+                                       last_only=True)
+        elif self.mask is None:
+            logits = self.model(tokens, self.cache, last_only=True)
+        else:
+            end = self.prefix.shape[1] + self._fed
+            logits = self.model(tokens, self.cache, attention_mask=self.mask[:, : end + 1],
+                                position_ids=self.positions, last_only=True)
+            self.positions = self.positions + 1
+        self._fed += 1
+        self.logits = logits[:, -1]
+        return self.logits
+
+    def trimmed_length(self, steps: int) -> int:
+        """Columns of ``out`` worth returning: up to the step where the last row finished."""
+        if self.finished_at is None or steps == 0:
+            return steps
+        return min(steps, int(self.finished_at.max()) + 1)
+
+
+def _new_cache(model, batch_size, capacity):
+    if capacity is None:
+        return model.new_cache(batch_size)
+    return model.new_cache(batch_size, max_len=capacity)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logits processing
+
+def _seen_tokens(run: _Runner) -> torch.Tensor:
+    """(N, V) bool: which tokens the sequence holds so far (prompt or start token, padding excluded)."""
+    N, V = run.logits.shape
+    ids = run.prefix
+    weight = torch.ones_like(ids)
+    if not run.seq2seq and run.mask is not None:
+        weight = run.mask[:, : ids.shape[1]]
+    return torch.zeros(N, V, dtype=torch.long, device=ids.device).scatter_add_(1, ids, weight) > 0
+
+
+def _penalise(logits, seen, penalty):
+    # CTRL (Keskar et al. 2019, eq. in sec. 4.1): make seen tokens less likely whatever the logit's sign.
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def _filter(logits, top_k, top_p):
+    """Mask (-inf) all but the top_k logits and the nucleus: the smallest set of tokens, best first, whose
+    probability reaches top_p (Holtzman et al. 2020, sec. 3.1)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the better tokens; the best token always stays (0 < top_p)
+        drop = (before >= top_p).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _next_scores(logits, opts: _Options, seen):
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if seen is not None:
+        logits = _penalise(logits, seen, opts.repetition_penalty)
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Greedy decoding and sampling
+
+def _sample_loop(run: _Runner, opts: _Options) -> Iterator[torch.Tensor]:
+    """Yield the (N,) new tokens of every step, written into ``run.out`` as they come."""
+    run.expand(opts.num_return_sequences if opts.do_sample else 1)
+    N, device = run.out.shape[0], run.out.device
+    eos = None if opts.eos is None else opts.eos.to(device)
+    can_finish = eos is not None or opts.stop_strings or opts.stop is not None
+    unfinished = torch.ones(N, dtype=torch.bool, device=device)
+    if can_finish:
+        run.finished_at = torch.full((N,), opts.max_new_tokens, dtype=torch.long, device=device)
+    seen = _seen_tokens(run) if opts.repetition_penalty != 1.0 else None
+    logits = run.logits
+    for step in range(opts.max_new_tokens):
+        scores = _next_scores(logits, opts, seen)
+        if opts.do_sample:
+            scores = _filter(scores / opts.temperature, opts.top_k, opts.top_p)
+            tokens = torch.multinomial(scores.softmax(-1), 1, generator=opts.generator).squeeze(1)
+        else:
+            tokens = scores.argmax(-1)  # (N,)
+        if can_finish:
+            tokens = tokens.masked_fill(~unfinished, opts.pad)
+        run.out[:, step] = tokens
+        if seen is not None:
+            seen.scatter_(1, tokens[:, None], True)
+        if can_finish:
+            ended = torch.zeros_like(unfinished) if eos is None else torch.isin(tokens, eos)
+            ended |= _stopped(run, opts, step, unfinished)
+            run.finished_at.masked_fill_(unfinished & ended, step)
+            unfinished &= ~ended
+        yield tokens
+        if step + 1 == opts.max_new_tokens:
+            break
+        if can_finish and (step + 1) % run.sync_every == 0 and not bool(unfinished.any()):
+            break  # the one host sync per step
+        logits = run.step(tokens)
+
+
+def _stopped(run: _Runner, opts: _Options, step: int, unfinished: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: rows a stop string or the stop callback ends after this step."""
+    N, device = run.out.shape[0], run.out.device
+    hit = torch.zeros(N, dtype=torch.bool, device=device)
+    if opts.stop is not None:
+        so_far = torch.cat([run.prefix, run.out[:, : step + 1]], dim=1)
+        hit |= torch.as_tensor(opts.stop(so_far), dtype=torch.bool, device=device).reshape(N)
+    if opts.stop_strings:
+        # Decoding text is host work: only the rows still running are looked at.
+        for row in unfinished.nonzero().flatten().tolist():
+            text = opts.decode(run.out[row, : step + 1].tolist())
+            hit[row] = any(s in text for s in opts.stop_strings)
+    return hit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beam search
+
+def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
+    """Batched beam search with K = num_beams hypotheses per input.
+
+    Each step scores all K * V one-token continuations of an input by summed log-probability and keeps the best
+    2K candidates: those ending in EOS (among the best K) become finished hypotheses, scored
+    ``sum log p / L ** length_penalty`` (L generated tokens, EOS included; Wu et al. 2016 use a smoothed
+    form), and the best K that did not end continue. At ``max_new_tokens`` the best K running beams are
+    finished as they are. An input stops once it holds K finished hypotheses (``early_stopping``)."""
+    K, M = opts.num_beams, opts.max_new_tokens
+    B = run.prefix.shape[0]
+    run.expand(K)
+    device, V = run.out.device, run.logits.shape[-1]
+    eos = None if opts.eos is None else opts.eos.to(device)
+    neg_inf = float("-inf")
+    # Every beam starts as the same prompt: only beam 0 may propose tokens at the first step, or the K beams
+    # would pick the same continuations K times.
+    running = torch.zeros(B, K, device=device)
+    running[:, 1:] = neg_inf
+    run_tokens = torch.full((B, K, M), opts.pad, dtype=torch.long, device=device)
+    best = torch.full((B, K), neg_inf, device=device)  # finished hypotheses' scores, -inf = empty slot
+    best_tokens = torch.full((B, K, M), opts.pad, dtype=torch.long, device=device)
+    best_len = torch.zeros(B, K, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    in_top_k = (torch.arange(2 * K, device=device) < K)[None]  # (1, 2K): candidates that may finish
+    offsets = torch.arange(B, device=device)[:, None] * K
+    seen = _seen_tokens(run) if opts.repetition_penalty != 1.0 else None
+    logits = run.logits
+    for step in range(M):
+        L = step + 1
+        scores = _next_scores(logits, opts, seen)
+        logp = scores.log_softmax(-1).float().view(B, K, V) + running[..., None]  # (B, K, V)
+        cand_score, cand = logp.view(B, K * V).topk(2 * K, dim=-1)  # (B, 2K), best first
+        beam, token = cand // V, cand % V
+        cand_tokens = run_tokens.gather(1, beam[..., None].expand(B, 2 * K, M)).clone()  # (B, 2K, M)
+        cand_tokens[:, :, step] = token
+        last = step + 1 == M
+        ended = torch.ones_like(token, dtype=torch.bool) if last else \
+            torch.isin(token, eos) if eos is not None else torch.zeros_like(token, dtype=torch.bool)
+        # Finished hypotheses: merge the new ones into the K best so far.
+        new = ended & in_top_k & ~done[:, None]
+        new_score = torch.where(new, cand_score / L ** opts.length_penalty, neg_inf)
+        merged = torch.cat([best, new_score], dim=1)  # (B, 3K)
+        best, keep = merged.topk(K, dim=-1)
+        best_tokens = torch.cat([best_tokens, cand_tokens], dim=1).gather(1, keep[..., None].expand(B, K, M))
+        best_len = torch.cat([best_len, torch.full_like(new_score, L, dtype=torch.long)], dim=1).gather(1, keep)
+        if last:
+            break
+        # Running beams: the best K candidates that did not end.
+        survivors = cand_score.masked_fill(ended, neg_inf).topk(K, dim=-1).indices  # (B, K)
+        running = cand_score.gather(1, survivors)
+        run_tokens = cand_tokens.gather(1, survivors[..., None].expand(B, K, M))
+        parent = (beam.gather(1, survivors) + offsets).view(-1)  # (B * K,) rows they continue
+        full = (best > neg_inf).all(-1)
+        if opts.early_stopping is True:
+            done |= full
+        else:
+            # Could the best running beam still beat the worst finished one? Log-probabilities only fall, so at
+            # the current length it cannot improve; with a positive length penalty a longer one might ("never").
+            horizon = M if opts.early_stopping == "never" and opts.length_penalty > 0 else L
+            done |= full & (running[:, 0] / horizon ** opts.length_penalty <= best.min(-1).values)
+        if step % run.sync_every == run.sync_every - 1 and bool(done.all()):
+            break
+        run.reorder(parent)
+        if seen is not None:
+            seen = seen[parent]
+            seen.scatter_(1, run_tokens[:, :, step].reshape(-1, 1), True)
+        logits = run.step(run_tokens[:, :, step].reshape(-1))
+    n = opts.num_return_sequences
+    length = int(best_len[:, :n].max())
+    tokens = best_tokens[:, :n, :length].reshape(B * n, length)
+    prefix = run.prefix.view(B, K, -1)[:, :n].reshape(B * n, -1)
+    return torch.cat([prefix, tokens], dim=1)
