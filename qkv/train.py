@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -218,7 +219,8 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
 
 
 def _take(it, n):
-    return [next(it) for _ in range(n)]
+    """Up to n batches: a small held-out set may have fewer than eval_steps."""
+    return list(itertools.islice(it, n))
 
 
 def _prepare_images(model_config, cfg):
