@@ -437,7 +437,9 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
     2K candidates: those ending in EOS (among the best K) become finished hypotheses, scored
     ``sum log p / L ** length_penalty`` (L generated tokens, EOS included; Wu et al. 2016 use a smoothed
     form), and the best K that did not end continue. At ``max_new_tokens`` the best K running beams are
-    finished as they are. An input stops once it holds K finished hypotheses (``early_stopping``)."""
+    finished as they are. An input stops once it holds K finished hypotheses (``early_stopping``). These are
+    the rules of transformers' beam search, so both return the same tokens; one difference: a repetition
+    penalty acts on the logits here (before the log-softmax), on the log-probabilities there."""
     K, M = opts.num_beams, opts.max_new_tokens
     B = run.prefix.shape[0]
     run.expand(K)

@@ -258,6 +258,7 @@ def _beam_search_one(model, ids, eos):
         return _beam_search(_Runner(model, ids, None, opts, True, None), opts)
 
 
+@torch.no_grad()
 def _sequence_logprob(model, prompt, seq):
     logp = model(torch.cat([prompt, seq], 1)).log_softmax(-1)[0, prompt.shape[1] - 1:-1]
     return float(logp.gather(1, seq[0, :, None]).sum())
