@@ -118,6 +118,188 @@ def _convert(args):
     return 0
 
 
+# -- train ------------------------------------------------------------------------------------------------------
+
+def _train_args(p):
+    from .config import TrainConfig, add_dataclass_arguments
+    p.add_argument("--preset", help="model preset name (see `qkv info --list`), e.g. gpt-char-tiny")
+    p.add_argument("--config", help="a YAML/JSON file with 'model' (or 'preset') and 'train' sections; flags "
+                                    "override it")
+    add_dataclass_arguments(p.add_argument_group("training (every TrainConfig field)"), TrainConfig,
+                            defaults_to_none=True)
+
+
+def _train(args):
+    import dataclasses
+    import json
+    import logging
+    from .train import configs_from_args, train
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model_config, train_config = configs_from_args(args)
+    summary = train(model_config, train_config)
+    print(json.dumps(dataclasses.asdict(summary), indent=1))
+    return 0
+
+
+# -- generate / translate -------------------------------------------------------------------------------------
+
+def _decoding_args(p, *, beams_default):
+    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most (default: 100)")
+    p.add_argument("--num-beams", type=int, default=beams_default,
+                   help=f"beam search width; 1 is greedy or sampling (default: {beams_default})")
+    p.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1.0)")
+    p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
+
+
+def _decoding_kwargs(args):
+    import torch
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, generator=generator)
+
+
+def _model_and_tokenizer(args):
+    """(model, tokenizer) from --checkpoint (a qkv or training folder) or --hf (with its tokenizer.json)."""
+    from pathlib import Path
+    import qkv
+    from .data import Tokenizer
+    if getattr(args, "hf", None):
+        model = qkv.from_hf(args.hf)
+        if not (Path(args.hf) / "tokenizer.json").is_file():
+            raise CLIError(f"--hf {args.hf}: no tokenizer.json in the folder")
+        return model, Tokenizer.load(Path(args.hf) / "tokenizer.json")
+    folder = _model_folder(args.checkpoint)
+    return qkv.load(folder), _tokenizer_for(folder)
+
+
+def _source_args(p):
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint", help="a qkv model folder or training output folder (with tokenizer/)")
+    g.add_argument("--hf", help="a local Hugging Face folder with tokenizer.json")
+
+
+def _generate_args(p):
+    _source_args(p)
+    p.add_argument("--prompt", default="", help="text to continue (default: the empty prompt, from BOS)")
+    _decoding_args(p, beams_default=1)
+
+
+def _generate(args):
+    import torch
+    from .generate import generate, stream
+    model, tok = _model_and_tokenizer(args)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        if tok.bos_id is None:
+            raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
+        ids = [tok.bos_id]
+    input_ids = torch.tensor([ids])
+    print(args.prompt, end="", flush=True)
+    if args.num_beams > 1:
+        out = generate(model, input_ids, num_beams=args.num_beams, **_decoding_kwargs(args))
+        print(tok.decode(out[0, len(ids):].tolist()))
+        return 0
+    for chunk in stream(model, input_ids, decode=tok.decode, **_decoding_kwargs(args)):
+        print(chunk.text[0], end="", flush=True)  # streaming: each piece as soon as it is decoded
+    print()
+    return 0
+
+
+def _translate_args(p):
+    _source_args(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text", action="append", help="a sentence to translate (repeat for more)")
+    g.add_argument("--file", help="a file of sentences, one a line")
+    _decoding_args(p, beams_default=4)
+    p.set_defaults(max_new_tokens=60)
+
+
+def _translate(args):
+    from pathlib import Path
+    import torch
+    from .generate import stream
+    from .demo import translate
+    model, tok = _model_and_tokenizer(args)
+    if model.config.family != "encoder_decoder":
+        raise CLIError(f"translate needs an encoder-decoder model; this one is {model.config.family!r} "
+                       f"(use `qkv generate`)")
+    sentences = args.text or [line for line in Path(args.file).read_text(encoding="utf-8").splitlines()]
+    if args.num_beams > 1 and not args.sample:
+        for s, t in zip(sentences, translate(model, tok, sentences, num_beams=args.num_beams,
+                                             max_new_tokens=args.max_new_tokens, batch_size=1)):
+            print(t, flush=True)  # one line per sentence as soon as its beam search ends
+        return 0
+    for s in sentences:  # greedy or sampling: token by token
+        src = torch.tensor([tok.encode(s) + [tok.eos_id]])
+        for chunk in stream(model, src, decode=tok.decode, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
+                            **_decoding_kwargs(args)):
+            print(chunk.text[0], end="", flush=True)
+        print()
+    return 0
+
+
+# -- eval -------------------------------------------------------------------------------------------------------
+
+def _eval_args(p):
+    _source_args(p)
+    p.add_argument("--data", help="language models: a text file; translation: the source file")
+    p.add_argument("--tgt", help="translation: the reference file aligned with --data")
+    p.add_argument("--block-size", type=int, help="language models: window length (default: max_positions)")
+    p.add_argument("--num-beams", type=int, default=1, help="translation: beam width for BLEU (default: 1)")
+    p.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0: the whole file)")
+
+
+def _eval(args):
+    import math
+    from pathlib import Path
+    import torch
+    import torch.nn.functional as F
+    if not args.data:
+        raise CLIError("pass --data FILE (and --tgt FILE for translation)")
+    model, tok = _model_and_tokenizer(args)
+    model.eval()
+    if model.config.family == "encoder_decoder":
+        if not args.tgt:
+            raise CLIError("a translation model: pass --data SOURCE_FILE --tgt REFERENCE_FILE")
+        from .data import read_pairs
+        from .demo import _bleu, translate
+        pairs = read_pairs(args.data, args.tgt)
+        if args.max_batches:
+            pairs = pairs[: 64 * args.max_batches]
+        sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+        hyps = translate(model, tok, sources, num_beams=args.num_beams)
+        exact = sum(h == r for h, r in zip(hyps, refs)) / len(refs)
+        bleu = _bleu(hyps, refs)
+        print(f"sentences {len(refs)}  exact match {100 * exact:.1f}%  BLEU "
+              f"{'n/a (pip install sacrebleu)' if bleu is None else f'{bleu:.2f}'}")
+        return 0
+    if model.config.family != "decoder":
+        raise CLIError(f"eval supports language and translation models; this one is {model.config.family!r}")
+    ids = torch.tensor(tok.encode(Path(args.data).read_text(encoding="utf-8")))
+    block = args.block_size or model.config.max_positions
+    n = (len(ids) - 1) // block
+    if n < 1:
+        raise CLIError(f"--data has {len(ids)} tokens, fewer than one block of {block} + 1")
+    if args.max_batches:
+        n = min(n, 8 * args.max_batches)
+    x = ids[: n * block].view(n, block)
+    y = ids[1: n * block + 1].view(n, block)
+    total, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, n, 8):
+            logits = model(x[i: i + 8])
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y[i: i + 8].flatten(), reduction="sum").item()
+            correct += (logits.argmax(-1) == y[i: i + 8]).sum().item()
+    loss = total / (n * block)
+    print(f"tokens {n * block}  loss {loss:.4f}  perplexity {math.exp(loss):.2f}  "
+          f"accuracy {100 * correct / (n * block):.1f}%")
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------------------------
 
 def _demo_args(p):
@@ -231,6 +413,18 @@ def _bench(args):
 
 
 COMMANDS: dict[str, Command] = {
+    "train": Command("train any model on your data: text (LM), parallel files (translation), images (ViT)",
+                     "qkv train --preset gpt-char-tiny --data input.txt --max-steps 2000 --out-dir runs/shk",
+                     _train_args, _train),
+    "generate": Command("continue a prompt with a language model, printing tokens as they come",
+                        "qkv generate --checkpoint runs/shk --prompt 'ROMEO:' --max-new-tokens 200 --sample "
+                        "--top-k 40 --seed 1", _generate_args, _generate),
+    "translate": Command("translate sentences with an encoder-decoder model (beam search, or streaming greedy)",
+                         "qkv translate --checkpoint runs/demo --text 'three hundred twenty-one'",
+                         _translate_args, _translate),
+    "eval": Command("loss, perplexity and accuracy on a text file; BLEU and exact match on parallel files",
+                    "qkv eval --checkpoint runs/demo --data test.en --tgt test.es --num-beams 4",
+                    _eval_args, _eval),
     "demo": Command("the main job: train a small Transformer to translate, then show where it attends",
                     "qkv demo --out runs/demo", _demo_args, _demo),
     "info": Command("a model's configuration, parameters, FLOPs per token and memory",

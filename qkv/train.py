@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -163,6 +162,10 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
     task = TASKS[model_config.family]
     if cfg.data is None:
         raise ValueError("data: no training data given; pass data= (a text file for language models)")
+    for name in ("data", "data_tgt", "val_data", "val_data_tgt"):
+        path = getattr(cfg, name)
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{name}={str(path)!r}: no such file or folder (--{name.replace('_', '-')})")
     if task == "image":
         return _prepare_images(model_config, cfg)
     if tokenizer is None:
@@ -220,7 +223,13 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
 
 def _take(it, n):
     """Up to n batches: a small held-out set may have fewer than eval_steps."""
-    return list(itertools.islice(it, n))
+    batches = []
+    for _ in range(n):
+        try:
+            batches.append(next(it))
+        except StopIteration:
+            break
+    return batches
 
 
 def _prepare_images(model_config, cfg):
