@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# e.g. make demo DEMO_ARGS="--src my.en --tgt my.es"
+DEMO_ARGS ?=
 
 .PHONY: test demo install clean
 
@@ -21,7 +23,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/qkv demo --out runs/demo
+	$(VENV)/bin/qkv demo --out runs/demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

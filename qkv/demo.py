@@ -95,7 +95,7 @@ def attention_maps(model, tokenizer, source: str, target: str):
 
 
 def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=None, test_src=None, test_tgt=None,
-             max_steps: int | None = None, n_train: int = 20000, seed: int = 0, show: int = 10,
+             max_steps: int | None = None, n_train: int = 20000, n_test: int = 500, seed: int = 0, show: int = 10,
              progress: bool = True, echo=print) -> DemoResult:
     """Run the whole demo; ``echo`` prints the report (the CLI passes print). Returns the measured DemoResult."""
     from . import data as qd
@@ -111,7 +111,7 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
         raise ValueError("give both --src and --tgt (aligned files), or neither for the built-in task")
     if src is None:
         echo(f"generating the English -> Spanish task into {out / 'data'} ({n_train} training pairs)")
-        files = qd.make_demo_data(out / "data", train=n_train, val=500, test=500, seed=seed)
+        files = qd.make_demo_data(out / "data", train=n_train, val=n_test, test=n_test, seed=seed)
         (src, tgt), (val_src, val_tgt), (test_src, test_tgt) = files["train"], files["val"], files["test"]
     test_src, test_tgt = test_src or val_src, test_tgt or val_tgt
 
