@@ -132,3 +132,30 @@ def test_padding_mask_is_refused_by_recurrent_layers():
 def test_unknown_mixer_is_refused():
     with pytest.raises(ValueError, match="mixer"):
         qkv.preset("linear-tiny", mixer="mamba")
+
+
+@pytest.mark.parametrize("name", ["linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny"])
+def test_generate_over_the_recurrent_state_equals_greedy_by_full_recomputation(name):
+    import qkv
+    model = qkv.build(qkv.preset(name)).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 7))
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(6):
+            expected = torch.cat([expected, model(expected)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(qkv.generate(model, prompt, max_new_tokens=6), expected)
+    assert torch.equal(qkv.generate(model, prompt, max_new_tokens=6, num_beams=1), expected)
+    beams = qkv.generate(model, prompt, max_new_tokens=6, num_beams=3, num_return_sequences=2)
+    assert beams.shape == (4, 13) and torch.equal(beams[:, :7], prompt.repeat_interleave(2, dim=0))
+
+
+@pytest.mark.parametrize("name", ["retnet-tiny", "rwkv4-tiny"])
+def test_the_training_loop_trains_a_recurrent_model(name, tmp_path):
+    import qkv
+    from qkv.train import train
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 30)
+    cfg = qkv.TrainConfig(data=str(corpus), out_dir=str(tmp_path / "run"), max_steps=4, batch_size=4, block_size=16,
+                          eval_every=4, eval_steps=1, warmup_steps=1, progress=False)
+    summary = train(qkv.preset(name, max_positions=16), cfg)
+    assert summary.steps == 4 and summary.val_loss is not None and summary.val_loss == summary.val_loss
