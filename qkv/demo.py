@@ -58,6 +58,7 @@ def translate(model, tokenizer, sentences: list[str], *, num_beams: int = 1, max
         src = torch.full((len(ids), width), tokenizer.pad_id, dtype=torch.long)
         for row, x in enumerate(ids):
             src[row, : len(x)] = torch.tensor(x)
+        src = src.to(next(model.parameters()).device)
         mask = src != tokenizer.pad_id
         limit = min(max_new_tokens, model.config.max_positions - 1)
         with torch.no_grad():
