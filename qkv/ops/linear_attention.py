@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 import torch
+
 import torch.nn.functional as F
+
+from ._checks import check_qkv_mode
 
 FeatureMap = Union[str, None, Callable[[torch.Tensor], torch.Tensor]]
 MODES = ("parallel", "recurrent", "chunk")
@@ -65,21 +68,9 @@ def feature_map_fn(feature_map: FeatureMap) -> Callable[[torch.Tensor], torch.Te
 
 def _check(q, k, v, causal, mode, chunk_size, initial_state) -> LinearAttentionState | None:
     """Validate the arguments; return initial_state as a LinearAttentionState (or None)."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape (B, H, T, D), got shape {tuple(t.shape)}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape (B, H, T, D), got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must have shape (B, H, T, Dv) = {tuple(q.shape[:3])} + (Dv,), got {tuple(v.shape)}")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not supported; expected one of {MODES}")
+    check_qkv_mode(q, k, v, mode, MODES, chunk_size)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {causal!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected an int >= 1")
     if initial_state is not None:
         B, H, _, D = q.shape
         want_S, want_z = (B, H, D, v.shape[-1]), (B, H, D)

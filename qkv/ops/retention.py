@@ -23,7 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 import torch.nn.functional as F
+
+from ._checks import check_qkv_mode
 
 MODES = ("parallel", "recurrent", "chunk")
 
@@ -36,19 +39,7 @@ class RetentionState:
 
 
 def _check(q, k, v, decay, mode, chunk_size, initial_state) -> torch.Tensor:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape (B, H, T, D), got shape {tuple(t.shape)}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape (B, H, T, D), got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must have shape (B, H, T, Dv) = {tuple(q.shape[:3])} + (Dv,), got {tuple(v.shape)}")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not supported; expected one of {MODES}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected an int >= 1")
+    check_qkv_mode(q, k, v, mode, MODES, chunk_size)
     decay = torch.as_tensor(decay, device=q.device)
     H = q.shape[1]
     if decay.shape != (H,):

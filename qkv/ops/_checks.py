@@ -1,0 +1,21 @@
+"""Input checks shared by the linear-time ops: one message per mistake, naming the argument and the value."""
+from __future__ import annotations
+
+import torch
+
+
+def check_qkv_mode(q, k, v, mode, modes, chunk_size) -> None:
+    """q, k (B, H, T, D) of one shape, v (B, H, T, Dv); ``mode`` one of ``modes``; ``chunk_size`` an int >= 1."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, T, D), got shape {tuple(t.shape)}")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (B, H, T, D), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must have shape (B, H, T, Dv) = {tuple(q.shape[:3])} + (Dv,), got {tuple(v.shape)}")
+    if mode not in modes:
+        raise ValueError(f"mode={mode!r} is not supported; expected one of {modes}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected an int >= 1")
