@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 import torch.nn.functional as F
 
 from ._checks import check_qkv_mode
