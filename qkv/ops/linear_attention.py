@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 import torch
-
 import torch.nn.functional as F
 
 from ._checks import check_qkv_mode
