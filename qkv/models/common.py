@@ -120,7 +120,7 @@ class Embeddings(nn.Module):
             x = x + self.types(types)
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        return self.dropout(x) if self.dropout.p else x
 
 
 class RelativePositions(nn.Module):

@@ -76,7 +76,8 @@ def _check_ids(input_ids, vocab_size):
                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+    # one host read on the good path (this runs at every decoding step)
+    if input_ids.numel() and not bool(((input_ids >= 0) & (input_ids < vocab_size)).all()):
         raise ValueError(f"input_ids must lie in [0, {vocab_size}) (vocab_size), got values in "
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 

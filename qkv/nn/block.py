@@ -41,7 +41,7 @@ class Block(nn.Module):
         extra = None
         if isinstance(y, tuple):
             y, extra = y
-        x = x + self.dropout(y)
+        x = x + (self.dropout(y) if self.dropout.p else y)  # no module call at p = 0: decoding's hot path
         return (x if self.prenorm else norm(x)), extra
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, mask=None, causal: bool = False,

@@ -83,4 +83,4 @@ class FeedForward(nn.Module):
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return self.w_out(self.dropout(h))
+        return self.w_out(self.dropout(h) if self.dropout.p else h)
