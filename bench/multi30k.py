@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import qkv  # noqa: E402
 from qkv.config import TrainConfig  # noqa: E402
 from qkv.data import train_bpe  # noqa: E402
-from qkv.demo import _bleu, translate  # noqa: E402
+from qkv.demo import _bleu  # noqa: E402
+from qkv.generate import translate  # noqa: E402
 from qkv.train import train  # noqa: E402
 
 _HERE = Path(__file__).resolve()

@@ -222,7 +222,7 @@ def _translate(args):
     from pathlib import Path
     import torch
     from .generate import stream
-    from .demo import translate
+    from .generate import translate
     model, tok = _model_and_tokenizer(args)
     if model.config.family != "encoder_decoder":
         raise CLIError(f"translate needs an encoder-decoder model; this one is {model.config.family!r} "
@@ -266,7 +266,8 @@ def _eval(args):
         if not args.tgt:
             raise CLIError("a translation model: pass --data SOURCE_FILE --tgt REFERENCE_FILE")
         from .data import read_pairs
-        from .demo import _bleu, translate
+        from .demo import _bleu
+        from .generate import translate
         pairs = read_pairs(args.data, args.tgt)
         if args.max_batches:
             pairs = pairs[: 64 * args.max_batches]
@@ -367,7 +368,8 @@ def _plot(args):
     if model.config.family == "encoder_decoder":
         if not args.src:
             raise CLIError("a translation model: pass --src (and optionally --tgt)")
-        from .demo import attention_maps, translate
+        from .demo import attention_maps
+        from .generate import translate
         tgt = args.tgt if args.tgt is not None else translate(model, tok, [args.src])[0]
         maps = attention_maps(model, tok, args.src, tgt)
     else:

@@ -46,32 +46,6 @@ def _read_lines(path) -> list[str]:
     return [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
-def translate(model, tokenizer, sentences: list[str], *, num_beams: int = 1, max_new_tokens: int = 60,
-              batch_size: int = 64) -> list[str]:
-    """Translate sentences with ``qkv.generate`` (greedy or beam search), returning detokenized strings."""
-    from .generate import generate
-    out = []
-    for i in range(0, len(sentences), batch_size):
-        chunk = sentences[i: i + batch_size]
-        ids = [tokenizer.encode(s) + [tokenizer.eos_id] for s in chunk]
-        width = max(len(x) for x in ids)
-        src = torch.full((len(ids), width), tokenizer.pad_id, dtype=torch.long)
-        for row, x in enumerate(ids):
-            src[row, : len(x)] = torch.tensor(x)
-        src = src.to(next(model.parameters()).device)
-        mask = src != tokenizer.pad_id
-        limit = min(max_new_tokens, model.config.max_positions - 1)
-        with torch.no_grad():
-            hyp = generate(model, src, attention_mask=mask, max_new_tokens=limit, num_beams=num_beams,
-                           eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
-        for row in hyp.tolist():
-            row = [t for t in row if t != model.config.decoder_start_token_id] if row else row
-            if tokenizer.eos_id in row:
-                row = row[: row.index(tokenizer.eos_id)]
-            out.append(tokenizer.decode(row))
-    return out
-
-
 def _bleu(hyps, refs):
     try:
         import sacrebleu
@@ -101,6 +75,7 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     """Run the whole demo; ``echo`` prints the report (the CLI passes print). Returns the measured DemoResult."""
     from . import data as qd
     from .models.build import load
+    from .generate import translate
     from .presets import preset
     from .config import TrainConfig
     from .train import train

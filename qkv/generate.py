@@ -504,3 +504,30 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
     tokens = best_tokens[:, :n, :length].reshape(B * n, length)
     prefix = run.prefix.view(B, K, -1)[:, :n].reshape(B * n, -1)
     return torch.cat([prefix, tokens], dim=1)
+
+
+# -- text in, text out ------------------------------------------------------------------------------------------
+
+def translate(model, tokenizer, sentences: list[str], *, num_beams: int = 1, max_new_tokens: int = 60,
+              batch_size: int = 64) -> list[str]:
+    """Translate sentences with ``qkv.generate`` (greedy or beam search), returning detokenized strings."""
+    out = []
+    for i in range(0, len(sentences), batch_size):
+        chunk = sentences[i: i + batch_size]
+        ids = [tokenizer.encode(s) + [tokenizer.eos_id] for s in chunk]
+        width = max(len(x) for x in ids)
+        src = torch.full((len(ids), width), tokenizer.pad_id, dtype=torch.long)
+        for row, x in enumerate(ids):
+            src[row, : len(x)] = torch.tensor(x)
+        src = src.to(next(model.parameters()).device)
+        mask = src != tokenizer.pad_id
+        limit = min(max_new_tokens, model.config.max_positions - 1)
+        with torch.no_grad():
+            hyp = generate(model, src, attention_mask=mask, max_new_tokens=limit, num_beams=num_beams,
+                           eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+        for row in hyp.tolist():
+            row = [t for t in row if t != model.config.decoder_start_token_id] if row else row
+            if tokenizer.eos_id in row:
+                row = row[: row.index(tokenizer.eos_id)]
+            out.append(tokenizer.decode(row))
+    return out

@@ -312,6 +312,8 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
     if data is None:
         data = prepare_data(model_config if model is None else model.config, cfg, tokenizer)
     model_config = data.model_config
+    if eval_callback is None and data.task == "seq2seq" and cfg.val_data and cfg.val_data_tgt:
+        eval_callback = _default_bleu(cfg, data.tokenizer)
     if model is not None and model.config.vocab_size != model_config.vocab_size:
         raise ValueError(f"model: its vocab_size is {model.config.vocab_size} but the tokenizer has "
                          f"{model_config.vocab_size} tokens; build the model with vocab_size={model_config.vocab_size}")
@@ -591,6 +593,15 @@ def _plot(metrics: Path, png: Path) -> None:
 
 
 # -- translation metric hook -----------------------------------------------------------------------------------
+
+def _default_bleu(cfg: TrainConfig, tokenizer, n: int = 200):
+    """Translation runs report greedy BLEU on the first ``n`` held-out pairs at every evaluation."""
+    from .data import read_pairs
+    from .generate import translate
+    pairs = read_pairs(cfg.val_data, cfg.val_data_tgt)[:n]
+    return bleu_callback([s for s, _ in pairs], [t for _, t in pairs],
+                         lambda model, sources: translate(model, tokenizer, sources))
+
 
 def bleu_callback(sources: list[str], references: list[str], translate: Callable[[nn.Module, list[str]], list[str]]):
     """An eval_callback scoring corpus BLEU (sacrebleu) of ``translate(model, sources)`` against ``references``.

@@ -96,6 +96,8 @@ def test_the_demo_writes_checkpoint_curve_heatmaps_explorer_and_results(demo_run
     saved = json.loads((out / "results.json").read_text())
     assert saved["n_test"] == result.n_test == 12
     assert 0.0 <= saved["exact_greedy"] <= 1.0 and 0.0 <= saved["exact_beam"] <= 1.0
+    records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_bleu" in r for r in records), "translation runs report BLEU at evaluations"
     report = "\n".join(lines)
     assert "reference:" in report and "greedy:" in report and "beam 4:" in report and "BLEU" in report
     html = (out / "explorer.html").read_text()
