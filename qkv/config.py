@@ -15,8 +15,31 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 MIXERS = ("attention", "linear", "retention", "rwkv4", "memory")
 
 
+class _Serializable:
+    """to/from plain dicts and JSON, shared by the config dataclasses."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes):
+        """A copy with some fields changed. Derived fields (a ModelConfig's head_dim, d_ff, ...) keep their values:
+        to change a size, start from ``qkv.preset(name, **overrides)``, which derives them afresh."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Serializable):
     family: str = "decoder"  # decoder (GPT, Llama, linear-time), encoder (BERT), encoder_decoder (Transformer, T5, MBART), vit
     vocab_size: int = 50257  # tokens in the vocabulary
     d_model: int = 768  # width of the residual stream
@@ -113,28 +136,6 @@ class ModelConfig:
         if self.attention_every < 0:
             raise ValueError(f"attention_every must be >= 0, got {self.attention_every}")
 
-    # -- serialisation ------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def replace(self, **changes) -> "ModelConfig":
-        """A copy with some fields changed. Derived fields (head_dim, d_ff, ...) keep their values: to change a
-        size, start from ``qkv.preset(name, **overrides)``, which derives them afresh."""
-        d = self.to_dict()
-        d.update(changes)
-        return ModelConfig.from_dict(d)
-
 
 def _choice(name, value, allowed):
     if value not in allowed:
@@ -151,7 +152,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Serializable):
     """How to train: data, optimisation, precision, evaluation, checkpoints. Read by ``qkv.train.train``.
 
     Batch sizes are global: ``batch_size`` sequences (LM) per micro-step summed over every process, so a run
@@ -220,20 +221,6 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
 # -- command-line flags and config files from the dataclasses ---------------------------------------------------
