@@ -72,8 +72,8 @@ def main(argv=None) -> int:
                   precision=args.precision, device=args.device, progress=True, eval_steps=10, log_every=25)
     steps = args.max_steps
     if steps is None:  # a short probe measures the step time, then the budget sets the step count
-        probe = train(config, TrainConfig(**common, out_dir=f"{args.out}/probe", max_steps=20, eval_every=0,
-                                          progress=False), tokenizer=tok)
+        probe = train(config, TrainConfig(**{**common, "progress": False}, out_dir=f"{args.out}/probe",
+                                          max_steps=20, eval_every=0), tokenizer=tok)
         per_step = probe.wall_s / probe.steps
         steps = max(50, int(args.minutes * 60 / per_step))
         print(f"probe: {per_step:.2f} s/step -> {steps} steps for {args.minutes} minutes")
