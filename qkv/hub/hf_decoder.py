@@ -9,6 +9,22 @@ _ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu
 _ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
+def _lm_maps(pairs_for, prefix: str):
+    """from_hf / to_hf for a causal LM whose body sits under ``prefix`` and whose head is ``lm_head``."""
+    def from_hf(state, cfg):
+        out = map_from_hf(pairs_for(cfg), Weights(state, prefixes=(prefix,)))
+        if not cfg.tie_embeddings:
+            out["head.weight"] = Weights(state)("lm_head.weight")
+        return out
+
+    def to_hf(state, cfg):
+        out = {prefix + k: v for k, v in map_to_hf(pairs_for(cfg), state).items()}
+        if not cfg.tie_embeddings:  # a tied head is the embedding matrix: transformers re-ties it on load
+            out["lm_head.weight"] = state["head.weight"]
+        return out
+    return from_hf, to_hf
+
+
 # -- GPT-2 ---------------------------------------------------------------------------------------------------------
 
 def _gpt2_config(hf: dict) -> ModelConfig:
@@ -43,21 +59,6 @@ def _gpt2_pairs(cfg: ModelConfig) -> list[Pair]:
     return pairs
 
 
-def _gpt2_from_hf(state, cfg):
-    w = Weights(state, prefixes=("transformer.",))
-    out = map_from_hf(_gpt2_pairs(cfg), w)
-    if not cfg.tie_embeddings:
-        out["head.weight"] = Weights(state)("lm_head.weight")
-    return out
-
-
-def _gpt2_to_hf(state, cfg):
-    out = {"transformer." + k: v for k, v in map_to_hf(_gpt2_pairs(cfg), state).items()}
-    if not cfg.tie_embeddings:  # a tied head is the embedding matrix: transformers re-ties it on load
-        out["lm_head.weight"] = state["head.weight"]
-    return out
-
-
 def _gpt2_config_to_hf(cfg: ModelConfig) -> dict:
     return dict(vocab_size=cfg.vocab_size, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                 n_inner=cfg.d_ff, n_positions=cfg.max_positions, layer_norm_epsilon=cfg.norm_eps,
@@ -65,6 +66,8 @@ def _gpt2_config_to_hf(cfg: ModelConfig) -> dict:
                 bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0,
                 attn_pdrop=0.0)
 
+
+_gpt2_from_hf, _gpt2_to_hf = _lm_maps(_gpt2_pairs, "transformer.")
 
 register(Converter("gpt2", "GPT2LMHeadModel", _gpt2_config, _gpt2_from_hf, _gpt2_config_to_hf, _gpt2_to_hf))
 
@@ -116,20 +119,6 @@ def _llama_pairs(cfg: ModelConfig) -> list[Pair]:
     return pairs
 
 
-def _llama_from_hf(state, cfg):
-    out = map_from_hf(_llama_pairs(cfg), Weights(state, prefixes=("model.",)))
-    if not cfg.tie_embeddings:
-        out["head.weight"] = Weights(state)("lm_head.weight")
-    return out
-
-
-def _llama_to_hf(state, cfg):
-    out = {"model." + k: v for k, v in map_to_hf(_llama_pairs(cfg), state).items()}
-    if not cfg.tie_embeddings:  # a tied head is the embedding matrix: transformers re-ties it on load
-        out["lm_head.weight"] = state["head.weight"]
-    return out
-
-
 def _llama_config_to_hf(cfg: ModelConfig) -> dict:
     if cfg.activation != "swiglu" or cfg.position != "rope" or cfg.norm != "rms":
         raise ValueError("only Llama-shaped models (rope, rms, swiglu) export as llama")
@@ -141,6 +130,8 @@ def _llama_config_to_hf(cfg: ModelConfig) -> dict:
                 tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_token_id,
                 eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
 
+
+_llama_from_hf, _llama_to_hf = _lm_maps(_llama_pairs, "model.")
 
 register(Converter("llama", "LlamaForCausalLM", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
 register(Converter("mistral", "MistralForCausalLM", _llama_config, _llama_from_hf))
