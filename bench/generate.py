@@ -6,7 +6,11 @@ transformers, saved, and imported with ``qkv.from_hf`` (the production converter
 per input times the batch. Each cell is the median of ``--repeats`` timed runs after a warm-up; the tokens of
 the two libraries are compared as well.
 
-    python bench/generate.py [--layers 6 --width 384 --prompt 32 --new 128 --threads 2 --repeats 3 --compile]
+qkv runs twice: eagerly, and with ``compile=True`` (every step after the prompt is one torch.compile'd graph over
+the static cache; CUDA graphs on a GPU). The compiled run's first call, which compiles, is reported apart
+("compile s") and kept out of its tokens/s.
+
+    python bench/generate.py [--layers 6 --width 384 --prompt 32 --new 128 --threads 2 --repeats 3 --no-compile]
 """
 from __future__ import annotations
 
@@ -35,7 +39,9 @@ def parse_args():
     p.add_argument("--beams", type=int, nargs="+", default=[1, 4])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="also time qkv with torch.compile on the model forward")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip qkv's compiled decoding")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--profile", action="store_true", help="print cProfile's top functions of one qkv run")
     return p.parse_args()
 
@@ -64,17 +70,15 @@ def main():
         ours = qkv.from_hf(folder).eval()
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 1
-    compiled = None
-    if args.compile:
-        ours_c = qkv.build(ours.config).eval()
-        ours_c.load_state_dict(ours.state_dict())
-        ours_c.forward = torch.compile(ours_c.forward, dynamic=True)
-        compiled = ours_c
+    dtype = getattr(torch, args.dtype)
+    hf, ours = hf.to(args.device, dtype), ours.to(args.device, dtype)
+    compiled = args.compile
 
     rows = []
     for beams in args.beams:
         for batch in args.batches:
             ids = torch.randint(2, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
+            ids = ids.to(args.device)
 
             def run_hf():
                 with torch.inference_mode():
@@ -82,40 +86,46 @@ def main():
                                        min_new_tokens=args.new, do_sample=False, num_beams=beams,
                                        length_penalty=1.0, early_stopping=True)
 
-            def run_qkv(model=ours):
-                return qkv.generate(model, ids, max_new_tokens=args.new, num_beams=beams, eos_token_id=(),
-                                    pad_token_id=1)
+            def run_qkv(compile=False):
+                out = qkv.generate(ours, ids, max_new_tokens=args.new, num_beams=beams, eos_token_id=(),
+                                   pad_token_id=1, compile=compile)
+                out.cpu()  # waits for the device
+                return out
 
             t_hf, out_hf = timed(run_hf, args.repeats)
             t_qkv, out_qkv = timed(run_qkv, args.repeats)
             row = dict(mode="greedy" if beams == 1 else f"beam {beams}", batch=batch,
                        hf=batch * args.new / t_hf, qkv=batch * args.new / t_qkv,
                        same=torch.equal(out_hf, out_qkv))
-            if compiled is not None:
-                t_c, _ = timed(lambda: run_qkv(compiled), args.repeats)
+            if compiled:
+                start = time.perf_counter()
+                first = run_qkv(compile=True)
+                row["compile_s"] = time.perf_counter() - start
+                t_c, out_c = timed(lambda: run_qkv(compile=True), args.repeats)
                 row["compiled"] = batch * args.new / t_c
+                row["same"] = row["same"] and torch.equal(out_c, out_qkv) and torch.equal(first, out_qkv)
             rows.append(row)
-            print(_format_row(row, compiled is not None), flush=True)
+            print(_format_row(row, compiled), flush=True)
     if args.profile:
         import cProfile
         import pstats
-        ids = torch.randint(2, args.vocab, (1, args.prompt))
+        ids = torch.randint(2, args.vocab, (1, args.prompt), device=args.device)
         with cProfile.Profile() as prof:
             qkv.generate(ours, ids, max_new_tokens=args.new, eos_token_id=())
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     print()
     print(f"GPT-2 {args.layers} layers x {args.width} wide, vocab {args.vocab}, random weights; prompt {args.prompt}, "
-          f"{args.new} new tokens, no EOS; {args.threads} threads, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}; median of {args.repeats}")
-    print(_header(compiled is not None))
+          f"{args.new} new tokens, no EOS; {args.device} {args.dtype}, {args.threads} threads, torch "
+          f"{torch.__version__}, transformers {transformers.__version__}; median of {args.repeats}")
+    print(_header(compiled))
     for row in rows:
-        print(_format_row(row, compiled is not None))
+        print(_format_row(row, compiled))
     print("\ncommand: python " + " ".join(sys.argv))
 
 
 def _header(compiled):
     head = f"| {'mode':8} | {'batch':5} | {'transformers tok/s':18} | {'qkv tok/s':9} | {'qkv / hf':8} |"
-    head += " compiled tok/s |" if compiled else ""
+    head += " compiled tok/s | compiled / hf | compile s |" if compiled else ""
     head += " same tokens |"
     return head + "\n|" + "|".join("-" * len(cell) for cell in head.split("|")[1:-1]) + "|"
 
@@ -123,7 +133,7 @@ def _header(compiled):
 def _format_row(r, compiled):
     line = f"| {r['mode']:8} | {r['batch']:5} | {r['hf']:18.1f} | {r['qkv']:9.1f} | {r['qkv'] / r['hf']:7.2f}x |"
     if compiled:
-        line += f" {r['compiled']:14.1f} |"
+        line += f" {r['compiled']:14.1f} | {r['compiled'] / r['hf']:12.2f}x | {r['compile_s']:9.1f} |"
     return line + f" {'yes' if r['same'] else 'NO':11} |"
 
 

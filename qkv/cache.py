@@ -25,6 +25,7 @@ class KVCache:
         self.k: torch.Tensor | None = None  # (B, G, capacity, D)
         self.v: torch.Tensor | None = None  # (B, G, capacity, Dv)
         self.length = 0
+        self.slots: torch.Tensor | None = None  # (T,) where the next update writes; None: append at ``length``
 
     def _grow(self, k_new: torch.Tensor, v_new: torch.Tensor, needed: int) -> None:
         if self.max_len is not None and needed > self.max_len:
@@ -39,7 +40,15 @@ class KVCache:
         self.k, self.v = k, v
 
     def update(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, G, T, D) keys and values; return all keys and values so far, (B, G, length, D)."""
+        """Append (B, G, T, D) keys and values; return all keys and values so far, (B, G, length, D).
+
+        With ``slots`` set (static decoding, see ``Cache.use_slots``) the new keys and values are written at those
+        positions of the preallocated buffer instead, and the whole buffer comes back, (B, G, max_len, D): its
+        shape never changes, and the caller masks the positions not yet written."""
+        if self.slots is not None:
+            self.k.index_copy_(2, self.slots, k_new)
+            self.v.index_copy_(2, self.slots, v_new)
+            return self.k, self.v
         end = self.length + k_new.shape[2]
         if self.k is None or end > self.k.shape[2]:
             self._grow(k_new, v_new, end)
@@ -100,6 +109,34 @@ class Cache:
     batch_size: int
     length: int = 0
     extra: dict = field(default_factory=dict)
+    max_len: int | None = None  # preallocated positions per layer (None: the caches grow)
+    slots: torch.Tensor | None = None  # static decoding: (T,) positions the next forward writes (``use_slots``)
+
+    def use_slots(self, slots: torch.Tensor | None) -> None:
+        """Static decoding: the next forward writes its keys and values at positions ``slots`` (T,) of the
+        preallocated buffers and attends over all ``max_len`` of them under a mask, so every step has the same
+        shapes (one compiled graph, one CUDA graph). Lengths are then the caller's to advance (``advance``);
+        ``None`` returns to appending. Needs ``max_len`` and softmax-attention layers, filled once (the prompt).
+
+        The tensor is shared, not copied: a decoding loop moves to the next position with ``slots += 1``."""
+        if slots is not None:
+            if self.max_len is None:
+                raise ValueError("static decoding needs a preallocated cache: new_cache(batch_size, max_len=...)")
+            for layer in self.layers:
+                if not isinstance(layer.mixer, KVCache) or layer.mixer.k is None:
+                    raise ValueError("static decoding needs softmax-attention layers whose cache holds the prompt "
+                                     f"already; got a {type(layer.mixer).__name__} "
+                                     f"{'before any token' if isinstance(layer.mixer, KVCache) else ''}".rstrip())
+        self.slots = slots
+        for layer in self.layers:
+            if isinstance(layer.mixer, KVCache):
+                layer.mixer.slots = slots
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more tokens after static-slot forwards (which leave every length as it was)."""
+        self.length += n
+        for layer in self.layers:
+            layer.mixer.length += n
 
     def reorder(self, index: torch.Tensor, *, cross: bool = True) -> None:
         """Keep the batch rows ``index`` (B',) in that order: beam search's survivors.

@@ -70,7 +70,7 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
              num_return_sequences: int = 1, early_stopping: bool | str = True,
              stop_strings: str | Sequence[str] | None = None, decode: Callable | None = None,
              stop: Callable | None = None, generator: torch.Generator | None = None, static_cache: bool = True,
-             max_len: int | None = None) -> torch.Tensor:
+             max_len: int | None = None, compile: bool = False) -> torch.Tensor:
     """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
 
     Args:
@@ -94,6 +94,9 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
         generator: a ``torch.Generator`` for reproducible sampling.
         static_cache: preallocate the cache for the whole run (``max_len`` positions, default prompt +
             max_new_tokens) so its buffers never move; False lets it grow.
+        compile: run every step after the prompt through one ``torch.compile``d graph over the static cache
+            (decoder-only models with softmax attention; CUDA graphs on a GPU). The first call for a model and
+            batch size compiles (seconds to a minute); later ones reuse it. Same tokens as without.
 
     Returns:
         (B * num_return_sequences, T + L) token ids for a decoder-only model (prompt included, padding kept), or
@@ -104,7 +107,7 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
                     length_penalty, eos_token_id, pad_token_id, num_return_sequences, early_stopping,
                     stop_strings, decode, stop, generator)
     with torch.inference_mode():
-        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len)
+        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile)
         if opts.num_beams > 1:
             return _beam_search(run, opts)
         steps = sum(1 for _ in _sample_loop(run, opts))
@@ -117,13 +120,13 @@ def stream(model, input_ids: torch.Tensor, *, max_new_tokens: int, decode: Calla
            pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
            num_return_sequences: int = 1, stop_strings: str | Sequence[str] | None = None,
            stop: Callable | None = None, generator: torch.Generator | None = None, static_cache: bool = True,
-           max_len: int | None = None) -> Iterator[StreamChunk]:
+           max_len: int | None = None, compile: bool = False) -> Iterator[StreamChunk]:
     """Greedy decoding or sampling, one ``StreamChunk`` per step as soon as it is known (arguments as in
     ``generate``). With ``decode`` (ids list -> str) each chunk also carries every row's new text."""
     opts = _options(model, max_new_tokens, 1, do_sample, temperature, top_k, top_p, repetition_penalty, 1.0,
                     eos_token_id, pad_token_id, num_return_sequences, True, stop_strings, decode, stop, generator)
     with torch.inference_mode():
-        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len)
+        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile)
         shown = [""] * run.out.shape[0]  # text already yielded, per row
         for step, tokens in enumerate(_sample_loop(run, opts)):
             text = None
@@ -239,7 +242,8 @@ class _Runner:
     ``prefix``: (B, T) prompt or (B, 1) decoder-start tokens (expanded with the rows); ``out``: (N, max_new)
     generated ids; ``logits``: (N, V) next-token logits after prefill / each step."""
 
-    def __init__(self, model, input_ids, attention_mask, opts: _Options, static_cache: bool, max_len: int | None):
+    def __init__(self, model, input_ids, attention_mask, opts: _Options, static_cache: bool, max_len: int | None,
+                 compile: bool = False):
         cfg = model.config
         self.model, self.opts = model, opts
         self.seq2seq = cfg.family == "encoder_decoder"
@@ -248,6 +252,8 @@ class _Runner:
         _check_inputs(model, input_ids, attention_mask, opts.max_new_tokens)
         if max_len is not None and (not isinstance(max_len, int) or max_len < needed):
             raise ValueError(f"max_len must be an int >= {needed} (prompt + max_new_tokens), got {max_len!r}")
+        if compile:
+            _check_compilable(model, static_cache)
         capacity = (max_len or needed) if static_cache else None
         device = input_ids.device
         input_ids = input_ids.long()
@@ -272,8 +278,8 @@ class _Runner:
                 if not bool(attention_mask[:, -1].all()):
                     raise ValueError("attention_mask must be left padding for decoding (every row's last position "
                                      "a token, 1); got a row ending in padding")
-                # One buffer for the whole run: prompt mask, then 1 for every generated token.
-                self.mask = attention_mask.new_ones(B, T + opts.max_new_tokens)
+                # One buffer for the whole run (every cache position): prompt mask, then 1 for generated tokens.
+                self.mask = attention_mask.new_ones(B, capacity or T + opts.max_new_tokens)
                 self.mask[:, :T] = attention_mask
                 positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
                 self.positions = positions[:, -1:] + 1  # (B, 1): the next token's position
@@ -284,6 +290,8 @@ class _Runner:
         self.out = torch.full((B, opts.max_new_tokens), opts.pad, dtype=torch.long, device=device)
         self.finished_at = None  # (N,) step at which each row finished, when rows can finish
         self._fed = 0  # generated tokens fed back so far
+        self.compile = compile
+        self._slot = None  # static decoding: (1,) cache position of the next token, moved in place
 
     def expand(self, n: int) -> None:
         """Repeat every row n times (beams, samples): cache, encoder state, masks, positions, logits."""
@@ -306,6 +314,8 @@ class _Runner:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row, (N,); return the next logits (N, V)."""
         tokens = tokens[:, None]  # (N, 1)
+        if self.compile:
+            return self._static_step(tokens)
         if self.seq2seq:
             logits = self.model.decode(tokens, self.memory, attention_mask=self.src_mask, cache=self.cache,
                                        last_only=True)
@@ -320,11 +330,63 @@ class _Runner:
         self.logits = logits[:, -1]
         return self.logits
 
+    def _static_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``step`` through the compiled graph: the token goes to cache position ``_slot`` and attends over the
+        whole preallocated cache under a mask, so every step has the same shapes and the graph is traced once per
+        model and batch size."""
+        if self._slot is None:  # first step, after beams / samples were expanded: enter static mode
+            self._slot = torch.tensor([self.prefix.shape[1]], device=tokens.device)
+            self.cache.use_slots(self._slot)
+            if tokens.device.type == "cuda":  # CUDA graphs replay fixed addresses: the buffers must stay put
+                for layer in self.cache.layers:
+                    torch._dynamo.mark_static_address(layer.mixer.k)
+                    torch._dynamo.mark_static_address(layer.mixer.v)
+        positions = self.positions if self.mask is not None else None
+        logits = _compiled_step(tokens.device.type)(self.model, self.cache, tokens, self.mask, positions)
+        if self.mask is not None:
+            self.positions = self.positions + 1
+        self._slot += 1
+        self.cache.advance(1)
+        self._fed += 1
+        self.logits = logits
+        return logits
+
     def trimmed_length(self, steps: int) -> int:
         """Columns of ``out`` worth returning: up to the step where the last row finished."""
         if self.finished_at is None or steps == 0:
             return steps
         return min(steps, int(self.finished_at.max()) + 1)
+
+
+def _check_compilable(model, static_cache):
+    from .cache import KVCache
+    if not static_cache:
+        raise ValueError("compile=True needs static_cache=True: the compiled step writes a preallocated cache")
+    if model.config.family == "encoder_decoder" or not hasattr(model, "blocks"):
+        raise ValueError(f"compile=True supports decoder-only models for now, got family "
+                         f"{model.config.family!r}; use compile=False")
+    kinds = {type(b.mixer.new_cache(1)).__name__ for b in model.blocks}
+    if kinds != {KVCache.__name__}:
+        raise ValueError(f"compile=True supports softmax-attention layers (a KV cache each), got layers keeping "
+                         f"{sorted(kinds)}; use compile=False")
+
+
+def _decode_step(model, cache, tokens, attention_mask, position_ids):
+    """One static decoding step, the function ``torch.compile`` traces: (N, 1) tokens -> (N, V) logits."""
+    return model(tokens, cache, attention_mask=attention_mask, position_ids=position_ids, last_only=True)[:, -1]
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled_step(device_type: str) -> Callable:
+    """The compiled ``_decode_step``, made once per device type. Dynamo keeps one graph per model and shapes
+    (guarded), so a new model or batch size compiles again, and the same ones never do. On CUDA the graph is
+    replayed as a CUDA graph ("reduce-overhead"): one launch per token instead of one per kernel."""
+    if device_type not in _COMPILED:
+        mode = "reduce-overhead" if device_type == "cuda" else None
+        _COMPILED[device_type] = torch.compile(_decode_step, mode=mode, dynamic=False, fullgraph=True)
+    return _COMPILED[device_type]
 
 
 def _new_cache(model, batch_size, capacity):

@@ -1,6 +1,7 @@
 """Decoding: cached steps equal full passes, greedy equals a naive loop, beam search equals exhaustive search on a
 tiny vocabulary, sampling is seeded and collapses to greedy at its limits, and Hugging Face's ``generate`` gives
 the same tokens on the same (imported) weights."""
+import importlib
 import itertools
 import math
 
@@ -170,6 +171,80 @@ def test_left_padded_batch_equals_each_row_alone(name):
     assert torch.equal(out[1, 4:], generate(model, b, max_new_tokens=6, eos_token_id=())[0])
     beams = generate(model, batch, attention_mask=mask, max_new_tokens=5, num_beams=3, eos_token_id=())
     assert torch.equal(beams[1, 4:], generate(model, b, max_new_tokens=5, num_beams=3, eos_token_id=())[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Static decoding (compile=True): slots in a preallocated cache, one mask over all of it
+
+STATIC = [("gpt2-tiny", {}), ("llama-tiny", {}), ("gpt2-tiny", {"position": "alibi"}),
+          ("llama-tiny", {"window": 3})]
+
+
+@pytest.fixture
+def eager_static(monkeypatch):
+    """compile=True without the compiler: the static-slot step runs eagerly, so float64 and exact checks apply."""
+    gen = importlib.import_module("qkv.generate")  # the module; ``qkv.generate`` is the function
+    monkeypatch.setattr(gen, "_compiled_step", lambda device_type: gen._decode_step)
+
+
+@pytest.mark.parametrize("name, overrides", STATIC)
+@pytest.mark.parametrize("padded", [False, True])
+def test_static_slot_steps_equal_full_pass(name, overrides, padded, eager_static):
+    model = make(name, **overrides)
+    ids = _prompt(model, B=3, T=6)
+    mask = None
+    if padded:
+        mask = torch.ones_like(ids)
+        mask[1, :2] = 0
+        mask[2, :5] = 0
+    opts = _options(model, 6, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
+    run = _Runner(model, ids, mask, opts, True, 20, compile=True)  # max_len 20: slots never reach the end
+    generated = torch.zeros(3, 0, dtype=torch.long)
+    logits = run.logits
+    for _ in range(6):
+        torch.testing.assert_close(logits, full_logits(model, ids, generated, mask=mask), rtol=1e-9, atol=1e-9)
+        token = logits.argmax(-1)
+        generated = torch.cat([generated, token[:, None]], 1)
+        logits = run.step(token)
+    assert run.cache.length == run.cache.layers[0].mixer.length == 6 + 6  # prompt + tokens fed
+    assert run.cache.layers[0].mixer.k.shape[2] == 20  # the buffer never moved or grew
+
+
+@pytest.mark.parametrize("name, overrides", STATIC)
+def test_static_decoding_gives_the_same_tokens(name, overrides, eager_static):
+    model = make(name, **overrides)
+    ids = _prompt(model, B=2, T=5)
+    mask = torch.tensor([[1] * 5, [0, 0, 1, 1, 1]])
+    for kwargs in (dict(), dict(attention_mask=mask), dict(num_beams=3), dict(num_beams=3, attention_mask=mask),
+                   dict(do_sample=True, num_return_sequences=2)):
+        expected = generate(model, ids, max_new_tokens=7, eos_token_id=(), generator=torch.Generator().manual_seed(0),
+                            **kwargs)
+        out = generate(model, ids, max_new_tokens=7, eos_token_id=(), compile=True,
+                       generator=torch.Generator().manual_seed(0), **kwargs)
+        assert torch.equal(out, expected), kwargs
+
+
+def test_compiled_decoding_gives_the_eager_tokens():
+    """The real torch.compile: one graph per batch size, the same tokens as eager decoding (float32)."""
+    model = make("gpt2-tiny", dtype=torch.float32)
+    ids = _prompt(model, B=2, T=5)
+    for kwargs in (dict(max_new_tokens=8), dict(max_new_tokens=6, num_beams=2)):
+        expected = generate(model, ids, eos_token_id=(), **kwargs)
+        assert torch.equal(generate(model, ids, eos_token_id=(), compile=True, **kwargs), expected), kwargs
+
+
+def test_compile_refuses_what_it_cannot_do():
+    gpt2 = make("gpt2-tiny")
+    ids = _prompt(gpt2, 1, 3)
+    with pytest.raises(ValueError, match="compile=True needs static_cache=True"):
+        generate(gpt2, ids, max_new_tokens=2, compile=True, static_cache=False)
+    with pytest.raises(ValueError, match=r"softmax-attention layers.*RecurrentCache.*compile=False"):
+        generate(make("linear-tiny"), ids, max_new_tokens=2, compile=True)
+    with pytest.raises(ValueError, match=r"decoder-only.*'encoder_decoder'"):
+        generate(make("transformer-tiny"), ids, max_new_tokens=2, compile=True)
+    cache = gpt2.new_cache(1)
+    with pytest.raises(ValueError, match=r"preallocated cache: new_cache\(batch_size, max_len=...\)"):
+        cache.use_slots(torch.tensor([0]))
 
 
 def test_seq2seq_encodes_once_and_starts_with_the_start_token():

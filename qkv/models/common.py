@@ -76,7 +76,7 @@ class QKVModel(nn.Module):
         blocks = self.decoder_blocks()
         return Cache([LayerCache(mixer=b.mixer.new_cache(max_len),
                                  cross=CrossKVCache() if b.cross is not None else None) for b in blocks],
-                     batch_size=batch_size)
+                     batch_size=batch_size, max_len=max_len)
 
     def decoder_blocks(self):
         raise NotImplementedError(f"{type(self).__name__} does not decode token by token")
@@ -136,14 +136,17 @@ class RelativePositions(nn.Module):
                                        max_distance=cfg.relative_max_distance, bidirectional=bidirectional) \
             if cfg.position == "relative" else None
 
-    def forward(self, positions, past: int, T: int, device):
-        """positions: (T,) or (B, T) of the new tokens; keys are positions 0 .. past + T - 1.
+    def forward(self, positions, past: int, T: int, device, *, slots=None, capacity: int | None = None):
+        """positions: (T,) or (B, T) of the new tokens; keys are positions 0 .. past + T - 1, or, in static
+        decoding, the new tokens sit at cache ``slots`` (T,) and the keys are all ``capacity`` cache positions.
         Returns (rope tables or None, bias (1, H, T, S) or None)."""
         rope = self.rope(positions) if self.rope is not None else None
         bias = None
         if self.alibi is not None or self.relative is not None:
-            q_pos = torch.arange(past, past + T, device=device)
-            k_pos = torch.arange(past + T, device=device)
+            if slots is None:
+                q_pos, k_pos = torch.arange(past, past + T, device=device), torch.arange(past + T, device=device)
+            else:
+                q_pos, k_pos = slots, torch.arange(capacity, device=device)
             bias = (self.alibi or self.relative)(q_pos, k_pos)
         return rope, bias
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..cache import Cache
 from ..config import ModelConfig
-from ..ops.masks import padding_mask
+from ..ops.masks import padding_mask, static_mask
 from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block
 
 
@@ -41,28 +41,42 @@ class DecoderLM(QKVModel):
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None, *, attention_mask=None,
                 position_ids=None, return_weights: bool = False, last_only: bool = False):
         """input_ids: (B, T) token ids.
-        cache: from ``new_cache``; the new tokens continue the cached ones (and are appended to it).
-        attention_mask: (B, past + T), 1 = token, 0 = padding (e.g. left-padded prompts).
-        position_ids: (B, T) or (T,) positions of the new tokens; default past .. past + T - 1.
+        cache: from ``new_cache``; the new tokens continue the cached ones (and are appended to it). After
+            ``cache.use_slots(slots)`` they are written at ``slots`` instead and attend over the whole preallocated
+            cache (static decoding: same shapes every step; the caller advances the lengths).
+        attention_mask: (B, past + T), 1 = token, 0 = padding (e.g. left-padded prompts); (B, max_len) when static.
+        position_ids: (B, T) or (T,) positions of the new tokens; default past .. past + T - 1 (static: slots).
         last_only: compute logits for the last position only (decoding needs no others).
 
         Returns logits (B, T or 1, V), or (logits, list of BlockWeights per layer) when ``return_weights``."""
-        _check_ids(input_ids, self.config.vocab_size)
+        if not torch.compiler.is_compiling():  # a host read: compiled decoding trusts its own tokens
+            _check_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
-        past = 0 if cache is None else cache.length
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device)
+        device, window = input_ids.device, self.config.window
+        slots = None if cache is None else cache.slots
+        if slots is None:
+            past = 0 if cache is None else cache.length
+            if position_ids is None:
+                position_ids = torch.arange(past, past + T, device=device)
+            rope, bias = self.relative(position_ids, past, T, device)
+            mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, S)
+            causal = True
+        else:
+            # Static decoding: attend over every cache position under one mask; the shapes never change.
+            if position_ids is None:
+                position_ids = slots
+            rope, bias = self.relative(position_ids, 0, T, device, slots=slots, capacity=cache.max_len)
+            mask = static_mask(slots, cache.max_len, window, attention_mask)  # (B | 1, 1, T, max_len)
+            causal, window = False, None
         x = self.embed(input_ids, position_ids)  # (B, T, d_model)
-        rope, bias = self.relative(position_ids, past, T, input_ids.device)
-        mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, S)
         weights = []
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, causal=True, cache=None if cache is None else cache.layers[i], rope=rope,
-                      bias=bias, window=self.config.window, return_weights=return_weights)
+            x = block(x, mask=mask, causal=causal, cache=None if cache is None else cache.layers[i], rope=rope,
+                      bias=bias, window=window, return_weights=return_weights)
             if return_weights:
                 x, w = x
                 weights.append(w)
-        if cache is not None:
+        if cache is not None and slots is None:
             cache.length += T
         if last_only:
             x = x[:, -1:]

@@ -61,3 +61,20 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"attention_mask must be (B, S) with 1 for tokens and 0 for padding, "
                          f"got shape {tuple(attention_mask.shape)}")
     return attention_mask.bool()[:, None, None, :]
+
+
+def static_mask(slots: torch.Tensor, capacity: int, window: int | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B or 1, 1, T, capacity) mask for static decoding: queries at cache positions ``slots`` (T,) over every
+    position of a preallocated cache. A query sees the written positions up to its own (and, with ``window``, only
+    the ``window`` before it), and no padding (``attention_mask`` (B, capacity), 1 = token). Positions not yet
+    written lie after every query, so the causal rule hides them too."""
+    k_pos = torch.arange(capacity, device=slots.device)[None, :]  # (1, S)
+    q_pos = slots[:, None]  # (T, 1)
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed = allowed & (q_pos - k_pos <= window)
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+    return allowed
