@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from .ops._checks import trusted_values
 
 _SYNC_EVERY = 8  # steps between "all finished?" checks on accelerators (on CPU a check is free: every step)
 
@@ -316,15 +317,17 @@ class _Runner:
         tokens = tokens[:, None]  # (N, 1)
         if self.compile:
             return self._static_step(tokens)
-        if self.seq2seq:
-            logits = self.model.decode(tokens, self.memory, attention_mask=self.src_mask, cache=self.cache,
-                                       last_only=True)
-        elif self.mask is None:
-            logits = self.model(tokens, self.cache, last_only=True)
-        else:
-            end = self.prefix.shape[1] + self._fed
-            logits = self.model(tokens, self.cache, attention_mask=self.mask[:, : end + 1],
-                                position_ids=self.positions, last_only=True)
+        with trusted_values():  # the model's own tokens, at positions _check_inputs allowed: no host reads
+            if self.seq2seq:
+                logits = self.model.decode(tokens, self.memory, attention_mask=self.src_mask, cache=self.cache,
+                                           last_only=True)
+            elif self.mask is None:
+                logits = self.model(tokens, self.cache, last_only=True)
+            else:
+                end = self.prefix.shape[1] + self._fed
+                logits = self.model(tokens, self.cache, attention_mask=self.mask[:, : end + 1],
+                                    position_ids=self.positions, last_only=True)
+        if not self.seq2seq and self.mask is not None:
             self.positions = self.positions + 1
         self._fed += 1
         self.logits = logits[:, -1]

@@ -247,6 +247,23 @@ def test_compile_refuses_what_it_cannot_do():
         cache.use_slots(torch.tensor([0]))
 
 
+def test_value_checks_are_skipped_only_inside_trusted_values():
+    from qkv.ops._checks import checks_values, trusted_values
+    model = make("gpt2-tiny")
+    bad = torch.tensor([[1, model.config.vocab_size]])
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 256\)"):
+        model(bad)
+    with pytest.raises(ValueError, match="position 200 is beyond the model's 128 learned positions"):
+        model(bad[:, :1], position_ids=torch.tensor([200]))
+    with pytest.raises(RuntimeError):
+        with trusted_values():
+            assert not checks_values()
+            raise RuntimeError("leaves the block")
+    assert checks_values()  # restored however the block ends
+    with pytest.raises(ValueError, match="input_ids"):  # prompts are still checked by generate's prefill
+        generate(model, bad, max_new_tokens=2)
+
+
 def test_seq2seq_encodes_once_and_starts_with_the_start_token():
     model = make("seq2seq")
     src = _prompt(model, 2, 6)

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..cache import Cache
 from ..config import ModelConfig
+from ..ops._checks import checks_values
 from ..ops.masks import padding_mask, static_mask
 from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block
 
@@ -49,8 +50,7 @@ class DecoderLM(QKVModel):
         last_only: compute logits for the last position only (decoding needs no others).
 
         Returns logits (B, T or 1, V), or (logits, list of BlockWeights per layer) when ``return_weights``."""
-        if not torch.compiler.is_compiling():  # a host read: compiled decoding trusts its own tokens
-            _check_ids(input_ids, self.config.vocab_size)
+        _check_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
         device, window = input_ids.device, self.config.window
         slots = None if cache is None else cache.slots
@@ -90,8 +90,8 @@ def _check_ids(input_ids, vocab_size):
                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-    # one host read on the good path (this runs at every decoding step)
-    if input_ids.numel() and not bool(((input_ids >= 0) & (input_ids < vocab_size)).all()):
+    # one host read on the good path, skipped where values are trusted (a decoding loop's own tokens)
+    if checks_values() and input_ids.numel() and not bool(((input_ids >= 0) & (input_ids < vocab_size)).all()):
         raise ValueError(f"input_ids must lie in [0, {vocab_size}) (vocab_size), got values in "
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..ops._checks import checks_values
 from ..ops.rope import rope_frequencies, rope_tables
 
 
@@ -45,9 +46,8 @@ class LearnedPositions(nn.Embedding):
         self.max_positions, self.offset = max_positions, offset
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        # A host read, skipped under torch.compile (where it would split the graph): compiled decoding checks
-        # its positions before the run (qkv.generate).
-        if not torch.compiler.is_compiling() and positions.numel() and int(positions.max()) >= self.max_positions:
+        # A host read, skipped where values are trusted (decoding checks its positions before the run).
+        if checks_values() and positions.numel() and int(positions.max()) >= self.max_positions:
             raise ValueError(f"position {int(positions.max())} is beyond the model's {self.max_positions} "
                              f"learned positions (max_positions)")
         return super().forward(positions + self.offset)

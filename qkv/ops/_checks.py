@@ -1,7 +1,31 @@
-"""Input checks shared by the linear-time ops: one message per mistake, naming the argument and the value."""
+"""Input checks shared by the linear-time ops (one message per mistake, naming the argument and the value), and the
+switch for checks that read tensor values."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
+
+_TRUSTED = contextvars.ContextVar("qkv_trusted_values", default=False)
+
+
+def checks_values() -> bool:
+    """Whether checks that read tensor values on the host (token ids in range, positions within the table) run.
+    Such a read waits for the device and splits a compiled graph, so it is skipped under ``torch.compile`` and
+    inside ``trusted_values()``."""
+    return not (torch.compiler.is_compiling() or _TRUSTED.get())  # is_compiling first: dynamo never sees the var
+
+
+@contextlib.contextmanager
+def trusted_values():
+    """Skip value checks inside: for a caller that made the inputs itself, such as a decoding loop feeding back the
+    model's own tokens at positions it checked before the run (``qkv.generate``)."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def check_qkv_mode(q, k, v, mode, modes, chunk_size) -> None:
