@@ -309,7 +309,8 @@ class _Runner:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Beam search: row i continues row ``index[i]`` of the same input. Encoder state, masks and positions
-        are equal across the beams of one input, so only the self-attention caches move."""
+        are equal across the beams of one input, so only the self-attention caches move (eagerly, also when
+        compiled: only the filled positions, where a graph would copy whole buffers)."""
         self.cache.reorder(index, cross=False)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -504,71 +505,121 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
     form), and the best K that did not end continue. At ``max_new_tokens`` the best K running beams are
     finished as they are. An input stops once it holds K finished hypotheses (``early_stopping``). These are
     the rules of transformers' beam search, so both return the same tokens; one difference: a repetition
-    penalty acts on the logits here (before the log-softmax), on the log-probabilities there."""
+    penalty acts on the logits here (before the log-softmax), on the log-probabilities there.
+
+    The selection itself is ``_beam_select``, on shapes that never change; with ``compile=True`` it is compiled
+    like the model step."""
     K, M = opts.num_beams, opts.max_new_tokens
     B = run.prefix.shape[0]
     run.expand(K)
-    device, V = run.out.device, run.logits.shape[-1]
+    device = run.out.device
     eos = None if opts.eos is None else opts.eos.to(device)
     neg_inf = float("-inf")
     # Every beam starts as the same prompt: only beam 0 may propose tokens at the first step, or the K beams
     # would pick the same continuations K times.
     running = torch.zeros(B, K, device=device)
     running[:, 1:] = neg_inf
-    run_tokens = torch.full((B, K, M), opts.pad, dtype=torch.long, device=device)
-    best = torch.full((B, K), neg_inf, device=device)  # finished hypotheses' scores, -inf = empty slot
-    best_tokens = torch.full((B, K, M), opts.pad, dtype=torch.long, device=device)
-    best_len = torch.zeros(B, K, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    in_top_k = (torch.arange(2 * K, device=device) < K)[None]  # (1, 2K): candidates that may finish
-    offsets = torch.arange(B, device=device)[:, None] * K
+    state = _BeamState(running=running,
+                       tokens=torch.full((B, K, M), opts.pad, dtype=torch.long, device=device),
+                       best=torch.full((B, K), neg_inf, device=device),  # finished scores, -inf = empty slot
+                       best_tokens=torch.full((B, K, M), opts.pad, dtype=torch.long, device=device),
+                       best_len=torch.zeros(B, K, dtype=torch.long, device=device),
+                       done=torch.zeros(B, dtype=torch.bool, device=device))
+    select = _compiled_select(device.type) if run.compile else _beam_select
+    rules = dict(length_penalty=opts.length_penalty, early_stopping=opts.early_stopping)
+    step_t = torch.zeros(1, dtype=torch.long, device=device)  # the step as a tensor: one graph for all steps
     seen = _seen_tokens(run) if opts.repetition_penalty != 1.0 else None
     logits = run.logits
     for step in range(M):
-        L = step + 1
         scores = _next_scores(logits, opts, seen)
-        logp = scores.log_softmax(-1).float().view(B, K, V) + running[..., None]  # (B, K, V)
-        cand_score, cand = logp.view(B, K * V).topk(2 * K, dim=-1)  # (B, 2K), best first
-        beam, token = cand // V, cand % V
-        cand_tokens = run_tokens.gather(1, beam[..., None].expand(B, 2 * K, M)).clone()  # (B, 2K, M)
-        cand_tokens[:, :, step] = token
-        last = step + 1 == M
-        ended = torch.ones_like(token, dtype=torch.bool) if last else \
-            torch.isin(token, eos) if eos is not None else torch.zeros_like(token, dtype=torch.bool)
-        # Finished hypotheses: merge the new ones into the K best so far.
-        new = ended & in_top_k & ~done[:, None]
-        new_score = torch.where(new, cand_score / L ** opts.length_penalty, neg_inf)
-        merged = torch.cat([best, new_score], dim=1)  # (B, 3K)
-        best, keep = merged.topk(K, dim=-1)
-        best_tokens = torch.cat([best_tokens, cand_tokens], dim=1).gather(1, keep[..., None].expand(B, K, M))
-        best_len = torch.cat([best_len, torch.full_like(new_score, L, dtype=torch.long)], dim=1).gather(1, keep)
-        if last:
+        if step + 1 == M:  # the last step finishes the running beams: a different rule, run once, not compiled
+            state, _, _ = _beam_select(scores, state, step_t, eos, last=True, **rules)
             break
-        # Running beams: the best K candidates that did not end.
-        survivors = cand_score.masked_fill(ended, neg_inf).topk(K, dim=-1).indices  # (B, K)
-        running = cand_score.gather(1, survivors)
-        run_tokens = cand_tokens.gather(1, survivors[..., None].expand(B, K, M))
-        parent = (beam.gather(1, survivors) + offsets).view(-1)  # (B * K,) rows they continue
-        full = (best > neg_inf).all(-1)
-        if opts.early_stopping is True:
-            done |= full
-        else:
-            # Could the best running beam still beat the worst finished one? Log-probabilities only fall, so at
-            # the current length it cannot improve; with a positive length penalty a longer one might ("never").
-            horizon = M if opts.early_stopping == "never" and opts.length_penalty > 0 else L
-            done |= full & (running[:, 0] / horizon ** opts.length_penalty <= best.min(-1).values)
-        if step % run.sync_every == run.sync_every - 1 and bool(done.all()):
+        state, parent, tokens = select(scores, state, step_t, eos, last=False, **rules)
+        step_t += 1
+        if step % run.sync_every == run.sync_every - 1 and bool(state.done.all()):
             break
         run.reorder(parent)
         if seen is not None:
             seen = seen[parent]
-            seen.scatter_(1, run_tokens[:, :, step].reshape(-1, 1), True)
-        logits = run.step(run_tokens[:, :, step].reshape(-1))
+            seen.scatter_(1, tokens[:, None], True)
+        logits = run.step(tokens)
     n = opts.num_return_sequences
-    length = int(best_len[:, :n].max())
-    tokens = best_tokens[:, :n, :length].reshape(B * n, length)
+    length = int(state.best_len[:, :n].max())
+    tokens = state.best_tokens[:, :n, :length].reshape(B * n, length)
     prefix = run.prefix.view(B, K, -1)[:, :n].reshape(B * n, -1)
     return torch.cat([prefix, tokens], dim=1)
+
+
+@dataclass
+class _BeamState:
+    """Beam search's tensors, B inputs x K beams, M = max_new_tokens: the running beams' scores (B, K) and tokens
+    (B, K, M); the finished hypotheses' scores (B, K), tokens (B, K, M) and lengths (B, K); inputs done (B,)."""
+    running: torch.Tensor
+    tokens: torch.Tensor
+    best: torch.Tensor
+    best_tokens: torch.Tensor
+    best_len: torch.Tensor
+    done: torch.Tensor
+
+
+torch.utils._pytree.register_dataclass(_BeamState)  # a pytree, so torch.compile takes and returns it whole
+
+
+def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float, early_stopping, last: bool):
+    """One step of beam search (rules in ``_beam_search``): (B * K, V) next-token scores of the running beams ->
+    (new state, (B * K,) parent row of each new beam, (B * K,) their new tokens). ``step`` is a (1,) tensor."""
+    B, K, M = state.tokens.shape
+    V = scores.shape[-1]
+    neg_inf = float("-inf")
+    L = (step + 1).float()  # (1,) tokens generated, this one included
+    logp = scores.log_softmax(-1).float().view(B, K, V) + state.running[..., None]  # (B, K, V)
+    cand_score, cand = logp.view(B, K * V).topk(2 * K, dim=-1)  # (B, 2K), best first
+    beam, token = cand // V, cand % V
+    cand_tokens = state.tokens.gather(1, beam[..., None].expand(B, 2 * K, M))  # (B, 2K, M)
+    cand_tokens = cand_tokens.index_copy(2, step, token[..., None])
+    if last:
+        ended = torch.ones_like(token, dtype=torch.bool)
+    elif eos is None:
+        ended = torch.zeros_like(token, dtype=torch.bool)
+    else:
+        ended = torch.isin(token, eos)
+    # Finished hypotheses: merge the new ones (ended among the best K, of inputs not done) into the K best so far.
+    in_top_k = torch.arange(2 * K, device=cand.device) < K
+    new = ended & in_top_k & ~state.done[:, None]
+    new_score = torch.where(new, cand_score / L ** length_penalty, neg_inf)
+    best, keep = torch.cat([state.best, new_score], dim=1).topk(K, dim=-1)  # of (B, 3K)
+    best_tokens = torch.cat([state.best_tokens, cand_tokens], dim=1).gather(1, keep[..., None].expand(B, K, M))
+    best_len = torch.cat([state.best_len, (step + 1).expand(B, 2 * K)], dim=1).gather(1, keep)
+    if last:
+        return _BeamState(state.running, state.tokens, best, best_tokens, best_len, state.done), None, None
+    # Running beams: the best K candidates that did not end.
+    survivors = cand_score.masked_fill(ended, neg_inf).topk(K, dim=-1).indices  # (B, K)
+    running = cand_score.gather(1, survivors)
+    tokens = cand_tokens.gather(1, survivors[..., None].expand(B, K, M))
+    offsets = torch.arange(B, device=cand.device)[:, None] * K
+    parent = (beam.gather(1, survivors) + offsets).view(-1)  # (B * K,) rows they continue
+    full = (best > neg_inf).all(-1)
+    if early_stopping is True:
+        done = state.done | full
+    else:
+        # Could the best running beam still beat the worst finished one? Log-probabilities only fall, so at the
+        # current length it cannot improve; with a positive length penalty a longer one might ("never").
+        horizon = float(M) if early_stopping == "never" and length_penalty > 0 else L
+        done = state.done | (full & (running[:, 0] / horizon ** length_penalty <= best.min(-1).values))
+    new_tokens = tokens.index_select(2, step).view(-1)  # (B * K,)
+    return _BeamState(running, tokens, best, best_tokens, best_len, done), parent, new_tokens
+
+
+_COMPILED_SELECT: dict[str, Callable] = {}
+
+
+def _compiled_select(device_type: str) -> Callable:
+    """The compiled ``_beam_select`` (one graph per batch, beams and length): some 35 small ops fused into a few
+    kernels, which is most of a beam step on a small model."""
+    if device_type not in _COMPILED_SELECT:
+        _COMPILED_SELECT[device_type] = torch.compile(_beam_select, dynamic=False, fullgraph=True)
+    return _COMPILED_SELECT[device_type]
 
 
 # -- text in, text out ------------------------------------------------------------------------------------------

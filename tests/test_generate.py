@@ -185,6 +185,7 @@ def eager_static(monkeypatch):
     """compile=True without the compiler: the static-slot step runs eagerly, so float64 and exact checks apply."""
     gen = importlib.import_module("qkv.generate")  # the module; ``qkv.generate`` is the function
     monkeypatch.setattr(gen, "_compiled_step", lambda device_type: gen._decode_step)
+    monkeypatch.setattr(gen, "_compiled_select", lambda device_type: gen._beam_select)
 
 
 @pytest.mark.parametrize("name, overrides", STATIC)
