@@ -175,10 +175,12 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-def test_resume_gives_bit_identical_weights(tmp_path, corpus):
-    # dropout on, so the restored RNG state matters; accumulation, so the data position matters
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_resume_gives_bit_identical_weights(tmp_path, corpus, precision):
+    # dropout on, so the restored RNG state matters; accumulation, so the data position matters; fp16, so the
+    # gradient scaler's state (scale and growth tracker; a resume that dropped it would end with tracker 4, not 8)
     mc = tiny(dropout=0.1)
-    kw = dict(max_steps=8, eval_every=4, grad_accum=2)
+    kw = dict(max_steps=8, eval_every=4, grad_accum=2, precision=precision)
     full = train(mc, cfg_for(tmp_path / "a", corpus, **kw))
     torch.manual_seed(7)  # the seed train() builds with, so both runs start from the same weights
     model, calls = qkv.build(mc), {"n": 0}
@@ -198,8 +200,22 @@ def test_resume_gives_bit_identical_weights(tmp_path, corpus):
     sa = ckpt.load_trainer_state(tmp_path / "a/run/checkpoints/step-0000008")["optimizer"]["state"]
     sb = ckpt.load_trainer_state(tmp_path / "b/run/checkpoints/step-0000008")["optimizer"]["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    scaler = [ckpt.load_trainer_state(tmp_path / f"{r}/run/checkpoints/step-0000008")["scaler"] for r in "ab"]
+    assert scaler[0] == scaler[1]
+    assert (precision == "fp16") == bool(scaler[0])  # a disabled scaler saves an empty state
     assert resumed.train_loss == full.train_loss
     assert [r["step"] for r in metrics(tmp_path / "b/run")] == list(range(1, 9))
+
+
+def test_compiled_training_follows_the_eager_loss_curve(tmp_path, corpus):
+    kw = dict(max_steps=3, eval_every=3, log_every=1)
+    eager = train(tiny(), cfg_for(tmp_path / "eager", corpus, **kw))
+    compiled = train(tiny(), cfg_for(tmp_path / "compiled", corpus, compile=True, **kw))
+    a, b = metrics(tmp_path / "eager/run"), metrics(tmp_path / "compiled/run")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):  # fused kernels reorder float32 sums: close, not equal
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-4)
+    assert compiled.val_loss == pytest.approx(eager.val_loss, abs=1e-4)
 
 
 def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
@@ -325,11 +341,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, cfg_dict, mc_dict):
+def _worker(rank, world, port, cfg_dict, mc_dict, die_after=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train(ModelConfig.from_dict(mc_dict), TrainConfig.from_dict(cfg_dict))
+    mc, model = ModelConfig.from_dict(mc_dict), None
+    if die_after is not None:  # every process dies at the same training forward, as a killed job would
+        torch.manual_seed(TrainConfig.from_dict(cfg_dict).seed)  # the weights train() would build
+        model, calls = qkv.build(mc), {"n": 0}
+
+        def die(module, args):
+            calls["n"] += module.training
+            if calls["n"] > die_after:
+                raise SystemExit(3)
+        model.register_forward_pre_hook(die)
+    train(mc, TrainConfig.from_dict(cfg_dict), model=model)
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
@@ -347,6 +373,25 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path, corpus, fsdp)
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], abs=1e-5)
     wa, wb = _weights(tmp_path / "one/run/checkpoints/step-0000004"), _weights(tmp_path / "two/run/checkpoints/step-0000004")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_fsdp_resume_gives_the_uninterrupted_weights(tmp_path, corpus):
+    """Two FSDP processes killed after the step-2 checkpoint and resumed end where an uninterrupted run ends:
+    the full weights gathered from the shards, and the sharded optimizer state, saved and loaded."""
+    mc = tiny(dropout=0.1)
+    kw = dict(max_steps=4, eval_every=2, grad_accum=2, fsdp=True)
+    whole, cut = cfg_for(tmp_path / "whole", corpus, **kw), cfg_for(tmp_path / "cut", corpus, **kw)
+    mp.spawn(_worker, args=(2, _free_port(), whole.to_dict(), mc.to_dict()), nprocs=2, join=True)
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_worker, args=(2, _free_port(), cut.to_dict(), mc.to_dict(), 6), nprocs=2, join=True)
+    assert ckpt.latest_checkpoint(tmp_path / "cut/run").name == "step-0000002"
+    resumed = TrainConfig.from_dict({**cut.to_dict(), "resume": True})
+    mp.spawn(_worker, args=(2, _free_port(), resumed.to_dict(), mc.to_dict()), nprocs=2, join=True)
+    a = _weights(tmp_path / "whole/run/checkpoints/step-0000004")
+    b = _weights(tmp_path / "cut/run/checkpoints/step-0000004")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = metrics(tmp_path / "whole/run"), metrics(tmp_path / "cut/run")
+    assert [r["step"] for r in lb] == [1, 2, 3, 4] and lb[-1]["train_loss"] == la[-1]["train_loss"]
 
 
 def test_the_torchrun_entry_builds_configs_from_flags(tmp_path, corpus):
