@@ -70,6 +70,9 @@ def test_train_then_generate_eval_and_plot_a_language_model(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("to be") and len(out.rstrip("\n")) == len("to be") + 5
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "5",
+                 "--compile"]) == 0
+    assert capsys.readouterr().out == out  # compiled decoding prints the same text
     assert main(["eval", "--checkpoint", str(run), "--data", str(text), "--block-size", "16",
                  "--max-batches", "1"]) == 0
     assert "perplexity" in capsys.readouterr().out
