@@ -86,11 +86,6 @@ def read_weights(folder: Path) -> StateDict:
                             f"their sharded index files)")
 
 
-def read_folder(path) -> tuple[dict, StateDict]:
-    folder = _resolve_folder(Path(path))
-    return json.loads((folder / "config.json").read_text()), read_weights(folder)
-
-
 # -- helpers for the maps ------------------------------------------------------------------------------------------
 
 class Weights:
@@ -164,11 +159,13 @@ def rope_theta(hf: dict) -> float:
 def from_hf(path, *, dtype: torch.dtype | None = None):
     """A qkv model with the weights of a local Hugging Face folder (see the module docstring for what it reads)."""
     from ..models.build import build
-    hf_config, state = read_folder(path)
+    folder = _resolve_folder(Path(path))
+    hf_config = json.loads((folder / "config.json").read_text())
     model_type = hf_config.get("model_type")
-    if model_type not in CONVERTERS:
+    if model_type not in CONVERTERS:  # before reading gigabytes of weights
         raise ValueError(f"{path}: architecture {model_type!r} ({', '.join(hf_config.get('architectures') or [])}) "
                          f"is not supported; supported model types: {', '.join(supported())}")
+    state = read_weights(folder)
     conv = CONVERTERS[model_type]
     config = conv.config_from_hf(hf_config)
     model = build(config)

@@ -204,6 +204,10 @@ def test_unsupported_model_type_lists_supported(tmp_path):
         qkv.from_hf(tmp_path)
     for supported in ("bert", "vit", "gpt2", "llama"):
         assert supported in str(info.value)
+    for weights in tmp_path.glob("*.safetensors"):  # decided from config.json alone, before any weight is read
+        weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="reformer"):
+        qkv.from_hf(tmp_path)
 
 
 def test_missing_key_is_named(tmp_path):
