@@ -184,5 +184,17 @@ def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: 
                  norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout)
 
 
+def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_weights: bool = False, **kwargs):
+    """x through every block, block i with ``cache.layers[i]``; the other keywords go to every block.
+    Returns (x, list of BlockWeights per block, empty unless ``return_weights``)."""
+    weights = []
+    for i, block in enumerate(blocks):
+        x = block(x, cache=None if cache is None else cache.layers[i], return_weights=return_weights, **kwargs)
+        if return_weights:
+            x, w = x
+            weights.append(w)
+    return x, weights
+
+
 def final_norm(cfg: ModelConfig) -> nn.Module:
     return make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias) if cfg.final_norm else nn.Identity()

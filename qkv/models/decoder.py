@@ -12,7 +12,7 @@ from ..cache import Cache
 from ..config import ModelConfig
 from ..ops._checks import checks_values
 from ..ops.masks import padding_mask, static_mask
-from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block
+from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block, run_blocks
 
 
 class DecoderLM(QKVModel):
@@ -69,13 +69,8 @@ class DecoderLM(QKVModel):
             mask = static_mask(slots, cache.max_len, window, attention_mask)  # (B | 1, 1, T, max_len)
             causal, window = False, None
         x = self.embed(input_ids, position_ids)  # (B, T, d_model)
-        weights = []
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, causal=causal, cache=None if cache is None else cache.layers[i], rope=rope,
-                      bias=bias, window=window, return_weights=return_weights)
-            if return_weights:
-                x, w = x
-                weights.append(w)
+        x, weights = run_blocks(self.blocks, x, cache, mask=mask, causal=causal, rope=rope, bias=bias, window=window,
+                                return_weights=return_weights)
         if cache is not None and slots is None:
             cache.length += T
         if last_only:

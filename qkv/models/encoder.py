@@ -21,7 +21,7 @@ from ..config import ModelConfig
 from ..nn import make_norm
 from ..nn.layers import _ACTIVATIONS
 from ..ops.masks import padding_mask
-from .common import Embeddings, QKVModel, final_norm, make_block
+from .common import Embeddings, QKVModel, final_norm, make_block, run_blocks
 from .decoder import _check_ids, _init_weights
 
 
@@ -105,12 +105,7 @@ class Encoder(QKVModel):
         positions = torch.arange(T, device=input_ids.device)
         x = self.embed(input_ids, positions, token_type_ids)  # (B, T, d_model)
         mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, T)
-        weights = []
-        for block in self.blocks:
-            x = block(x, mask=mask, return_weights=return_weights)
-            if return_weights:
-                x, w = x
-                weights.append(w)
+        x, weights = run_blocks(self.blocks, x, mask=mask, return_weights=return_weights)
         x = self.norm(x)
         return (x, weights) if return_weights else x
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..cache import Cache
 from ..config import ModelConfig
 from ..ops.masks import padding_mask
-from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block
+from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block, run_blocks
 from .decoder import _check_ids
 
 
@@ -63,14 +63,8 @@ class Stack(nn.Module):
         positions = torch.arange(past, past + T, device=ids.device)
         x = self.embed(ids, positions)  # (B, T, d_model)
         rope, bias = self.relative(positions, past, T, ids.device)  # bias: (1, H, T, past + T) or None
-        weights = []
-        for i, block in enumerate(self.blocks):
-            x = block(x, context=context, mask=mask, causal=self.decoder, context_mask=context_mask,
-                      cache=None if cache is None else cache.layers[i], rope=rope, bias=bias,
-                      return_weights=return_weights)
-            if return_weights:
-                x, w = x
-                weights.append(w)
+        x, weights = run_blocks(self.blocks, x, cache, context=context, mask=mask, causal=self.decoder,
+                                context_mask=context_mask, rope=rope, bias=bias, return_weights=return_weights)
         if cache is not None:
             cache.length += T
         return self.norm(x), weights

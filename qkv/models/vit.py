@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .common import QKVModel, final_norm, make_block
+from .common import QKVModel, final_norm, make_block, run_blocks
 from .decoder import _init_weights
 
 
@@ -64,12 +64,7 @@ class ViT(QKVModel):
         x = self.patches(pixel_values.to(self.cls_token.dtype))  # (B, N, d)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.positions  # (B, 1 + N, d)
         x = self.dropout(x)
-        weights = []
-        for block in self.blocks:
-            x = block(x, return_weights=return_weights)
-            if return_weights:
-                x, w = x
-                weights.append(w)
+        x, weights = run_blocks(self.blocks, x, return_weights=return_weights)
         x = self.norm(x)
         return (x, weights) if return_weights else x
 
