@@ -155,6 +155,12 @@ def _decoding_args(p, *, beams_default):
     p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
 
 
+def _compile_arg(p):
+    p.add_argument("--compile", action="store_true",
+                   help="decode through one torch.compile'd step (softmax-attention models): faster per token "
+                        "after a one-off compilation of seconds to a minute")
+
+
 def _decoding_kwargs(args):
     import torch
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
@@ -186,9 +192,7 @@ def _generate_args(p):
     _source_args(p)
     p.add_argument("--prompt", default="", help="text to continue (default: the empty prompt, from BOS)")
     _decoding_args(p, beams_default=1)
-    p.add_argument("--compile", action="store_true",
-                   help="decode through one torch.compile'd step (softmax-attention models): faster per token "
-                        "after a one-off compilation of seconds to a minute")
+    _compile_arg(p)
 
 
 def _generate(args):
@@ -218,6 +222,7 @@ def _translate_args(p):
     g.add_argument("--text", action="append", help="a sentence to translate (repeat for more)")
     g.add_argument("--file", help="a file of sentences, one a line")
     _decoding_args(p, beams_default=4)
+    _compile_arg(p)
     p.set_defaults(max_new_tokens=60)
 
 
@@ -233,13 +238,14 @@ def _translate(args):
     sentences = args.text or [line for line in Path(args.file).read_text(encoding="utf-8").splitlines()]
     if args.num_beams > 1 and not args.sample:
         for s, t in zip(sentences, translate(model, tok, sentences, num_beams=args.num_beams,
-                                             max_new_tokens=args.max_new_tokens, batch_size=1)):
+                                             max_new_tokens=args.max_new_tokens, batch_size=1,
+                                             compile=args.compile)):
             print(t, flush=True)  # one line per sentence as soon as its beam search ends
         return 0
     for s in sentences:  # greedy or sampling: token by token
         src = torch.tensor([tok.encode(s) + [tok.eos_id]])
         for chunk in stream(model, src, decode=tok.decode, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-                            **_decoding_kwargs(args)):
+                            compile=args.compile, **_decoding_kwargs(args)):
             print(chunk.text[0], end="", flush=True)
         print()
     return 0

@@ -96,8 +96,9 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
         static_cache: preallocate the cache for the whole run (``max_len`` positions, default prompt +
             max_new_tokens) so its buffers never move; False lets it grow.
         compile: run every step after the prompt through one ``torch.compile``d graph over the static cache
-            (decoder-only models with softmax attention; CUDA graphs on a GPU). The first call for a model and
-            batch size compiles (seconds to a minute); later ones reuse it. Same tokens as without.
+            (models whose decoder layers are softmax attention, decoder-only or encoder-decoder; CUDA graphs on a
+            GPU). The first call for a model and batch size compiles (seconds to a minute); later ones reuse it.
+            Same tokens as without.
 
     Returns:
         (B * num_return_sequences, T + L) token ids for a decoder-only model (prompt included, padding kept), or
@@ -345,10 +346,14 @@ class _Runner:
                 for layer in self.cache.layers:
                     torch._dynamo.mark_static_address(layer.mixer.k)
                     torch._dynamo.mark_static_address(layer.mixer.v)
-        positions = self.positions if self.mask is not None else None
-        logits = _compiled_step(tokens.device.type)(self.model, self.cache, tokens, self.mask, positions)
-        if self.mask is not None:
-            self.positions = self.positions + 1
+        step = _compiled_step(tokens.device.type, seq2seq=self.seq2seq)
+        if self.seq2seq:
+            logits = step(self.model, self.cache, tokens, self.src_mask, None, self.memory)
+        else:
+            positions = self.positions if self.mask is not None else None
+            logits = step(self.model, self.cache, tokens, self.mask, positions)
+            if self.mask is not None:
+                self.positions = self.positions + 1
         self._slot += 1
         self.cache.advance(1)
         self._fed += 1
@@ -366,31 +371,35 @@ def _check_compilable(model, static_cache):
     from .cache import KVCache
     if not static_cache:
         raise ValueError("compile=True needs static_cache=True: the compiled step writes a preallocated cache")
-    if model.config.family == "encoder_decoder" or not hasattr(model, "blocks"):
-        raise ValueError(f"compile=True supports decoder-only models for now, got family "
-                         f"{model.config.family!r}; use compile=False")
-    kinds = {type(b.mixer.new_cache(1)).__name__ for b in model.blocks}
+    kinds = {type(b.mixer.new_cache(1)).__name__ for b in model.decoder_blocks()}
     if kinds != {KVCache.__name__}:
         raise ValueError(f"compile=True supports softmax-attention layers (a KV cache each), got layers keeping "
                          f"{sorted(kinds)}; use compile=False")
 
 
-def _decode_step(model, cache, tokens, attention_mask, position_ids):
-    """One static decoding step, the function ``torch.compile`` traces: (N, 1) tokens -> (N, V) logits."""
+def _decode_step(model, cache, tokens, attention_mask, position_ids, memory=None):
+    """One static decoding step, the function ``torch.compile`` traces: (N, 1) tokens -> (N, V) logits.
+    Decoder-only: attention_mask (N, max_len) and position_ids (N, 1) for left-padded rows. Encoder-decoder:
+    memory (N, S, d_model) and attention_mask its padding (N, S)."""
+    if memory is not None:
+        return model.decode(tokens, memory, attention_mask=attention_mask, cache=cache, last_only=True)[:, -1]
     return model(tokens, cache, attention_mask=attention_mask, position_ids=position_ids, last_only=True)[:, -1]
 
 
-_COMPILED: dict[str, Callable] = {}
+_COMPILED: dict[tuple, Callable] = {}
 
 
-def _compiled_step(device_type: str) -> Callable:
-    """The compiled ``_decode_step``, made once per device type. Dynamo keeps one graph per model and shapes
-    (guarded), so a new model or batch size compiles again, and the same ones never do. On CUDA the graph is
-    replayed as a CUDA graph ("reduce-overhead"): one launch per token instead of one per kernel."""
-    if device_type not in _COMPILED:
+def _compiled_step(device_type: str, seq2seq: bool = False) -> Callable:
+    """The compiled ``_decode_step``, made once per device type and family. Dynamo keeps one graph per model and
+    shapes (guarded), so a new model or batch size compiles again, and the same ones never do; translation,
+    whose sources differ in length from batch to batch, lets Dynamo turn the changing sizes into symbols after
+    the first change instead (``dynamic=None``). On CUDA the graph is replayed as a CUDA graph
+    ("reduce-overhead"): one launch per token instead of one per kernel."""
+    key = (device_type, seq2seq)
+    if key not in _COMPILED:
         mode = "reduce-overhead" if device_type == "cuda" else None
-        _COMPILED[device_type] = torch.compile(_decode_step, mode=mode, dynamic=False, fullgraph=True)
-    return _COMPILED[device_type]
+        _COMPILED[key] = torch.compile(_decode_step, mode=mode, dynamic=None if seq2seq else False, fullgraph=True)
+    return _COMPILED[key]
 
 
 def _new_cache(model, batch_size, capacity):
@@ -625,8 +634,9 @@ def _compiled_select(device_type: str) -> Callable:
 # -- text in, text out ------------------------------------------------------------------------------------------
 
 def translate(model, tokenizer, sentences: list[str], *, num_beams: int = 1, max_new_tokens: int = 60,
-              batch_size: int = 64) -> list[str]:
-    """Translate sentences with ``qkv.generate`` (greedy or beam search), returning detokenized strings."""
+              batch_size: int = 64, compile: bool = False) -> list[str]:
+    """Translate sentences with ``qkv.generate`` (greedy or beam search, ``compile`` as there), returning
+    detokenized strings."""
     out = []
     for i in range(0, len(sentences), batch_size):
         chunk = sentences[i: i + batch_size]
@@ -640,7 +650,7 @@ def translate(model, tokenizer, sentences: list[str], *, num_beams: int = 1, max
         limit = min(max_new_tokens, model.config.max_positions - 1)
         with torch.no_grad():
             hyp = generate(model, src, attention_mask=mask, max_new_tokens=limit, num_beams=num_beams,
-                           eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+                           eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, compile=compile)
         for row in hyp.tolist():
             row = [t for t in row if t != model.config.decoder_start_token_id] if row else row
             if tokenizer.eos_id in row:

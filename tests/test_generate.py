@@ -184,7 +184,7 @@ STATIC = [("gpt2-tiny", {}), ("llama-tiny", {}), ("gpt2-tiny", {"position": "ali
 def eager_static(monkeypatch):
     """compile=True without the compiler: the static-slot step runs eagerly, so float64 and exact checks apply."""
     gen = importlib.import_module("qkv.generate")  # the module; ``qkv.generate`` is the function
-    monkeypatch.setattr(gen, "_compiled_step", lambda device_type: gen._decode_step)
+    monkeypatch.setattr(gen, "_compiled_step", lambda device_type, seq2seq=False: gen._decode_step)
     monkeypatch.setattr(gen, "_compiled_select", lambda device_type: gen._beam_select)
 
 
@@ -211,11 +211,34 @@ def test_static_slot_steps_equal_full_pass(name, overrides, padded, eager_static
     assert run.cache.layers[0].mixer.k.shape[2] == 20  # the buffer never moved or grew
 
 
-@pytest.mark.parametrize("name, overrides", STATIC)
+SEQ2SEQ = ["transformer-tiny", "t5-tiny", "mbart-tiny", "marian-tiny"]  # sinusoids, T5 buckets, learned + offset
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ)
+def test_static_seq2seq_steps_equal_full_pass(name, eager_static):
+    model = make(name)
+    src = _prompt(model, B=3, T=6)
+    src_mask = torch.ones_like(src)
+    src_mask[1, 4:] = 0  # right-padded sources
+    opts = _options(model, 6, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
+    run = _Runner(model, src, src_mask, opts, True, 12, compile=True)
+    generated = torch.zeros(3, 0, dtype=torch.long)
+    logits = run.logits
+    for _ in range(6):
+        expected = full_logits(model, (src, run.prefix), generated, src_mask=src_mask)
+        torch.testing.assert_close(logits, expected, rtol=1e-9, atol=1e-9)
+        token = logits.argmax(-1)
+        generated = torch.cat([generated, token[:, None]], 1)
+        logits = run.step(token)
+
+
+@pytest.mark.parametrize("name, overrides", STATIC + [(n, {}) for n in SEQ2SEQ])
 def test_static_decoding_gives_the_same_tokens(name, overrides, eager_static):
     model = make(name, **overrides)
     ids = _prompt(model, B=2, T=5)
     mask = torch.tensor([[1] * 5, [0, 0, 1, 1, 1]])
+    if model.config.family == "encoder_decoder":
+        mask = mask.flip(1)
     for kwargs in (dict(), dict(attention_mask=mask), dict(num_beams=3), dict(num_beams=3, attention_mask=mask),
                    dict(do_sample=True, num_return_sequences=2)):
         expected = generate(model, ids, max_new_tokens=7, eos_token_id=(), generator=torch.Generator().manual_seed(0),
@@ -225,13 +248,18 @@ def test_static_decoding_gives_the_same_tokens(name, overrides, eager_static):
         assert torch.equal(out, expected), kwargs
 
 
-def test_compiled_decoding_gives_the_eager_tokens():
+@pytest.mark.parametrize("name", ["gpt2-tiny", "transformer-tiny"])
+def test_compiled_decoding_gives_the_eager_tokens(name):
     """The real torch.compile: one graph per batch size, the same tokens as eager decoding (float32)."""
-    model = make("gpt2-tiny", dtype=torch.float32)
+    model = make(name, dtype=torch.float32)
     ids = _prompt(model, B=2, T=5)
     for kwargs in (dict(max_new_tokens=8), dict(max_new_tokens=6, num_beams=2)):
         expected = generate(model, ids, eos_token_id=(), **kwargs)
         assert torch.equal(generate(model, ids, eos_token_id=(), compile=True, **kwargs), expected), kwargs
+    if model.config.family == "encoder_decoder":  # sources of other lengths: no error, same tokens
+        longer = _prompt(model, B=2, T=9)
+        assert torch.equal(generate(model, longer, max_new_tokens=5, eos_token_id=(), compile=True),
+                           generate(model, longer, max_new_tokens=5, eos_token_id=()))
 
 
 def test_compile_refuses_what_it_cannot_do():
@@ -241,8 +269,6 @@ def test_compile_refuses_what_it_cannot_do():
         generate(gpt2, ids, max_new_tokens=2, compile=True, static_cache=False)
     with pytest.raises(ValueError, match=r"softmax-attention layers.*RecurrentCache.*compile=False"):
         generate(make("linear-tiny"), ids, max_new_tokens=2, compile=True)
-    with pytest.raises(ValueError, match=r"decoder-only.*'encoder_decoder'"):
-        generate(make("transformer-tiny"), ids, max_new_tokens=2, compile=True)
     cache = gpt2.new_cache(1)
     with pytest.raises(ValueError, match=r"preallocated cache: new_cache\(batch_size, max_len=...\)"):
         cache.use_slots(torch.tensor([0]))

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from ..cache import Cache
 from ..config import ModelConfig
-from ..ops.masks import padding_mask
+from ..ops.masks import padding_mask, static_mask
 from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block, run_blocks
 from .decoder import _check_ids
 
@@ -59,13 +59,20 @@ class Stack(nn.Module):
         mask: (B, 1, 1, keys) padding of this side's keys; context / context_mask: the memory (B, S, d_model) and
         its padding (B, 1, 1, S), decoder only. cache: the decoder's state; new tokens continue at cache.length."""
         B, T = ids.shape
-        past = 0 if cache is None else cache.length
-        positions = torch.arange(past, past + T, device=ids.device)
+        slots, causal = None if cache is None else cache.slots, self.decoder
+        if slots is None:
+            past = 0 if cache is None else cache.length
+            positions = torch.arange(past, past + T, device=ids.device)
+            rope, bias = self.relative(positions, past, T, ids.device)  # bias: (1, H, T, past + T) or None
+        else:  # static decoding (see DecoderLM.forward): the new tokens sit at cache ``slots``
+            positions = slots
+            rope, bias = self.relative(positions, 0, T, ids.device, slots=slots, capacity=cache.max_len)
+            allowed = static_mask(slots, cache.max_len)  # (1, 1, T, max_len)
+            mask, causal = allowed if mask is None else allowed & mask, False
         x = self.embed(ids, positions)  # (B, T, d_model)
-        rope, bias = self.relative(positions, past, T, ids.device)  # bias: (1, H, T, past + T) or None
-        x, weights = run_blocks(self.blocks, x, cache, context=context, mask=mask, causal=self.decoder,
+        x, weights = run_blocks(self.blocks, x, cache, context=context, mask=mask, causal=causal,
                                 context_mask=context_mask, rope=rope, bias=bias, return_weights=return_weights)
-        if cache is not None:
+        if cache is not None and slots is None:
             cache.length += T
         return self.norm(x), weights
 
@@ -132,7 +139,8 @@ class EncoderDecoder(QKVModel):
         """decoder_input_ids (B, T): target tokens (the new ones when decoding with a cache).
         memory (B, S, d_model): the encoder's output. attention_mask (B, S): the SOURCE padding (1 = token).
         cache: from ``new_cache``; positions continue from cache.length, and the cross-attention keys and values
-        are computed from the memory once, at the first step. decoder_attention_mask: (B, past + T) target padding.
+        are computed from the memory once, at the first step. decoder_attention_mask: (B, past + T) target padding
+        ((B, max_len) after ``cache.use_slots``: static decoding, as in DecoderLM.forward).
         last_only: logits for the last position only.
 
         Returns logits (B, T or 1, V), or (logits, Seq2SeqWeights) when ``return_weights``."""
@@ -143,8 +151,9 @@ class EncoderDecoder(QKVModel):
                              f"{self.config.d_model}), got shape {tuple(memory.shape)}")
         B, S = memory.shape[:2]
         _check_mask("attention_mask", attention_mask, (B, S))
-        past = 0 if cache is None else cache.length
-        _check_mask("decoder_attention_mask", decoder_attention_mask, (B, past + decoder_input_ids.shape[1]))
+        keys = (cache.max_len if cache.slots is not None else cache.length + decoder_input_ids.shape[1]) \
+            if cache is not None else decoder_input_ids.shape[1]
+        _check_mask("decoder_attention_mask", decoder_attention_mask, (B, keys))
         x, weights = self.decoder(
             decoder_input_ids, context=memory, cache=cache, return_weights=return_weights,
             mask=None if decoder_attention_mask is None else padding_mask(decoder_attention_mask),
