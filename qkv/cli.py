@@ -158,7 +158,8 @@ def _decoding_args(p, *, beams_default):
 def _compile_arg(p):
     p.add_argument("--compile", action="store_true",
                    help="decode through one torch.compile'd step (softmax-attention models): faster per token "
-                        "after a one-off compilation of seconds to a minute")
+                        "where overhead dominates (small models, GPUs), after a one-off compilation of seconds "
+                        "to a minute; the same tokens")
 
 
 def _decoding_kwargs(args):
