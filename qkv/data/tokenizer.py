@@ -352,6 +352,11 @@ def train_wordpiece(files_or_iter, vocab_size: int = 8000,
 
     specials must include "unk" (WordPiece's fallback for unseen characters). `encode(add_special=True)`
     adds CLS ... SEP. lowercase=True also strips accents, as BERT-uncased does.
+
+    Not reproducible from run to run (tokenizers 0.23): the trainer numbers its "##" pieces in hash-map order and
+    breaks ties between equally frequent merges by those numbers, so the same corpus can give a slightly
+    different vocabulary in another process (huggingface/tokenizers issue 1794). Save the tokenizer with the
+    run (qkv's checkpoints do) rather than retraining it; ``train_bpe`` is deterministic.
     """
     from tokenizers import Tokenizer as HF, decoders, models, normalizers, pre_tokenizers, trainers
     sp = resolve_specials(specials)
