@@ -20,8 +20,9 @@ from qkv.models.common import QKVModel
 from qkv.tasks import ImageLoss, MaskedLMLoss, label_smoothed_nll, shard_rows
 from qkv.train import NonFiniteLossError, learning_rate, train, transformer_lr
 
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 12
+# A small play-shaped corpus of our own (speaker lines, blank lines, punctuation), repeated.
+TEXT = ("Second Keeper:\nBring the lamps in before the rain comes down.\n\nAll:\nThe rain, the rain.\n\n"
+        "Second Keeper:\nAre the boats all tied and the doors all shut?\n\n") * 12
 
 
 def tiny(**kw):
