@@ -72,7 +72,6 @@ def main():
     hf.generation_config.pad_token_id = 1
     dtype = getattr(torch, args.dtype)
     hf, ours = hf.to(args.device, dtype), ours.to(args.device, dtype)
-    compiled = args.compile
 
     rows = []
     for beams in args.beams:
@@ -97,7 +96,7 @@ def main():
             row = dict(mode="greedy" if beams == 1 else f"beam {beams}", batch=batch,
                        hf=batch * args.new / t_hf, qkv=batch * args.new / t_qkv,
                        same=torch.equal(out_hf, out_qkv))
-            if compiled:
+            if args.compile:
                 start = time.perf_counter()
                 first = run_qkv(compile=True)
                 row["compile_s"] = time.perf_counter() - start
@@ -105,7 +104,7 @@ def main():
                 row["compiled"] = batch * args.new / t_c
                 row["same"] = row["same"] and torch.equal(out_c, out_qkv) and torch.equal(first, out_qkv)
             rows.append(row)
-            print(_format_row(row, compiled), flush=True)
+            print(_format_row(row, args.compile), flush=True)
     if args.profile:
         import cProfile
         import pstats
@@ -117,9 +116,9 @@ def main():
     print(f"GPT-2 {args.layers} layers x {args.width} wide, vocab {args.vocab}, random weights; prompt {args.prompt}, "
           f"{args.new} new tokens, no EOS; {args.device} {args.dtype}, {args.threads} threads, torch "
           f"{torch.__version__}, transformers {transformers.__version__}; median of {args.repeats}")
-    print(_header(compiled))
+    print(_header(args.compile))
     for row in rows:
-        print(_format_row(row, compiled))
+        print(_format_row(row, args.compile))
     print("\ncommand: python " + " ".join(sys.argv))
 
 

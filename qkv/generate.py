@@ -535,7 +535,9 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
                        best_len=torch.zeros(B, K, dtype=torch.long, device=device),
                        done=torch.zeros(B, dtype=torch.bool, device=device))
     select = _compiled_select(device.type) if run.compile else _beam_select
-    rules = dict(length_penalty=opts.length_penalty, early_stopping=opts.early_stopping)
+    rules = dict(length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
+                 in_top_k=torch.arange(2 * K, device=device) < K,  # (2K,): candidates that may finish
+                 offsets=torch.arange(B, device=device)[:, None] * K)  # (B, 1): first row of each input
     step_t = torch.zeros(1, dtype=torch.long, device=device)  # the step as a tensor: one graph for all steps
     seen = _seen_tokens(run) if opts.repetition_penalty != 1.0 else None
     logits = run.logits
@@ -575,9 +577,11 @@ class _BeamState:
 torch.utils._pytree.register_dataclass(_BeamState)  # a pytree, so torch.compile takes and returns it whole
 
 
-def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float, early_stopping, last: bool):
+def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float, early_stopping, last: bool,
+                 in_top_k, offsets):
     """One step of beam search (rules in ``_beam_search``): (B * K, V) next-token scores of the running beams ->
-    (new state, (B * K,) parent row of each new beam, (B * K,) their new tokens). ``step`` is a (1,) tensor."""
+    (new state, (B * K,) parent row of each new beam, (B * K,) their new tokens). ``step`` is a (1,) tensor;
+    ``in_top_k`` (2K,) marks the candidates that may finish, ``offsets`` (B, 1) is each input's first row."""
     B, K, M = state.tokens.shape
     V = scores.shape[-1]
     neg_inf = float("-inf")
@@ -594,7 +598,6 @@ def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float,
     else:
         ended = torch.isin(token, eos)
     # Finished hypotheses: merge the new ones (ended among the best K, of inputs not done) into the K best so far.
-    in_top_k = torch.arange(2 * K, device=cand.device) < K
     new = ended & in_top_k & ~state.done[:, None]
     new_score = torch.where(new, cand_score / L ** length_penalty, neg_inf)
     best, keep = torch.cat([state.best, new_score], dim=1).topk(K, dim=-1)  # of (B, 3K)
@@ -606,7 +609,6 @@ def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float,
     survivors = cand_score.masked_fill(ended, neg_inf).topk(K, dim=-1).indices  # (B, K)
     running = cand_score.gather(1, survivors)
     tokens = cand_tokens.gather(1, survivors[..., None].expand(B, K, M))
-    offsets = torch.arange(B, device=cand.device)[:, None] * K
     parent = (beam.gather(1, survivors) + offsets).view(-1)  # (B * K,) rows they continue
     full = (best > neg_inf).all(-1)
     if early_stopping is True:
