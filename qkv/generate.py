@@ -318,27 +318,28 @@ class _Runner:
         """Feed one token per row, (N,); return the next logits (N, V)."""
         tokens = tokens[:, None]  # (N, 1)
         if self.compile:
-            return self._static_step(tokens)
-        with trusted_values():  # the model's own tokens, at positions _check_inputs allowed: no host reads
-            if self.seq2seq:
-                logits = self.model.decode(tokens, self.memory, attention_mask=self.src_mask, cache=self.cache,
-                                           last_only=True)
-            elif self.mask is None:
-                logits = self.model(tokens, self.cache, last_only=True)
-            else:
-                end = self.prefix.shape[1] + self._fed
-                logits = self.model(tokens, self.cache, attention_mask=self.mask[:, : end + 1],
-                                    position_ids=self.positions, last_only=True)
+            logits = self._static_forward(tokens)
+        else:
+            with trusted_values():  # the model's own tokens, at positions _check_inputs allowed: no host reads
+                if self.seq2seq:
+                    logits = self.model.decode(tokens, self.memory, attention_mask=self.src_mask, cache=self.cache,
+                                               last_only=True)
+                elif self.mask is None:
+                    logits = self.model(tokens, self.cache, last_only=True)
+                else:
+                    end = self.prefix.shape[1] + self._fed
+                    logits = self.model(tokens, self.cache, attention_mask=self.mask[:, : end + 1],
+                                        position_ids=self.positions, last_only=True)
         if not self.seq2seq and self.mask is not None:
             self.positions = self.positions + 1
         self._fed += 1
         self.logits = logits[:, -1]
         return self.logits
 
-    def _static_step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``step`` through the compiled graph: the token goes to cache position ``_slot`` and attends over the
-        whole preallocated cache under a mask, so every step has the same shapes and the graph is traced once per
-        model and batch size."""
+    def _static_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model call of ``step`` through the compiled graph: the token goes to cache position ``_slot`` and
+        attends over the whole preallocated cache under a mask, so every step has the same shapes and the graph is
+        traced once per model and batch size. Returns (N, 1, V) logits."""
         if self._slot is None:  # first step, after beams / samples were expanded: enter static mode
             self._slot = torch.tensor([self.prefix.shape[1]], device=tokens.device)
             self.cache.use_slots(self._slot)
@@ -350,14 +351,9 @@ class _Runner:
         if self.seq2seq:
             logits = step(self.model, self.cache, tokens, self.src_mask, None, self.memory)
         else:
-            positions = self.positions if self.mask is not None else None
-            logits = step(self.model, self.cache, tokens, self.mask, positions)
-            if self.mask is not None:
-                self.positions = self.positions + 1
+            logits = step(self.model, self.cache, tokens, self.mask, None if self.mask is None else self.positions)
         self._slot += 1
         self.cache.advance(1)
-        self._fed += 1
-        self.logits = logits
         return logits
 
     def trimmed_length(self, steps: int) -> int:
@@ -378,12 +374,12 @@ def _check_compilable(model, static_cache):
 
 
 def _decode_step(model, cache, tokens, attention_mask, position_ids, memory=None):
-    """One static decoding step, the function ``torch.compile`` traces: (N, 1) tokens -> (N, V) logits.
+    """One static decoding step, the function ``torch.compile`` traces: (N, 1) tokens -> (N, 1, V) logits.
     Decoder-only: attention_mask (N, max_len) and position_ids (N, 1) for left-padded rows. Encoder-decoder:
     memory (N, S, d_model) and attention_mask its padding (N, S)."""
     if memory is not None:
-        return model.decode(tokens, memory, attention_mask=attention_mask, cache=cache, last_only=True)[:, -1]
-    return model(tokens, cache, attention_mask=attention_mask, position_ids=position_ids, last_only=True)[:, -1]
+        return model.decode(tokens, memory, attention_mask=attention_mask, cache=cache, last_only=True)
+    return model(tokens, cache, attention_mask=attention_mask, position_ids=position_ids, last_only=True)
 
 
 _COMPILED: dict[tuple, Callable] = {}
@@ -535,7 +531,7 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
                        best_len=torch.zeros(B, K, dtype=torch.long, device=device),
                        done=torch.zeros(B, dtype=torch.bool, device=device))
     select = _compiled_select(device.type) if run.compile else _beam_select
-    rules = dict(length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
+    fixed = dict(length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
                  in_top_k=torch.arange(2 * K, device=device) < K,  # (2K,): candidates that may finish
                  offsets=torch.arange(B, device=device)[:, None] * K)  # (B, 1): first row of each input
     step_t = torch.zeros(1, dtype=torch.long, device=device)  # the step as a tensor: one graph for all steps
@@ -544,9 +540,9 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
     for step in range(M):
         scores = _next_scores(logits, opts, seen)
         if step + 1 == M:  # the last step finishes the running beams: a different rule, run once, not compiled
-            state, _, _ = _beam_select(scores, state, step_t, eos, last=True, **rules)
+            state, _, _ = _beam_select(scores, state, step_t, eos, last=True, **fixed)
             break
-        state, parent, tokens = select(scores, state, step_t, eos, last=False, **rules)
+        state, parent, tokens = select(scores, state, step_t, eos, last=False, **fixed)
         step_t += 1
         if step % run.sync_every == run.sync_every - 1 and bool(state.done.all()):
             break
