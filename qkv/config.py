@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 MIXERS = ("attention", "linear", "retention", "rwkv4", "memory")
+# One letter per mixer for ``layer_pattern``; "W" is softmax attention limited to ``window`` earlier tokens.
+PATTERN_LETTERS = {"A": "attention", "W": "attention", "L": "linear", "R": "retention", "K": "rwkv4", "M": "memory"}
 
 
 class _Serializable:
@@ -84,7 +86,7 @@ class ModelConfig(_Serializable):
     patch_size: int = 16  # ViT: patch side in pixels
     num_channels: int = 3  # ViT: image channels
     mixer: str = "attention"  # token mixer of decoder blocks: attention | linear | retention | rwkv4 | memory
-    attention_every: int = 0  # hybrids: every k-th block uses softmax attention, the rest `mixer` (0: none)
+    layer_pattern: str | None = None  # hybrids: the blocks' mixers as letters, repeated over the layers: A attention, W sliding-window attention (window), L linear, R retention, K rwkv4, M memory; e.g. "LLLA" (default: every block `mixer`)
     pad_token_id: int | None = None  # padding token
     bos_token_id: int | None = None  # beginning of sequence
     eos_token_id: int | None = None  # end of sequence
@@ -133,8 +135,38 @@ class ModelConfig(_Serializable):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.family == "vit" and self.image_size % self.patch_size:
             raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
-        if self.attention_every < 0:
-            raise ValueError(f"attention_every must be >= 0, got {self.attention_every}")
+        if self.layer_pattern is not None:
+            bad = sorted(set(self.layer_pattern) - set(PATTERN_LETTERS))
+            if not self.layer_pattern or bad:
+                raise ValueError(f"layer_pattern must be a non-empty string of the letters {''.join(PATTERN_LETTERS)} "
+                                 f"({', '.join(f'{k} {v}' for k, v in PATTERN_LETTERS.items())}), got "
+                                 f"{self.layer_pattern!r}")
+            if "W" in self.layer_pattern and self.window is None:
+                raise ValueError(f"layer_pattern {self.layer_pattern!r} has sliding-window layers (W): set window "
+                                 f"(how many earlier tokens they see)")
+            if "W" not in self.layer_pattern and self.window is not None:
+                raise ValueError(f"window={self.window} is set but layer_pattern {self.layer_pattern!r} has no "
+                                 f"sliding-window layer (W) to use it")
+        elif self.window is not None and self.mixer != "attention":
+            raise ValueError(f"window={self.window} limits softmax attention, but mixer={self.mixer!r} has none; "
+                             f"mix in sliding-window layers with layer_pattern (e.g. 'LW')")
+
+    def layer_mixer(self, layer: int) -> tuple[str, int | None]:
+        """Block ``layer``'s mixer name and attention window (None: sees the whole prefix). Without a
+        ``layer_pattern`` every block is ``mixer``, its attention limited by ``window`` when that is set."""
+        if self.layer_pattern is None:
+            return self.mixer, self.window if self.mixer == "attention" else None
+        letter = self.layer_pattern[layer % len(self.layer_pattern)]
+        return PATTERN_LETTERS[letter], self.window if letter == "W" else None
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = dict(d)
+        every = d.pop("attention_every", 0)  # configs saved before layer_pattern: every k-th block softmax
+        if every:
+            letter = {v: k for k, v in reversed(PATTERN_LETTERS.items())}[d.get("mixer", "attention")]
+            d.setdefault("layer_pattern", letter * (every - 1) + "A")
+        return super().from_dict(d)
 
 
 def _choice(name, value, allowed):

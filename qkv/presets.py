@@ -77,7 +77,7 @@ PRESETS: dict[str, dict] = {
                        tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=1, d_ff=256,
                        max_positions=4096),
     # hybrid: retention blocks with softmax attention in every 2nd block (both read the same RoPE tables)
-    "hybrid-tiny": dict(family="decoder", mixer="retention", attention_every=2, position="rope", norm="layer",
+    "hybrid-tiny": dict(family="decoder", mixer="retention", layer_pattern="RA", position="rope", norm="layer",
                         activation="swiglu", bias=False, tie_embeddings=False, vocab_size=256, d_model=64,
                         n_layers=4, n_heads=4, d_ff=128, max_positions=4096),
     # Infini-attention: softmax within 64-token segments plus a compressive linear-attention memory

@@ -177,7 +177,7 @@ def test_left_padded_batch_equals_each_row_alone(name):
 # Static decoding (compile=True): slots in a preallocated cache, one mask over all of it
 
 STATIC = [("gpt2-tiny", {}), ("llama-tiny", {}), ("gpt2-tiny", {"position": "alibi"}),
-          ("llama-tiny", {"window": 3})]
+          ("llama-tiny", {"window": 3}), ("llama-tiny", {"window": 2, "layer_pattern": "WA", "n_layers": 4})]
 
 
 @pytest.fixture

@@ -163,15 +163,10 @@ MIXER_BUILDERS = {"attention": make_attention, "linear": make_linear, "retention
 BLOCK_BUILDERS = {"rwkv4": make_rwkv_block}
 
 
-def mixer_kind(cfg: ModelConfig, layer: int) -> str:
-    """Which mixer block ``layer`` uses: hybrids put softmax attention in every ``attention_every``-th block."""
-    if cfg.mixer != "attention" and cfg.attention_every and (layer + 1) % cfg.attention_every == 0:
-        return "attention"
-    return cfg.mixer
-
-
 def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: str | None = None) -> Block:
-    kind = mixer or mixer_kind(cfg, layer)
+    """Block ``layer`` of a stack: its mixer and window from ``cfg.layer_mixer`` (``mixer`` forces a full-context
+    one, e.g. the encoder-decoder stacks' softmax attention)."""
+    kind, window = (mixer, None) if mixer else cfg.layer_mixer(layer)
     if kind in BLOCK_BUILDERS:
         if cross:
             raise ValueError(f"mixer {kind!r} builds a whole block without cross-attention; cross=True needs a mixer")
@@ -181,15 +176,29 @@ def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: 
                          f"{sorted(MIXER_BUILDERS) + sorted(BLOCK_BUILDERS)}")
     ffn = FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.ffn_bias, dropout=cfg.ffn_dropout)
     return Block(cfg.d_model, MIXER_BUILDERS[kind](cfg), ffn, cross=make_attention(cfg) if cross else None,
-                 norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout)
+                 norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout,
+                 window=window)
 
 
-def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_weights: bool = False, **kwargs):
-    """x through every block, block i with ``cache.layers[i]``; the other keywords go to every block.
+def block_windows(blocks) -> set:
+    """The distinct attention windows of a stack's blocks (None: full context)."""
+    return {getattr(b, "window", None) for b in blocks}
+
+
+def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_weights: bool = False,
+               masks: dict | None = None, **kwargs):
+    """x through every block, block i with ``cache.layers[i]``; the other keywords go to every block, and each
+    block's own ``window`` to its mixer. ``masks`` (static decoding) maps each window in ``block_windows`` to
+    the mask that already holds it, given to the blocks of that window instead.
     Returns (x, list of BlockWeights per block, empty unless ``return_weights``)."""
     weights = []
     for i, block in enumerate(blocks):
-        x = block(x, cache=None if cache is None else cache.layers[i], return_weights=return_weights, **kwargs)
+        window, kw = getattr(block, "window", None), kwargs
+        if masks is not None:
+            kw = {**kwargs, "mask": masks[window]}
+        elif window is not None:
+            kw = {**kwargs, "window": window}
+        x = block(x, cache=None if cache is None else cache.layers[i], return_weights=return_weights, **kw)
         if return_weights:
             x, w = x
             weights.append(w)

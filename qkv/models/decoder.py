@@ -12,7 +12,7 @@ from ..cache import Cache
 from ..config import ModelConfig
 from ..ops._checks import checks_values
 from ..ops.masks import padding_mask, static_mask
-from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block, run_blocks
+from .common import Embeddings, QKVModel, RelativePositions, block_windows, final_norm, make_block, run_blocks
 
 
 class DecoderLM(QKVModel):
@@ -52,8 +52,8 @@ class DecoderLM(QKVModel):
         Returns logits (B, T or 1, V), or (logits, list of BlockWeights per layer) when ``return_weights``."""
         _check_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
-        device, window = input_ids.device, self.config.window
-        slots = None if cache is None else cache.slots
+        device = input_ids.device
+        slots, masks = None if cache is None else cache.slots, None
         if slots is None:
             past = 0 if cache is None else cache.length
             if position_ids is None:
@@ -66,10 +66,11 @@ class DecoderLM(QKVModel):
             if position_ids is None:
                 position_ids = slots
             rope, bias = self.relative(position_ids, 0, T, device, slots=slots, capacity=cache.max_len)
-            mask = static_mask(slots, cache.max_len, window, attention_mask)  # (B | 1, 1, T, max_len)
-            causal, window = False, None
+            # one mask per window in the stack (sliding-window and full layers of a hybrid): (B | 1, 1, T, max_len)
+            masks = {w: static_mask(slots, cache.max_len, w, attention_mask) for w in block_windows(self.blocks)}
+            mask, causal = None, False
         x = self.embed(input_ids, position_ids)  # (B, T, d_model)
-        x, weights = run_blocks(self.blocks, x, cache, mask=mask, causal=causal, rope=rope, bias=bias, window=window,
+        x, weights = run_blocks(self.blocks, x, cache, mask=mask, causal=causal, rope=rope, bias=bias, masks=masks,
                                 return_weights=return_weights)
         if cache is not None and slots is None:
             cache.length += T

@@ -22,13 +22,15 @@ class BlockWeights:
 
 class Block(nn.Module):
     """One layer. ``mixer`` has MultiHeadAttention's forward contract (softmax attention or a linear-time layer);
-    ``cross`` is a MultiHeadAttention over the encoder output (decoders of encoder-decoder models only)."""
+    ``cross`` is a MultiHeadAttention over the encoder output (decoders of encoder-decoder models only).
+    ``window`` is recorded for the stack, which passes it (or a mask holding it) to the mixer at each call."""
 
     def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module, *, cross: nn.Module | None = None,
                  norm: str = "layer", prenorm: bool = True, eps: float = 1e-5, norm_bias: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, window: int | None = None):
         super().__init__()
         self.prenorm = prenorm
+        self.window = window  # sliding-window attention: the mixer sees this many earlier tokens (None: all)
         self.mixer, self.cross, self.ffn = mixer, cross, ffn
         self.norm_mixer = make_norm(norm, d_model, eps=eps, bias=norm_bias)
         self.norm_cross = make_norm(norm, d_model, eps=eps, bias=norm_bias) if cross is not None else None

@@ -108,14 +108,42 @@ def test_layer_pattern_follows_the_config():
     assert _kinds(_model("hybrid-tiny")) == ["MultiScaleRetention", "MultiHeadAttention"] * 2
     # every 3rd of 6 blocks softmax, any recurrent mixer (RWKV included: its blocks sit beside ordinary ones)
     for mixer, kind in (("linear", "LinearAttention"), ("rwkv4", "RWKVBlock"), ("memory", "MemoryAttention")):
-        m = qkv.build(qkv.preset("linear-tiny", mixer=mixer, n_layers=6, attention_every=3, n_heads=4))
+        letter = {"linear": "L", "rwkv4": "K", "memory": "M"}[mixer]
+        m = qkv.build(qkv.preset("linear-tiny", mixer=mixer, n_layers=6, layer_pattern=letter * 2 + "A", n_heads=4))
         assert _kinds(m) == [kind, kind, "MultiHeadAttention"] * 2
     rwkv = _model("rwkv4-tiny")
     assert rwkv.blocks[0].ln0 is not None and rwkv.blocks[1].ln0 is None  # ln0 on the embeddings only
 
 
+def test_layer_pattern_sets_each_blocks_window_and_old_configs_still_load():
+    cfg = qkv.preset("llama-tiny", n_layers=5, layer_pattern="WWA", window=3)
+    model = qkv.build(cfg)
+    assert [b.window for b in model.blocks] == [3, 3, None, 3, 3]
+    legacy = {k: v for k, v in qkv.preset("retnet-tiny").to_dict().items() if k != "layer_pattern"}
+    assert qkv.ModelConfig.from_dict({**legacy, "attention_every": 2}).layer_pattern == "RA"
+    assert qkv.ModelConfig.from_dict({**legacy, "attention_every": 0}).layer_pattern is None
+    for bad, match in (({"layer_pattern": "AX"}, "letters"), ({"layer_pattern": "W"}, "set window"),
+                       ({"layer_pattern": "A", "window": 2}, "no sliding-window"),
+                       ({"mixer": "linear", "window": 2}, "mixer='linear'")):
+        with pytest.raises(ValueError, match=match):
+            qkv.preset("llama-tiny", **bad)
+
+
+def test_windowed_and_full_layers_decode_like_their_full_pass():
+    model = _model("llama-tiny", n_layers=4, layer_pattern="WA", window=2)
+    ids = _ids(T=9)
+    with torch.no_grad():
+        cache = model.new_cache(2)
+        steps = torch.cat([model(ids[:, t:t + 1], cache) for t in range(9)], 1)
+        full = model(ids)
+        torch.testing.assert_close(steps, full, rtol=0, atol=1e-10)
+        # the full layers see further than the window: the output differs from an all-window stack's
+        narrow = _model("llama-tiny", n_layers=4, layer_pattern="W", window=2)
+        assert not torch.allclose(narrow(ids)[:, -1], full[:, -1])
+
+
 def test_rwkv_hybrid_decodes_like_its_full_pass():
-    model, ids = _model("rwkv4-tiny", n_layers=4, attention_every=2, n_heads=4, head_dim=16), _ids()
+    model, ids = _model("rwkv4-tiny", n_layers=4, layer_pattern="KA", n_heads=4, head_dim=16), _ids()
     assert _kinds(model) == ["RWKVBlock", "MultiHeadAttention"] * 2
     with torch.no_grad():
         cache = model.new_cache(2)
