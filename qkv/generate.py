@@ -259,7 +259,7 @@ class _Runner:
         capacity = (max_len or needed) if static_cache else None
         device = input_ids.device
         input_ids = input_ids.long()
-        self.cache = _new_cache(model, B, capacity)
+        self.cache = _new_cache(model, B, capacity, static=compile)
         self.sync_every = 1 if device.type == "cpu" else _SYNC_EVERY
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=device, dtype=torch.long)
@@ -398,10 +398,13 @@ def _compiled_step(device_type: str, seq2seq: bool = False) -> Callable:
     return _COMPILED[key]
 
 
-def _new_cache(model, batch_size, capacity):
+def _new_cache(model, batch_size, capacity, *, static=False):
+    """The run's cache. Sliding-window layers roll (memory bounded by their window) except in static-slot decoding
+    (``compile``), whose graph addresses every position."""
     if capacity is None:
-        return model.new_cache(batch_size)
-    return model.new_cache(batch_size, max_len=capacity)
+        return model.new_cache(batch_size, static=static) if static else model.new_cache(batch_size)
+    return model.new_cache(batch_size, max_len=capacity, static=static) if static else \
+        model.new_cache(batch_size, max_len=capacity)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -71,12 +71,21 @@ class QKVModel(nn.Module):
                  f"  position:         {cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})"]
         return "\n".join(lines)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
-        """An empty decoding state for ``batch_size`` sequences (KV caches grow unless ``max_len`` is given)."""
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False) -> Cache:
+        """An empty decoding state for ``batch_size`` sequences (KV caches grow unless ``max_len`` is given).
+
+        Sliding-window layers get rolling caches, bounded by their window, unless ``static`` asks for every
+        position to stay addressable (static-slot decoding, ``Cache.use_slots``)."""
         blocks = self.decoder_blocks()
-        return Cache([LayerCache(mixer=b.mixer.new_cache(max_len),
-                                 cross=CrossKVCache() if b.cross is not None else None) for b in blocks],
-                     batch_size=batch_size, max_len=max_len)
+
+        def mixer_cache(block):
+            window = getattr(block, "window", None)
+            if window is None or static:
+                return block.mixer.new_cache(max_len)
+            return block.mixer.new_cache(max_len, window=window)
+
+        return Cache([LayerCache(mixer=mixer_cache(b), cross=CrossKVCache() if b.cross is not None else None)
+                      for b in blocks], batch_size=batch_size, max_len=max_len)
 
     def decoder_blocks(self):
         raise NotImplementedError(f"{type(self).__name__} does not decode token by token")
@@ -105,7 +114,8 @@ class Embeddings(nn.Module):
         elif cfg.position == "sinusoidal":
             self.positions = SinusoidalPositions(cfg.d_model, interleaved=cfg.sinusoidal_interleaved)
         self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        self.norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias) if cfg.embed_norm else None
+        self.norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias,
+                              offset=cfg.norm_offset) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids, positions, token_type_ids=None):
@@ -129,8 +139,8 @@ class RelativePositions(nn.Module):
 
     def __init__(self, cfg: ModelConfig, *, bidirectional: bool):
         super().__init__()
-        self.rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_base, rotary_dim=cfg.rotary_dim) \
-            if cfg.position == "rope" else None
+        self.rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_base, rotary_dim=cfg.rotary_dim,
+                                    scaling=cfg.rope_scaling) if cfg.position == "rope" else None
         self.alibi = ALiBi(cfg.n_heads) if cfg.position == "alibi" else None
         self.relative = T5RelativeBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
                                        max_distance=cfg.relative_max_distance, bidirectional=bidirectional) \
@@ -152,8 +162,12 @@ class RelativePositions(nn.Module):
 
 
 def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
+    def qk_norm():  # one RMSNorm over the D features of every head (Qwen3, Gemma 3)
+        return make_norm("rms", cfg.head_dim, eps=cfg.norm_eps, offset=cfg.norm_offset) if cfg.qk_norm else None
+
     return MultiHeadAttention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-                              score=cfg.score, bias=cfg.bias, out_bias=cfg.out_bias, dropout=cfg.attn_dropout, scale=cfg.attn_scale)
+                              score=cfg.score, bias=cfg.bias, out_bias=cfg.out_bias, dropout=cfg.attn_dropout, scale=cfg.attn_scale,
+                              q_norm=qk_norm(), k_norm=qk_norm(), softcap=cfg.attn_softcap)
 
 
 # Token mixers by config name. The linear-time family registers its layers here (qkv/nn/mixers.py).
@@ -177,7 +191,7 @@ def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: 
     ffn = FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.ffn_bias, dropout=cfg.ffn_dropout)
     return Block(cfg.d_model, MIXER_BUILDERS[kind](cfg), ffn, cross=make_attention(cfg) if cross else None,
                  norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout,
-                 window=window)
+                 window=window, norm_offset=cfg.norm_offset, sandwich=cfg.sandwich_norm)
 
 
 def block_windows(blocks) -> set:
@@ -206,4 +220,5 @@ def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_we
 
 
 def final_norm(cfg: ModelConfig) -> nn.Module:
-    return make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias) if cfg.final_norm else nn.Identity()
+    return make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias, offset=cfg.norm_offset) \
+        if cfg.final_norm else nn.Identity()
