@@ -56,6 +56,7 @@ class ModelConfig(_Serializable):
     sinusoidal_interleaved: bool = True  # sin/cos interleaved (original) or all sines then all cosines (Marian)
     rope_base: float = 10000.0  # RoPE theta
     rotary_dim: int | None = None  # features rotated by RoPE; default head_dim
+    rope_local_base: float | None = None  # RoPE theta of the sliding-window (W) layers, unscaled (Gemma 3: 10000 there, rope_base elsewhere); default: as the full layers
     rope_scaling: dict | None = None  # RoPE context extension in transformers' rope_parameters terms: {"rope_type": linear | dynamic | yarn | llama3 | longrope, "factor": ..., "original_max_position_embeddings": ...}
     relative_buckets: int = 32  # T5 relative-position buckets
     relative_max_distance: int = 128  # T5: distances beyond this share the last bucket
@@ -134,6 +135,9 @@ class ModelConfig(_Serializable):
             rotary = self.rotary_dim or self.head_dim
             if rotary % 2 or rotary > self.head_dim:
                 raise ValueError(f"rotary_dim must be even and <= head_dim ({self.head_dim}), got {rotary}")
+        if self.rope_local_base is not None and (self.position != "rope" or self.window is None):
+            raise ValueError(f"rope_local_base={self.rope_local_base} is the RoPE base of sliding-window layers: it "
+                             f"needs position='rope' and a window, got position={self.position!r}, window={self.window}")
         if self.rope_scaling is not None:
             if self.position != "rope":
                 raise ValueError(f"rope_scaling is set but position={self.position!r}; it needs position='rope'")

@@ -146,12 +146,37 @@ def hf_get(hf: dict, *names, default=None):
     return default
 
 
-def rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in ("default", None):
-        raise ValueError(f"RoPE scaling {kind!r} is not supported yet (only the default rotary embedding)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def rope_parameters(hf: dict, params: dict | None = None) -> tuple[float, dict | None]:
+    """(RoPE theta, qkv's ``rope_scaling`` dict or None) from a config's ``rope_parameters`` (transformers >= 5) or
+    ``rope_theta`` + ``rope_scaling`` (older), filling in the defaults transformers would derive, so the qkv config
+    holds every number it needs. ``params`` overrides where they are read from (one entry of a per-layer dict)."""
+    from ..ops.rope import ROPE_SCALINGS
+    if params is None:
+        params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    params = dict(params)
+    kind = params.get("rope_type", params.get("type")) or "default"
+    theta = float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_SCALINGS:
+        raise ValueError(f"RoPE scaling {kind!r} is not supported; supported: default, {', '.join(sorted(ROPE_SCALINGS))}")
+    required, optional = ROPE_SCALINGS[kind]
+    scaling = {"rope_type": kind, **{k: params[k] for k in required + optional if params.get(k) is not None}}
+    if kind == "dynamic":  # transformers grows the base past max_position_embeddings
+        scaling["original_max_position_embeddings"] = hf.get("max_position_embeddings", 2048)
+    elif kind in ("yarn", "llama3", "longrope"):
+        # a top-level original_max_position_embeddings wins (Phi-3 keeps it there), as in transformers
+        scaling["original_max_position_embeddings"] = hf_get(hf, "original_max_position_embeddings", default=None) \
+            or params.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048)
+        if kind in ("yarn", "longrope") and params.get("factor") is None:
+            scaling["factor"] = hf.get("max_position_embeddings", 2048) / scaling["original_max_position_embeddings"]
+    return theta, scaling
+
+
+def rope_parameters_to_hf(cfg: ModelConfig) -> dict:
+    """The way back: transformers' ``rope_parameters`` for a qkv config."""
+    scaling = dict(cfg.rope_scaling or {"rope_type": "default"})
+    return {**scaling, "rope_theta": cfg.rope_base}
 
 
 # -- the two entry points ----------------------------------------------------------------------------------------

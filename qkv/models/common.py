@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -133,6 +134,13 @@ class Embeddings(nn.Module):
         return self.dropout(x) if self.dropout.p else x
 
 
+@dataclass
+class WindowedRope:
+    """RoPE tables of a stack whose sliding-window layers rotate with another base: (cos, sin) for each kind."""
+    full: tuple
+    local: tuple
+
+
 class RelativePositions(nn.Module):
     """The position signals that act inside attention, for one stack of blocks: RoPE tables, or a logits bias
     (ALiBi, T5 relative buckets), computed once per forward and shared by every block of the stack."""
@@ -141,6 +149,9 @@ class RelativePositions(nn.Module):
         super().__init__()
         self.rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_base, rotary_dim=cfg.rotary_dim,
                                     scaling=cfg.rope_scaling) if cfg.position == "rope" else None
+        # sliding-window layers with a RoPE of their own (Gemma 3's local layers): plain rotation, another base
+        self.local_rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_local_base, rotary_dim=cfg.rotary_dim) \
+            if cfg.rope_local_base is not None else None
         self.alibi = ALiBi(cfg.n_heads) if cfg.position == "alibi" else None
         self.relative = T5RelativeBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
                                        max_distance=cfg.relative_max_distance, bidirectional=bidirectional) \
@@ -149,8 +160,11 @@ class RelativePositions(nn.Module):
     def forward(self, positions, past: int, T: int, device, *, slots=None, capacity: int | None = None):
         """positions: (T,) or (B, T) of the new tokens; keys are positions 0 .. past + T - 1, or, in static
         decoding, the new tokens sit at cache ``slots`` (T,) and the keys are all ``capacity`` cache positions.
-        Returns (rope tables or None, bias (1, H, T, S) or None)."""
+        Returns (rope tables or None, bias (1, H, T, S) or None). With a local RoPE the tables are a
+        ``WindowedRope`` (full layers' tables, sliding-window layers' tables), which ``run_blocks`` splits."""
         rope = self.rope(positions) if self.rope is not None else None
+        if self.local_rope is not None:
+            rope = WindowedRope(rope, self.local_rope(positions))
         bias = None
         if self.alibi is not None or self.relative is not None:
             if slots is None:
@@ -208,10 +222,12 @@ def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_we
     weights = []
     for i, block in enumerate(blocks):
         window, kw = getattr(block, "window", None), kwargs
+        if isinstance(kwargs.get("rope"), WindowedRope):
+            kw = {**kwargs, "rope": kwargs["rope"].full if window is None else kwargs["rope"].local}
         if masks is not None:
-            kw = {**kwargs, "mask": masks[window]}
+            kw = {**kw, "mask": masks[window]}
         elif window is not None:
-            kw = {**kwargs, "window": window}
+            kw = {**kw, "window": window}
         x = block(x, cache=None if cache is None else cache.layers[i], return_weights=return_weights, **kw)
         if return_weights:
             x, w = x
