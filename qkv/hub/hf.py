@@ -182,9 +182,11 @@ def rope_parameters_to_hf(cfg: ModelConfig) -> dict:
 # -- the two entry points ----------------------------------------------------------------------------------------
 
 def from_hf(path, *, dtype: torch.dtype | None = None):
-    """A qkv model with the weights of a local Hugging Face folder (see the module docstring for what it reads)."""
+    """A qkv model with the weights of a Hugging Face folder (see the module docstring for what it reads): a local
+    path, or a hub id "org/name" resolved through huggingface_hub's cache (``qkv.hub.resolve``)."""
     from ..models.build import build
-    folder = _resolve_folder(Path(path))
+    from .resolve import resolve
+    folder = _resolve_folder(resolve(path))
     hf_config = json.loads((folder / "config.json").read_text())
     model_type = hf_config.get("model_type")
     if model_type not in CONVERTERS:  # before reading gigabytes of weights
@@ -211,10 +213,47 @@ def from_hf(path, *, dtype: torch.dtype | None = None):
     return model.eval()
 
 
+_TRAINING_ONLY = {"dropout", "attn_dropout", "ffn_dropout", "extra"}
+# Fields a family's model never reads (a ViT's positions come from image_size / patch_size; it has no LM head).
+_UNUSED = {"vit": {"max_positions", "mlm_head", "tie_embeddings"}}
+
+
+def hf_type_for(config: ModelConfig) -> str:
+    """The Hugging Face model type that holds ``config`` exactly: the first exportable converter whose config comes
+    back unchanged through ``config_to_hf`` -> ``config_from_hf`` (dropout rates and ``extra`` aside). A model
+    built from a preset, which never came from Hugging Face, is exported under this type."""
+    import dataclasses
+    reasons = {}
+    for model_type, conv in CONVERTERS.items():
+        if conv.state_to_hf is None:
+            continue
+        cfg = config.replace(extra={**config.extra, "hf_model_type": model_type})
+        try:
+            back = conv.config_from_hf({"model_type": model_type, "architectures": [conv.architecture],
+                                        **conv.config_to_hf(cfg)})
+        except (ValueError, KeyError, TypeError) as e:
+            reasons[model_type] = str(e).split(";")[0]
+            continue
+        ignored = _TRAINING_ONLY | _UNUSED.get(cfg.family, set())
+        changed = sorted(f.name for f in dataclasses.fields(cfg)
+                         if f.name not in ignored and getattr(back, f.name) != getattr(cfg, f.name))
+        if not changed:
+            return model_type
+        reasons[model_type] = f"would change {changed}"
+    raise ValueError("no Hugging Face architecture holds this model exactly: "
+                     + "; ".join(f"{t}: {r}" for t, r in reasons.items()))
+
+
 def to_hf(model, path) -> Path:
-    """Write ``model`` as a Hugging Face folder (config.json + model.safetensors) that ``transformers`` loads."""
+    """Write ``model`` as a Hugging Face folder (config.json + model.safetensors) that ``transformers`` loads.
+    A model that did not come from Hugging Face (``config.extra['hf_model_type']`` unset, e.g. built from a
+    preset) goes out as the architecture that holds its config exactly (``hf_type_for``)."""
     from safetensors.torch import save_file
-    model_type = model.config.extra.get("hf_model_type")
+    config = model.config
+    model_type = config.extra.get("hf_model_type")
+    if model_type is None:
+        model_type = hf_type_for(config)
+        config = config.replace(extra={**config.extra, "hf_model_type": model_type})
     conv = CONVERTERS.get(model_type)
     if conv is None or conv.state_to_hf is None:
         exportable = sorted(t for t, c in CONVERTERS.items() if c.state_to_hf is not None)
@@ -222,9 +261,9 @@ def to_hf(model, path) -> Path:
                          f"exportable types: {exportable} (set config.extra['hf_model_type'])")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    hf_config = {"model_type": model_type, "architectures": [conv.architecture], **conv.config_to_hf(model.config)}
+    hf_config = {"model_type": model_type, "architectures": [conv.architecture], **conv.config_to_hf(config)}
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
-    state = {k: v.detach().contiguous() for k, v in conv.state_to_hf(model.state_dict(), model.config).items()}
+    state = {k: v.detach().contiguous() for k, v in conv.state_to_hf(model.state_dict(), config).items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
 

@@ -62,6 +62,9 @@ def _gpt2_pairs(cfg: ModelConfig) -> list[Pair]:
 
 
 def _gpt2_config_to_hf(cfg: ModelConfig) -> dict:
+    if cfg.family != "decoder" or cfg.activation not in _ACT_TO_HF or cfg.norm != "layer":
+        raise ValueError(f"only GPT-2-shaped models (decoder, LayerNorm, activation in {sorted(_ACT_TO_HF)}) export "
+                         f"as gpt2, got family={cfg.family!r}, norm={cfg.norm!r}, activation={cfg.activation!r}")
     return dict(vocab_size=cfg.vocab_size, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                 n_inner=cfg.d_ff, n_positions=cfg.max_positions, layer_norm_epsilon=cfg.norm_eps,
                 activation_function=_ACT_TO_HF[cfg.activation], tie_word_embeddings=cfg.tie_embeddings,
