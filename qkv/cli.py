@@ -68,9 +68,11 @@ def _tokenizer_for(model_dir):
 def _info_args(p):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--list", action="store_true", help="list the presets")
+    g.add_argument("--supported", action="store_true", help="list the Hugging Face architectures, tokenizer files "
+                                                            "and RoPE variants qkv reads")
     g.add_argument("--preset", help="a named configuration, e.g. gpt2, llama-tiny, transformer-base")
     g.add_argument("--checkpoint", help="a qkv model folder")
-    g.add_argument("--hf", help="a local Hugging Face checkpoint folder")
+    g.add_argument("--hf", help="a Hugging Face checkpoint folder or hub id (org/name)")
     p.add_argument("--seq-len", type=int, default=None, help="context length for the FLOPs count "
                                                                "(default: the model's max_positions)")
 
@@ -80,6 +82,10 @@ def _info(args):
     if args.list:
         for name, fields in sorted(qkv.PRESETS.items()):
             print(f"{name:18s} {fields['family']:16s} d_model={fields.get('d_model')} layers={fields.get('n_layers')}")
+        return 0
+    if args.supported:
+        from .hub.supported import supported_text
+        print(supported_text())
         return 0
     import torch
     with torch.device("meta"):  # sizes only: no memory, no initialisation time, even for big presets

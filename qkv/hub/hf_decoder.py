@@ -165,9 +165,11 @@ def _llama_pairs(cfg: ModelConfig, *, norms=("input_layernorm", "post_attention_
 
 
 def _layer_types(cfg: ModelConfig) -> dict:
-    """transformers' ``sliding_window`` / ``layer_types`` for a qkv config's windows."""
+    """transformers' ``sliding_window`` / ``layer_types`` for a qkv config's windows (Mistral: the window alone)."""
     if cfg.window is None:
         return {}
+    if cfg.extra.get("hf_model_type") == "mistral":
+        return {"sliding_window": cfg.window + 1}
     types = ["sliding_attention" if cfg.layer_mixer(i)[1] is not None else "full_attention" for i in range(cfg.n_layers)]
     return {"sliding_window": cfg.window + 1, "use_sliding_window": True, "max_window_layers": 0, "layer_types": types}
 
@@ -181,6 +183,8 @@ def _llama_config_to_hf(cfg: ModelConfig) -> dict:
         raise ValueError(f"only Llama-shaped models (rope, rms, swiglu, softmax attention) export as {model_type}")
     if cfg.window is not None and model_type == "llama":
         raise ValueError("llama has no sliding-window layers: set extra['hf_model_type'] to 'mistral' or 'qwen3'")
+    if cfg.layer_pattern is not None and model_type == "mistral":
+        raise ValueError("mistral's window covers every layer: a layer_pattern exports as qwen3")
     out = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
                num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
                intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_positions, rms_norm_eps=cfg.norm_eps,

@@ -57,6 +57,18 @@ def test_preset_model_exports_and_transformers_gives_its_outputs(tmp_path, name)
     assert (got - ref).abs().max().item() < TOL
 
 
+@pytest.mark.parametrize("overrides, model_type", [(dict(window=3), "mistral"),
+                                                   (dict(window=3, layer_pattern="WA", n_layers=4, qk_norm=True), "qwen3")])
+def test_sliding_window_presets_export_as_an_architecture_with_windows(tmp_path, overrides, model_type):
+    ours = _random(qkv.build(qkv.preset("llama-tiny", **overrides)))
+    qkv.to_hf(ours, tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert theirs.config.model_type == model_type
+    ids = _ids(ours.config, T=23)  # longer than the window, so it matters
+    with torch.no_grad():
+        assert (ours(ids) - theirs(input_ids=ids).logits).abs().max().item() < TOL
+
+
 def test_a_model_no_architecture_holds_is_refused_with_reasons():
     with pytest.raises(ValueError, match="no Hugging Face architecture holds this model exactly: .*llama: "):
         hf_type_for(qkv.preset("retnet-tiny"))
