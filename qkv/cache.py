@@ -18,13 +18,21 @@ class KVCache:
     """Keys and values of one self-attention layer, preallocated as (B, G, capacity, D), written by index.
 
     With ``max_len`` given the buffer never moves (static shapes for compiled or CUDA-graph decoding); without
-    it the capacity doubles when full, so appending stays amortised O(1)."""
+    it the capacity doubles when full, so appending stays amortised O(1).
 
-    def __init__(self, max_len: int | None = None):
-        self.max_len = max_len
+    With ``window`` (a sliding-window layer: a query sees itself and ``window`` earlier keys) the cache rolls: it
+    keeps only the last ``window`` keys between calls, so its memory is bounded by the window, not the sequence
+    (Mistral's rolling buffer, Jiang et al. 2023, sec. 2). ``update`` then returns those plus the new ones, in order,
+    and ``length`` still counts every token seen. A rolling cache cannot be written at static slots."""
+
+    def __init__(self, max_len: int | None = None, *, window: int | None = None):
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
+            raise ValueError(f"window must be None or an int >= 0, got {window!r}")
+        self.max_len, self.window = max_len, window
         self.k: torch.Tensor | None = None  # (B, G, capacity, D)
         self.v: torch.Tensor | None = None  # (B, G, capacity, Dv)
         self.length = 0
+        self.stored = 0  # positions held in the buffer: ``length``, or at most window + the last call's tokens
         self.slots: torch.Tensor | None = None  # (T,) where the next update writes; None: append at ``length``
 
     def _grow(self, k_new: torch.Tensor, v_new: torch.Tensor, needed: int) -> None:
@@ -49,14 +57,41 @@ class KVCache:
             self.k.index_copy_(2, self.slots, k_new)
             self.v.index_copy_(2, self.slots, v_new)
             return self.k, self.v
+        if self.window is not None:
+            return self._roll(k_new, v_new)
         end = self.length + k_new.shape[2]
         if self.k is None or end > self.k.shape[2]:
             self._grow(k_new, v_new, end)
         T = k_new.shape[2]
         self.k.narrow(2, self.length, T).copy_(k_new)  # narrow + copy_: the cheapest write per decode step
         self.v.narrow(2, self.length, T).copy_(v_new)
-        self.length = end
+        self.length = self.stored = end
         return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
+
+    def _roll(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sliding-window update: the last ``window`` keys kept, then the T new ones; (B, G, kept + T, D).
+
+        The buffer holds window + T positions (window + 1 while decoding one token at a time): it is reallocated
+        only when a call brings more tokens than it has room for, or shrunk back after a long prompt."""
+        T = k_new.shape[2]
+        if self.max_len is not None and self.length + T > self.max_len:
+            raise ValueError(f"KV cache is full: {self.length + T} positions needed, max_len is {self.max_len}")
+        kept = min(self.stored, self.window)
+        capacity = self.window + T
+        if self.k is None or self.k.shape[2] < kept + T or self.k.shape[2] > max(capacity, self.window + 1):
+            B, G, _, D = k_new.shape
+            k, v = k_new.new_zeros(B, G, capacity, D), v_new.new_zeros(B, G, capacity, v_new.shape[-1])
+            if kept:
+                k[:, :, :kept] = self.k[:, :, self.stored - kept: self.stored]
+                v[:, :, :kept] = self.v[:, :, self.stored - kept: self.stored]
+            self.k, self.v = k, v
+        elif kept < self.stored:  # slide the kept keys to the front (clone: source and target overlap)
+            self.k[:, :, :kept] = self.k[:, :, self.stored - kept: self.stored].clone()
+            self.v[:, :, :kept] = self.v[:, :, self.stored - kept: self.stored].clone()
+        self.k.narrow(2, kept, T).copy_(k_new)
+        self.v.narrow(2, kept, T).copy_(v_new)
+        self.stored, self.length = kept + T, self.length + T
+        return self.k.narrow(2, 0, self.stored), self.v.narrow(2, 0, self.stored)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows ``index`` (B',). With B' == B (beam search) the rows are rewritten in place and only
@@ -64,7 +99,7 @@ class KVCache:
         if self.k is None:
             return
         if index.numel() == self.k.shape[0]:
-            end = self.length
+            end = self.stored if self.slots is None else self.length
             self.k[:, :, :end] = self.k[:, :, :end].index_select(0, index)
             self.v[:, :, :end] = self.v[:, :, :end].index_select(0, index)
         else:
@@ -123,6 +158,9 @@ class Cache:
             if self.max_len is None:
                 raise ValueError("static decoding needs a preallocated cache: new_cache(batch_size, max_len=...)")
             for layer in self.layers:
+                if isinstance(layer.mixer, KVCache) and layer.mixer.window is not None:
+                    raise ValueError("static decoding needs every position in the cache, and this one rolls "
+                                     "(a sliding-window layer): make it with new_cache(..., static=True)")
                 if not isinstance(layer.mixer, KVCache) or layer.mixer.k is None:
                     raise ValueError("static decoding needs softmax-attention layers whose cache holds the prompt "
                                      f"already; got a {type(layer.mixer).__name__} "
@@ -137,6 +175,8 @@ class Cache:
         self.length += n
         for layer in self.layers:
             layer.mixer.length += n
+            if isinstance(layer.mixer, KVCache):
+                layer.mixer.stored = layer.mixer.length
 
     def reorder(self, index: torch.Tensor, *, cross: bool = True) -> None:
         """Keep the batch rows ``index`` (B',) in that order: beam search's survivors.

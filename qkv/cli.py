@@ -68,9 +68,11 @@ def _tokenizer_for(model_dir):
 def _info_args(p):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--list", action="store_true", help="list the presets")
+    g.add_argument("--supported", action="store_true", help="list the Hugging Face architectures, tokenizer files "
+                                                            "and RoPE variants qkv reads")
     g.add_argument("--preset", help="a named configuration, e.g. gpt2, llama-tiny, transformer-base")
     g.add_argument("--checkpoint", help="a qkv model folder")
-    g.add_argument("--hf", help="a local Hugging Face checkpoint folder")
+    g.add_argument("--hf", help="a Hugging Face checkpoint folder or hub id (org/name)")
     p.add_argument("--seq-len", type=int, default=None, help="context length for the FLOPs count "
                                                                "(default: the model's max_positions)")
 
@@ -80,6 +82,10 @@ def _info(args):
     if args.list:
         for name, fields in sorted(qkv.PRESETS.items()):
             print(f"{name:18s} {fields['family']:16s} d_model={fields.get('d_model')} layers={fields.get('n_layers')}")
+        return 0
+    if args.supported:
+        from .hub.supported import supported_text
+        print(supported_text())
         return 0
     import torch
     with torch.device("meta"):  # sizes only: no memory, no initialisation time, even for big presets
@@ -143,16 +149,20 @@ def _train(args):
 
 # -- generate / translate -------------------------------------------------------------------------------------
 
-def _decoding_args(p, *, beams_default):
-    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate at most (default: 100)")
-    p.add_argument("--num-beams", type=int, default=beams_default,
-                   help=f"beam search width; 1 is greedy or sampling (default: {beams_default})")
-    p.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+def _decoding_args(p, *, beams_default, tokens_default):
+    # Defaults are None so that, with --hf, the folder's generation_config.json fills what no flag gives.
+    hf = " (--hf: the folder's generation_config.json, as transformers' generate)"
+    p.add_argument("--max-new-tokens", type=int, help=f"tokens to generate at most (default: {tokens_default}{hf})")
+    p.add_argument("--num-beams", type=int,
+                   help=f"beam search width; 1 is greedy or sampling (default: {beams_default}{hf})")
+    p.add_argument("--sample", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample instead of taking the most likely token")
+    p.add_argument("--temperature", type=float, help=f"sampling temperature (default: 1.0{hf})")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1.0)")
+    p.add_argument("--repetition-penalty", type=float, help=f"> 1 discourages repeats (default: 1.0{hf})")
     p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
+    p.set_defaults(qkv_defaults=dict(max_new_tokens=tokens_default, num_beams=beams_default))
 
 
 def _compile_arg(p):
@@ -163,22 +173,78 @@ def _compile_arg(p):
 
 
 def _decoding_kwargs(args):
+    """generate's arguments for a qkv checkpoint: the flags over qkv's defaults."""
     import torch
     generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, generator=generator)
+
+    def given(name, default):
+        value = getattr(args, name)
+        return default if value is None else value
+
+    return dict(max_new_tokens=given("max_new_tokens", args.qkv_defaults["max_new_tokens"]),
+                num_beams=given("num_beams", args.qkv_defaults["num_beams"]), do_sample=bool(args.sample),
+                temperature=given("temperature", 1.0), top_k=args.top_k, top_p=args.top_p,
+                repetition_penalty=given("repetition_penalty", 1.0), generator=generator)
+
+
+def _hf_decoding_kwargs(args, folder, model, prompt_length: int) -> dict:
+    """generate's arguments for --hf: the flags over the folder's generation defaults (what transformers'
+    generate would use), so both print the same text. ``prompt_length``: tokens the decoder starts from."""
+    import torch
+    from .hub.generation_config import generation_defaults, new_tokens
+    gen = generation_defaults(folder)
+    flags = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.sample,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                 repetition_penalty=args.repetition_penalty)
+    gen.update({k: v for k, v in flags.items() if v is not None})
+    gen["max_new_tokens"] = new_tokens(gen, prompt_length, _hf_max_positions(folder))
+    if gen["max_new_tokens"] < 1:
+        raise CLIError(f"the prompt has {prompt_length} tokens, max_length is {gen['max_length']} "
+                       f"(generation_config.json): nothing left to generate; pass --max-new-tokens")
+    if gen["decoder_start_token_id"] is not None:
+        model.config.decoder_start_token_id = gen["decoder_start_token_id"]
+    eos = gen["eos_token_id"] if gen["eos_token_id"] is not None else model.config.eos_token_id
+    pad = gen["pad_token_id"] if gen["pad_token_id"] is not None else model.config.pad_token_id
+    sampling = bool(gen["do_sample"])
+    return dict(max_new_tokens=gen["max_new_tokens"], num_beams=gen["num_beams"], do_sample=sampling,
+                temperature=gen["temperature"], top_k=(gen["top_k"] or None) if sampling else None,
+                top_p=gen["top_p"] if sampling and gen["top_p"] < 1.0 else None,
+                repetition_penalty=gen["repetition_penalty"], length_penalty=gen["length_penalty"],
+                early_stopping=gen["early_stopping"], num_return_sequences=gen["num_return_sequences"],
+                eos_token_id=() if eos is None else eos, pad_token_id=pad,
+                no_repeat_ngram_size=gen["no_repeat_ngram_size"], bad_words_ids=gen["bad_words_ids"],
+                min_length=gen["min_length"], min_new_tokens=gen["min_new_tokens"] or 0,
+                forced_bos_token_id=gen["forced_bos_token_id"], forced_eos_token_id=gen["forced_eos_token_id"],
+                renormalize_logits=gen["renormalize_logits"],
+                generator=torch.Generator().manual_seed(args.seed) if args.seed is not None else None)
+
+
+def _hf_max_positions(folder):
+    """config.json's max_position_embeddings (transformers caps its default length there), or None."""
+    import json
+    return json.loads((folder / "config.json").read_text()).get("max_position_embeddings") \
+        if (folder / "config.json").is_file() else None
+
+
+def _hf_folder(args):
+    """The --hf folder: a local path, or a hub id resolved through huggingface_hub's cache."""
+    from .hub.resolve import resolve
+    return resolve(args.hf)
 
 
 def _model_and_tokenizer(args):
-    """(model, tokenizer) from --checkpoint (a qkv or training folder) or --hf (with its tokenizer.json)."""
-    from pathlib import Path
+    """(model, tokenizer) from --checkpoint (a qkv or training folder) or --hf (a Hugging Face folder or hub id,
+    with its tokenizer: tokenizer.json or SentencePiece files)."""
     import qkv
     from .data import Tokenizer
     if getattr(args, "hf", None):
-        model = qkv.from_hf(args.hf)
-        if not (Path(args.hf) / "tokenizer.json").is_file():
-            raise CLIError(f"--hf {args.hf}: no tokenizer.json in the folder")
-        return model, Tokenizer.load(Path(args.hf) / "tokenizer.json")
+        folder = _hf_folder(args)
+        model = qkv.from_hf(folder)
+        try:
+            tok = Tokenizer.load(folder)
+        except FileNotFoundError as e:
+            raise CLIError(f"--hf {args.hf}: no tokenizer in the folder ({e})") from None
+        return model, tok
     folder = _model_folder(args.checkpoint)
     return qkv.load(folder), _tokenizer_for(folder)
 
@@ -186,13 +252,14 @@ def _model_and_tokenizer(args):
 def _source_args(p):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--checkpoint", help="a qkv model folder or training output folder (with tokenizer/)")
-    g.add_argument("--hf", help="a local Hugging Face folder with tokenizer.json")
+    g.add_argument("--hf", help="a Hugging Face folder or hub id (org/name) with its tokenizer (tokenizer.json, "
+                                "spiece.model, source.spm + vocab.json or sentencepiece.bpe.model)")
 
 
 def _generate_args(p):
     _source_args(p)
     p.add_argument("--prompt", default="", help="text to continue (default: the empty prompt, from BOS)")
-    _decoding_args(p, beams_default=1)
+    _decoding_args(p, beams_default=1, tokens_default=100)
     _compile_arg(p)
 
 
@@ -200,19 +267,35 @@ def _generate(args):
     import torch
     from .generate import generate, stream
     model, tok = _model_and_tokenizer(args)
-    ids = tok.encode(args.prompt)
+    hf = bool(getattr(args, "hf", None))
+    # --hf: the tokenizer's own template (Llama 3's BOS), as transformers' tokenizer(prompt) does
+    ids = tok.encode(args.prompt, add_special=hf)
     if not ids:
         if tok.bos_id is None:
             raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
         ids = [tok.bos_id]
     input_ids = torch.tensor([ids])
-    print(args.prompt, end="", flush=True)
-    if args.num_beams > 1:
-        out = generate(model, input_ids, num_beams=args.num_beams, compile=args.compile, **_decoding_kwargs(args))
-        print(tok.decode(out[0, len(ids):].tolist()))
+    kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, len(ids)) if hf else _decoding_kwargs(args)
+    num_beams = kwargs.pop("num_beams")
+    if num_beams > 1 or kwargs.get("num_return_sequences", 1) > 1:
+        out = generate(model, input_ids, num_beams=num_beams, compile=args.compile, **kwargs)
+        for row in out.tolist():
+            # --hf: transformers' batch_decode(skip_special_tokens=True) of prompt + continuation
+            print(tok.decode(row) if hf else args.prompt + tok.decode(row[len(ids):]))
         return 0
-    for chunk in stream(model, input_ids, decode=tok.decode, compile=args.compile, **_decoding_kwargs(args)):
+    for name in ("length_penalty", "early_stopping"):  # beam search's
+        kwargs.pop(name, None)
+    if not hf:
+        print(args.prompt, end="", flush=True)
+    shown, generated = "", []
+    decode = (lambda new: tok.decode(ids + new)) if hf else tok.decode
+    for chunk in stream(model, input_ids, decode=decode, compile=args.compile, **kwargs):
+        generated.append(int(chunk.tokens[0]))
+        shown += chunk.text[0]
         print(chunk.text[0], end="", flush=True)  # streaming: each piece as soon as it is decoded
+    if hf:  # what the stream held back (an unfinished character), so the line ends as transformers' text does
+        final = tok.decode(ids + generated)
+        print(final[len(shown):] if final.startswith(shown) else "\n" + final, end="")
     print()
     return 0
 
@@ -222,31 +305,58 @@ def _translate_args(p):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", action="append", help="a sentence to translate (repeat for more)")
     g.add_argument("--file", help="a file of sentences, one a line")
-    _decoding_args(p, beams_default=4)
+    p.add_argument("--src-lang", help="the source language code of a multilingual tokenizer (mBART: en_XX)")
+    p.add_argument("--tgt-lang", help="the target language code: its token is forced first (transformers' "
+                                      "forced_bos_token_id; mBART-50: es_XX)")
+    _decoding_args(p, beams_default=4, tokens_default=60)
     _compile_arg(p)
-    p.set_defaults(max_new_tokens=60)
 
 
 def _translate(args):
     from pathlib import Path
     import torch
-    from .generate import stream
+    from .generate import generate, stream
     from .generate import translate
     model, tok = _model_and_tokenizer(args)
     if model.config.family != "encoder_decoder":
         raise CLIError(f"translate needs an encoder-decoder model; this one is {model.config.family!r} "
                        f"(use `qkv generate`)")
     sentences = args.text or [line for line in Path(args.file).read_text(encoding="utf-8").splitlines()]
-    if args.num_beams > 1 and not args.sample:
-        for s, t in zip(sentences, translate(model, tok, sentences, num_beams=args.num_beams,
-                                             max_new_tokens=args.max_new_tokens, batch_size=1,
+    forced_bos = None
+    if args.src_lang or args.tgt_lang:
+        languages = getattr(tok, "languages", [])
+        for flag, code in (("--src-lang", args.src_lang), ("--tgt-lang", args.tgt_lang)):
+            if code is not None and code not in languages:
+                raise CLIError(f"{flag} {code}: not a language of this tokenizer; known: {', '.join(languages) or 'none'}")
+        if args.src_lang:
+            tok.set_src_lang(args.src_lang)
+        if args.tgt_lang:
+            forced_bos = tok.token_to_id(args.tgt_lang)
+    if getattr(args, "hf", None):
+        # transformers' way: the tokenizer's template, the folder's generation defaults, batch_decode of the output
+        for s in sentences:
+            src = torch.tensor([tok.encode(s, add_special=True)])
+            kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, 1)
+            if forced_bos is not None:
+                kwargs["forced_bos_token_id"] = forced_bos
+            out = generate(model, src, compile=args.compile, **kwargs)
+            for row in out.tolist():
+                print(tok.decode(row), flush=True)
+        return 0
+    kwargs = _decoding_kwargs(args)
+    if args.tgt_lang:
+        kwargs["forced_bos_token_id"] = forced_bos
+    num_beams = kwargs.pop("num_beams")
+    if num_beams > 1 and not args.sample:
+        for s, t in zip(sentences, translate(model, tok, sentences, num_beams=num_beams,
+                                             max_new_tokens=kwargs["max_new_tokens"], batch_size=1,
                                              compile=args.compile)):
             print(t, flush=True)  # one line per sentence as soon as its beam search ends
         return 0
     for s in sentences:  # greedy or sampling: token by token
         src = torch.tensor([tok.encode(s) + [tok.eos_id]])
         for chunk in stream(model, src, decode=tok.decode, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-                            compile=args.compile, **_decoding_kwargs(args)):
+                            compile=args.compile, **kwargs):
             print(chunk.text[0], end="", flush=True)
         print()
     return 0

@@ -56,12 +56,17 @@ class ModelConfig(_Serializable):
     sinusoidal_interleaved: bool = True  # sin/cos interleaved (original) or all sines then all cosines (Marian)
     rope_base: float = 10000.0  # RoPE theta
     rotary_dim: int | None = None  # features rotated by RoPE; default head_dim
+    rope_local_base: float | None = None  # RoPE theta of the sliding-window (W) layers, unscaled (Gemma 3: 10000 there, rope_base elsewhere); default: as the full layers
+    rope_scaling: dict | None = None  # RoPE context extension in transformers' rope_parameters terms: {"rope_type": linear | dynamic | yarn | llama3 | longrope, "factor": ..., "original_max_position_embeddings": ...}
     relative_buckets: int = 32  # T5 relative-position buckets
     relative_max_distance: int = 128  # T5: distances beyond this share the last bucket
     position_offset: int = 0  # spare rows before position 0 in a learned table (MBART: 2)
     norm: str = "layer"  # layer | rms
     norm_eps: float = 1e-5  # epsilon of every norm
     norm_bias: bool = True  # LayerNorm with a bias
+    norm_offset: float = 0.0  # RMSNorm scales by (norm_offset + weight): Gemma stores its gains around 0 and adds 1
+    sandwich_norm: bool = False  # also a norm on each sublayer's output, before the residual add (Gemma 2/3)
+    qk_norm: bool = False  # an RMSNorm over each head's queries and keys before RoPE (Qwen3, Gemma 3)
     prenorm: bool = True  # norm before each sublayer (GPT-2, Llama, T5) or after the residual (original, BERT)
     final_norm: bool | None = None  # a norm after the last block; default: prenorm
     embed_norm: bool = False  # a norm right after the embeddings (BERT, MBART)
@@ -71,6 +76,8 @@ class ModelConfig(_Serializable):
     ffn_bias: bool | None = None  # biases in the FFN; default: bias
     score: str = "scaled_dot"  # attention score: additive | bilinear | dot | scaled_dot | cosine
     attn_scale: float | None = None  # logit scale; default head_dim^-0.5 (T5 uses 1.0 with score=dot)
+    attn_softcap: float | None = None  # attention logits become c * tanh(logits / c) before the mask (Gemma 2)
+    logit_softcap: float | None = None  # output logits become c * tanh(logits / c) (Gemma 2)
     window: int | None = None  # sliding-window attention: each token sees itself and this many before it
     tie_embeddings: bool = True  # the output layer shares the token embedding matrix
     scale_embeddings: bool = False  # multiply embeddings by sqrt(d_model) (original Transformer, sec. 3.4)
@@ -128,6 +135,19 @@ class ModelConfig(_Serializable):
             rotary = self.rotary_dim or self.head_dim
             if rotary % 2 or rotary > self.head_dim:
                 raise ValueError(f"rotary_dim must be even and <= head_dim ({self.head_dim}), got {rotary}")
+        if self.rope_local_base is not None and (self.position != "rope" or self.window is None):
+            raise ValueError(f"rope_local_base={self.rope_local_base} is the RoPE base of sliding-window layers: it "
+                             f"needs position='rope' and a window, got position={self.position!r}, window={self.window}")
+        if self.rope_scaling is not None:
+            if self.position != "rope":
+                raise ValueError(f"rope_scaling is set but position={self.position!r}; it needs position='rope'")
+            from .ops.rope import check_rope_scaling
+            self.rope_scaling = check_rope_scaling(self.rope_scaling, self.rotary_dim or self.head_dim)
+        for name in ("attn_softcap", "logit_softcap"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be None or a number > 0, got {getattr(self, name)!r}")
+        if self.qk_norm and self.mixer != "attention" and self.layer_pattern is None:
+            raise ValueError(f"qk_norm normalises softmax attention's queries and keys; mixer={self.mixer!r} has none")
         if self.window is not None and self.window < 0:
             raise ValueError(f"window must be >= 0 (how many earlier tokens a token sees), got {self.window}")
         for name in ("dropout", "attn_dropout", "ffn_dropout"):

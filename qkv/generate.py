@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .logits_controls import LogitsControls, make_controls
 from .ops._checks import trusted_values
 
 _SYNC_EVERY = 8  # steps between "all finished?" checks on accelerators (on CPU a check is free: every step)
@@ -59,6 +60,7 @@ class _Options:
     decode: Callable | None
     stop: Callable | None
     generator: torch.Generator | None
+    controls: LogitsControls = LogitsControls()  # forced / forbidden tokens (qkv/logits_controls.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,7 +73,10 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
              num_return_sequences: int = 1, early_stopping: bool | str = True,
              stop_strings: str | Sequence[str] | None = None, decode: Callable | None = None,
              stop: Callable | None = None, generator: torch.Generator | None = None, static_cache: bool = True,
-             max_len: int | None = None, compile: bool = False) -> torch.Tensor:
+             max_len: int | None = None, compile: bool = False, no_repeat_ngram_size: int = 0,
+             bad_words_ids: Sequence[Sequence[int]] | None = None, min_length: int = 0, min_new_tokens: int = 0,
+             forced_bos_token_id: int | None = None, forced_eos_token_id=None,
+             renormalize_logits: bool = False) -> torch.Tensor:
     """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
 
     Args:
@@ -99,6 +104,9 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
             (models whose decoder layers are softmax attention, decoder-only or encoder-decoder; CUDA graphs on a
             GPU). The first call for a model and batch size compiles (seconds to a minute); later ones reuse it.
             Same tokens as without.
+        no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, forced_bos_token_id,
+            forced_eos_token_id, renormalize_logits: transformers' controls of the same names
+            (``qkv/logits_controls.py``), applied to the logits (greedy, sampling) or log-probabilities (beams).
 
     Returns:
         (B * num_return_sequences, T + L) token ids for a decoder-only model (prompt included, padding kept), or
@@ -107,7 +115,11 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
     """
     opts = _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty,
                     length_penalty, eos_token_id, pad_token_id, num_return_sequences, early_stopping,
-                    stop_strings, decode, stop, generator)
+                    stop_strings, decode, stop, generator,
+                    controls=dict(no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
+                                  min_length=min_length, min_new_tokens=min_new_tokens,
+                                  forced_bos_token_id=forced_bos_token_id, forced_eos_token_id=forced_eos_token_id,
+                                  renormalize_logits=renormalize_logits))
     with torch.inference_mode():
         run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile)
         if opts.num_beams > 1:
@@ -122,11 +134,13 @@ def stream(model, input_ids: torch.Tensor, *, max_new_tokens: int, decode: Calla
            pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
            num_return_sequences: int = 1, stop_strings: str | Sequence[str] | None = None,
            stop: Callable | None = None, generator: torch.Generator | None = None, static_cache: bool = True,
-           max_len: int | None = None, compile: bool = False) -> Iterator[StreamChunk]:
+           max_len: int | None = None, compile: bool = False, **controls) -> Iterator[StreamChunk]:
     """Greedy decoding or sampling, one ``StreamChunk`` per step as soon as it is known (arguments as in
-    ``generate``). With ``decode`` (ids list -> str) each chunk also carries every row's new text."""
+    ``generate``, the logits controls included). With ``decode`` (ids list -> str) each chunk also carries every
+    row's new text."""
     opts = _options(model, max_new_tokens, 1, do_sample, temperature, top_k, top_p, repetition_penalty, 1.0,
-                    eos_token_id, pad_token_id, num_return_sequences, True, stop_strings, decode, stop, generator)
+                    eos_token_id, pad_token_id, num_return_sequences, True, stop_strings, decode, stop, generator,
+                    controls=controls)
     with torch.inference_mode():
         run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile)
         shown = [""] * run.out.shape[0]  # text already yielded, per row
@@ -150,7 +164,7 @@ def stream(model, input_ids: torch.Tensor, *, max_new_tokens: int, decode: Calla
 
 def _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty,
              length_penalty, eos_token_id, pad_token_id, num_return_sequences, early_stopping, stop_strings,
-             decode, stop, generator) -> _Options:
+             decode, stop, generator, *, controls: dict | None = None) -> _Options:
     def is_int(x):
         return isinstance(x, int) and not isinstance(x, bool)
 
@@ -206,9 +220,14 @@ def _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, to
     if not is_int(pad_token_id):
         raise ValueError(f"pad_token_id must be an int, got {pad_token_id!r}")
     eos = torch.tensor(eos_ids, dtype=torch.long) if eos_ids else None
+    known = {"no_repeat_ngram_size", "bad_words_ids", "min_length", "min_new_tokens", "forced_bos_token_id",
+             "forced_eos_token_id", "renormalize_logits"}
+    if set(controls or {}) - known:
+        raise TypeError(f"unknown decoding arguments {sorted(set(controls) - known)}; known controls: {sorted(known)}")
+    logits_controls = make_controls(**(controls or {}), vocab_size=config.vocab_size, eos_ids=eos_ids)
     return _Options(max_new_tokens, num_beams, bool(do_sample), float(temperature), top_k, top_p,
                     float(repetition_penalty), float(length_penalty), eos, pad_token_id, num_return_sequences,
-                    early_stopping, stop_strings, decode, stop, generator)
+                    early_stopping, stop_strings, decode, stop, generator, logits_controls)
 
 
 def _check_inputs(model, input_ids, attention_mask, max_new_tokens):
@@ -259,7 +278,7 @@ class _Runner:
         capacity = (max_len or needed) if static_cache else None
         device = input_ids.device
         input_ids = input_ids.long()
-        self.cache = _new_cache(model, B, capacity)
+        self.cache = _new_cache(model, B, capacity, static=compile)
         self.sync_every = 1 if device.type == "cpu" else _SYNC_EVERY
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=device, dtype=torch.long)
@@ -398,10 +417,13 @@ def _compiled_step(device_type: str, seq2seq: bool = False) -> Callable:
     return _COMPILED[key]
 
 
-def _new_cache(model, batch_size, capacity):
+def _new_cache(model, batch_size, capacity, *, static=False):
+    """The run's cache. Sliding-window layers roll (memory bounded by their window) except in static-slot decoding
+    (``compile``), whose graph addresses every position."""
     if capacity is None:
-        return model.new_cache(batch_size)
-    return model.new_cache(batch_size, max_len=capacity)
+        return model.new_cache(batch_size, static=static) if static else model.new_cache(batch_size)
+    return model.new_cache(batch_size, max_len=capacity, static=static) if static else \
+        model.new_cache(batch_size, max_len=capacity)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,6 +459,13 @@ def _filter(logits, top_k, top_p):
     return logits
 
 
+def _control(scores, sequences, run, opts: _Options, step: int):
+    """The logits controls at generated step ``step`` (the sequence so far: prefix + ``step`` tokens)."""
+    prompt = run.prefix.shape[1]
+    return opts.controls.apply(scores, sequences, length=prompt + step, prompt_length=prompt,
+                               max_length=prompt + opts.max_new_tokens, eos=opts.eos)
+
+
 def _next_scores(logits, opts: _Options, seen):
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if seen is not None:
@@ -460,6 +489,9 @@ def _sample_loop(run: _Runner, opts: _Options) -> Iterator[torch.Tensor]:
     logits = run.logits
     for step in range(opts.max_new_tokens):
         scores = _next_scores(logits, opts, seen)
+        if opts.controls.active:
+            so_far = torch.cat([run.prefix, run.out[:, :step]], 1) if opts.controls.needs_sequences else None
+            scores = _control(scores, so_far, run, opts, step)
         if opts.do_sample:
             scores = _filter(scores / opts.temperature, opts.top_k, opts.top_p)
             tokens = torch.multinomial(scores.softmax(-1), 1, generator=opts.generator).squeeze(1)
@@ -538,7 +570,13 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
     seen = _seen_tokens(run) if opts.repetition_penalty != 1.0 else None
     logits = run.logits
     for step in range(M):
-        scores = _next_scores(logits, opts, seen)
+        # transformers' order: log-probabilities first, then the controls (not renormalised unless asked)
+        scores = _next_scores(logits, opts, seen).log_softmax(-1)
+        if opts.controls.active:
+            so_far = None
+            if opts.controls.needs_sequences:
+                so_far = torch.cat([run.prefix, state.tokens.view(B * K, M)[:, :step]], 1)
+            scores = _control(scores, so_far, run, opts, step)
         if step + 1 == M:  # the last step finishes the running beams: a different rule, run once, not compiled
             state, _, _ = _beam_select(scores, state, step_t, eos, last=True, **fixed)
             break
@@ -575,14 +613,15 @@ torch.utils._pytree.register_dataclass(_BeamState)  # a pytree, so torch.compile
 
 def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float, early_stopping, last: bool,
                  in_top_k, offsets):
-    """One step of beam search (rules in ``_beam_search``): (B * K, V) next-token scores of the running beams ->
+    """One step of beam search (rules in ``_beam_search``): (B * K, V) next-token log-probabilities of the running
+    beams (after the logits controls) ->
     (new state, (B * K,) parent row of each new beam, (B * K,) their new tokens). ``step`` is a (1,) tensor;
     ``in_top_k`` (2K,) marks the candidates that may finish, ``offsets`` (B, 1) is each input's first row."""
     B, K, M = state.tokens.shape
     V = scores.shape[-1]
     neg_inf = float("-inf")
     L = (step + 1).float()  # (1,) tokens generated, this one included
-    logp = scores.log_softmax(-1).float().view(B, K, V) + state.running[..., None]  # (B, K, V)
+    logp = scores.float().view(B, K, V) + state.running[..., None]  # (B, K, V)
     cand_score, cand = logp.view(B, K * V).topk(2 * K, dim=-1)  # (B, 2K), best first
     beam, token = cand // V, cand % V
     cand_tokens = state.tokens.gather(1, beam[..., None].expand(B, 2 * K, M))  # (B, 2K, M)

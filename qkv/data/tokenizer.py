@@ -143,8 +143,12 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: PathLike) -> "Tokenizer":
-        """Load a folder written by `save`, a folder holding a `tokenizer.json`, or a `tokenizer.json` file."""
-        p = Path(path)
+        """Load a folder written by `save`, a Hugging Face folder (its tokenizer.json, else its SentencePiece files:
+        T5, Marian, mBART; see `qkv.data.sentencepiece`), a `tokenizer.json` file, or a hub id "org/name"
+        (resolved through huggingface_hub's cache, see `qkv.hub.resolve`)."""
+        from qkv.data import sentencepiece as spm_folders
+        from qkv.hub.resolve import resolve
+        p = resolve(path, what="tokenizer")
         if p.is_file() and p.name == META_FILE:
             p = p.parent
         elif p.is_file():
@@ -153,13 +157,16 @@ class Tokenizer:
             raise FileNotFoundError(f"path={str(p)!r}: no such tokenizer folder or tokenizer.json file")
         if (p / META_FILE).is_file():
             meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
-            kinds = {"char": CharTokenizer, "hf": HFTokenizer}
+            kinds = {"char": CharTokenizer, "hf": HFTokenizer, "sentencepiece": spm_folders.SentencePieceTokenizer}
             if meta.get("kind") not in kinds:
                 raise ValueError(f"{str(p / META_FILE)!r}: kind={meta.get('kind')!r}, expected one of {list(kinds)}")
             return kinds[meta["kind"]]._from_meta(p, meta)
-        if (p / HF_FILE).is_file():
-            return HFTokenizer.from_file(p / HF_FILE)
-        raise FileNotFoundError(f"path={str(p)!r}: the folder has neither {META_FILE} nor {HF_FILE}")
+        if (p / HF_FILE).is_file():  # what transformers reads first too
+            return HFTokenizer.from_file(p / HF_FILE, spm_folders.folder_roles(p, p / HF_FILE))
+        if spm_folders.has_sentencepiece_files(p):
+            return spm_folders.load_sentencepiece(p)
+        raise FileNotFoundError(f"path={str(p)!r}: the folder has neither {META_FILE}, {HF_FILE} nor SentencePiece "
+                                f"files ({', '.join(spm_folders.READERS)})")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={list(self.specials)})"

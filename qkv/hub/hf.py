@@ -146,20 +146,47 @@ def hf_get(hf: dict, *names, default=None):
     return default
 
 
-def rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in ("default", None):
-        raise ValueError(f"RoPE scaling {kind!r} is not supported yet (only the default rotary embedding)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def rope_parameters(hf: dict, params: dict | None = None) -> tuple[float, dict | None]:
+    """(RoPE theta, qkv's ``rope_scaling`` dict or None) from a config's ``rope_parameters`` (transformers >= 5) or
+    ``rope_theta`` + ``rope_scaling`` (older), filling in the defaults transformers would derive, so the qkv config
+    holds every number it needs. ``params`` overrides where they are read from (one entry of a per-layer dict)."""
+    from ..ops.rope import ROPE_SCALINGS
+    if params is None:
+        params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    params = dict(params)
+    kind = params.get("rope_type", params.get("type")) or "default"
+    theta = float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_SCALINGS:
+        raise ValueError(f"RoPE scaling {kind!r} is not supported; supported: default, {', '.join(sorted(ROPE_SCALINGS))}")
+    required, optional = ROPE_SCALINGS[kind]
+    scaling = {"rope_type": kind, **{k: params[k] for k in required + optional if params.get(k) is not None}}
+    if kind == "dynamic":  # transformers grows the base past max_position_embeddings
+        scaling["original_max_position_embeddings"] = hf.get("max_position_embeddings", 2048)
+    elif kind in ("yarn", "llama3", "longrope"):
+        # a top-level original_max_position_embeddings wins (Phi-3 keeps it there), as in transformers
+        scaling["original_max_position_embeddings"] = hf_get(hf, "original_max_position_embeddings", default=None) \
+            or params.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048)
+        if kind in ("yarn", "longrope") and params.get("factor") is None:
+            scaling["factor"] = hf.get("max_position_embeddings", 2048) / scaling["original_max_position_embeddings"]
+    return theta, scaling
+
+
+def rope_parameters_to_hf(cfg: ModelConfig) -> dict:
+    """The way back: transformers' ``rope_parameters`` for a qkv config."""
+    scaling = dict(cfg.rope_scaling or {"rope_type": "default"})
+    return {**scaling, "rope_theta": cfg.rope_base}
 
 
 # -- the two entry points ----------------------------------------------------------------------------------------
 
 def from_hf(path, *, dtype: torch.dtype | None = None):
-    """A qkv model with the weights of a local Hugging Face folder (see the module docstring for what it reads)."""
+    """A qkv model with the weights of a Hugging Face folder (see the module docstring for what it reads): a local
+    path, or a hub id "org/name" resolved through huggingface_hub's cache (``qkv.hub.resolve``)."""
     from ..models.build import build
-    folder = _resolve_folder(Path(path))
+    from .resolve import resolve
+    folder = _resolve_folder(resolve(path))
     hf_config = json.loads((folder / "config.json").read_text())
     model_type = hf_config.get("model_type")
     if model_type not in CONVERTERS:  # before reading gigabytes of weights
@@ -186,10 +213,47 @@ def from_hf(path, *, dtype: torch.dtype | None = None):
     return model.eval()
 
 
+_TRAINING_ONLY = {"dropout", "attn_dropout", "ffn_dropout", "extra"}
+# Fields a family's model never reads (a ViT's positions come from image_size / patch_size; it has no LM head).
+_UNUSED = {"vit": {"max_positions", "mlm_head", "tie_embeddings"}}
+
+
+def hf_type_for(config: ModelConfig) -> str:
+    """The Hugging Face model type that holds ``config`` exactly: the first exportable converter whose config comes
+    back unchanged through ``config_to_hf`` -> ``config_from_hf`` (dropout rates and ``extra`` aside). A model
+    built from a preset, which never came from Hugging Face, is exported under this type."""
+    import dataclasses
+    reasons = {}
+    for model_type, conv in CONVERTERS.items():
+        if conv.state_to_hf is None:
+            continue
+        cfg = config.replace(extra={**config.extra, "hf_model_type": model_type})
+        try:
+            back = conv.config_from_hf({"model_type": model_type, "architectures": [conv.architecture],
+                                        **conv.config_to_hf(cfg)})
+        except (ValueError, KeyError, TypeError) as e:
+            reasons[model_type] = str(e).split(";")[0]
+            continue
+        ignored = _TRAINING_ONLY | _UNUSED.get(cfg.family, set())
+        changed = sorted(f.name for f in dataclasses.fields(cfg)
+                         if f.name not in ignored and getattr(back, f.name) != getattr(cfg, f.name))
+        if not changed:
+            return model_type
+        reasons[model_type] = f"would change {changed}"
+    raise ValueError("no Hugging Face architecture holds this model exactly: "
+                     + "; ".join(f"{t}: {r}" for t, r in reasons.items()))
+
+
 def to_hf(model, path) -> Path:
-    """Write ``model`` as a Hugging Face folder (config.json + model.safetensors) that ``transformers`` loads."""
+    """Write ``model`` as a Hugging Face folder (config.json + model.safetensors) that ``transformers`` loads.
+    A model that did not come from Hugging Face (``config.extra['hf_model_type']`` unset, e.g. built from a
+    preset) goes out as the architecture that holds its config exactly (``hf_type_for``)."""
     from safetensors.torch import save_file
-    model_type = model.config.extra.get("hf_model_type")
+    config = model.config
+    model_type = config.extra.get("hf_model_type")
+    if model_type is None:
+        model_type = hf_type_for(config)
+        config = config.replace(extra={**config.extra, "hf_model_type": model_type})
     conv = CONVERTERS.get(model_type)
     if conv is None or conv.state_to_hf is None:
         exportable = sorted(t for t, c in CONVERTERS.items() if c.state_to_hf is not None)
@@ -197,9 +261,9 @@ def to_hf(model, path) -> Path:
                          f"exportable types: {exportable} (set config.extra['hf_model_type'])")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    hf_config = {"model_type": model_type, "architectures": [conv.architecture], **conv.config_to_hf(model.config)}
+    hf_config = {"model_type": model_type, "architectures": [conv.architecture], **conv.config_to_hf(config)}
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
-    state = {k: v.detach().contiguous() for k, v in conv.state_to_hf(model.state_dict(), model.config).items()}
+    state = {k: v.detach().contiguous() for k, v in conv.state_to_hf(model.state_dict(), config).items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
 

@@ -1,8 +1,10 @@
-"""Weight maps for decoder-only checkpoints: GPT-2, and Llama with its GQA relatives (Mistral, Qwen2)."""
+"""Weight maps for decoder-only checkpoints: GPT-2, and Llama with its relatives: Mistral, Qwen2, Qwen3 (q/k norm),
+Gemma 2 and Gemma 3 (alternating sliding-window and full layers, sandwich norms, (1 + w) RMSNorm, soft-capping)."""
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .hf import Converter, Pair, Weights, hf_get, map_from_hf, map_to_hf, register, rope_theta
+from .hf import (Converter, Pair, Weights, hf_get, map_from_hf, map_to_hf, register, rope_parameters,
+                 rope_parameters_to_hf)
 
 _ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
                 "silu": "silu", "swish": "silu"}
@@ -60,6 +62,9 @@ def _gpt2_pairs(cfg: ModelConfig) -> list[Pair]:
 
 
 def _gpt2_config_to_hf(cfg: ModelConfig) -> dict:
+    if cfg.family != "decoder" or cfg.activation not in _ACT_TO_HF or cfg.norm != "layer":
+        raise ValueError(f"only GPT-2-shaped models (decoder, LayerNorm, activation in {sorted(_ACT_TO_HF)}) export "
+                         f"as gpt2, got family={cfg.family!r}, norm={cfg.norm!r}, activation={cfg.activation!r}")
     return dict(vocab_size=cfg.vocab_size, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                 n_inner=cfg.d_ff, n_positions=cfg.max_positions, layer_norm_epsilon=cfg.norm_eps,
                 activation_function=_ACT_TO_HF[cfg.activation], tie_word_embeddings=cfg.tie_embeddings,
@@ -72,42 +77,82 @@ _gpt2_from_hf, _gpt2_to_hf = _lm_maps(_gpt2_pairs, "transformer.")
 register(Converter("gpt2", "GPT2LMHeadModel", _gpt2_config, _gpt2_from_hf, _gpt2_config_to_hf, _gpt2_to_hf))
 
 
-# -- Llama, Mistral, Qwen2 -----------------------------------------------------------------------------------------
+# -- Llama, Mistral, Qwen2, Qwen3 ----------------------------------------------------------------------------------
+
+_GATED = {"silu": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh", "gelu_new": "geglu_tanh",
+          "relu": "reglu"}
+
+
+def _gated_activation(hf: dict) -> str:
+    act = hf_get(hf, "hidden_activation", "hidden_act", default="silu")
+    if act not in _GATED:
+        raise ValueError(f"{hf['model_type']}: hidden_act {act!r} is not supported; supported: {sorted(_GATED)}")
+    return _GATED[act]
+
+
+def _shortest_period(letters: str) -> str:
+    """The shortest prefix that, repeated, spells ``letters`` ("WAWAWA" -> "WA"): layer_pattern's compact form."""
+    n = len(letters)
+    return next(letters[:p] for p in range(1, n + 1) if all(letters[i] == letters[i % p] for i in range(n)))
+
+
+def _windows(hf: dict, *, all_sliding: bool = False) -> dict:
+    """``window`` / ``layer_pattern`` from ``layer_types`` ("sliding_attention" / "full_attention" per layer) and
+    ``sliding_window``, or from older configs: every layer (``all_sliding``, Mistral) or the layers from
+    ``max_window_layers`` on (Qwen2 with ``use_sliding_window``). transformers' window counts the token itself;
+    qkv's counts the tokens before it."""
+    n, size = hf["num_hidden_layers"], hf.get("sliding_window")
+    types = hf.get("layer_types")
+    if types is None:
+        if size and all_sliding:
+            types = ["sliding_attention"] * n
+        elif size and hf.get("use_sliding_window"):
+            types = ["sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention" for i in range(n)]
+        else:
+            types = ["full_attention"] * n
+    if len(types) != n or set(types) - {"sliding_attention", "full_attention"}:
+        raise ValueError(f"{hf['model_type']}: layer_types must list 'sliding_attention' / 'full_attention' for each "
+                         f"of the {n} layers, got {types}")
+    if not size or "sliding_attention" not in types:
+        return {}
+    letters = "".join("W" if t == "sliding_attention" else "A" for t in types)
+    window = int(size) - 1
+    return {"window": window} if set(letters) == {"W"} else {"window": window, "layer_pattern": _shortest_period(letters)}
+
 
 def _llama_config(hf: dict) -> ModelConfig:
     model_type = hf["model_type"]
-    act = hf.get("hidden_act", "silu")
-    gated = {"silu": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh", "relu": "reglu"}
-    if act not in gated:
-        raise ValueError(f"{model_type}: hidden_act {act!r} is not supported; supported: {sorted(gated)}")
     qkv_bias = True if model_type == "qwen2" else bool(hf.get("attention_bias", False))
-    window = None
-    if hf.get("sliding_window") and (model_type == "mistral" or hf.get("use_sliding_window")):
-        # Hugging Face's window counts the token itself; qkv's counts the tokens before it.
-        window = int(hf["sliding_window"]) - 1
+    theta, scaling = rope_parameters(hf)
     return ModelConfig(
         family="decoder", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
         n_heads=hf["num_attention_heads"], n_kv_heads=hf_get(hf, "num_key_value_heads", default=hf["num_attention_heads"]),
         head_dim=hf.get("head_dim"), d_ff=hf["intermediate_size"], max_positions=hf.get("max_position_embeddings", 2048),
-        position="rope", rope_base=rope_theta(hf), norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6), prenorm=True,
-        activation=gated[act], bias=qkv_bias, out_bias=False if model_type == "qwen2" else qkv_bias,
-        ffn_bias=bool(hf.get("mlp_bias", False)), window=window,
+        position="rope", rope_base=theta, rope_scaling=scaling, norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6),
+        prenorm=True, activation=_gated_activation(hf), bias=qkv_bias,
+        out_bias=False if model_type == "qwen2" else qkv_bias, ffn_bias=bool(hf.get("mlp_bias", False)),
+        qk_norm=model_type == "qwen3", **_windows(hf, all_sliding=model_type == "mistral"),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"), pad_token_id=hf.get("pad_token_id"), extra={"hf_model_type": model_type})
 
 
-def _llama_pairs(cfg: ModelConfig) -> list[Pair]:
+def _llama_pairs(cfg: ModelConfig, *, norms=("input_layernorm", "post_attention_layernorm")) -> list[Pair]:
+    """Llama's names. ``norms``: the checkpoint's names for the pre-mixer and pre-FFN norms, then (sandwich norms)
+    for the post-mixer and post-FFN ones."""
     H, G, D, F = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
     pairs = [Pair("embed.tokens.weight", "embed_tokens.weight"), Pair("norm.weight", "norm.weight")]
+    ours = ("norm_mixer", "norm_ffn", "post_norm_mixer", "post_norm_ffn")
     for i in range(cfg.n_layers):
         o, t = f"blocks.{i}.", f"layers.{i}."
-        pairs += [Pair(o + "norm_mixer.weight", t + "input_layernorm.weight"),
-                  Pair(o + "mixer.qkv.weight", tuple(t + f"self_attn.{p}_proj.weight" for p in "qkv"),
+        pairs += [Pair(o + f"{a}.weight", t + f"{b}.weight") for a, b in zip(ours, norms)]
+        pairs += [Pair(o + "mixer.qkv.weight", tuple(t + f"self_attn.{p}_proj.weight" for p in "qkv"),
                        sizes=(H * D, G * D, G * D)),
                   Pair(o + "mixer.out.weight", t + "self_attn.o_proj.weight"),
-                  Pair(o + "norm_ffn.weight", t + "post_attention_layernorm.weight"),
                   Pair(o + "ffn.w_in.weight", (t + "mlp.gate_proj.weight", t + "mlp.up_proj.weight"), sizes=(F, F)),
                   Pair(o + "ffn.w_out.weight", t + "mlp.down_proj.weight")]
+        if cfg.qk_norm:
+            pairs += [Pair(o + "mixer.q_norm.weight", t + "self_attn.q_norm.weight"),
+                      Pair(o + "mixer.k_norm.weight", t + "self_attn.k_norm.weight")]
         if cfg.bias:
             pairs.append(Pair(o + "mixer.qkv.bias", tuple(t + f"self_attn.{p}_proj.bias" for p in "qkv"),
                               sizes=(H * D, G * D, G * D)))
@@ -119,20 +164,94 @@ def _llama_pairs(cfg: ModelConfig) -> list[Pair]:
     return pairs
 
 
+def _layer_types(cfg: ModelConfig) -> dict:
+    """transformers' ``sliding_window`` / ``layer_types`` for a qkv config's windows (Mistral: the window alone)."""
+    if cfg.window is None:
+        return {}
+    if cfg.extra.get("hf_model_type") == "mistral":
+        return {"sliding_window": cfg.window + 1}
+    types = ["sliding_attention" if cfg.layer_mixer(i)[1] is not None else "full_attention" for i in range(cfg.n_layers)]
+    return {"sliding_window": cfg.window + 1, "use_sliding_window": True, "max_window_layers": 0, "layer_types": types}
+
+
 def _llama_config_to_hf(cfg: ModelConfig) -> dict:
-    if cfg.activation != "swiglu" or cfg.position != "rope" or cfg.norm != "rms":
-        raise ValueError("only Llama-shaped models (rope, rms, swiglu) export as llama")
-    return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
-                num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-                intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_positions, rms_norm_eps=cfg.norm_eps,
-                rope_theta=cfg.rope_base, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
-                hidden_act="silu", attention_bias=cfg.bias, mlp_bias=cfg.ffn_bias,
-                tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_token_id,
-                eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+    model_type = cfg.extra.get("hf_model_type", "llama")
+    if cfg.activation != "swiglu" or cfg.position != "rope" or cfg.norm != "rms" or cfg.norm_offset or \
+            cfg.sandwich_norm or cfg.attn_softcap or cfg.logit_softcap or cfg.scale_embeddings or \
+            cfg.qk_norm != (model_type == "qwen3") or cfg.family != "decoder" or cfg.mixer != "attention" or \
+            (cfg.layer_pattern and set(cfg.layer_pattern) - {"A", "W"}) or cfg.rotary_dim not in (None, cfg.head_dim):
+        raise ValueError(f"only Llama-shaped models (rope, rms, swiglu, softmax attention) export as {model_type}")
+    if cfg.window is not None and model_type == "llama":
+        raise ValueError("llama has no sliding-window layers: set extra['hf_model_type'] to 'mistral' or 'qwen3'")
+    if cfg.layer_pattern is not None and model_type == "mistral":
+        raise ValueError("mistral's window covers every layer: a layer_pattern exports as qwen3")
+    out = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+               num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+               intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_positions, rms_norm_eps=cfg.norm_eps,
+               rope_theta=cfg.rope_base, rope_parameters=rope_parameters_to_hf(cfg),
+               hidden_act="silu", attention_bias=cfg.bias, mlp_bias=cfg.ffn_bias,
+               tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_token_id,
+               eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id, **_layer_types(cfg))
+    if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "dynamic":  # its context is max_position_embeddings
+        out["max_position_embeddings"] = cfg.rope_scaling["original_max_position_embeddings"]
+    return out
 
 
 _llama_from_hf, _llama_to_hf = _lm_maps(_llama_pairs, "model.")
 
+
 register(Converter("llama", "LlamaForCausalLM", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
-register(Converter("mistral", "MistralForCausalLM", _llama_config, _llama_from_hf))
+register(Converter("mistral", "MistralForCausalLM", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
 register(Converter("qwen2", "Qwen2ForCausalLM", _llama_config, _llama_from_hf))
+register(Converter("qwen3", "Qwen3ForCausalLM", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
+
+
+# -- Gemma 2, Gemma 3 (text) ---------------------------------------------------------------------------------------
+
+_GEMMA_NORMS = ("input_layernorm", "pre_feedforward_layernorm", "post_attention_layernorm", "post_feedforward_layernorm")
+
+
+def _gemma_config(hf: dict) -> ModelConfig:
+    """Gemma 2 (Gemma Team 2024, sec. 2) and Gemma 3's text model: local (sliding-window) and global layers
+    alternating, a norm before and after each sublayer, RMSNorm gains stored as w and applied as (1 + w), embeddings
+    scaled by sqrt(d_model), queries scaled by query_pre_attn_scalar^-0.5, and soft-capped logits. Gemma 3 adds q/k
+    norms and a RoPE base of its own for the local layers."""
+    model_type = hf["model_type"]
+    per_layer = hf.get("rope_parameters") or {}
+    local = {}
+    if "full_attention" in per_layer or "sliding_attention" in per_layer:  # transformers >= 5: one dict per layer type
+        theta, scaling = rope_parameters(hf, per_layer.get("full_attention") or {})
+        local_theta, local_scaling = rope_parameters(hf, per_layer.get("sliding_attention") or {})
+        if local_scaling is not None:
+            raise ValueError(f"{model_type}: RoPE scaling on the sliding-window layers is not supported")
+        local = {"rope_local_base": local_theta}
+    else:
+        theta, scaling = rope_parameters(hf)
+        if hf.get("rope_local_base_freq") is not None:
+            local = {"rope_local_base": float(hf["rope_local_base_freq"])}
+    if model_type == "gemma3_text" and "rope_local_base" not in local:
+        local = {"rope_local_base": 10000.0}
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError(f"{model_type}: bidirectional attention (use_bidirectional_attention) is not supported")
+    bias = bool(hf.get("attention_bias", False))
+    return ModelConfig(
+        family="decoder", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"], n_kv_heads=hf_get(hf, "num_key_value_heads", default=hf["num_attention_heads"]),
+        head_dim=hf.get("head_dim"), d_ff=hf["intermediate_size"], max_positions=hf.get("max_position_embeddings", 8192),
+        position="rope", rope_base=theta, rope_scaling=scaling, **local, norm="rms",
+        norm_eps=hf.get("rms_norm_eps", 1e-6), norm_offset=1.0, sandwich_norm=True, qk_norm=model_type == "gemma3_text",
+        prenorm=True, activation=_gated_activation(hf), bias=bias, out_bias=bias, ffn_bias=False,
+        attn_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5, attn_softcap=hf.get("attn_logit_softcapping"),
+        logit_softcap=hf.get("final_logit_softcapping"), scale_embeddings=True, **_windows(hf),
+        tie_embeddings=hf.get("tie_word_embeddings", True) is not False, bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"), pad_token_id=hf.get("pad_token_id"), extra={"hf_model_type": model_type})
+
+
+def _gemma_pairs(cfg: ModelConfig) -> list[Pair]:
+    return _llama_pairs(cfg, norms=_GEMMA_NORMS)
+
+
+_gemma_from_hf, _gemma_to_hf = _lm_maps(_gemma_pairs, "model.")
+
+register(Converter("gemma2", "Gemma2ForCausalLM", _gemma_config, _gemma_from_hf))
+register(Converter("gemma3_text", "Gemma3ForCausalLM", _gemma_config, _gemma_from_hf))

@@ -131,6 +131,7 @@ def _t5_config_to_hf(cfg: ModelConfig) -> dict:
     # transformers >= 5 always ties T5's head and reads the scale from tie_word_embeddings / scale_decoder_outputs
     return dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.d_ff,
                 num_layers=cfg.n_layers, num_decoder_layers=cfg.n_decoder_layers, num_heads=cfg.n_heads,
+                n_positions=cfg.max_positions,
                 relative_attention_num_buckets=cfg.relative_buckets,
                 relative_attention_max_distance=cfg.relative_max_distance, layer_norm_epsilon=cfg.norm_eps,
                 feed_forward_proj=_T5_FFN_TO_HF[cfg.activation], tie_word_embeddings=cfg.scale_head,

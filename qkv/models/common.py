@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,12 +72,21 @@ class QKVModel(nn.Module):
                  f"  position:         {cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})"]
         return "\n".join(lines)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
-        """An empty decoding state for ``batch_size`` sequences (KV caches grow unless ``max_len`` is given)."""
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False) -> Cache:
+        """An empty decoding state for ``batch_size`` sequences (KV caches grow unless ``max_len`` is given).
+
+        Sliding-window layers get rolling caches, bounded by their window, unless ``static`` asks for every
+        position to stay addressable (static-slot decoding, ``Cache.use_slots``)."""
         blocks = self.decoder_blocks()
-        return Cache([LayerCache(mixer=b.mixer.new_cache(max_len),
-                                 cross=CrossKVCache() if b.cross is not None else None) for b in blocks],
-                     batch_size=batch_size, max_len=max_len)
+
+        def mixer_cache(block):
+            window = getattr(block, "window", None)
+            if window is None or static:
+                return block.mixer.new_cache(max_len)
+            return block.mixer.new_cache(max_len, window=window)
+
+        return Cache([LayerCache(mixer=mixer_cache(b), cross=CrossKVCache() if b.cross is not None else None)
+                      for b in blocks], batch_size=batch_size, max_len=max_len)
 
     def decoder_blocks(self):
         raise NotImplementedError(f"{type(self).__name__} does not decode token by token")
@@ -105,7 +115,8 @@ class Embeddings(nn.Module):
         elif cfg.position == "sinusoidal":
             self.positions = SinusoidalPositions(cfg.d_model, interleaved=cfg.sinusoidal_interleaved)
         self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        self.norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias) if cfg.embed_norm else None
+        self.norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias,
+                              offset=cfg.norm_offset) if cfg.embed_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids, positions, token_type_ids=None):
@@ -123,14 +134,24 @@ class Embeddings(nn.Module):
         return self.dropout(x) if self.dropout.p else x
 
 
+@dataclass
+class WindowedRope:
+    """RoPE tables of a stack whose sliding-window layers rotate with another base: (cos, sin) for each kind."""
+    full: tuple
+    local: tuple
+
+
 class RelativePositions(nn.Module):
     """The position signals that act inside attention, for one stack of blocks: RoPE tables, or a logits bias
     (ALiBi, T5 relative buckets), computed once per forward and shared by every block of the stack."""
 
     def __init__(self, cfg: ModelConfig, *, bidirectional: bool):
         super().__init__()
-        self.rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_base, rotary_dim=cfg.rotary_dim) \
-            if cfg.position == "rope" else None
+        self.rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_base, rotary_dim=cfg.rotary_dim,
+                                    scaling=cfg.rope_scaling) if cfg.position == "rope" else None
+        # sliding-window layers with a RoPE of their own (Gemma 3's local layers): plain rotation, another base
+        self.local_rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_local_base, rotary_dim=cfg.rotary_dim) \
+            if cfg.rope_local_base is not None else None
         self.alibi = ALiBi(cfg.n_heads) if cfg.position == "alibi" else None
         self.relative = T5RelativeBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
                                        max_distance=cfg.relative_max_distance, bidirectional=bidirectional) \
@@ -139,8 +160,11 @@ class RelativePositions(nn.Module):
     def forward(self, positions, past: int, T: int, device, *, slots=None, capacity: int | None = None):
         """positions: (T,) or (B, T) of the new tokens; keys are positions 0 .. past + T - 1, or, in static
         decoding, the new tokens sit at cache ``slots`` (T,) and the keys are all ``capacity`` cache positions.
-        Returns (rope tables or None, bias (1, H, T, S) or None)."""
+        Returns (rope tables or None, bias (1, H, T, S) or None). With a local RoPE the tables are a
+        ``WindowedRope`` (full layers' tables, sliding-window layers' tables), which ``run_blocks`` splits."""
         rope = self.rope(positions) if self.rope is not None else None
+        if self.local_rope is not None:
+            rope = WindowedRope(rope, self.local_rope(positions))
         bias = None
         if self.alibi is not None or self.relative is not None:
             if slots is None:
@@ -152,8 +176,12 @@ class RelativePositions(nn.Module):
 
 
 def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
+    def qk_norm():  # one RMSNorm over the D features of every head (Qwen3, Gemma 3)
+        return make_norm("rms", cfg.head_dim, eps=cfg.norm_eps, offset=cfg.norm_offset) if cfg.qk_norm else None
+
     return MultiHeadAttention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-                              score=cfg.score, bias=cfg.bias, out_bias=cfg.out_bias, dropout=cfg.attn_dropout, scale=cfg.attn_scale)
+                              score=cfg.score, bias=cfg.bias, out_bias=cfg.out_bias, dropout=cfg.attn_dropout, scale=cfg.attn_scale,
+                              q_norm=qk_norm(), k_norm=qk_norm(), softcap=cfg.attn_softcap)
 
 
 # Token mixers by config name. The linear-time family registers its layers here (qkv/nn/mixers.py).
@@ -177,7 +205,7 @@ def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: 
     ffn = FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.ffn_bias, dropout=cfg.ffn_dropout)
     return Block(cfg.d_model, MIXER_BUILDERS[kind](cfg), ffn, cross=make_attention(cfg) if cross else None,
                  norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout,
-                 window=window)
+                 window=window, norm_offset=cfg.norm_offset, sandwich=cfg.sandwich_norm)
 
 
 def block_windows(blocks) -> set:
@@ -194,10 +222,12 @@ def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_we
     weights = []
     for i, block in enumerate(blocks):
         window, kw = getattr(block, "window", None), kwargs
+        if isinstance(kwargs.get("rope"), WindowedRope):
+            kw = {**kwargs, "rope": kwargs["rope"].full if window is None else kwargs["rope"].local}
         if masks is not None:
-            kw = {**kwargs, "mask": masks[window]}
+            kw = {**kw, "mask": masks[window]}
         elif window is not None:
-            kw = {**kwargs, "window": window}
+            kw = {**kw, "window": window}
         x = block(x, cache=None if cache is None else cache.layers[i], return_weights=return_weights, **kw)
         if return_weights:
             x, w = x
@@ -206,4 +236,5 @@ def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_we
 
 
 def final_norm(cfg: ModelConfig) -> nn.Module:
-    return make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias) if cfg.final_norm else nn.Identity()
+    return make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias, offset=cfg.norm_offset) \
+        if cfg.final_norm else nn.Identity()

@@ -77,6 +77,9 @@ class DecoderLM(QKVModel):
         if last_only:
             x = x[:, -1:]
         logits = self.head(self.norm(x))  # (B, T, V)
+        if self.config.logit_softcap is not None:  # Gemma 2: logits kept in (-c, c)
+            cap = self.config.logit_softcap
+            logits = torch.tanh(logits / cap) * cap
         return (logits, weights) if return_weights else logits
 
 

@@ -22,11 +22,14 @@ class MultiHeadAttention(nn.Module):
         head_dim: D (default d_model / H). score: a name from ``qkv.ops.SCORES``.
         bias: biases on the input projection; out_bias: on W_O (default: ``bias``).
         dropout: on the attention weights while training. scale: the logit scale (default D^-0.5).
+        q_norm, k_norm: modules applied to each head's queries / keys (D features) before RoPE: query-key
+            normalisation (Qwen3, Gemma 3). softcap: attention-logit soft-capping (``qkv.ops.attention``).
     """
 
     def __init__(self, d_model: int, n_heads: int, *, n_kv_heads: int | None = None, head_dim: int | None = None,
                  score: str = "scaled_dot", bias: bool = True, out_bias: bool | None = None, dropout: float = 0.0,
-                 scale: float | None = None):
+                 scale: float | None = None, q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
+                 softcap: float | None = None):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1:
@@ -42,7 +45,8 @@ class MultiHeadAttention(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.score, self.scale, self.dropout = score, scale, dropout
+        self.score, self.scale, self.dropout, self.softcap = score, scale, dropout, softcap
+        self.q_norm, self.k_norm = q_norm, k_norm
         self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
         # Learned score parameters, shared by the heads (Luong's W; Bahdanau's W_q, W_k, v with A = D).
@@ -53,9 +57,10 @@ class MultiHeadAttention(nn.Module):
             self.W_k = nn.Parameter(torch.randn(head_dim, head_dim) * head_dim ** -0.5)
             self.v = nn.Parameter(torch.randn(head_dim) * head_dim ** -0.5)
 
-    def new_cache(self, max_len: int | None = None) -> KVCache:
-        """An empty self-attention cache for this layer (buffers allocated on first use)."""
-        return KVCache(max_len)
+    def new_cache(self, max_len: int | None = None, *, window: int | None = None) -> KVCache:
+        """An empty self-attention cache for this layer (buffers allocated on first use). With ``window`` (the
+        layer's sliding window) it keeps only the keys a later query can see: memory bounded by the window."""
+        return KVCache(max_len, window=window)
 
     def _score_params(self):
         if self.score == "bilinear":
@@ -86,22 +91,34 @@ class MultiHeadAttention(nn.Module):
         if context is None:
             q, k, v = self.qkv(x).split([H * D, G * D, G * D], dim=-1)
             q, k, v = self._heads(q, H), self._heads(k, G), self._heads(v, G)  # (B, H|G, T, D)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if cache is not None:
-                k, v = cache.update(k, v)  # (B, G, S, D): all keys so far
+                k, v = cache.update(k, v)  # (B, G, S, D): all keys so far (a rolling cache: the last S)
+                S = k.shape[2]
+                # a rolling cache returns only the keys still in the window: align the mask and bias to them
+                if mask is not None and mask.shape[-1] > S:
+                    mask = mask[..., -S:]
+                if bias is not None and bias.shape[-1] > S:
+                    bias = bias[..., -S:]
         else:
             q = self._heads(F.linear(x, W[: H * D], None if b is None else b[: H * D]), H)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
             if cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v  # the encoder's keys and values, computed at the first step
             else:
                 kv = F.linear(context, W[H * D:], None if b is None else b[H * D:])
                 k, v = (self._heads(t, G) for t in kv.split([G * D, G * D], dim=-1))
+                if self.k_norm is not None:
+                    k = self.k_norm(k)
                 if cache is not None:
                     cache.k, cache.v = k, v
         result = attention(q, k, v, score=self.score, mask=mask, causal=causal, window=window, bias=bias,
                            scale=self.scale, dropout_p=self.dropout if self.training else 0.0,
-                           return_weights=return_weights, params=self._score_params())
+                           return_weights=return_weights, params=self._score_params(), softcap=self.softcap)
         out, weights = result if return_weights else (result, None)
         B, _, T, _ = out.shape
         out = self.out(out.transpose(1, 2).reshape(B, T, H * D))  # concatenate heads, then W_O

@@ -2,6 +2,7 @@
 
 pre-norm (GPT-2, Llama, T5):          x = x + dropout(f(norm(x)))
 post-norm ("Add & Norm", original):   x = norm(x + dropout(f(x)))      (Vaswani et al. 2017, sec. 5.4)
+sandwich (Gemma 2/3):                 x = x + dropout(norm'(f(norm(x))))   a second norm on the sublayer's output
 """
 from __future__ import annotations
 
@@ -27,22 +28,31 @@ class Block(nn.Module):
 
     def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module, *, cross: nn.Module | None = None,
                  norm: str = "layer", prenorm: bool = True, eps: float = 1e-5, norm_bias: bool = True,
-                 dropout: float = 0.0, window: int | None = None):
+                 dropout: float = 0.0, window: int | None = None, norm_offset: float = 0.0, sandwich: bool = False):
         super().__init__()
         self.prenorm = prenorm
         self.window = window  # sliding-window attention: the mixer sees this many earlier tokens (None: all)
         self.mixer, self.cross, self.ffn = mixer, cross, ffn
-        self.norm_mixer = make_norm(norm, d_model, eps=eps, bias=norm_bias)
-        self.norm_cross = make_norm(norm, d_model, eps=eps, bias=norm_bias) if cross is not None else None
-        self.norm_ffn = make_norm(norm, d_model, eps=eps, bias=norm_bias)
+
+        def new_norm():
+            return make_norm(norm, d_model, eps=eps, bias=norm_bias, offset=norm_offset)
+
+        self.norm_mixer = new_norm()
+        self.norm_cross = new_norm() if cross is not None else None
+        self.norm_ffn = new_norm()
+        # sandwich norms: on the mixer's and the FFN's outputs (the cross-attention sublayer has none)
+        self.post_norm_mixer = new_norm() if sandwich else None
+        self.post_norm_ffn = new_norm() if sandwich else None
         self.dropout = nn.Dropout(dropout)
 
-    def _sublayer(self, x, norm, fn):
+    def _sublayer(self, x, norm, fn, post_norm=None):
         """Residual + norm around fn; returns (new x, fn's extra output or None)."""
         y = fn(norm(x) if self.prenorm else x)
         extra = None
         if isinstance(y, tuple):
             y, extra = y
+        if post_norm is not None:
+            y = post_norm(y)
         x = x + (self.dropout(y) if self.dropout.p else y)  # no module call at p = 0: decoding's hot path
         return (x if self.prenorm else norm(x)), extra
 
@@ -58,12 +68,12 @@ class Block(nn.Module):
         mixer_cache = None if cache is None else cache.mixer
         x, weights.self_attn = self._sublayer(x, self.norm_mixer, lambda h: self.mixer(
             h, mask=mask, causal=causal, cache=mixer_cache, rope=rope, bias=bias, window=window,
-            return_weights=return_weights))
+            return_weights=return_weights), self.post_norm_mixer)
         if self.cross is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass context (the encoder output, (B, S, d_model))")
             cross_cache = None if cache is None else cache.cross
             x, weights.cross_attn = self._sublayer(x, self.norm_cross, lambda h: self.cross(
                 h, context, mask=context_mask, cache=cross_cache, bias=context_bias, return_weights=return_weights))
-        x, _ = self._sublayer(x, self.norm_ffn, self.ffn)
+        x, _ = self._sublayer(x, self.norm_ffn, self.ffn, self.post_norm_ffn)
         return (x, weights) if return_weights else x

@@ -7,16 +7,21 @@ import torch.nn.functional as F
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * g (Zhang & Sennrich 2019): LayerNorm without centring or bias. Computed in float32."""
+    """x / rms(x) * g (Zhang & Sennrich 2019): LayerNorm without centring or bias. Computed in float32.
 
-    def __init__(self, dim: int, *, eps: float = 1e-6):
+    ``offset`` scales by (offset + g) instead (Gemma: offset 1, gains stored around 0, initialised at 1 - offset);
+    that form also multiplies before casting back, in float32, as Gemma does."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least: never downcast float64
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (normed * (self.offset + self.weight.to(normed.dtype))).to(x.dtype)
         # Cast back, then scale in the input dtype (Llama's order), so bf16 in gives bf16 out even when the
         # gain is float32 (autocast / mixed precision keep parameters in float32).
         return normed.to(x.dtype) * self.weight.to(x.dtype)
@@ -39,11 +44,14 @@ class LayerNorm(nn.LayerNorm):
 NORMS = ("layer", "rms")
 
 
-def make_norm(kind: str, dim: int, *, eps: float, bias: bool = True) -> nn.Module:
+def make_norm(kind: str, dim: int, *, eps: float, bias: bool = True, offset: float = 0.0) -> nn.Module:
+    """A norm by name; ``offset`` is RMSNorm's gain offset (see ``RMSNorm``), which LayerNorm does not have."""
     if kind == "layer":
+        if offset:
+            raise ValueError(f"norm offset {offset} is an RMSNorm option; LayerNorm has none")
         return LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rms":
-        return RMSNorm(dim, eps=eps)
+        return RMSNorm(dim, eps=eps, offset=offset)
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 

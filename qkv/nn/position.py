@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..ops._checks import checks_values
-from ..ops.rope import rope_frequencies, rope_tables
+from ..ops.rope import check_rope_scaling, dynamic_frequencies, scaled_frequencies, rope_tables
 
 
 class SinusoidalPositions(nn.Module):
@@ -54,15 +54,35 @@ class LearnedPositions(nn.Embedding):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables: positions -> (cos, sin), to be applied to q and k by ``MultiHeadAttention(rope=...)``."""
+    """RoPE tables: positions -> (cos, sin), to be applied to q and k by ``MultiHeadAttention(rope=...)``.
 
-    def __init__(self, head_dim: int, *, base: float = 10000.0, rotary_dim: int | None = None):
+    ``scaling`` extends the context as transformers' ``rope_parameters`` do (``qkv.ops.rope.ROPE_SCALINGS``:
+    linear, dynamic, yarn, llama3, longrope). "dynamic" and "longrope" pick their frequencies from the longest
+    position of each call (the largest of ``positions`` + 1), as transformers does, with tensor ops only."""
+
+    def __init__(self, head_dim: int, *, base: float = 10000.0, rotary_dim: int | None = None,
+                 scaling: dict | None = None):
         super().__init__()
-        self.register_buffer("inv_freq", rope_frequencies(rotary_dim or head_dim, base), persistent=False)
+        self.rotary_dim, self.base = rotary_dim or head_dim, base
+        self.scaling = None if scaling is None else check_rope_scaling(scaling, self.rotary_dim)
+        inv_freq, self.attention_factor = scaled_frequencies(self.rotary_dim, base, self.scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.kind = "default" if self.scaling is None else self.scaling["rope_type"]
+        if self.kind == "longrope":
+            self.register_buffer("long_inv_freq", scaled_frequencies(self.rotary_dim, base, self.scaling, long=True)[0],
+                                 persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (T,) or (B, T) -> cos, sin of shape (..., T, rotary_dim), float32."""
-        return rope_tables(positions, self.inv_freq)
+        inv_freq = self.inv_freq
+        if self.kind in ("dynamic", "longrope"):
+            seq_len = positions.max() + 1  # a tensor: no host read
+            if self.kind == "dynamic":
+                inv_freq = dynamic_frequencies(self.rotary_dim, self.base, self.scaling, seq_len)
+            else:
+                longer = seq_len > self.scaling["original_max_position_embeddings"]
+                inv_freq = torch.where(longer, self.long_inv_freq, self.inv_freq)
+        return rope_tables(positions, inv_freq, self.attention_factor)
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

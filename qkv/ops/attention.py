@@ -156,7 +156,7 @@ def _expand_kv(k, v, H):
 # ----------------------------------------------------------------------------------------------------------------
 
 def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=None, global_tokens=None,
-              bias=None, hard=None, scale=None, dropout_p=0.0, return_weights=False, params=None):
+              bias=None, hard=None, scale=None, dropout_p=0.0, return_weights=False, params=None, softcap=None):
     """Softmax attention: ``softmax(score(q, k) + bias, masked) @ v``.
 
     Args:
@@ -174,18 +174,24 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
         dropout_p: dropout on the attention weights (pass 0 at evaluation).
         return_weights: also return the weights (B, H, T, S).
         params: learned tensors for "additive" (W_q, W_k, v, b) and "bilinear" (W).
+        softcap: logit soft-capping, ``c * tanh(logits / c)`` on the scores before bias and mask (Gemma 2): the
+            logits stay in (-c, c). The fused kernel has no such step, so this takes the explicit path.
 
     Returns:
         out (B, H, T, Dv), or (out, weights) when ``return_weights``. A query with no key it may attend to
         gets zero output and zero weights rather than NaN.
     """
     _check(q, k, v, score, mask, bias, window, hard)
-    if score == "scaled_dot" and not return_weights and hard is None:
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be None or a number > 0, got {softcap!r}")
+    if score == "scaled_dot" and not return_weights and hard is None and softcap is None:
         return _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p)
 
     T, S = q.shape[2], k.shape[2]
     k, v = _expand_kv(k, v, q.shape[1])
     logits = scores(q, k, score=score, params=params, scale=scale)  # (B, H, T, S)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     allowed, mask_bias = _combine_masks(T, S, q.device, mask, causal, window, global_tokens)
     for b in (mask_bias, bias):
         if b is not None:

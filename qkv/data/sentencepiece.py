@@ -1,0 +1,396 @@
+"""SentencePiece tokenizers as Hugging Face folders ship them, run by the ``sentencepiece`` library.
+
+Three layouts around the same library (Kudo & Richardson 2018), read by ``load_sentencepiece(folder)``:
+
+  T5          spiece.model; ids are the model's (<pad> 0, </s> 1, <unk> 2), sentinels <extra_id_N> after them;
+              encode: text </s>
+  Marian      source.spm encodes, target.spm decodes, vocab.json maps pieces to ids (one table for both sides);
+              encode: [>>lang<<] text </s>
+  mBART       sentencepiece.bpe.model with fairseq's ids: <s> 0, <pad> 1, </s> 2, <unk> 3, the model's pieces one
+              id up, then the language codes and <mask>; mBART-50 encodes [src_lang] text </s>, mBART-25 text </s>
+              [src_lang]
+
+What differs between them is data on the tokenizer (``SentencePieceTokenizer``'s fields: the id table, the
+template around the text, the added tokens), never a branch on the format's name. Each folder's
+tokenizer_config.json / special_tokens_map.json name the special tokens and the languages; added tokens (special
+tokens, sentinels, language codes) are matched in the text before SentencePiece sees it, as transformers does.
+
+One known difference from transformers 5 (tested): its mBART-25 tokenizer skips SentencePiece's NFKC normalisation,
+so compatibility characters (ligatures, fractions, circled digits) get other ids there; qkv keeps the model's own
+normalisation, as SentencePiece, fairseq and transformers 4 do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from qkv.data.tokenizer import Tokenizer
+
+SPIECE_UNDERLINE = "\u2581"  # SentencePiece's mark for a space
+
+# fairseq's language codes, in id order after the model's pieces (mBART-25, then mBART-50's 52)
+MBART25_LANGUAGES = ["ar_AR", "cs_CZ", "de_DE", "en_XX", "es_XX", "et_EE", "fi_FI", "fr_XX", "gu_IN", "hi_IN",
+                     "it_IT", "ja_XX", "kk_KZ", "ko_KR", "lt_LT", "lv_LV", "my_MM", "ne_NP", "nl_XX", "ro_RO",
+                     "ru_RU", "si_LK", "tr_TR", "vi_VN", "zh_CN"]
+MBART50_LANGUAGES = MBART25_LANGUAGES + ["af_ZA", "az_AZ", "bn_IN", "fa_IR", "he_IL", "hr_HR", "id_ID", "ka_GE",
+                                         "km_KH", "mk_MK", "ml_IN", "mn_MN", "mr_IN", "pl_PL", "ps_AF", "pt_XX",
+                                         "sv_SE", "sw_KE", "ta_IN", "te_IN", "th_TH", "tl_XX", "uk_UA", "ur_PK",
+                                         "xh_ZA", "gl_ES", "sl_SI"]
+
+# The formats this module reads: files that identify them -> what they are (the README's list comes from here).
+FORMATS = {
+    "spiece.model": "T5 (SentencePiece unigram, sentinels <extra_id_N>)",
+    "source.spm + target.spm + vocab.json": "Marian / opus-mt (source side encodes, target side decodes)",
+    "sentencepiece.bpe.model": "mBART-25 and mBART-50 (fairseq ids, language codes)",
+}
+_FAIRSEQ = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}  # fairseq's fixed ids before the model's pieces
+
+
+def _processor(model: bytes):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(model)
+    return sp
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece model(s) behind qkv's interface, with the id layout and template of a Hugging Face folder.
+
+    Args:
+        model: the encoding model's bytes. decode_model: the decoding model's bytes (Marian's target.spm; default
+            the same model).
+        vocab: piece -> id (Marian's vocab.json), or None: ids are the model's own, the ones in ``fixed`` aside and
+            every other piece shifted by ``offset`` (fairseq: 1).
+        fixed: piece -> id for pieces whose ids the folder fixes (fairseq's <s> <pad> </s> <unk>).
+        added: token -> id of the tokens matched in the text before SentencePiece (special tokens, T5's sentinels,
+            language codes); ``lstrip`` / ``rstrip`` name those that swallow the spaces beside them (mBART's <mask>).
+        specials: role -> token (pad, bos, eos, unk, mask, cls, sep), as the folder names them.
+        prefix, suffix: tokens put before / after the text by ``encode(add_special=True)``; "{src_lang}" stands for
+            the current source language (``src_lang``).
+        keep_trailing_space: a text (or a piece between added tokens) ending in whitespace keeps a final "▁" token,
+            as transformers' mBART-50 tokenizer does.
+        language_prefix: a text starting ">>xx<<" puts that token first (Marian's multilingual targets).
+        strip_decoded: the decoding model joins the pieces and the text loses its leading and trailing spaces
+            (Marian); otherwise "▁" becomes a space, except the one before the first piece.
+    """
+    kind = "sentencepiece"
+
+    def __init__(self, model: bytes, *, decode_model: bytes | None = None, vocab: Mapping[str, int] | None = None,
+                 fixed: Mapping[str, int] | None = None, offset: int = 0, added: Mapping[str, int] | None = None,
+                 lstrip: Iterable[str] = (), rstrip: Iterable[str] = (), specials: Mapping[str, str],
+                 prefix: Iterable[str] = (), suffix: Iterable[str] = (), src_lang: str | None = None,
+                 keep_trailing_space: bool = False, language_prefix: bool = False, strip_decoded: bool = False):
+        super().__init__(specials)
+        self._model, self._decode_model = model, decode_model
+        self.sp = _processor(model)
+        self.sp_decode = _processor(decode_model) if decode_model is not None else self.sp
+        self.vocab = None if vocab is None else dict(vocab)
+        self.fixed, self.offset = dict(fixed or {}), offset
+        self.added = dict(added or {})
+        self.lstrip, self.rstrip = set(lstrip), set(rstrip)
+        self.prefix, self.suffix = list(prefix), list(suffix)
+        self.src_lang = src_lang
+        self.keep_trailing_space, self.language_prefix = keep_trailing_space, language_prefix
+        self.strip_decoded = strip_decoded
+        missing = [t for t in self.specials.values() if self.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"special tokens {missing} are not in the vocabulary")
+        # id -> token for the ids that are not the model's own pieces
+        self._inverse = {i: t for t, i in {**self.fixed, **(self.vocab or {}), **self.added}.items()}
+        own = self.sp.get_piece_size() + self.offset if self.vocab is None else 0  # the model's pieces, shifted
+        self._size = max(own, max(self._inverse) + 1)
+        self._split = None
+        if self.added:  # longest first, so "<extra_id_10>" wins over "<extra_id_1>"
+            self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True))
+                                     + ")")
+
+    # -- ids and pieces ----------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._size
+
+    @property
+    def languages(self) -> list[str]:
+        """Language codes this vocabulary has as tokens (mBART's xx_XX, Marian's >>xx<<)."""
+        codes = [t for t in self.added if re.fullmatch(r"[a-z]{2}_[A-Z]{2}", t)]
+        return codes + [t for t in (self.vocab or {}) if t.startswith(">>") and t.endswith("<<")]
+
+    def token_to_id(self, token: str) -> int | None:
+        if token in self.added:
+            return self.added[token]
+        if self.vocab is not None:
+            return self.vocab.get(token)
+        if token in self.fixed:
+            return self.fixed[token]
+        i = self.sp.piece_to_id(token)
+        if self.sp.is_unknown(i) or self.sp.is_control(i) or self.sp.id_to_piece(i) != token:
+            return None
+        return i + self.offset
+
+    def id_to_token(self, i: int) -> str | None:
+        if i in self._inverse:
+            return self._inverse[i]
+        if self.vocab is not None:
+            return None
+        j = i - self.offset
+        return self.sp.id_to_piece(j) if 0 <= j < self.sp.get_piece_size() else None
+
+    def _piece_id(self, piece: str, unk: int) -> int:
+        if self.vocab is not None:
+            return self.vocab.get(piece, unk)
+        if piece in self.fixed:
+            return self.fixed[piece]
+        i = self.sp.piece_to_id(piece)
+        return unk if self.sp.is_unknown(i) else i + self.offset
+
+    # -- text -> ids -------------------------------------------------------------------------------------------
+    def _segments(self, text: str) -> list[tuple[str, bool]]:
+        """(piece of text, is an added token) in order; lstrip / rstrip tokens take the spaces beside them."""
+        if self._split is None or not text:
+            return [(text, False)]
+        parts = self._split.split(text)
+        out = []
+        for k, part in enumerate(parts):
+            if k % 2:
+                out.append((part, True))
+                continue
+            if k > 0 and parts[k - 1] in self.rstrip:
+                part = part.lstrip()
+            if k + 1 < len(parts) and parts[k + 1] in self.lstrip:
+                part = part.rstrip()
+            out.append((part, False))
+        return out
+
+    def _encode_text(self, text: str) -> list[int]:
+        unk = self.unk_id
+        ids = []
+        for piece in self.sp.encode(text, out_type=str):
+            ids.append(self._piece_id(piece, unk))
+        if self.keep_trailing_space and text[-1:].isspace():
+            ids.append(self._piece_id(SPIECE_UNDERLINE, unk))
+        return ids
+
+    def encode(self, text: str, add_special: bool = False) -> list[int]:
+        ids = []
+        if self.language_prefix and text.startswith(">>") and "<<" in text:
+            code, text = text[: text.index("<<") + 2], text[text.index("<<") + 2:]
+            ids.append(self._piece_id(code, self.unk_id))
+        for segment, is_added in self._segments(text):
+            ids += [self.added[segment]] if is_added else (self._encode_text(segment) if segment else [])
+        if add_special:
+            ids = self._template(self.prefix) + ids + self._template(self.suffix)
+        return ids
+
+    def _template(self, tokens: list[str]) -> list[int]:
+        out = []
+        for t in tokens:
+            if t == "{src_lang}":
+                if self.src_lang is None:
+                    raise ValueError("this tokenizer puts the source language in its template: set src_lang "
+                                     f"(one of {self.languages[:6]}...)")
+                t = self.src_lang
+            i = self.token_to_id(t)
+            if i is None:
+                raise ValueError(f"template token {t!r} is not in the vocabulary")
+            out.append(i)
+        return out
+
+    def set_src_lang(self, code: str) -> None:
+        """The source language of ``encode(add_special=True)`` (mBART: en_XX, es_XX, ...)."""
+        if code not in self.added:
+            raise ValueError(f"src_lang {code!r} is not a language of this tokenizer; known: {self.languages}")
+        self.src_lang = code
+
+    # -- ids -> text -------------------------------------------------------------------------------------------
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        skip = set(self.special_ids) | set(self.added.values()) if skip_special else set()
+        pieces = []
+        for i in ids:
+            i = int(i)
+            if i in skip:
+                continue
+            token = self.id_to_token(i)
+            if token is None:
+                raise ValueError(f"ids: {i} is outside the vocabulary [0, {self.vocab_size})")
+            pieces.append(token)
+        if self.strip_decoded:  # Marian: the target model joins the pieces, the ends are trimmed
+            return self.sp_decode.decode_pieces(pieces).replace(SPIECE_UNDERLINE, " ").strip()
+        # "▁" is a space, except the one SentencePiece put before the first word (transformers' Metaspace decoder)
+        text = "".join(pieces)
+        return (text[1:] if text.startswith(SPIECE_UNDERLINE) else text).replace(SPIECE_UNDERLINE, " ")
+
+    def tokens(self, text: str) -> list[str]:
+        return [(self.id_to_token(i) or "").replace(SPIECE_UNDERLINE, " ") for i in self.encode(text)]
+
+    # -- saving ------------------------------------------------------------------------------------------------
+    def _fields(self) -> dict:
+        return {"vocab": self.vocab, "fixed": self.fixed, "offset": self.offset, "added": self.added,
+                "lstrip": sorted(self.lstrip), "rstrip": sorted(self.rstrip), "prefix": self.prefix,
+                "suffix": self.suffix, "src_lang": self.src_lang, "keep_trailing_space": self.keep_trailing_space,
+                "language_prefix": self.language_prefix, "strip_decoded": self.strip_decoded}
+
+    def _save_files(self, directory: Path) -> dict:
+        (directory / "sentencepiece.model").write_bytes(self._model)
+        if self._decode_model is not None:
+            (directory / "sentencepiece.decode.model").write_bytes(self._decode_model)
+        return self._fields()
+
+    @classmethod
+    def _from_meta(cls, directory: Path, meta: dict) -> "SentencePieceTokenizer":
+        decode = directory / "sentencepiece.decode.model"
+        fields = {k: meta[k] for k in ("vocab", "fixed", "offset", "added", "lstrip", "rstrip", "prefix", "suffix",
+                                       "src_lang", "keep_trailing_space", "language_prefix", "strip_decoded")}
+        return cls((directory / "sentencepiece.model").read_bytes(),
+                   decode_model=decode.read_bytes() if decode.is_file() else None, specials=meta["specials"], **fields)
+
+    def _identity(self) -> str:
+        digest = hashlib.sha256(self._model + (self._decode_model or b"")).hexdigest()
+        return json.dumps([digest, self._fields()], sort_keys=True)
+
+
+# -- reading a Hugging Face folder ------------------------------------------------------------------------------------
+
+def _token(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def folder_settings(folder: Path) -> dict:
+    """tokenizer_config.json with special_tokens_map.json's entries filled in where the config lacks them."""
+    config = _read_json(folder / "tokenizer_config.json")
+    for key, value in _read_json(folder / "special_tokens_map.json").items():
+        config.setdefault(key, value)
+    return config
+
+
+def _roles(config: dict, defaults: dict[str, str]) -> dict[str, str]:
+    roles = dict(defaults)
+    for role in ("pad", "bos", "eos", "unk", "mask", "cls", "sep"):
+        if f"{role}_token" in config:
+            token = _token(config[f"{role}_token"])
+            if token is None:
+                roles.pop(role, None)
+            else:
+                roles[role] = token
+    return roles
+
+
+def folder_roles(folder: Path, tokenizer_json: Path) -> dict[str, str] | None:
+    """Special roles a tokenizer.json folder names in tokenizer_config.json / special_tokens_map.json, keeping
+    those whose token the vocabulary has; None when the folder names none (the caller then recognises them)."""
+    roles = _roles(folder_settings(folder), {})
+    if not roles:
+        return None
+    from tokenizers import Tokenizer as HF
+    try:
+        vocab = HF.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True)
+    except Exception:
+        return None  # the loader reports what is wrong with the file
+    return {r: t for r, t in roles.items() if t in vocab} or None
+
+
+def _extra_tokens(config: dict) -> list[str]:
+    extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
+    return [_token(t) for t in (extra.values() if isinstance(extra, dict) else extra)]
+
+
+def _added_from_config(config: dict) -> tuple[dict[str, int], set[str], set[str]]:
+    """transformers >= 4.34 writes every added token with its id and flags under added_tokens_decoder."""
+    added, lstrip, rstrip = {}, set(), set()
+    for i, entry in (config.get("added_tokens_decoder") or {}).items():
+        added[entry["content"]] = int(i)
+        if entry.get("lstrip"):
+            lstrip.add(entry["content"])
+        if entry.get("rstrip"):
+            rstrip.add(entry["content"])
+    return added, lstrip, rstrip
+
+
+def _t5(folder: Path, config: dict) -> SentencePieceTokenizer:
+    model = (folder / "spiece.model").read_bytes()
+    sp = _processor(model)
+    roles = _roles(config, {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"})
+    n_extra = int(config.get("extra_ids", 100))
+    sentinels = [t for t in _extra_tokens(config) if t.startswith("<extra_id_")] or \
+        [f"<extra_id_{i}>" for i in range(n_extra)]
+    # the sentinels follow the model's pieces, highest number first: <extra_id_0> is the last id
+    added = {t: sp.get_piece_size() + len(sentinels) - 1 - int(t[len("<extra_id_"):-1]) for t in sentinels}
+    for token in roles.values():
+        added.setdefault(token, sp.piece_to_id(token))
+    from_config, lstrip, rstrip = _added_from_config(config)
+    added.update(from_config)
+    return SentencePieceTokenizer(model, added=added, lstrip=lstrip, rstrip=rstrip, specials=roles,
+                                  suffix=[roles["eos"]])
+
+
+def _marian(folder: Path, config: dict) -> SentencePieceTokenizer:
+    vocab = _read_json(folder / "vocab.json")
+    if not vocab:
+        raise FileNotFoundError(f"{folder}: Marian's vocab.json is missing or empty")
+    if config.get("separate_vocabs"):
+        raise ValueError(f"{folder}: separate source and target vocabularies (separate_vocabs) are not supported")
+    roles = _roles(config, {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"})
+    added = {t: vocab[t] for t in roles.values()}
+    return SentencePieceTokenizer((folder / "source.spm").read_bytes(), decode_model=(folder / "target.spm").read_bytes(),
+                                  vocab=vocab, added=added, specials=roles, suffix=[roles["eos"]],
+                                  language_prefix=True, strip_decoded=True)
+
+
+def _mbart(folder: Path, config: dict) -> SentencePieceTokenizer:
+    model = (folder / "sentencepiece.bpe.model").read_bytes()
+    sp = _processor(model)
+    fifty = config.get("tokenizer_class", "").startswith("MBart50")
+    roles = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>", "cls": "<s>", "sep": "</s>"}
+    if fifty:
+        del roles["bos"]  # mBART-50's tokenizer names <s> as its cls token only
+    roles = _roles(config, roles)
+    languages = MBART50_LANGUAGES if fifty else MBART25_LANGUAGES
+    first = sp.get_piece_size() + 1  # fairseq: 4 fixed ids, the model's pieces from its id 3 on, one up
+    added = {**{t: _FAIRSEQ[t] for t in _FAIRSEQ}, **{code: first + k for k, code in enumerate(languages)}}
+    added[roles["mask"]] = first + len(languages)
+    from_config, lstrip, rstrip = _added_from_config(config)
+    added.update(from_config)
+    if not from_config:
+        lstrip = {roles["mask"]}  # <mask> swallows the space before it
+    src_lang = config.get("src_lang") or "en_XX"
+    template = dict(prefix=["{src_lang}"], suffix=[roles["eos"]]) if fifty else \
+        dict(prefix=[], suffix=[roles["eos"], "{src_lang}"])
+    return SentencePieceTokenizer(model, fixed=_FAIRSEQ, offset=1, added=added, lstrip=lstrip, rstrip=rstrip,
+                                  specials=roles, src_lang=src_lang, keep_trailing_space=fifty, **template)
+
+
+# file that identifies the layout -> reader
+READERS = {"spiece.model": _t5, "source.spm": _marian, "sentencepiece.bpe.model": _mbart}
+
+
+def has_sentencepiece_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in READERS)
+
+
+def load_sentencepiece(folder) -> SentencePieceTokenizer:
+    """The tokenizer of a Hugging Face folder that ships SentencePiece files (see the module docstring)."""
+    folder = Path(folder)
+    for name, reader in READERS.items():
+        if (folder / name).is_file():
+            try:
+                import sentencepiece  # noqa: F401
+            except ImportError:
+                raise ImportError(f"{folder / name}: reading SentencePiece models needs the sentencepiece package "
+                                  f"(pip install sentencepiece)") from None
+            return reader(folder, folder_settings(folder))
+    raise FileNotFoundError(f"{folder}: no SentencePiece files (looked for {', '.join(READERS)})")

@@ -1,0 +1,131 @@
+"""Decoding controls that edit the next-token scores, with transformers' names and semantics, so a Hugging Face
+folder's generation_config.json means the same thing to ``qkv.generate`` as to ``transformers``' ``generate``.
+
+Each sets scores to -inf (a token is forbidden) or forces one token (its score 0, every other -inf):
+
+  no_repeat_ngram_size   n: no n-gram appears twice in the sequence (prompt included; Paulus et al. 2018, sec. 2.5)
+  bad_words_ids          token sequences never produced: a sequence's last token is forbidden after the others
+  min_length             no EOS while the sequence (prompt included) is shorter than this
+  min_new_tokens         no EOS before this many new tokens
+  forced_bos_token_id    the first generated token of a sequence of length 1 (mBART-50: the target language)
+  forced_eos_token_id    EOS as the last token the length limit allows (Marian, mBART)
+  renormalize_logits     log-softmax again after the others (transformers' LogitNormalization)
+
+They apply in that order (transformers' order); greedy decoding and sampling apply them to the logits, beam search
+to the log-probabilities, as transformers does. Lengths count the whole sequence: prompt (decoder-only) or
+decoder-start token (encoder-decoder) plus the tokens generated so far.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LogitsControls:
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
+    min_length: int = 0
+    min_new_tokens: int = 0
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: tuple[int, ...] = ()
+    renormalize_logits: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self != LogitsControls()
+
+    @property
+    def needs_sequences(self) -> bool:
+        """Whether ``apply`` reads the tokens so far (n-gram and multi-token bans do)."""
+        return bool(self.no_repeat_ngram_size) or any(len(w) > 1 for w in self.bad_words_ids)
+
+    def apply(self, scores: torch.Tensor, sequences: torch.Tensor | None, *, length: int, prompt_length: int,
+              max_length: int, eos: torch.Tensor | None) -> torch.Tensor:
+        """scores (N, V) of the next token for sequences (N, length) (None unless ``needs_sequences``); returns
+        the controlled scores. ``max_length``: the longest sequence the run allows (prompt + max_new_tokens)."""
+        neg_inf = float("-inf")
+        if self.no_repeat_ngram_size:
+            scores = scores.masked_fill(_repeated_ngrams(sequences, self.no_repeat_ngram_size, scores.shape[-1]),
+                                        neg_inf)
+        if self.bad_words_ids:
+            scores = scores.masked_fill(_bad_words(self.bad_words_ids, sequences, scores), neg_inf)
+        if eos is not None and (length < self.min_length or length - prompt_length < self.min_new_tokens):
+            scores = scores.index_fill(-1, eos.to(scores.device), neg_inf)
+        if self.forced_bos_token_id is not None and length == 1:
+            scores = _force(scores, [self.forced_bos_token_id])
+        if self.forced_eos_token_id and length == max_length - 1:
+            scores = _force(scores, list(self.forced_eos_token_id))
+        if self.renormalize_logits:
+            scores = scores.log_softmax(-1)
+        return scores
+
+
+def _force(scores: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    forced = torch.full_like(scores, float("-inf"))
+    forced[:, tokens] = 0.0
+    return forced
+
+
+def _repeated_ngrams(sequences: torch.Tensor, n: int, V: int) -> torch.Tensor:
+    """(N, V) bool: tokens that would complete an n-gram the row already holds (its last n - 1 tokens seen before,
+    followed by that token)."""
+    N, L = sequences.shape
+    banned = torch.zeros(N, V, dtype=torch.long, device=sequences.device)
+    if L < n:  # no n-gram complete yet
+        return banned.bool()
+    if n == 1:  # every token seen is banned
+        return banned.scatter_add_(1, sequences, torch.ones_like(sequences)) > 0
+    grams = sequences.unfold(1, n, 1)  # (N, L - n + 1, n): every n-gram so far
+    tail = sequences[:, L - n + 1:]  # (N, n - 1): what the next token would extend
+    match = (grams[:, :, :-1] == tail[:, None, :]).all(-1)  # (N, L - n + 1)
+    return banned.scatter_add_(1, grams[:, :, -1], match.long()) > 0
+
+
+def _bad_words(bad_words, sequences, scores) -> torch.Tensor:
+    """(N, V) bool: the last token of every banned sequence whose other tokens end the row (always, for one token)."""
+    N, V = scores.shape
+    banned = torch.zeros(N, V, dtype=torch.bool, device=scores.device)
+    for word in bad_words:
+        if len(word) == 1:
+            banned[:, word[0]] = True
+        elif sequences is not None and sequences.shape[1] >= len(word) - 1:
+            prefix = torch.tensor(word[:-1], device=sequences.device)
+            ends = (sequences[:, sequences.shape[1] - len(prefix):] == prefix).all(-1)  # (N,)
+            banned[:, word[-1]] |= ends
+    return banned
+
+
+def make_controls(*, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, min_new_tokens=0,
+                  forced_bos_token_id=None, forced_eos_token_id=None, renormalize_logits=False, vocab_size: int,
+                  eos_ids=()) -> LogitsControls:
+    """Validated controls; ValueError names the argument, its value and what it should be. As in transformers,
+    bad words that are just an EOS id are dropped (a sequence must be able to end)."""
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def token(name, x):
+        if not is_int(x) or not 0 <= x < vocab_size:
+            raise ValueError(f"{name} must hold token ids in [0, {vocab_size}), got {x!r}")
+        return x
+
+    for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_length", min_length),
+                        ("min_new_tokens", min_new_tokens)):
+        if not is_int(value) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    words = ()
+    if bad_words_ids is not None:
+        if not isinstance(bad_words_ids, (list, tuple)) or \
+                any(not isinstance(w, (list, tuple)) or not w for w in bad_words_ids):
+            raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids, got {bad_words_ids!r}")
+        words = tuple(tuple(token("bad_words_ids", t) for t in w) for w in bad_words_ids
+                      if not (len(w) == 1 and w[0] in set(eos_ids)))
+    if forced_bos_token_id is not None:
+        token("forced_bos_token_id", forced_bos_token_id)
+    forced_eos = ()
+    if forced_eos_token_id is not None:
+        forced_eos = tuple(token("forced_eos_token_id", t) for t in
+                           ([forced_eos_token_id] if is_int(forced_eos_token_id) else forced_eos_token_id))
+    return LogitsControls(no_repeat_ngram_size, words, min_length, min_new_tokens, forced_bos_token_id, forced_eos,
+                          bool(renormalize_logits))
