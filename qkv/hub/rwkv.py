@@ -117,8 +117,7 @@ def from_rwkv(path, *, dtype: torch.dtype | None = torch.float32, device=None):
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
     cfg = rwkv_config(state)
-    with torch.device("meta"):  # shapes only: the checkpoint provides every value
-        model = build(cfg)
+    model = build(cfg)
     ours = model.state_dict()
     keys = rwkv_key_map(model)
     ignored = {f"blocks.0.att.{n}" for n in ("v0", "v1", "v2")} if cfg.mixer == "rwkv7" else set()
@@ -133,7 +132,9 @@ def from_rwkv(path, *, dtype: torch.dtype | None = torch.float32, device=None):
             raise ValueError(f"{theirs} has shape {tuple(state[theirs].shape)}; expected {tuple(ours[name].shape)}")
         t = state[theirs].reshape(ours[name].shape)  # per-channel vectors are stored as (1, 1, C)
         converted[name] = t.to(dtype) if dtype is not None else t
-    model.load_state_dict(converted, strict=True, assign=True)
+    if dtype is not None:
+        model.to(dtype)
+    model.load_state_dict(converted, strict=True)
     if device is not None:
         model.to(device)
     return model.eval()
