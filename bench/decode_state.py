@@ -7,8 +7,8 @@ ms/token per context and the ratio of the longest context to the shortest.
     python bench/decode_state.py --contexts 1024 8192 65536     # the full claim (longer prefill on CPU)
 
 Models: "softmax" (MultiHeadAttention + KVCache), "linear" (linear attention), "retention" (RetNet's multi-scale
-retention), "rwkv4" .. "rwkv7", "gla", "deltanet", "gated_deltanet" and "memory" (Infini-attention's segment buffer
-plus memory), built from the same sizes by qkv.build. Prefill: recurrent models run the context through
+retention), "rwkv4" .. "rwkv7", "gla", "deltanet", "gated_deltanet", "mamba2" and "memory" (Infini-attention's
+segment buffer plus memory), built from the same sizes by qkv.build. Prefill: recurrent models run the context through
 their chunk form with the cache (in pieces of --prefill-piece tokens); the softmax model's KV caches are filled
 with random keys and values directly (what they hold does not change the time of a step). Each step is
 model(one token, cache, last_only=True), the real decode path. A point is the best of --repeats runs of --steps
@@ -44,6 +44,7 @@ MODELS = {
     "deltanet": dict(mixer="deltanet"),
     "gated_deltanet": dict(mixer="gated_deltanet"),
     "memory": dict(mixer="memory"),
+    "mamba2": dict(mixer="mamba2"),
 }
 
 

@@ -90,6 +90,8 @@ PRESETS: dict[str, dict] = {
     "gla-tiny": dict(_GATED, mixer="gla"),
     "deltanet-tiny": dict(_GATED, mixer="deltanet"),
     "gated-deltanet-tiny": dict(_GATED, mixer="gated_deltanet"),
+    # Mamba-2 (SSD) mixers in blocks with an FFN (qkv's Block; the pure Mamba-2 stack has none); state 16 x 32 a head
+    "mamba2-tiny": dict(_GATED, mixer="mamba2"),
     # Gated DeltaNet-H1 (Yang et al. 2025, Sec. 4): Gated DeltaNet blocks interleaved with sliding-window attention
     "gated-deltanet-h1-tiny": dict(_GATED, mixer="gated_deltanet", layer_pattern="EW", window=64, n_layers=4),
     # hybrid: retention blocks with softmax attention in every 2nd block (both read the same RoPE tables)

@@ -14,8 +14,8 @@ import torch.nn as nn
 
 from ..cache import Cache, CrossKVCache, KVCache, LayerCache
 from ..config import PATTERN_LETTERS, ModelConfig
-from .mixers import (make_deltanet, make_gated_deltanet, make_gla, make_linear, make_memory, make_retention,
-                     make_rwkv_block, mixing_flops)
+from .mixers import (make_deltanet, make_gated_deltanet, make_gla, make_linear, make_mamba2, make_memory,
+                     make_retention, make_rwkv_block, mixing_flops)
 from ..nn import (ALiBi, Block, FeedForward, LearnedPositions, MultiHeadAttention, RotaryEmbedding,
                   SinusoidalPositions, T5RelativeBias, make_norm)
 
@@ -183,7 +183,7 @@ def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
 # Token mixers by config name. The linear-time family registers its layers here (qkv/nn/mixers.py).
 MIXER_BUILDERS = {"attention": make_attention, "linear": make_linear, "retention": make_retention,
                   "memory": make_memory, "gla": make_gla, "deltanet": make_deltanet,
-                  "gated_deltanet": make_gated_deltanet}
+                  "gated_deltanet": make_gated_deltanet, "mamba2": make_mamba2}
 # Mixers that replace the whole block (their FFN keeps a state too): name -> builder(cfg, layer).
 BLOCK_BUILDERS = {"rwkv4": make_rwkv_block, "rwkv5": make_rwkv_block, "rwkv6": make_rwkv_block,
                   "rwkv7": make_rwkv_block}

@@ -6,8 +6,9 @@ has a token-shift state too), so its versions are built by block builders rather
 from __future__ import annotations
 
 from ..config import ModelConfig
-from ..nn import (DeltaNet, GatedLinearAttention, LinearAttention, MemoryAttention, MultiScaleRetention, RWKV5TimeMix,
-                  RWKV6ChannelMix, RWKV6TimeMix, RWKV7ChannelMix, RWKV7TimeMix, RWKVBlock, RWKVChannelMix)
+from ..nn import (DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiScaleRetention,
+                  RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix, RWKV7ChannelMix, RWKV7TimeMix, RWKVBlock,
+                  RWKVChannelMix)
 from ..nn.rwkv7 import default_ranks
 
 
@@ -34,6 +35,11 @@ def make_deltanet(cfg: ModelConfig) -> DeltaNet:
 
 def make_gated_deltanet(cfg: ModelConfig) -> DeltaNet:
     return DeltaNet(cfg.d_model, cfg.n_heads, head_dim=cfg.head_dim, gated=True, norm_eps=cfg.norm_eps)
+
+
+def make_mamba2(cfg: ModelConfig) -> Mamba2:
+    """Mamba-2 with n_heads heads over 2 d_model channels and a state of head_dim x (2 d_model / n_heads) per head."""
+    return Mamba2(cfg.d_model, cfg.n_heads, state_size=cfg.head_dim, norm_eps=cfg.norm_eps)
 
 
 def _first_of_its_kind(cfg: ModelConfig, layer: int) -> bool:
@@ -86,5 +92,7 @@ def mixing_flops(cfg: ModelConfig, kind: str, window: int | None, context: int) 
         return 4 * min(context, 64) * H * D + 4 * H * D * D  # segment 64 (MemoryAttention's default)
     if kind == "rwkv4":
         return 12 * H * D
+    if kind == "mamba2":  # a state of head_dim (N) x 2 d_model / H (P) per head, written, decayed and read
+        return 5 * H * D * (2 * cfg.d_model // H)
     Dv = 2 * D if kind == "retention" else D  # RetNet's values are twice as wide
     return _STATE_PASSES[kind] * H * D * Dv

@@ -1,5 +1,5 @@
-"""Gated linear-time mixers with MultiHeadAttention's forward contract: gated linear attention (GLA) and DeltaNet /
-Gated DeltaNet, the most used layers of flash-linear-attention, over qkv.ops.gla and qkv.ops.delta_rule.
+"""Gated linear-time mixers with MultiHeadAttention's forward contract: gated linear attention (GLA), DeltaNet /
+Gated DeltaNet, the most used layers of flash-linear-attention, and Mamba-2, over qkv.ops.gla and qkv.ops.delta_rule.
 
 GatedLinearAttention (Yang et al. 2024, Sec. 4.4): per head,
 
@@ -12,6 +12,10 @@ DeltaNet (Yang et al. 2024, Sec. 3-4) and Gated DeltaNet (Yang et al. 2025, Sec.
     Gated: alpha = exp(-e^A softplus(x W_alpha + dt_bias))        (Mamba-2's gate, one per head and token)
     o = delta_rule(q, k, v, beta[, log alpha]);  out = W_o (RMSNorm(o) [* silu(x W_g)])
 
+Mamba2 (Dao & Gu 2024, "Transformers are SSMs", Sec. 7.1, the parallel Mamba block): one input projection gives
+z, x, B, C and dt; x, B, C pass a short convolution and silu; y = SSD(x, dt, A, B, C) + D x (qkv.ops.ssd: GLA with
+one decay exp(dt A) per head); out = W_o RMSNorm(y * silu(z)). B and C are shared by the heads (one group).
+
 ``conv`` is the short causal depthwise convolution both papers put on q, k, v (kernel 4; conv_size=0 drops it);
 its last conv_size - 1 inputs are part of the decoding state. Each layer's cache (a RecurrentCache) holds ``S``
 (B, H, D, Dv) and, with the convolution, ``conv`` (B, conv_size - 1, 3 H D): fixed sizes, whatever the length.
@@ -22,13 +26,15 @@ Shapes: B batch, T tokens, H heads, D head size (keys and values alike here), d_
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..cache import RecurrentCache
 from ..ops.delta_rule import DeltaRuleState, delta_rule
-from ..ops.gla import GLAState, gla
+from ..ops.gla import GLAState, gla, ssd
 from .layers import RMSNorm
 from .mixers import check_mixer_call, check_weights_call
 from .rwkv6 import at_least_float32, to_heads
@@ -152,4 +158,56 @@ class DeltaNet(nn.Module):
         if self.gated:
             y = y * F.silu(self.out_gate(x))
         out = self.out(y)
+        return (out, weights[0]) if return_weights else out
+
+
+class Mamba2(nn.Module):
+    """Mamba-2 (module docstring): n_heads heads of expand * d_model / n_heads channels, a state of state_size x
+    head channels per head. Parameters follow the paper's names (in_proj, conv, dt_bias, A_log, D, norm, out_proj)."""
+
+    def __init__(self, d_model: int, n_heads: int, *, state_size: int = 64, expand: int = 2, conv_size: int = 4,
+                 chunk_size: int = 32, norm_eps: float = 1e-5):
+        super().__init__()
+        inner = expand * d_model
+        if inner % n_heads:
+            raise ValueError(f"n_heads ({n_heads}) must divide expand * d_model ({inner})")
+        self.n_heads, self.state_size, self.inner, self.chunk_size = n_heads, state_size, inner, chunk_size
+        N = state_size
+        self.in_proj = nn.Linear(d_model, 2 * inner + 2 * N + n_heads, bias=False)  # z, x, B, C, dt
+        self.conv = nn.Parameter(torch.randn(inner + 2 * N, conv_size) / conv_size ** 0.5)
+        self.conv_bias = nn.Parameter(torch.zeros(inner + 2 * N))
+        # step sizes start log-uniform in [1e-3, 0.1] (the paper's initialisation), A in -[1, 16]
+        dt = torch.exp(torch.linspace(math.log(1e-3), math.log(0.1), n_heads))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.A_log = nn.Parameter(torch.log(torch.linspace(1, 16, n_heads)))
+        self.D = nn.Parameter(torch.ones(n_heads))
+        self.norm = RMSNorm(inner, eps=norm_eps)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
+        return RecurrentCache()
+
+    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
+                return_weights: bool = False, rope=None, bias=None, window=None):
+        """x: (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T) including D on the diagonal]."""
+        check_mixer_call("Mamba2", context=context, mask=mask, bias=bias, window=window, rope=rope, causal=causal,
+                         cache=cache)
+        check_weights_call("Mamba2", cache, return_weights)
+        H, N, inner = self.n_heads, self.state_size, self.inner
+        z, xbc, dt = self.in_proj(x).split([inner, inner + 2 * N, H], dim=-1)
+        xbc = F.silu(short_conv(xbc, self.conv, cache, "conv") + self.conv_bias)
+        xs, Bm, Cm = xbc.split([inner, N, N], dim=-1)  # (B, T, inner), (B, T, N) x 2
+        dt = F.softplus(at_least_float32(dt) + self.dt_bias).transpose(1, 2)  # (B, H, T)
+        Bh, Ch = (t.unsqueeze(1).expand(-1, H, -1, -1) for t in (Bm, Cm))  # (B, H, T, N): shared by the heads
+        state = GLAState(cache["S"]) if cache is not None and "S" in cache else None
+        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
+        y, *weights, state = ssd(to_heads(xs, H), dt, -torch.exp(self.A_log), Bh, Ch, D=self.D, mode=mode,
+                                 chunk_size=self.chunk_size, initial_state=state, return_state=True,
+                                 return_weights=return_weights)
+        if cache is not None:
+            cache["S"] = state.S  # (B, H, N, inner / H)
+            cache.length += x.shape[1]
+        B, _, T, P = y.shape
+        y = y.transpose(1, 2).reshape(B, T, H * P)
+        out = self.out_proj(self.norm(y * F.silu(z)))
         return (out, weights[0]) if return_weights else out

@@ -103,7 +103,8 @@ def _check(q, k, v, g, bonus, mode, chunk_size, initial_state) -> None:
     B, H, T, D = q.shape
     if not isinstance(g, torch.Tensor) or g.dim() != 4:
         got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
-        raise ValueError(f"g (log gates) must be a 4-d tensor broadcastable to (B, H, T, D) = {(B, H, T, D)}, got {got}")
+        raise ValueError(f"g (log gates) must be a 4-d tensor broadcastable to (B, H, T, D) = {(B, H, T, D)}, "
+                         f"got {got}")
     try:
         torch.broadcast_shapes(g.shape, q.shape)
     except RuntimeError:
@@ -242,3 +243,22 @@ def wkv6(r, k, v, w, u, **kwargs):
     """RWKV-6 time mixing: ``gla(r, k, v, w, bonus=u, scale=1)`` with a data-dependent log decay w (B, H, T, D)
     (RWKV-6 computes w = -exp(time_decay + lora(x))). Other arguments as ``wkv5``."""
     return gla(r, k, v, w, bonus=u, scale=kwargs.pop("scale", 1.0), **kwargs)
+
+
+def ssd(x, dt, A, B, C, *, D=None, **kwargs):
+    """Mamba-2's state-space duality layer (Dao & Gu 2024, "Transformers are SSMs", Sec. 3-6): the selective SSM
+    with a scalar decay per head, h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t h_t + D x_t, which is GLA
+    with a scalar gate: ``gla(C, dt B, x, dt A, scale=1)`` plus the skip D x.
+
+    x (B, H, T, P) the inputs of each head; dt (B, H, T) > 0 the step sizes; A (H,) < 0; B, C (B, H, T, N) the
+    input and output projections of the state (Mamba-2 shares them across heads: pass them expanded); D (H,) or
+    None. Other keywords as ``gla``; with return_weights the map includes D on its diagonal (out == weights @ x)."""
+    H, T = x.shape[1], x.shape[2]
+    result = gla(C, B * dt.unsqueeze(-1), x, (dt * A.view(-1, 1)).unsqueeze(-1), scale=1.0, **kwargs)
+    if D is None:
+        return result
+    out, *rest = result if isinstance(result, tuple) else (result,)
+    out = out + D.view(-1, 1, 1).to(x.dtype) * x
+    if kwargs.get("return_weights"):
+        rest[0] = rest[0] + torch.diag_embed(D.view(-1, 1).expand(H, T)).to(rest[0].dtype)  # (H, T, T)
+    return (out, *rest) if rest else out

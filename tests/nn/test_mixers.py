@@ -3,14 +3,14 @@ import pytest
 import torch
 
 from qkv.cache import LayerCache, RecurrentCache
-from qkv.nn import (DeltaNet, GatedLinearAttention, LinearAttention, MemoryAttention, MultiHeadAttention,
+from qkv.nn import (DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiHeadAttention,
                     MultiScaleRetention, RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix, RWKV7ChannelMix, RWKV7TimeMix,
                     RWKVBlock, RWKVChannelMix, RWKVTimeMix, retention_decays)
 from qkv.ops.rope import rope_frequencies, rope_tables
 
 D_MODEL, H = 16, 2
 MIXERS = ("linear", "retention", "memory", "rwkv_time", "gla", "deltanet", "gated_deltanet", "rwkv5_time",
-          "rwkv6_time", "rwkv7_time")
+          "rwkv6_time", "rwkv7_time", "mamba2")
 KINDS = MIXERS + ("rwkv_block", "rwkv5_block", "rwkv6_block", "rwkv7_block")
 
 
@@ -27,6 +27,7 @@ def _make(kind):
              "rwkv5_time": lambda: RWKV5TimeMix(D_MODEL, H, 8, chunk_size=4),
              "rwkv6_time": lambda: RWKV6TimeMix(D_MODEL, H, 8, mix_rank=4, decay_rank=4, chunk_size=4),
              "rwkv7_time": lambda: RWKV7TimeMix(D_MODEL, H, ranks=_RANKS, chunk_size=4),
+             "mamba2": lambda: Mamba2(D_MODEL, H, state_size=4, chunk_size=4),
              "rwkv_block": lambda: RWKVBlock(D_MODEL, 32, first=True, chunk_size=4, n_heads=H),
              "rwkv5_block": lambda: RWKVBlock(D_MODEL, first=True, mixer=RWKV5TimeMix(D_MODEL, H, 8, chunk_size=4),
                                               ffn=RWKVChannelMix(D_MODEL, 32)),

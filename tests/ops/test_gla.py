@@ -159,3 +159,23 @@ def test_gate_value_check_is_skipped_for_trusted_values():
     _, state = gla(q, k, v, g, return_state=True)
     with pytest.raises(ValueError, match="return_weights=True needs initial_state=None"):
         gla(q, k, v, g, initial_state=state, return_weights=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ssd_is_the_selective_scan_of_mamba2(mode):
+    """h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = C_t h_t + D x_t, token by token."""
+    from qkv.ops.gla import ssd
+    Bsz, H, T, N, P = 2, 3, 11, 4, 5
+    x = torch.randn(Bsz, H, T, P, dtype=torch.float64)
+    dt = torch.rand(Bsz, H, T, dtype=torch.float64) + 0.1
+    A, D = -torch.rand(H, dtype=torch.float64) - 0.5, torch.randn(H, dtype=torch.float64)
+    Bm, Cm = torch.randn(2, Bsz, H, T, N, dtype=torch.float64)
+    h = torch.zeros(Bsz, H, N, P, dtype=torch.float64)
+    ref = torch.zeros_like(x)
+    for t in range(T):
+        h = torch.exp(dt[:, :, t] * A)[..., None, None] * h + (dt[:, :, t, None] * Bm[:, :, t])[..., None] \
+            * x[:, :, t, None, :]
+        ref[:, :, t] = torch.einsum("bhn,bhnp->bhp", Cm[:, :, t], h) + D[:, None] * x[:, :, t]
+    out, weights = ssd(x, dt, A, Bm, Cm, D=D, mode=mode, chunk_size=4, return_weights=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(weights @ x, out, rtol=0, atol=1e-10)
