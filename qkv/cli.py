@@ -83,7 +83,11 @@ def _info(args):
         return 0
     import torch
     with torch.device("meta"):  # sizes only: no memory, no initialisation time, even for big presets
-        model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
+        if args.checkpoint:  # the config says everything info prints: the weights are not read
+            from .models.common import load_config
+            model = qkv.build(load_config(_model_folder(args.checkpoint)))
+        else:
+            model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
     print(model.summary(args.seq_len))
     n = model.num_parameters()
     print(f"  training memory:  ~{16 * n / 2**30:.2f} GiB for weights, grads and AdamW state in fp32 "
