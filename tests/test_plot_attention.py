@@ -74,3 +74,10 @@ def test_info_prints_the_stack_and_flat_flops_for_linear_time_models(capsys):
 
 
 
+
+
+def test_info_on_a_checkpoint_reads_its_config_not_its_weights(tmp_path, capsys, recwarn):
+    folder = _folder(tmp_path, "rwkv7-tiny")
+    (folder / "model.safetensors").write_bytes(b"not read")  # info needs only config.json
+    assert main(["info", "--checkpoint", str(folder)]) == 0
+    assert "stack:            77 (7 rwkv7)" in capsys.readouterr().out and not recwarn.list
