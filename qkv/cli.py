@@ -89,7 +89,11 @@ def _info(args):
         return 0
     import torch
     with torch.device("meta"):  # sizes only: no memory, no initialisation time, even for big presets
-        model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
+        if args.checkpoint:  # the config says everything info prints: the weights are not read
+            from .models.common import load_config
+            model = qkv.build(load_config(_model_folder(args.checkpoint)))
+        else:
+            model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
     print(model.summary(args.seq_len))
     n = model.num_parameters()
     print(f"  training memory:  ~{16 * n / 2**30:.2f} GiB for weights, grads and AdamW state in fp32 "
@@ -460,6 +464,10 @@ def _plot_args(p):
     p.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png); the HTML "
                                                           "explorer goes beside it with --html")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (OUT with .html)")
+    p.add_argument("--scale", choices=("auto", "linear", "log"), default="auto",
+                   help="attention: colour scale of the heatmaps; linear (0 to each head's max) or log (symmetric, 3 "
+                        "decades: shows the fading rows of recurrent mixers); auto: log when any layer is not "
+                        "softmax attention")
 
 
 def _plot(args):
@@ -485,6 +493,12 @@ def _plot(args):
     folder = _model_folder(args.checkpoint)
     model = qkv.load(folder)
     tok = _tokenizer_for(folder)
+    if model.config.family == "vit":
+        raise CLIError("plot attention reads text; a ViT model takes images (use qkv.viz on its weights)")
+    scale = args.scale
+    if scale == "auto":
+        scale = "linear" if all(kind == "attention" for kind, _ in model.layer_mixers()) \
+            else "log"
     if model.config.family == "encoder_decoder":
         if not args.src:
             raise CLIError("a translation model: pass --src (and optionally --tgt)")
@@ -504,8 +518,8 @@ def _plot(args):
         maps = [viz.AttentionMaps.from_batch(kind, [w.self_attn for w in weights], tokens, tokens)]
     for m in maps:
         path = out if len(maps) == 1 else out.with_name(f"{out.stem}_{m.kind}{out.suffix}")
-        viz.plot_attention(m, path, title=f"{m.kind} attention")
-        print(f"wrote {path}")
+        viz.plot_attention(m, path, title=f"{m.kind} attention", scale=scale)
+        print(f"wrote {path} ({scale} colour scale)")
     if args.html:
         viz.explorer_html(maps, out.with_suffix(".html"))
         print(f"wrote {out.with_suffix('.html')}")

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
-MIXERS = ("attention", "linear", "retention", "rwkv4", "memory")
+MIXERS = ("attention", "linear", "retention", "rwkv4", "memory", "rwkv5", "rwkv6", "rwkv7", "gla", "deltanet",
+          "gated_deltanet", "mamba2")
 # One letter per mixer for ``layer_pattern``; "W" is softmax attention limited to ``window`` earlier tokens.
-PATTERN_LETTERS = {"A": "attention", "W": "attention", "L": "linear", "R": "retention", "K": "rwkv4", "M": "memory"}
+PATTERN_LETTERS = {"A": "attention", "W": "attention", "L": "linear", "R": "retention", "K": "rwkv4", "M": "memory",
+                   "5": "rwkv5", "6": "rwkv6", "7": "rwkv7", "G": "gla", "D": "deltanet", "E": "gated_deltanet",
+                   "S": "mamba2"}
 
 
 class _Serializable:
@@ -92,8 +95,9 @@ class ModelConfig(_Serializable):
     image_size: int = 224  # ViT: input side in pixels
     patch_size: int = 16  # ViT: patch side in pixels
     num_channels: int = 3  # ViT: image channels
-    mixer: str = "attention"  # token mixer of decoder blocks: attention | linear | retention | rwkv4 | memory
-    layer_pattern: str | None = None  # hybrids: the blocks' mixers as letters, repeated over the layers: A attention, W sliding-window attention (window), L linear, R retention, K rwkv4, M memory; e.g. "LLLA" (default: every block `mixer`)
+    mixer: str = "attention"  # token mixer of decoder blocks: attention | linear | retention | rwkv4 | memory | rwkv5 | rwkv6 | rwkv7 | gla | deltanet | gated_deltanet | mamba2 (its state size is head_dim)
+    layer_pattern: str | None = None  # hybrids: the blocks' mixers as letters, repeated over the layers: A attention, W sliding-window attention (window), L linear, R retention, K rwkv4, M memory, 5 / 6 / 7 rwkv5 / rwkv6 / rwkv7, G gla, D deltanet, E gated_deltanet, S mamba2 (SSD); e.g. "LLLA" (default: every block `mixer`)
+    rwkv_ranks: dict | None = None  # RWKV-6 / RWKV-7 low-rank sizes by name (6: mix, decay; 7: decay, a, v, gate); default RWKV-LM's, from d_model
     pad_token_id: int | None = None  # padding token
     bos_token_id: int | None = None  # beginning of sequence
     eos_token_id: int | None = None  # end of sequence
@@ -170,6 +174,16 @@ class ModelConfig(_Serializable):
         elif self.window is not None and self.mixer != "attention":
             raise ValueError(f"window={self.window} limits softmax attention, but mixer={self.mixer!r} has none; "
                              f"mix in sliding-window layers with layer_pattern (e.g. 'LW')")
+        kinds = {self.layer_mixer(i)[0] for i in range(self.n_layers)}
+        if "rwkv7" in kinds and self.n_heads * self.head_dim != self.d_model:
+            raise ValueError(f"RWKV-7 heads span d_model: n_heads * head_dim ({self.n_heads} * {self.head_dim}) must "
+                             f"equal d_model ({self.d_model})")
+        if self.rwkv_ranks is not None:
+            known = {"mix", "decay", "a", "v", "gate"}
+            bad = {k: v for k, v in self.rwkv_ranks.items()
+                   if k not in known or not isinstance(v, int) or isinstance(v, bool) or v < 1}
+            if bad:
+                raise ValueError(f"rwkv_ranks has invalid entries {bad}; expected positive ints named {sorted(known)}")
 
     def layer_mixer(self, layer: int) -> tuple[str, int | None]:
         """Block ``layer``'s mixer name and attention window (None: sees the whole prefix). Without a

@@ -17,6 +17,10 @@ _T5 = dict(family="encoder_decoder", position="relative", norm="rms", norm_eps=1
 _BERT = dict(family="encoder", vocab_size=30522, max_positions=512, position="learned", norm="layer",
              norm_eps=1e-12, prenorm=False, embed_norm=True, activation="gelu", bias=True, type_vocab_size=2,
              pad_token_id=0)
+_RWKV = dict(family="decoder", position="none", norm="layer", norm_eps=1e-5, bias=False, tie_embeddings=False,
+             vocab_size=256, d_model=64, n_layers=2, max_positions=4096)
+_GATED = dict(family="decoder", position="none", norm="rms", norm_eps=1e-6, activation="swiglu", bias=False,
+              tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=172, max_positions=4096)
 _VIT = dict(family="vit", position="learned", norm="layer", norm_eps=1e-12, prenorm=True, activation="gelu",
             bias=True, image_size=224, patch_size=16, num_labels=1000)
 
@@ -72,10 +76,24 @@ PRESETS: dict[str, dict] = {
     "retnet-tiny": dict(family="decoder", mixer="retention", position="rope", norm="layer", activation="swiglu",
                         bias=False, tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4,
                         d_ff=128, max_positions=4096),
-    # RWKV-4: RWKV-LM's layout (ln0 on the embeddings, untied head, LayerNorm eps 1e-5, FFN 4 d_model, one head)
-    "rwkv4-tiny": dict(family="decoder", mixer="rwkv4", position="none", norm="layer", norm_eps=1e-5, bias=False,
-                       tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=1, d_ff=256,
-                       max_positions=4096),
+    # RWKV-4: RWKV-LM's layout (ln0 on the embeddings, untied head, LayerNorm eps 1e-5, FFN 4 d_model). RWKV-4
+    # has no heads: its 64 channels form 4 groups of 16 only for the attention maps.
+    "rwkv4-tiny": dict(_RWKV, mixer="rwkv4", n_heads=4, d_ff=256),
+    # RWKV-5.2 "Eagle": a 16 x 16 matrix state per head, FFN 3.5 d_model as released
+    "rwkv5-tiny": dict(_RWKV, mixer="rwkv5", n_heads=4, d_ff=224),
+    # RWKV-6 "Finch": data-dependent token shift and decay through low-rank maps (small ranks at this width)
+    "rwkv6-tiny": dict(_RWKV, mixer="rwkv6", n_heads=4, d_ff=224, rwkv_ranks={"mix": 8, "decay": 16}),
+    # RWKV-7 "Goose": the generalised delta rule, a value residual from the first layer, FFN 4 d_model
+    "rwkv7-tiny": dict(_RWKV, mixer="rwkv7", n_heads=4, d_ff=256, rwkv_ranks={"decay": 16, "a": 16, "v": 8,
+                                                                              "gate": 16}),
+    # gated linear attention and the delta rule, in Llama-style blocks (RMSNorm, SwiGLU, no positions)
+    "gla-tiny": dict(_GATED, mixer="gla"),
+    "deltanet-tiny": dict(_GATED, mixer="deltanet"),
+    "gated-deltanet-tiny": dict(_GATED, mixer="gated_deltanet"),
+    # Mamba-2 (SSD) mixers in blocks with an FFN (qkv's Block; the pure Mamba-2 stack has none); state 16 x 32 a head
+    "mamba2-tiny": dict(_GATED, mixer="mamba2"),
+    # Gated DeltaNet-H1 (Yang et al. 2025, Sec. 4): Gated DeltaNet blocks interleaved with sliding-window attention
+    "gated-deltanet-h1-tiny": dict(_GATED, mixer="gated_deltanet", layer_pattern="EW", window=64, n_layers=4),
     # hybrid: retention blocks with softmax attention in every 2nd block (both read the same RoPE tables)
     "hybrid-tiny": dict(family="decoder", mixer="retention", layer_pattern="RA", position="rope", norm="layer",
                         activation="swiglu", bias=False, tie_embeddings=False, vocab_size=256, d_model=64,

@@ -124,13 +124,44 @@ def _label(token: str, width: int = 16) -> str:
     return text.replace("$", r"\$")
 
 
+# Colour scales of attention heatmaps. "linear": 0 to each head's largest weight, right for softmax rows. "log": a
+# symmetric log scale over LOG_DECADES decades below each head's largest |weight|, for the implicit maps of
+# recurrent mixers, whose rows fade geometrically into the past (a weight of 1e-2 is still a memory) and whose
+# entries may be negative (retention, the delta rule): those are drawn red (> 0) and blue (< 0) about white 0.
+SCALES = ("linear", "log")
+LOG_DECADES = 3
+
+
+def scale_note(scale: str, signed: bool = False) -> str:
+    """How a figure's colours read, for its title."""
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}: expected one of {SCALES}")
+    note = ("colour scaled per head" if scale == "linear" else
+            f"colour: log scale, {LOG_DECADES} decades below each head's largest |weight|")
+    return note + ("; red > 0, blue < 0" if signed else "")
+
+
+def _colours(w: np.ndarray, scale: str, cmap: str):
+    """(norm, cmap) for one (T, S) map: linear from 0 (or -max for signed maps) to its max |w|, or symmetric log."""
+    from matplotlib.colors import Normalize, SymLogNorm
+    top = float(np.abs(w).max()) if w.size else 0.0
+    top = top if top > 0 else 1.0
+    signed = bool(w.size and w.min() < 0)
+    low = -top if signed else 0.0
+    if scale == "log":
+        norm = SymLogNorm(linthresh=top * 10.0 ** -LOG_DECADES, linscale=0.2, vmin=low, vmax=top, base=10)
+    else:
+        norm = Normalize(vmin=low, vmax=top)
+    return norm, ("RdBu_r" if signed else cmap)
+
+
 def _heatmap(ax, w: np.ndarray, queries: Sequence[str], keys: Sequence[str], *, ylabels: bool, xlabels: bool,
-             size: float, cmap: str = "Blues"):
-    """Draw one (T, S) heatmap on `ax` (about `size` inches square), coloured from 0 to its own maximum;
-    returns the image."""
+             size: float, cmap: str = "Blues", scale: str = "linear"):
+    """Draw one (T, S) heatmap on `ax` (about `size` inches square), coloured from 0 to its own maximum (or as
+    `scale` says, see SCALES); returns the image."""
     T, S = w.shape
-    vmax = float(w.max()) if w.size and w.max() > 0 else 1.0
-    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+    norm, cmap = _colours(w, scale, cmap)
+    im = ax.imshow(w, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(S))
     ax.set_yticks(range(T))
     ax.set_xticklabels([_label(k) for k in keys] if xlabels else [], rotation=90, fontsize=_token_fontsize(size, S))
@@ -139,13 +170,18 @@ def _heatmap(ax, w: np.ndarray, queries: Sequence[str], keys: Sequence[str], *, 
     return im
 
 
-def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = None, dpi: int = 100) -> Path:
+def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = None, dpi: int = 100,
+                   scale: str = "linear") -> Path:
     """Save a grid of heatmaps, one per (layer, head): rows are layers, columns heads.
 
     Each panel is a (T, S) matrix with query tokens on y and key tokens on x (labelled on the left column and
     the bottom row, which every panel shares), coloured from 0 to that head's own maximum so diffuse and sharp
-    heads are both visible. Returns the path of the PNG.
+    heads are both visible. ``scale="log"`` colours by a symmetric log scale instead (see SCALES), for the
+    decay-dominated, possibly signed maps of recurrent mixers; the title says which scale the figure uses.
+    Returns the path of the PNG.
     """
+    signed = any(bool((w < 0).any()) for w in maps.layers)
+    note = scale_note(scale, signed)
     L, H = maps.n_layers, maps.n_heads
     T, S = len(maps.queries), len(maps.keys)
     # Panels grow with the token count (~0.15 in a token) so labels stay readable; the margin holds the
@@ -159,9 +195,9 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
         for h in range(H):
             ax = axes[l][h]
             _heatmap(ax, maps.layers[l][h].numpy(), maps.queries, maps.keys, ylabels=h == 0, xlabels=l == L - 1,
-                     size=cell)
+                     size=cell, scale=scale)
             ax.set_title(f"layer {l} · head {h}", fontsize=9)
-    fig.suptitle(title or f"{KIND_NAMES[maps.kind]} (colour scaled per head)", fontsize=12)
+    fig.suptitle(f"{title or KIND_NAMES[maps.kind]} ({note})", fontsize=12)
     return _save(fig, path, dpi)
 
 

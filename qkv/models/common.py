@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 
 from ..cache import Cache, CrossKVCache, KVCache, LayerCache
-from ..config import ModelConfig
-from .mixers import make_linear, make_memory, make_retention, make_rwkv_block
+from ..config import PATTERN_LETTERS, ModelConfig
+from .mixers import (make_deltanet, make_gated_deltanet, make_gla, make_linear, make_mamba2, make_memory,
+                     make_retention, make_rwkv_block, mixing_flops)
 from ..nn import (ALiBi, Block, FeedForward, LearnedPositions, MultiHeadAttention, RotaryEmbedding,
                   SinusoidalPositions, T5RelativeBias, make_norm)
 
@@ -49,18 +50,40 @@ class QKVModel(nn.Module):
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Forward FLOPs per token: 2 per weight of every matmul, plus the attention scores and weighted sum
-        (2 * 2 * T * d per layer at context T; Kaplan et al. 2020, sec. 2.1)."""
+        """Forward FLOPs per token at context ``seq_len``: 2 per weight of every matmul, plus each layer's token
+        mixing: softmax attention's scores and weighted sum (2 * 2 * T * d at context T; Kaplan et al. 2020,
+        sec. 2.1), a sliding window's up to its width, and the recurrent mixers' state update and read, which do
+        not grow with the context (qkv/models/mixers.py, ``mixing_flops``)."""
         cfg = self.config
         T = seq_len or cfg.max_positions
         matmul = 2 * self.num_parameters(exclude_embeddings=True)
         if cfg.tie_embeddings and cfg.family != "vit":
             matmul += 2 * cfg.d_model * cfg.vocab_size  # the tied output layer is a matmul too
-        layers = cfg.n_layers + (cfg.n_decoder_layers if cfg.family == "encoder_decoder" else 0)
-        return int(matmul + 4 * layers * T * cfg.n_heads * cfg.head_dim)
+        mixing = sum(mixing_flops(cfg, kind, window, T) for kind, window in self.layer_mixers())
+        return int(matmul + mixing)
+
+    def layer_mixers(self) -> list[tuple[str, int | None]]:
+        """(mixer, window) of every block, encoder first: the stack ``summary`` prints and FLOPs are counted over
+        (an encoder-decoder model's blocks are all full softmax attention)."""
+        cfg = self.config
+        if cfg.family == "encoder_decoder":
+            return [("attention", None)] * (cfg.n_layers + cfg.n_decoder_layers)
+        return [cfg.layer_mixer(i) for i in range(cfg.n_layers)]
+
+    def stack(self) -> str:
+        """The blocks' mixers as pattern letters with a legend, e.g. "RARA (R retention, A attention)"."""
+        letter = {v: k for k, v in reversed(PATTERN_LETTERS.items())}  # first letter of each mixer
+        letters = "".join("W" if window is not None else letter[kind] for kind, window in self.layer_mixers())
+        legend = {ch: ("sliding-window attention" if ch == "W" else PATTERN_LETTERS[ch]) for ch in letters}
+        legend = ", ".join(f"{ch} {name}" for ch, name in legend.items())
+        if self.config.family == "encoder_decoder":
+            n = self.config.n_layers
+            return f"{letters[:n]} | {letters[n:]} (encoder | decoder; {legend})"
+        return f"{letters} ({legend})"
 
     def summary(self, seq_len: int | None = None) -> str:
         cfg, n = self.config, self.num_parameters()
+        window = f", window {cfg.window}" if cfg.window is not None else ""
         lines = [f"{type(self).__name__} ({cfg.family})",
                  f"  parameters:       {n:,} ({n / 1e6:.2f} M)",
                  f"  non-embedding:    {self.num_parameters(exclude_embeddings=True):,}",
@@ -69,7 +92,8 @@ class QKVModel(nn.Module):
                  f"  weights memory:   {sum(p.numel() * p.element_size() for p in self.parameters()) / 2**20:.1f} MiB",
                  f"  layers x width:   {cfg.n_layers} x {cfg.d_model}, heads {cfg.n_heads} "
                  f"(kv {cfg.n_kv_heads}), head size {cfg.head_dim}, FFN {cfg.d_ff} ({cfg.activation})",
-                 f"  position:         {cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})"]
+                 f"  position:         {cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})",
+                 f"  stack:            {self.stack()}{window}"]
         return "\n".join(lines)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False) -> Cache:
@@ -186,9 +210,11 @@ def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
 
 # Token mixers by config name. The linear-time family registers its layers here (qkv/nn/mixers.py).
 MIXER_BUILDERS = {"attention": make_attention, "linear": make_linear, "retention": make_retention,
-                  "memory": make_memory}
+                  "memory": make_memory, "gla": make_gla, "deltanet": make_deltanet,
+                  "gated_deltanet": make_gated_deltanet, "mamba2": make_mamba2}
 # Mixers that replace the whole block (their FFN keeps a state too): name -> builder(cfg, layer).
-BLOCK_BUILDERS = {"rwkv4": make_rwkv_block}
+BLOCK_BUILDERS = {"rwkv4": make_rwkv_block, "rwkv5": make_rwkv_block, "rwkv6": make_rwkv_block,
+                  "rwkv7": make_rwkv_block}
 
 
 def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: str | None = None) -> Block:
@@ -217,9 +243,10 @@ def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_we
                masks: dict | None = None, **kwargs):
     """x through every block, block i with ``cache.layers[i]``; the other keywords go to every block, and each
     block's own ``window`` to its mixer. ``masks`` (static decoding) maps each window in ``block_windows`` to
-    the mask that already holds it, given to the blocks of that window instead.
+    the mask that already holds it, given to the blocks of that window instead. Blocks that declare
+    ``takes_shared`` also get one dict that lives for this call (RWKV-7's first-layer values ride in it).
     Returns (x, list of BlockWeights per block, empty unless ``return_weights``)."""
-    weights = []
+    weights, shared = [], {}
     for i, block in enumerate(blocks):
         window, kw = getattr(block, "window", None), kwargs
         if isinstance(kwargs.get("rope"), WindowedRope):
@@ -228,6 +255,8 @@ def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_we
             kw = {**kw, "mask": masks[window]}
         elif window is not None:
             kw = {**kw, "window": window}
+        if getattr(block, "takes_shared", False):
+            kw = {**kw, "shared": shared}
         x = block(x, cache=None if cache is None else cache.layers[i], return_weights=return_weights, **kw)
         if return_weights:
             x, w = x

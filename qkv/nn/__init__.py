@@ -1,12 +1,17 @@
 """Modules with parameters, built from primitives (d_model, n_heads), never from ModelConfig."""
 from .attention import MultiHeadAttention
 from .block import Block, BlockWeights
+from .gated import DeltaNet, GatedLinearAttention, Mamba2, short_conv
 from .layers import ACTIVATIONS, NORMS, FeedForward, LayerNorm, RMSNorm, make_norm
 from .mixers import LinearAttention, MemoryAttention, MultiScaleRetention, retention_decays
 from .position import ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_slopes
 from .rwkv import RWKVBlock, RWKVChannelMix, RWKVTimeMix
+from .rwkv6 import RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix
+from .rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 
 __all__ = ["MultiHeadAttention", "Block", "BlockWeights", "FeedForward", "LayerNorm", "RMSNorm", "make_norm",
            "ACTIVATIONS", "NORMS", "ALiBi", "LearnedPositions", "RotaryEmbedding", "SinusoidalPositions",
            "T5RelativeBias", "alibi_slopes", "LinearAttention", "MultiScaleRetention", "MemoryAttention",
-           "retention_decays", "RWKVBlock", "RWKVTimeMix", "RWKVChannelMix"]
+           "retention_decays", "RWKVBlock", "RWKVTimeMix", "RWKVChannelMix", "RWKV5TimeMix", "RWKV6TimeMix",
+           "RWKV6ChannelMix", "RWKV7TimeMix", "RWKV7ChannelMix", "GatedLinearAttention", "DeltaNet", "Mamba2",
+           "short_conv"]

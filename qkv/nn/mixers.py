@@ -9,8 +9,11 @@ token through the recurrent step; both equal the full pass.
 forward(x, context=None, *, mask=None, causal=True, cache=None, return_weights=False, rope=None, bias=None,
 window=None) takes the same arguments as MultiHeadAttention so that Block can hold any mixer. What a layer cannot
 honour raises instead of being ignored: cross-attention (context), padding masks (the state sums every token fed;
-left padding would leak into it), logit biases (ALiBi, T5) and windows. return_weights gives (out, None): these
-layers form no (T, S) weight matrix.
+left padding would leak into it), logit biases (ALiBi, T5) and windows.
+
+return_weights gives (out, weights (B, H, T, T)): the implicit attention map of the layer's parallel form, the
+matrix that multiplies the values (before the output projection, gates and norms). A recurrent state keeps earlier
+tokens only as a sum, so weights need a call without a cache or with an empty one.
 
 Shapes: B batch, T new tokens, H heads, D head size, Dv value size.
 """
@@ -47,6 +50,13 @@ def check_mixer_call(layer: str, *, context=None, mask=None, bias=None, window=N
         raise ValueError(f"{layer} is causal by construction; got causal=False")
     if cache is not None and not isinstance(cache, RecurrentCache):
         raise TypeError(f"{layer} needs a RecurrentCache from its new_cache(), got {type(cache).__name__}")
+
+
+def check_weights_call(layer: str, cache, return_weights: bool) -> None:
+    """Weights are the parallel form's matrix over the tokens of one call: refuse them after earlier tokens."""
+    if return_weights and cache is not None and cache.length:
+        raise ValueError(f"{layer}: return_weights=True needs no cache or an empty one (the state holds "
+                         f"{cache.length} earlier tokens only as a sum, so they have no weights)")
 
 
 def _split_heads(x: torch.Tensor, n: int, d: int) -> torch.Tensor:
@@ -95,18 +105,20 @@ class LinearAttention(nn.Module):
         """x: (B, T, d_model) -> (B, T, d_model); with ``cache`` the tokens continue the cached sequence."""
         check_mixer_call("LinearAttention", context=context, mask=mask, bias=bias, window=window, rope=rope,
                          causal=causal, noncausal_ok=cache is None, cache=cache)
+        check_weights_call("LinearAttention", cache, return_weights)
         H, D = self.n_heads, self.head_dim
         q, k, v = (_split_heads(t, H, D) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
         state = LinearAttentionState(cache["S"], cache["z"]) if cache is not None and "S" in cache else None
         # The recurrent form is the decode step; the chunk form serves training and prompts (same function).
         mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        y, state = linear_attention(q, k, v, causal=causal, mode=mode, feature_map=self.feature_map,
-                                    chunk_size=self.chunk_size, initial_state=state, return_state=True, eps=self.eps)
+        y, *weights, state = linear_attention(q, k, v, causal=causal, mode=mode, feature_map=self.feature_map,
+                                              chunk_size=self.chunk_size, initial_state=state, return_state=True,
+                                              return_weights=return_weights, eps=self.eps)
         if cache is not None:
             cache["S"], cache["z"] = state.S, state.z  # (B, H, D, D), (B, H, D)
             cache.length += x.shape[1]
         out = self.out(_merge_heads(y))
-        return (out, None) if return_weights else out
+        return (out, weights[0]) if return_weights else out
 
 
 def retention_decays(n_heads: int, *, device=None) -> torch.Tensor:
@@ -139,6 +151,15 @@ class MultiScaleRetention(nn.Module):
         self.gate = nn.Linear(d_model, H * Dv, bias=bias)
         self.norm = nn.GroupNorm(H, H * Dv, eps=norm_eps)
         self.out = nn.Linear(H * Dv, d_model, bias=bias)
+        # The gammas, made once per device: not a buffer, so that model.to(bfloat16) cannot round 1 - 2^-9 to 1.
+        self._decays: dict[torch.device, torch.Tensor] = {}
+
+    def decays(self, device) -> torch.Tensor:
+        """The per-head gammas (H,) in float64 on ``device``, built on first use there."""
+        device = torch.device(device)
+        if device not in self._decays:
+            self._decays[device] = retention_decays(self.n_heads, device=device)
+        return self._decays[device]
 
     def new_cache(self, max_len: int | None = None) -> RecurrentCache:
         """An empty state S (B, H, D, Dv), allocated on first use."""
@@ -149,6 +170,7 @@ class MultiScaleRetention(nn.Module):
         """x: (B, T, d_model) -> (B, T, d_model). rope: (cos, sin) tables for the new tokens' positions."""
         check_mixer_call("MultiScaleRetention", context=context, mask=mask, bias=bias, window=window, rope=rope,
                          causal=causal, rope_ok=True, cache=cache)
+        check_weights_call("MultiScaleRetention", cache, return_weights)
         B, T, _ = x.shape
         H, D, Dv = self.n_heads, self.head_dim, self.value_dim
         q, k, v = self.qkv(x).split([H * D, H * D, H * Dv], dim=-1)
@@ -157,8 +179,9 @@ class MultiScaleRetention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         state = RetentionState(cache["S"]) if cache is not None and "S" in cache else None
         mode = "recurrent" if cache is not None and T == 1 else "chunk"
-        y, state = retention(q, k, v, retention_decays(H, device=x.device), mode=mode, chunk_size=self.chunk_size,
-                             initial_state=state, return_state=True)  # (B, H, T, Dv)
+        y, *weights, state = retention(q, k, v, self.decays(x.device), mode=mode, chunk_size=self.chunk_size,
+                                       initial_state=state, return_state=True,
+                                       return_weights=return_weights)  # (B, H, T, Dv)
         if cache is not None:
             cache["S"] = state.S
             cache.length += T
@@ -168,7 +191,7 @@ class MultiScaleRetention(nn.Module):
         y = F.group_norm(y, H, self.norm.weight.to(ndt), self.norm.bias.to(ndt), self.norm.eps)
         y = y.to(x.dtype).view(B, T, H * Dv)
         out = self.out(F.silu(self.gate(x)) * y)
-        return (out, None) if return_weights else out
+        return (out, weights[0]) if return_weights else out
 
 
 class MemoryAttention(nn.Module):
@@ -214,11 +237,25 @@ class MemoryAttention(nn.Module):
         """x: (B, T, d_model) -> (B, T, d_model); with ``cache`` the tokens continue the cached sequence."""
         check_mixer_call("MemoryAttention", context=context, mask=mask, bias=bias, window=window, rope=rope,
                          causal=causal, cache=cache)
+        check_weights_call("MemoryAttention", cache, return_weights)
         H, D = self.n_heads, self.head_dim
         q, k, v = (_split_heads(t, H, D) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
         y = self._parallel(q, k, v) if cache is None else self._continue(q, k, v, cache)
         out = self.out(_merge_heads(y))
-        return (out, None) if return_weights else out
+        return (out, self.weights(q, k)) if return_weights else out
+
+    def weights(self, q, k):
+        """The map behind ``_parallel``, (B, H, T, T): (1 - g_h) x softmax over the token's own segment up to itself,
+        plus g_h x sigma(q_t) . sigma(k_s) / (sigma(q_t) . z) over the earlier segments (the memory's keys)."""
+        T = q.shape[2]
+        seg = torch.arange(T, device=q.device) // self.segment
+        local = (seg[:, None] == seg[None, :]) & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        _, w_local = attention(q, k, k, mask=local, return_weights=True)  # (B, H, T, T)
+        cdt = torch.promote_types(q.dtype, torch.float32)
+        fq, fk = (F.elu(t.to(cdt)) + 1 for t in (q, k))
+        scores = (fq @ fk.transpose(-1, -2)).masked_fill(~(seg[:, None] > seg[None, :]), 0.0)  # earlier segments
+        w_mem = scores / (scores.sum(-1, keepdim=True) + self.eps)
+        return self._mix(w_mem, w_local, q.dtype)
 
     def _parallel(self, q, k, v):
         """All segments at once: local attention batched over segments, the memory as an exclusive cumsum."""

@@ -22,7 +22,7 @@ from ..cache import RecurrentCache
 from ..ops.wkv import WKVState, wkv4
 from .block import BlockWeights
 from .layers import LayerNorm
-from .mixers import check_mixer_call
+from .mixers import check_mixer_call, check_weights_call
 
 
 def token_shift(x: torch.Tensor, cache: RecurrentCache | None, name: str) -> torch.Tensor:
@@ -46,13 +46,18 @@ class RWKVTimeMix(nn.Module):
     """r = sigmoid(W_r mix_r), k = W_k mix_k, v = W_v mix_v; out = W_o (r * wkv(k, v)) (Sec. 3.1, eq. 11-15).
 
     d_att: width of k, v, r (RWKV-LM's dim_att, d_model in every released RWKV-4). chunk_size: block length of
-    the WKV chunk form used for training and prompts; one token at a time uses the recurrent step."""
+    the WKV chunk form used for training and prompts; one token at a time uses the recurrent step.
+    n_heads: RWKV-4 has none (every channel decays on its own); its per-channel attention maps are averaged over
+    n_heads groups of adjacent channels for ``return_weights`` (plots), (B, n_heads, T, T)."""
 
     def __init__(self, d_model: int, d_att: int | None = None, *, layer: int = 0, n_layers: int = 1,
-                 chunk_size: int = 16):
+                 chunk_size: int = 16, n_heads: int = 1):
         super().__init__()
         d_att = d_att or d_model
-        self.chunk_size = chunk_size
+        if n_heads < 1 or d_att % n_heads:
+            raise ValueError(f"n_heads={n_heads} must be >= 1 and divide d_att ({d_att}): the channels are grouped "
+                             f"into heads for the attention maps")
+        self.chunk_size, self.n_heads = chunk_size, n_heads
         # Initialisation (ours, after the paper's description in Sec. 3.5 / appendix D): channel c of layer l
         # decays at rate w_c from ~e^-5 (remembers hundreds of tokens) to ~e^1 (a few tokens), deeper layers
         # remembering longer; the mix coefficients shade from "mostly the previous token" to "mostly this one".
@@ -78,19 +83,24 @@ class RWKVTimeMix(nn.Module):
         """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
         check_mixer_call("RWKVTimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
                          causal=causal, cache=cache)
+        check_weights_call("RWKVTimeMix", cache, return_weights)
         prev = token_shift(x, cache, "att_shift")
         r = torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r)))
         k = self.key(_mix(x, prev, self.time_mix_k))  # (B, T, d_att)
         v = self.value(_mix(x, prev, self.time_mix_v))
         state = WKVState(cache["a"], cache["b"], cache["p"]) if cache is not None and "a" in cache else None
         mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        wkv, state = wkv4(torch.exp(self.time_decay), self.time_first, k, v, mode=mode, chunk_size=self.chunk_size,
-                          state=state, return_state=True)
+        wkv, *weights, state = wkv4(torch.exp(self.time_decay), self.time_first, k, v, mode=mode,
+                                    chunk_size=self.chunk_size, state=state, return_state=True,
+                                    return_weights=return_weights)
         if cache is not None:
             cache["a"], cache["b"], cache["p"] = state.a, state.b, state.p
             cache.length += x.shape[1]
         out = self.output(r * wkv)
-        return (out, None) if return_weights else out
+        if not return_weights:
+            return out
+        B, C, T, _ = weights[0].shape  # (B, C, T, T): one map per channel, averaged over groups of channels
+        return out, weights[0].view(B, self.n_heads, C // self.n_heads, T, T).mean(2)
 
 
 class RWKVChannelMix(nn.Module):
@@ -114,30 +124,45 @@ class RWKVChannelMix(nn.Module):
 
 
 class RWKVBlock(nn.Module):
-    """One RWKV-4 layer: x += TimeMix(ln1(x)); x += ChannelMix(ln2(x)). The first block also normalises the
+    """One RWKV layer: x += TimeMix(ln1(x)); x += ChannelMix(ln2(x)). The first block also normalises the
     embeddings (``ln0``). Same forward signature as ``Block``; ``mixer`` (the time mix) makes the block's cache.
 
-    Args: d_model; d_ff (RWKV-4: 4 d_model); d_att (time-mix width, default d_model); first: has ln0;
-    layer / n_layers: depth, for the initialisation; eps: of the LayerNorms (RWKV-LM: 1e-5)."""
+    RWKV-4 by default; the later versions pass their own ``mixer`` and ``ffn`` (qkv/nn/rwkv6.py, rwkv7.py), which
+    share this block, its token-shift state and its norms.
 
-    def __init__(self, d_model: int, d_ff: int, *, d_att: int | None = None, first: bool = False, layer: int = 0,
-                 n_layers: int = 1, eps: float = 1e-5, chunk_size: int = 16):
+    Args: d_model; d_ff (RWKV-4: 4 d_model); d_att (time-mix width, default d_model); first: has ln0;
+    layer / n_layers: depth, for the initialisation; eps: of the LayerNorms (RWKV-LM: 1e-5); n_heads: channel
+    groups of RWKV-4's attention maps; mixer / ffn: a time mix and a channel mix instead of RWKV-4's."""
+
+    takes_shared = True  # run_blocks hands it the per-forward dict through which RWKV-7 shares its first values
+
+    def __init__(self, d_model: int, d_ff: int | None = None, *, d_att: int | None = None, first: bool = False,
+                 layer: int = 0, n_layers: int = 1, eps: float = 1e-5, chunk_size: int = 16, n_heads: int = 1,
+                 mixer: nn.Module | None = None, ffn: nn.Module | None = None):
         super().__init__()
         self.ln0 = LayerNorm(d_model, eps=eps) if first else None
         self.ln1, self.ln2 = LayerNorm(d_model, eps=eps), LayerNorm(d_model, eps=eps)
-        self.mixer = RWKVTimeMix(d_model, d_att, layer=layer, n_layers=n_layers, chunk_size=chunk_size)
-        self.ffn = RWKVChannelMix(d_model, d_ff, layer=layer, n_layers=n_layers)
+        self.mixer = mixer if mixer is not None else RWKVTimeMix(d_model, d_att, layer=layer, n_layers=n_layers,
+                                                                 chunk_size=chunk_size, n_heads=n_heads)
+        self.ffn = ffn if ffn is not None else RWKVChannelMix(d_model, d_ff or 4 * d_model, layer=layer,
+                                                              n_layers=n_layers)
         self.cross = None  # no cross-attention (QKVModel.new_cache looks)
 
     def forward(self, x: torch.Tensor, *, context=None, mask=None, causal: bool = True, context_mask=None,
-                cache=None, rope=None, bias=None, context_bias=None, window=None, return_weights: bool = False):
+                cache=None, rope=None, bias=None, context_bias=None, window=None, return_weights: bool = False,
+                shared: dict | None = None):
         """x: (B, T, d_model). cache: a ``qkv.cache.LayerCache`` whose ``mixer`` entry is this block's state.
-        Returns x, or (x, BlockWeights()) when ``return_weights`` (RWKV forms no attention weights)."""
+        shared: a dict that lives for one forward of the stack (RWKV-7's value residual reads it).
+        Returns x, or (x, BlockWeights) when ``return_weights`` (the time mix's implicit map, (B, H, T, T))."""
         if context is not None:
             raise ValueError("RWKVBlock has no cross-attention: context must be None")
         state = None if cache is None else cache.mixer
         if self.ln0 is not None:
             x = self.ln0(x)
-        x = x + self.mixer(self.ln1(x), mask=mask, causal=causal, cache=state, rope=rope, bias=bias, window=window)
+        extra = {"shared": {} if shared is None else shared} if getattr(self.mixer, "takes_shared", False) else {}
+        y = self.mixer(self.ln1(x), mask=mask, causal=causal, cache=state, rope=rope, bias=bias, window=window,
+                       return_weights=return_weights, **extra)
+        y, weights = y if return_weights else (y, None)
+        x = x + y
         x = x + self.ffn(self.ln2(x), cache=state)
-        return (x, BlockWeights()) if return_weights else x
+        return (x, BlockWeights(self_attn=weights)) if return_weights else x

@@ -1,5 +1,7 @@
 """Pure functions on tensors, no parameters. Each op's reference and fast forms sit side by side."""
 from .attention import SCORES, attention, scores
+from .delta_rule import DeltaRuleState, delta_rule, generalized_delta_rule, wkv7
+from .gla import GLAState, gla, ssd, wkv5, wkv6
 from .linear_attention import LinearAttentionState, linear_attention
 from .masks import causal_mask, global_mask, padding_mask, window_mask
 from .retention import RetentionState, retention
@@ -8,4 +10,5 @@ from .wkv import WKVState, wkv4
 
 __all__ = ["SCORES", "attention", "scores", "causal_mask", "global_mask", "padding_mask", "window_mask",
            "apply_rope", "rope_frequencies", "rope_tables", "linear_attention", "LinearAttentionState",
-           "retention", "RetentionState", "wkv4", "WKVState"]
+           "retention", "RetentionState", "wkv4", "WKVState", "gla", "GLAState", "wkv5", "wkv6", "ssd",
+           "delta_rule", "generalized_delta_rule", "wkv7", "DeltaRuleState"]

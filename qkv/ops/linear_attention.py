@@ -16,6 +16,12 @@ Three forms of the same function, chosen by `mode` and tested equal:
 Non-causal attention (``causal=False``) uses the global sums S_T and z_T for every query; all modes agree.
 Every mode takes and returns the state, so a sequence processed in pieces equals the sequence processed at once.
 
+The implicit attention map. The output is a weighted sum of the values, out_t = sum_s A[t, s] v_s, with
+A[t, s] = phi(q_t) . phi(k_s) / (phi(q_t) . z_t + eps) over the causal prefix: the attention matrix this op never
+forms when it runs as an RNN. ``return_weights=True`` builds it from that parallel formula (in every mode), so
+``out == weights @ v``. Unlike softmax weights, its rows need not sum to 1 (eps) and, for feature maps that can
+go negative ("identity"), its entries need not be positive.
+
 Shapes: q, k (B, H, T, D); v (B, H, T, Dv); S (B, H, D, Dv); z (B, H, D).
 """
 from __future__ import annotations
@@ -165,6 +171,7 @@ def linear_attention(
     chunk_size: int = 64,
     initial_state: LinearAttentionState | tuple[torch.Tensor, torch.Tensor] | None = None,
     return_state: bool = False,
+    return_weights: bool = False,
     eps: float = 1e-6,
 ):
     """Linear attention out_t = phi(q_t)^T S_t / (phi(q_t) . z_t + eps) in one of three equal forms.
@@ -181,15 +188,22 @@ def linear_attention(
         initial_state: a LinearAttentionState or (S, z) with S (B, H, D, Dv), z (B, H, D) from an earlier
             piece of the sequence; None starts from zeros.
         return_state: also return the state after the last token.
+        return_weights: also return the implicit attention map (B, H, T, T) of the module docstring, built by
+            the parallel formula whatever the mode; needs initial_state=None (a carried state keeps earlier
+            tokens only as a sum, so they have no column).
         eps: added to the denominator.
 
     Returns:
-        out (B, H, T, Dv) in the dtype of v, or (out, LinearAttentionState) when ``return_state``. The state
-        is kept in float32 (or float64) even for half-precision inputs.
+        out (B, H, T, Dv) in the dtype of v; with ``return_weights`` and / or ``return_state`` a tuple
+        (out, weights, state) of the ones asked for, in that order. The state is kept in float32 (or float64)
+        even for half-precision inputs; the weights are in the dtype of v.
 
     Half-precision inputs are computed in float32 and cast back: the running sums grow with T.
     """
     initial_state = _check(q, k, v, causal, mode, chunk_size, initial_state)
+    if return_weights and initial_state is not None:
+        raise ValueError("return_weights=True needs initial_state=None: the weights cover the tokens of this call, "
+                         "and a carried state holds earlier tokens only as a sum")
     phi = feature_map_fn(feature_map)
     cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)  # compute dtype
     fq, fk, vv = phi(q.to(cdt)), phi(k.to(cdt)), v.to(cdt)
@@ -208,5 +222,19 @@ def linear_attention(
     else:
         num, den, S, z = _chunk(fq, fk, vv, S0, z0, chunk_size)
     out = num / (den + eps).unsqueeze(-1) if normalize else num
-    out = out.to(v.dtype)
-    return (out, LinearAttentionState(S, z)) if return_state else out
+    result = (out.to(v.dtype),)
+    if return_weights:
+        result += (implicit_weights(fq, fk, causal, normalize, eps).to(v.dtype),)
+    if return_state:
+        result += (LinearAttentionState(S, z),)
+    return result if len(result) > 1 else result[0]
+
+
+def implicit_weights(fq: torch.Tensor, fk: torch.Tensor, causal: bool, normalize: bool, eps: float) -> torch.Tensor:
+    """A[t, s] = phi(q_t) . phi(k_s) / (phi(q_t) . z_t + eps), (B, H, T, T), from feature-mapped queries and keys:
+    the matrix the parallel form multiplies V by (eq. 4-5 read as attention). Causal: s <= t only."""
+    A = fq @ fk.transpose(-1, -2)  # (B, H, T, T)
+    if causal:
+        T = A.shape[-1]
+        A = A.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=A.device).tril(), 0.0)
+    return A / (A.sum(-1, keepdim=True) + eps) if normalize else A

@@ -16,6 +16,10 @@ Numerics: every decay factor is gamma^n with n >= 0, computed as exp(n * log gam
 Nothing is ever divided by a power of gamma, so no exponent overflows however long T is (gamma^-T, which some
 chunk formulations use, overflows float32 at T ~ 3000 for gamma = 1 - 2^-5).
 
+The implicit attention map: retention is attention with weights A = scale * (Q K^T) * Dmask (eq. 5), no softmax,
+so out = A V. ``return_weights=True`` returns A (B, H, T, T) in every mode (built by the parallel formula). Its
+entries carry the sign of q . k, and each row fades geometrically into the past: a decay-dominated map.
+
 Shapes: q, k (B, H, T, D); v (B, H, T, Dv); decay (H,); state S (B, H, D, Dv).
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_qkv_mode
+from ._checks import check_qkv_mode, checks_values
 
 MODES = ("parallel", "recurrent", "chunk")
 
@@ -43,7 +47,10 @@ def _check(q, k, v, decay, mode, chunk_size, initial_state) -> torch.Tensor:
     H = q.shape[1]
     if decay.shape != (H,):
         raise ValueError(f"decay must have shape (H,) = ({H},), one gamma per head; got shape {tuple(decay.shape)}")
-    if not decay.is_floating_point() or not bool(((decay > 0) & (decay < 1)).all()):
+    if not decay.is_floating_point():
+        raise ValueError(f"decay must be a floating-point tensor of gammas in (0, 1), got dtype {decay.dtype}")
+    # a host read: skipped under torch.compile and inside trusted_values() (decoding steps)
+    if checks_values() and not bool(((decay > 0) & (decay < 1)).all()):
         shown = ", ".join(f"{g:.6g}" for g in decay.flatten().tolist())
         raise ValueError(f"decay=[{shown}] is invalid; expected every gamma strictly inside (0, 1)")
     if initial_state is not None:
@@ -139,6 +146,7 @@ def retention(
     chunk_size: int = 64,
     initial_state: RetentionState | torch.Tensor | None = None,
     return_state: bool = False,
+    return_weights: bool = False,
 ):
     """RetNet retention out_t = scale * sum_{s<=t} gamma_h^(t-s) (q_t . k_s) v_s in one of three equal forms.
 
@@ -153,12 +161,18 @@ def retention(
         chunk_size: block length for mode="chunk"; any T works.
         initial_state: a RetentionState or tensor S (B, H, D, Dv) from an earlier piece; None starts at zero.
         return_state: also return the state after the last token.
+        return_weights: also return the attention map scale * (Q K^T) * Dmask, (B, H, T, T), whatever the mode;
+            needs initial_state=None (earlier tokens live on only as a sum in a carried state).
 
     Returns:
-        out (B, H, T, Dv) in the dtype of v, or (out, RetentionState) when ``return_state``; the state is kept
-        in float32 (or float64), whatever the input dtype.
+        out (B, H, T, Dv) in the dtype of v; with ``return_weights`` and / or ``return_state`` a tuple
+        (out, weights, state) of the ones asked for, in that order. The state is kept in float32 (or float64),
+        whatever the input dtype.
     """
     decay = _check(q, k, v, decay, mode, chunk_size, initial_state)
+    if return_weights and initial_state is not None:
+        raise ValueError("return_weights=True needs initial_state=None: the weights cover the tokens of this call, "
+                         "and a carried state holds earlier tokens only as a sum")
     cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
     log_g = decay.to(cdt).log()  # (H,); decay powers in float32 or higher
     B, H, T, D = q.shape
@@ -175,5 +189,9 @@ def retention(
     else:
         out, S = _chunk(qq, kk, vv, S0, log_g, chunk_size)
     # Scale applied once at the end: the state stays unscaled, so pieces with the same scale chain exactly.
-    out = (scale * out).to(v.dtype)
-    return (out, RetentionState(S)) if return_state else out
+    result = ((scale * out).to(v.dtype),)
+    if return_weights:
+        result += ((scale * (qq @ kk.transpose(-1, -2)) * _decay_mask(log_g, T)).to(v.dtype),)  # (B, H, T, T)
+    if return_state:
+        result += (RetentionState(S),)
+    return result if len(result) > 1 else result[0]

@@ -26,6 +26,11 @@ computes with ``w_official = -exp(d)`` (a negative log-decay added to exponents)
 so a loader passes ``w = exp(time_decay.float())`` and ``u = time_first.float()``. RWKV-LM's inference state
 (aa, bb, pp) is exactly (a, b, p) here.
 
+The implicit attention map: per channel c, wkv_t is a softmax over i <= t of the exponents above, taken on v, so
+wkv[b, t, c] = sum_i A[b, c, t, i] v[b, i, c] with A[b, c, t, :] that softmax (rows sum to 1). ``return_weights=True``
+returns A (B, C, T, T) in every mode, from the parallel formula: one (T, T) map per channel, each fading into the
+past at its own rate exp(-w_c) per step (a decay-dominated map; the RWKV layer averages channels into heads).
+
 Shapes: k, v (B, T, C); w, u (C,); state a, b, p each (B, C).
 """
 from __future__ import annotations
@@ -33,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ._checks import checks_values
 
 MODES = ("parallel", "recurrent", "chunk")
 _NEGLIGIBLE = 60.0  # log-space cut below the row maximum (see _parallel)
@@ -64,7 +71,8 @@ def _check(w, u, k, v, mode, chunk_size, state) -> None:
     for name, t in (("w", w), ("u", u)):
         if t.shape != (C,):
             raise ValueError(f"{name} must have shape (C,) = ({C},), one value per channel; got {tuple(t.shape)}")
-    if not bool((w > 0).all()):
+    # a host read: skipped under torch.compile and inside trusted_values() (decoding steps)
+    if checks_values() and not bool((w > 0).all()):
         raise ValueError(
             f"w must be a positive decay rate (per-step decay exp(-w)), got min(w) = {w.min().item()}; "
             "for an RWKV-4 checkpoint pass w = exp(time_decay)"
@@ -114,9 +122,10 @@ def _offsets(w, u, T: int):
     return O.masked_fill((dist < -1)[:, :, None], float("-inf"))
 
 
-def _parallel(w, u, k, v, state: WKVState, offsets=None):
+def _parallel(w, u, k, v, state: WKVState, offsets=None, *, weights: bool = False):
     """All T outputs at once from the (T, T) exponent matrix per channel, plus the carried state as one extra
-    term: token t sees the state decayed t times (exponent p - t w). Returns out (B, T, C) and the new state."""
+    term: token t sees the state decayed t times (exponent p - t w). Returns out (B, T, C) and the new state,
+    and with ``weights`` the softmax weights (B, C, T, T) of the keys (valid for an empty carried state)."""
     B, T, C = k.shape
     t = torch.arange(T, device=k.device, dtype=k.dtype)
     E = k[:, None, :, :] + (_offsets(w, u, T) if offsets is None else offsets)  # (B, T, T, C): query t, key i
@@ -139,6 +148,8 @@ def _parallel(w, u, k, v, state: WKVState, offsets=None):
     ef, esf = torch.exp(Ef - p[:, None, :]), torch.exp(sf - p)
     a = (ef * v).sum(1) + esf * state.a
     b = ef.sum(1) + esf * state.b
+    if weights:
+        return num / den, WKVState(a, b, p), (ex / den[:, :, None, :]).permute(0, 3, 1, 2)  # (B, C, T, T)
     return num / den, WKVState(a, b, p)
 
 
@@ -163,6 +174,7 @@ def wkv4(
     chunk_size: int = 16,
     state: WKVState | None = None,
     return_state: bool = False,
+    return_weights: bool = False,
 ):
     """RWKV-4 WKV (see the module docstring for the formula) in one of three equal forms.
 
@@ -178,12 +190,18 @@ def wkv4(
             is smaller than theirs (16 vs 64).
         state: a WKVState from an earlier piece of the sequence; None starts empty (WKVState.zeros).
         return_state: also return the state after the last token.
+        return_weights: also return the per-channel softmax weights (B, C, T, T) of the module docstring,
+            whatever the mode; needs state=None (a carried state holds earlier tokens only as sums).
 
     Returns:
-        wkv (B, T, C) in the dtype of v, or (wkv, WKVState) when ``return_state``; the state is float32 (or
-        float64 for float64 inputs).
+        wkv (B, T, C) in the dtype of v; with ``return_weights`` and / or ``return_state`` a tuple
+        (wkv, weights, state) of the ones asked for, in that order. The state is float32 (or float64 for
+        float64 inputs).
     """
     _check(w, u, k, v, mode, chunk_size, state)
+    if return_weights and state is not None:
+        raise ValueError("return_weights=True needs state=None: the weights cover the tokens of this call, and a "
+                         "carried state holds earlier tokens only as sums")
     cdt = torch.promote_types(torch.promote_types(k.dtype, v.dtype), torch.float32)
     ww, uu, kk, vv = (x.to(cdt) for x in (w, u, k, v))
     if state is None:
@@ -196,5 +214,10 @@ def wkv4(
         out, state = _parallel(ww, uu, kk, vv, state)
     else:
         out, state = _chunk(ww, uu, kk, vv, state, chunk_size)
-    out = out.to(v.dtype)
-    return (out, state) if return_state else out
+    result = (out.to(v.dtype),)
+    if return_weights:
+        empty = WKVState.zeros(k.shape[0], k.shape[-1], device=k.device, dtype=cdt)
+        result += (_parallel(ww, uu, kk, vv, empty, weights=True)[2].to(v.dtype),)
+    if return_state:
+        result += (state,)
+    return result if len(result) > 1 else result[0]

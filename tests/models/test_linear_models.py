@@ -7,7 +7,8 @@ import qkv
 from qkv.cache import KVCache, RecurrentCache
 from qkv.nn import LinearAttention, MemoryAttention, MultiHeadAttention, MultiScaleRetention, RWKVBlock
 
-PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny")
+PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny", "rwkv5-tiny", "rwkv6-tiny",
+           "rwkv7-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny")
 
 
 def _model(name, **overrides):
@@ -113,6 +114,63 @@ def test_layer_pattern_follows_the_config():
         assert _kinds(m) == [kind, kind, "MultiHeadAttention"] * 2
     rwkv = _model("rwkv4-tiny")
     assert rwkv.blocks[0].ln0 is not None and rwkv.blocks[1].ln0 is None  # ln0 on the embeddings only
+    new = qkv.build(qkv.preset("gla-tiny", n_layers=7, layer_pattern="GDE567W", window=4, n_heads=4))
+    assert [type(b.mixer).__name__ for b in new.blocks] == [
+        "GatedLinearAttention", "DeltaNet", "DeltaNet", "RWKV5TimeMix", "RWKV6TimeMix", "RWKV7TimeMix",
+        "MultiHeadAttention"]
+    assert not new.blocks[1].mixer.gated and new.blocks[2].mixer.gated and new.blocks[5].mixer.first
+    assert new.stack() == ("GDE567W (G gla, D deltanet, E gated_deltanet, 5 rwkv5, 6 rwkv6, 7 rwkv7, "
+                           "W sliding-window attention)")
+
+
+def test_rwkv7_value_residual_starts_at_the_first_rwkv7_block_of_a_hybrid():
+    model = _model("rwkv7-tiny", n_layers=4, layer_pattern="A77A")
+    firsts = [getattr(b.mixer, "first", None) for b in model.blocks]
+    assert firsts == [None, True, False, None] and not hasattr(model.blocks[1].mixer, "v0")
+    ids = _ids()
+    with torch.no_grad():
+        cache = model.new_cache(2)
+        steps = torch.cat([model(ids[:, t:t + 1], cache) for t in range(13)], 1)
+        torch.testing.assert_close(steps, model(ids), rtol=0, atol=1e-10)
+        # the second RWKV-7 block reads the first one's values: changing them changes its output
+        before = model(ids)
+        model.blocks[1].mixer.value.weight.add_(0.5)
+        model.blocks[1].mixer.output.weight.zero_()  # only the shared values still carry the change
+        assert not torch.allclose(model(ids), before)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_return_weights_gives_every_layer_a_causal_map(name):
+    model, ids = _model(name), _ids(B=1, T=9)
+    with torch.no_grad():
+        logits, weights = model(ids, return_weights=True)
+        torch.testing.assert_close(logits, model(ids), rtol=0, atol=1e-12)
+    H = model.config.n_heads
+    assert len(weights) == model.config.n_layers
+    for w in weights:
+        assert w.self_attn.shape == (1, H, 9, 9) and torch.isfinite(w.self_attn).all()
+        assert torch.equal(w.self_attn.triu(1), torch.zeros_like(w.self_attn))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_flops_per_token_do_not_grow_with_context_unless_attention_sees_it(name):
+    model = qkv.build(qkv.preset(name))
+    short, long = model.flops_per_token(1024), model.flops_per_token(65536)
+    kinds = {kind for kind, window in model.layer_mixers() if kind == "attention" and window is None}
+    if kinds:  # full softmax layers pay for every token of the context
+        assert long > short
+    else:  # linear-time mixers and sliding windows: the same cost at 1k and 64k
+        assert long == short
+    # and softmax attention's term is the only one that grows: 4 T H D per full layer
+    full = sum(1 for kind, window in model.layer_mixers() if kind == "attention" and window is None)
+    cfg = model.config
+    assert long - short == 4 * (65536 - 1024) * cfg.n_heads * cfg.head_dim * full
+
+
+def test_flops_count_the_attention_term_for_softmax_models_only():
+    gpt, gla = qkv.build(qkv.preset("gpt2-tiny")), qkv.build(qkv.preset("gla-tiny"))
+    assert gpt.flops_per_token(4096) - gpt.flops_per_token(1024) == 4 * 3072 * 4 * 16 * 2
+    assert gla.flops_per_token(4096) == gla.flops_per_token(1024)
 
 
 def test_layer_pattern_sets_each_blocks_window_and_old_configs_still_load():
@@ -162,7 +220,8 @@ def test_unknown_mixer_is_refused():
         qkv.preset("linear-tiny", mixer="mamba")
 
 
-@pytest.mark.parametrize("name", ["linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny"])
+@pytest.mark.parametrize("name", ["linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny",
+                                  "rwkv7-tiny", "gated-deltanet-h1-tiny"])
 def test_generate_over_the_recurrent_state_equals_greedy_by_full_recomputation(name):
     import qkv
     model = qkv.build(qkv.preset(name)).eval()

@@ -3,12 +3,15 @@ import pytest
 import torch
 
 from qkv.cache import LayerCache, RecurrentCache
-from qkv.nn import (LinearAttention, MemoryAttention, MultiHeadAttention, MultiScaleRetention, RWKVBlock,
-                    RWKVTimeMix, retention_decays)
+from qkv.nn import (DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiHeadAttention,
+                    MultiScaleRetention, RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix, RWKV7ChannelMix, RWKV7TimeMix,
+                    RWKVBlock, RWKVChannelMix, RWKVTimeMix, retention_decays)
 from qkv.ops.rope import rope_frequencies, rope_tables
 
 D_MODEL, H = 16, 2
-KINDS = ("linear", "retention", "memory", "rwkv_time", "rwkv_block")
+MIXERS = ("linear", "retention", "memory", "rwkv_time", "gla", "deltanet", "gated_deltanet", "rwkv5_time",
+          "rwkv6_time", "rwkv7_time", "mamba2")
+KINDS = MIXERS + ("rwkv_block", "rwkv5_block", "rwkv6_block", "rwkv7_block")
 
 
 def _make(kind):
@@ -17,9 +20,27 @@ def _make(kind):
     layer = {"linear": lambda: LinearAttention(D_MODEL, H, chunk_size=4),
              "retention": lambda: MultiScaleRetention(D_MODEL, H, chunk_size=4),
              "memory": lambda: MemoryAttention(D_MODEL, H, segment=5),
-             "rwkv_time": lambda: RWKVTimeMix(D_MODEL, chunk_size=4),
-             "rwkv_block": lambda: RWKVBlock(D_MODEL, 32, first=True, chunk_size=4)}[kind]()
+             "rwkv_time": lambda: RWKVTimeMix(D_MODEL, chunk_size=4, n_heads=H),
+             "gla": lambda: GatedLinearAttention(D_MODEL, H, gate_rank=4, chunk_size=4),
+             "deltanet": lambda: DeltaNet(D_MODEL, H, chunk_size=4),
+             "gated_deltanet": lambda: DeltaNet(D_MODEL, H, gated=True, chunk_size=4),
+             "rwkv5_time": lambda: RWKV5TimeMix(D_MODEL, H, 8, chunk_size=4),
+             "rwkv6_time": lambda: RWKV6TimeMix(D_MODEL, H, 8, mix_rank=4, decay_rank=4, chunk_size=4),
+             "rwkv7_time": lambda: RWKV7TimeMix(D_MODEL, H, ranks=_RANKS, chunk_size=4),
+             "mamba2": lambda: Mamba2(D_MODEL, H, state_size=4, chunk_size=4),
+             "rwkv_block": lambda: RWKVBlock(D_MODEL, 32, first=True, chunk_size=4, n_heads=H),
+             "rwkv5_block": lambda: RWKVBlock(D_MODEL, first=True, mixer=RWKV5TimeMix(D_MODEL, H, 8, chunk_size=4),
+                                              ffn=RWKVChannelMix(D_MODEL, 32)),
+             "rwkv6_block": lambda: RWKVBlock(D_MODEL, first=True, mixer=RWKV6TimeMix(D_MODEL, H, 8, mix_rank=4,
+                                                                                     decay_rank=4, chunk_size=4),
+                                              ffn=RWKV6ChannelMix(D_MODEL, 32)),
+             "rwkv7_block": lambda: RWKVBlock(D_MODEL, first=True, mixer=RWKV7TimeMix(D_MODEL, H, ranks=_RANKS,
+                                                                                     chunk_size=4),
+                                              ffn=RWKV7ChannelMix(D_MODEL, 32))}[kind]()
     return layer.double()
+
+
+_RANKS = {"decay": 4, "a": 4, "v": 4, "gate": 4}
 
 
 def _new_cache(layer):
@@ -88,7 +109,7 @@ def test_gradients_reach_every_parameter_and_pass_gradcheck(kind):
     assert torch.autograd.gradcheck(lambda t: layer(t), (x.detach()[:, :6].requires_grad_(),), fast_mode=True)
 
 
-@pytest.mark.parametrize("kind", ("linear", "retention", "memory", "rwkv_time"))
+@pytest.mark.parametrize("kind", MIXERS)
 def test_arguments_a_recurrent_layer_cannot_honour_raise(kind):
     layer, x = _make(kind), _x(T=3)
     with pytest.raises(NotImplementedError, match="padding mask"):
@@ -99,14 +120,45 @@ def test_arguments_a_recurrent_layer_cannot_honour_raise(kind):
         layer(x, window=4)
     with pytest.raises(ValueError, match="bias"):
         layer(x, bias=torch.zeros(1, H, 3, 3, dtype=torch.float64))
-    out, weights = layer(x, return_weights=True)  # no (T, S) weights to give
-    assert weights is None and out.shape == x.shape
+
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_layer_returns_its_implicit_attention_map(kind):
+    layer, x = _make(kind), _x(T=9)
+    out, weights = layer(x, return_weights=True)
+    if isinstance(layer, RWKVBlock):
+        weights = weights.self_attn
+    torch.testing.assert_close(out, layer(x), rtol=0, atol=1e-12)  # asking for weights changes nothing
+    assert weights.shape == (2, H, 9, 9) and torch.isfinite(weights).all()
+    assert torch.equal(weights.triu(1), torch.zeros_like(weights))  # causal: no weight on a later token
+    cache = _new_cache(layer)
+    layer(x[:, :3], cache=cache)
+    with pytest.raises(ValueError, match="return_weights=True needs no cache or an empty one"):
+        layer(x[:, 3:], cache=cache, return_weights=True)
+
+
+def test_memory_weights_times_values_give_the_mixed_local_and_memory_output():
+    layer, x = _make("memory"), _x(T=12)
+    q, k, v = (t.view(2, 12, H, -1).transpose(1, 2) for t in layer.qkv(x).chunk(3, dim=-1))
+    torch.testing.assert_close(layer.weights(q, k) @ v, layer._parallel(q, k, v), rtol=0, atol=1e-12)
+
+
+def test_rwkv4_maps_are_channel_maps_averaged_over_groups_of_channels():
+    from qkv.ops.wkv import wkv4
+    layer, x = _make("rwkv_time"), _x(T=6)
+    _, weights = layer(x, return_weights=True)
+    prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
+    k = layer.key(x * layer.time_mix_k + prev * (1 - layer.time_mix_k))
+    v = layer.value(x * layer.time_mix_v + prev * (1 - layer.time_mix_v))
+    _, per_channel = wkv4(layer.time_decay.exp(), layer.time_first, k, v, return_weights=True)  # (B, C, T, T)
+    torch.testing.assert_close(weights[:, 1], per_channel[:, D_MODEL // 2:].mean(1), rtol=0, atol=1e-12)
 
 
 def test_mixers_fit_the_block_contract_of_multihead_attention():
     """The same keyword call Block makes works for every mixer and gives (B, T, d_model)."""
     x = _x(T=5)
-    layers = [_make(k) for k in ("linear", "retention", "memory", "rwkv_time")]
+    layers = [_make(k) for k in MIXERS]
     for layer in layers + [MultiHeadAttention(D_MODEL, H).double()]:
         cache = layer.new_cache(None)
         out = layer(x, mask=None, causal=True, cache=cache, rope=None, bias=None, window=None, return_weights=False)

@@ -151,3 +151,33 @@ def test_bad_shapes_raise():
         linear_attention(q[0], k, v)
     with pytest.raises(TypeError, match="causal must be a bool"):
         linear_attention(q, k, v, causal="yes")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("feature_map", ["elu1", "identity"])
+def test_implicit_weights_times_values_equal_the_output(mode, causal, feature_map):
+    q, k, v = _qkv(T=11)
+    out, weights, state = linear_attention(q, k, v, causal=causal, mode=mode, chunk_size=4, feature_map=feature_map,
+                                           return_weights=True, return_state=True)
+    assert weights.shape == (2, 2, 11, 11) and isinstance(state, LinearAttentionState)
+    torch.testing.assert_close(weights @ v, out, rtol=0, atol=1e-9)
+    if causal:  # nothing above the diagonal: no token reads the future
+        assert torch.equal(weights.triu(1), torch.zeros_like(weights))
+
+
+def test_implicit_weights_are_the_feature_map_scores_over_their_normaliser():
+    q, k, v = _qkv(T=6)
+    _, weights = linear_attention(q, k, v, mode="parallel", return_weights=True)
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    t, s = 4, 2
+    score = (fq[:, :, t] * fk[:, :, s]).sum(-1)
+    normaliser = (fq[:, :, t:t + 1] * fk[:, :, :t + 1]).sum(-1).sum(-1) + 1e-6
+    torch.testing.assert_close(weights[:, :, t, s], score / normaliser, rtol=0, atol=1e-12)
+
+
+def test_weights_with_a_carried_state_are_refused():
+    q, k, v = _qkv(T=3)
+    _, state = linear_attention(q, k, v, return_state=True)
+    with pytest.raises(ValueError, match="return_weights=True needs initial_state=None"):
+        linear_attention(q, k, v, initial_state=state, return_weights=True)

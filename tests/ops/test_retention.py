@@ -158,3 +158,24 @@ def test_bad_shapes_raise():
         retention(q, k, v[:, :, :3], _decay())
     with pytest.raises(TypeError, match="k must be a torch.Tensor"):
         retention(q, k.tolist(), v, _decay())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weights_are_scaled_scores_times_the_decay_mask_and_give_the_output(mode):
+    q, k, v = _qkv(T=10)
+    out, weights = retention(q, k, v, _decay(), mode=mode, chunk_size=4, return_weights=True)
+    torch.testing.assert_close(weights @ v, out, rtol=0, atol=1e-9)
+    t, s, h = 8, 3, 2
+    want = 4**-0.5 * (q[:, h, t] * k[:, h, s]).sum(-1) * _decay()[h] ** (t - s)
+    torch.testing.assert_close(weights[:, h, t, s], want, rtol=0, atol=1e-12)
+    assert torch.equal(weights.triu(1), torch.zeros_like(weights))
+
+
+def test_decay_value_check_is_skipped_for_trusted_values():
+    from qkv.ops._checks import trusted_values
+    q, k, v = _qkv(dtype=torch.float32)
+    bad = torch.tensor([0.9, 1.5, 0.5])
+    with pytest.raises(ValueError, match="inside"):
+        retention(q, k, v, bad)
+    with trusted_values():  # no host read of the gammas: the caller vouches for them
+        retention(q, k, v, bad)

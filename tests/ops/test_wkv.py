@@ -141,3 +141,24 @@ def test_wrong_types_raise_type_error():
         wkv4(w, 0.5, k, v)
     with pytest.raises(TypeError, match="state must be a WKVState, got tuple"):
         wkv4(w, u, k, v, state=(k[:, 0], k[:, 0], k[:, 0]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_channel_weights_are_a_softmax_that_gives_the_output(mode):
+    w, u, k, v = _inputs(T=9, key_scale=3.0)
+    out, weights = wkv4(w, u, k, v, mode=mode, chunk_size=4, return_weights=True)
+    assert weights.shape == (2, 5, 9, 9)  # (B, C, T, T)
+    torch.testing.assert_close(torch.einsum("bcts,bsc->btc", weights, v), out, rtol=0, atol=1e-9)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5, 9, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert torch.equal(weights.triu(1), torch.zeros_like(weights)) and (weights >= 0).all()
+    with pytest.raises(ValueError, match="return_weights=True needs state=None"):
+        wkv4(w, u, k, v, state=WKVState.zeros(2, 5, dtype=torch.float64), return_weights=True)
+
+
+def test_decay_value_check_is_skipped_for_trusted_values():
+    from qkv.ops._checks import trusted_values
+    w, u, k, v = _inputs()
+    with pytest.raises(ValueError, match="positive decay rate"):
+        wkv4(-w, u, k, v)
+    with trusted_values():
+        wkv4(-w, u, k, v)

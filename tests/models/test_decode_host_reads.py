@@ -1,0 +1,49 @@
+"""Decoding steps of every recurrent (and hybrid) preset read nothing back to the host: no .item(), bool(tensor),
+int(tensor), .tolist() or .numpy() per token, so a GPU never waits for the CPU between tokens. The probe wraps those
+Tensor methods; it is shown to see the reads an unguarded step makes (the value checks)."""
+import pytest
+import torch
+
+import qkv
+from qkv.ops._checks import trusted_values
+
+PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny", "rwkv5-tiny", "rwkv6-tiny",
+           "rwkv7-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny")
+_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+def _probe(monkeypatch):
+    """Record every host read made through the Tensor methods above."""
+    seen = []
+    for name in _READS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, _name=name, _original=original, **kwargs):
+            seen.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return seen
+
+
+def _steps(model, cache, token, n):
+    for _ in range(n):
+        token = model(token, cache, last_only=True)[:, -1:].argmax(-1)  # (B, 1), stays a tensor
+    return token
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_decoding_steps_make_no_host_reads(name, monkeypatch):
+    torch.manual_seed(0)
+    model = qkv.build(qkv.preset(name)).eval()
+    prompt = torch.randint(0, 256, (2, 70))  # longer than a memory segment (64): its buffer has wrapped once
+    with torch.no_grad():
+        cache = model.new_cache(2)
+        token = model(prompt, cache)[:, -1:].argmax(-1)
+        token = _steps(model, cache, token, 2)  # first steps allocate what they need
+        seen = _probe(monkeypatch)
+        with trusted_values():  # what qkv.generate does around its steps
+            _steps(model, cache, token, 4)
+        assert seen == []
+        _steps(model, cache, token, 1)  # unguarded, value checks read (token ids at least): the probe sees them
+        assert "__bool__" in seen
