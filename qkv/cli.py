@@ -185,12 +185,31 @@ def _train(args):
     import dataclasses
     import json
     import logging
+    from .config import TrainConfig
     from .train import configs_from_args, train
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model_config, train_config = configs_from_args(args)
+    try:
+        model_config, train_config = configs_from_args(args)
+    except (TypeError, ValueError) as e:
+        raise CLIError(_name_flags(str(e), args, TrainConfig)) from None
     summary = train(model_config, train_config)
     print(json.dumps(dataclasses.asdict(summary), indent=1))
     return 0
+
+
+def _name_flags(message: str, args, cls) -> str:
+    """Put the flags (and their values) a config check names in front of its message: "--lr inf: lr must be ..."."""
+    import dataclasses
+    given = [f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None
+             and re.search(rf"(?<![\w-]){f.name}(?![\w-])", message)]
+    if not given:
+        return message
+    flags = ", ".join(f"--{n.replace('_', '-')} {_shown(getattr(args, n))}" for n in given)
+    return f"{flags}: {message}"
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # -- generate / translate -------------------------------------------------------------------------------------
@@ -608,6 +627,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("qkv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``qkv ... | head``): stop quietly, as other commands do
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # every failure is one line; --debug keeps the traceback
         if args.debug:
             raise

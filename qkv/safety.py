@@ -404,11 +404,16 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
     return int(params), int(params * dtype_bytes + objects * _OBJECT_BYTES)
 
 
+def model_sizes(config) -> str:
+    """The fields that decide a model's size, as ``n_layers=12, d_model=768, ...``, for messages."""
+    fields = ["n_layers"] + (["n_decoder_layers"] if config.family == "encoder_decoder" else []) + \
+        ["d_model", "d_ff", "n_heads", "head_dim", "vocab_size"] + \
+        (["max_positions"] if config.position == "learned" else [])
+    return ", ".join(f"{f}={getattr(config, f)}" for f in fields)
+
+
 def check_model_fits(config, *, device=None, source: str = "config") -> None:
     """Refuse to build a model whose weights (and module objects) would not fit in memory, naming its sizes."""
     params, nbytes = model_bytes(config)
     if nbytes > available_bytes(device):
-        layers = config.n_layers + (config.n_decoder_layers if config.family == "encoder_decoder" else 0)
-        check_fits(nbytes, device=device, what=f"{source}: a model of {params:,} parameters (n_layers={config.n_layers}"
-                   f"{f', n_decoder_layers={config.n_decoder_layers}' if config.family == 'encoder_decoder' else ''}"
-                   f", d_model={config.d_model}, vocab_size={config.vocab_size}, {layers} blocks)")
+        check_fits(nbytes, device=device, what=f"{source}: a model of {params:,} parameters ({model_sizes(config)})")

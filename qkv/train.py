@@ -186,6 +186,8 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
         path = getattr(cfg, name)
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name}={str(path)!r}: no such file or folder (--{name.replace('_', '-')})")
+        if path is not None and task != "image" and not Path(path).is_file():
+            raise ValueError(f"{name}={str(path)!r} (--{name.replace('_', '-')}): is a folder; expected a text file")
     if task == "seq2seq" and cfg.data_tgt is not None and cfg.val_data is not None and cfg.val_data_tgt is None:
         raise ValueError(f"val_data={cfg.val_data!r} (--val-data): the training data are two aligned files (--data, "
                          f"--data-tgt), so the validation data need their target side too: pass --val-data-tgt")
@@ -607,8 +609,10 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
 def _check_memory(model_config: ModelConfig, cfg: TrainConfig, task: str, device) -> None:
     """Refuse a run whose smallest possible footprint cannot fit on ``device``: fp32 weights, gradients and the two
     AdamW moments, plus the logits of one micro-batch and their gradient (grad_accum micro-batches held at once)."""
-    from .safety import check_fits, model_bytes
+    from .safety import check_fits, model_bytes, model_sizes
     params, _ = model_bytes(model_config)
+    check_fits(16 * params, device=device, what=f"training a model of {params:,} parameters "
+               f"({model_sizes(model_config)}: fp32 weights, gradients and two AdamW moments)")
     if task in ("lm", "mlm"):
         block = cfg.block_size or model_config.max_positions
         tokens, what = cfg.batch_size * block, f"batch_size={cfg.batch_size} x block_size={block}"

@@ -58,10 +58,14 @@ def load(path, *, device=None, dtype=None) -> QKVModel:
     if not weights.is_file():
         raise FileNotFoundError(f"{path} is not a qkv model folder: {WEIGHTS_FILE} is missing")
     safety.inside(path, weights, what=WEIGHTS_FILE)
-    safety.verify_manifest(path, must_list=(CONFIG_FILE, WEIGHTS_FILE))
+    from ..checkpoint import STATE_FILE
+    # a training checkpoint always carries its manifest: one without it has been tampered with
+    safety.verify_manifest(path, required=(path / STATE_FILE).exists(), must_list=(CONFIG_FILE, WEIGHTS_FILE))
     found = safety.safetensors_header(weights)
     check_weights_match(config, {k: shape for k, (_, shape) in found.items()}, source=weights)
     model = build(config)
+    if torch.get_default_device().type == "meta":
+        return model.eval()  # shapes only (``qkv info``): meta tensors hold no weights to load
     load_model(model, str(weights), device=str(device) if device else "cpu")
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
@@ -77,6 +81,6 @@ def check_weights_match(config: ModelConfig, found: dict[str, tuple], *, source)
         counts.append(("n_decoder_layers", config.n_decoder_layers))
     for field, n in counts:
         safety.check_layer_count(found, n, field=field, source=source)
-    safety.check_model_fits(config, source=str(source))
-    expected, aliases = expected_shapes(config)
+    expected, aliases = expected_shapes(config)  # a meta build: nothing allocated, the layer count bounded above
     safety.check_shapes(config, expected, found, source=source, optional=aliases)
+    safety.check_model_fits(config, source=str(source))
