@@ -157,8 +157,18 @@ def pairs(tmp_path_factory):
     return src, tgt
 
 
+TINY_RUN = Path(__file__).with_name("tiny_run.yaml")  # gpt-char-tiny cut to one narrow layer: runs take ~0.1 s
+
+
+def tiny_model():
+    """The model config of TINY_RUN, for runs started through the API."""
+    import yaml
+    spec = yaml.safe_load(TINY_RUN.read_text())
+    return qkv.preset(spec["preset"], **spec["model"])
+
+
 def train_argv(data, out, *extra):
-    return ["train", "--preset", "gpt-char-tiny", "--data", data, "--out-dir", out, "--max-steps", "4",
+    return ["train", "--config", TINY_RUN, "--data", data, "--out-dir", out, "--max-steps", "4",
             "--eval-every", "2", "--eval-steps", "1", "--block-size", "8", "--batch-size", "2", "--keep-last", "0",
             "--log-every", "1", "--no-progress", *extra]
 

@@ -16,7 +16,7 @@ from qkv import checkpoint as ckpt
 from qkv.config import TrainConfig
 from qkv.train import train
 
-from .conftest import copy, flip_byte, ok, refused, snapshot, train_argv
+from .conftest import copy, flip_byte, ok, refused, snapshot, tiny_model, train_argv
 
 
 def metrics(run):
@@ -84,7 +84,7 @@ def test_a_second_run_is_refused_naming_the_first_ones_pid(world, corpus, capsys
         assert holder.stdout.readline().strip() == "locked"
         refused(capsys, train_argv(corpus, run), "in use by another qkv run", str(holder.pid))
         with pytest.raises(ValueError, match=str(holder.pid)):
-            train(qkv.preset("gpt-char-tiny"), TrainConfig(data=str(corpus), out_dir=str(run), progress=False))
+            train(tiny_model(), TrainConfig(data=str(corpus), out_dir=str(run), progress=False))
     finally:
         holder.kill()
         holder.wait()
@@ -169,7 +169,7 @@ def test_resume_of_a_finished_run_trains_nothing_and_returns_its_checkpoint(worl
     run = copy(lm_run, world.root / "run")
     c = TrainConfig(data=str(corpus), out_dir=str(run), max_steps=4, eval_every=2, eval_steps=1, block_size=8,
                     batch_size=2, keep_last=0, log_every=1, progress=False, resume=True)
-    s = train(qkv.preset("gpt-char-tiny"), c)
+    s = train(tiny_model(), c)
     assert s.steps == 4 and s.checkpoint.endswith("step-0000004")
 
 
@@ -200,9 +200,9 @@ def test_resume_refuses_a_tokenizer_other_than_the_saved_one(world, lm_run, corp
     c = TrainConfig(data=str(corpus), out_dir=str(run), max_steps=6, eval_every=2, eval_steps=1, block_size=8,
                     batch_size=2, keep_last=0, log_every=1, progress=False, resume=True)
     with pytest.raises(ValueError, match="fingerprint.*tokenizer saved with the checkpoint.*fingerprint"):
-        train(qkv.preset("gpt-char-tiny"), c, tokenizer=other)
+        train(tiny_model(), c, tokenizer=other)
     saved = qkv.data.Tokenizer.load(run / "checkpoints" / "step-0000004" / "tokenizer")
-    assert train(qkv.preset("gpt-char-tiny"), c, tokenizer=saved).steps == 6  # the saved one is welcome
+    assert train(tiny_model(), c, tokenizer=saved).steps == 6  # the saved one is welcome
 
 
 def test_resume_refuses_a_tokenizer_flag_other_than_the_saved_one(world, lm_run, corpus, capsys):
@@ -268,7 +268,7 @@ def test_batch_size_beyond_memory_is_refused_by_the_api_and_the_cli(world, corpu
     c = TrainConfig(data=str(corpus), out_dir=str(world.root / "run"), batch_size=10**9, block_size=8,
                     progress=False)
     with pytest.raises(ValueError, match="batch_size=1000000000"):
-        train(qkv.preset("gpt-char-tiny"), c)
+        train(tiny_model(), c)
 
 
 def test_max_tokens_beyond_memory_is_refused_for_translation(world, pairs, capsys):
