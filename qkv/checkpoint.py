@@ -33,7 +33,7 @@ from . import safety
 
 STATE_FILE, STATE_TENSORS, TRAIN_CONFIG_FILE, TOKENIZER_DIR = ("trainer_state.json", "trainer_state.safetensors",
                                                                "train_config.json", "tokenizer")
-OLD_STATE_FILE = "trainer_state.pt"  # pickled by qkv before 0.2: never read
+OLD_STATE_FILE = "trainer_state.pt"  # pickled by earlier qkv versions: never read
 LATEST, BEST, LOCK = "latest", "best.json", ".qkv-lock"
 METRICS = "metrics.jsonl"
 _PREFIX = "step-"
@@ -348,12 +348,13 @@ class RunLock:
             raise ValueError(f"out_dir={str(self.out)!r} is in use by another qkv run (process {owner.get('pid', '?')}"
                              f" on {owner.get('host', '?')}); wait for it to finish or choose another --out-dir") from None
         owner = _read_owner(fd)
-        pid, host = owner.get("pid"), owner.get("host")
-        if isinstance(pid, int) and pid != os.getpid() and host == socket.gethostname():
-            if _alive(pid):
+        pid, host, here = owner.get("pid"), owner.get("host"), socket.gethostname()
+        if isinstance(pid, int) and (pid, host) != (os.getpid(), here):
+            if host != here or _alive(pid):  # another machine's run cannot be checked: assume it is alive
                 os.close(fd)
-                raise ValueError(f"out_dir={str(self.out)!r} is in use by another qkv run (process {pid}, named in "
-                                 f"{self.path}); wait for it to finish, or delete {self.path} if no such run is going on")
+                raise ValueError(f"out_dir={str(self.out)!r} is in use by another qkv run (process {pid} on {host}, "
+                                 f"named in {self.path}); wait for it to finish, or delete {self.path} if no such run "
+                                 f"is going on")
             log.warning("taking over %s: the run that held it (process %d) is no longer running", self.path, pid)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())

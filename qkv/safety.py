@@ -78,15 +78,14 @@ def child(root, name, *, what: str) -> Path:
     return inside(root, Path(root) / name, what=what)
 
 
-def check_no_links(folder, *, what: str = "folder") -> None:
-    """Refuse a folder qkv is about to write into (a run folder) if anything in it is a symbolic link: a write or
-    a clean-up through a link would change files elsewhere."""
+def check_no_links(folder, names, *, what: str = "folder") -> None:
+    """Refuse a folder qkv is about to write into (a run folder) if any of the entries ``names`` it writes, or
+    anything under them, is a symbolic link: a write or a clean-up through a link would change files elsewhere."""
     root = Path(folder)
-    if not root.is_dir():
-        return
-    for base, dirs, files in os.walk(root):  # does not follow links
-        for name in dirs + files:
-            p = Path(base) / name
+    for name in names:
+        top = root / name
+        for p in [top] + ([q for base, dirs, files in os.walk(top) for q in map(Path(base).joinpath, dirs + files)]
+                          if top.is_dir() and not top.is_symlink() else []):
             if p.is_symlink():
                 raise ValueError(f"{what} {str(root)!r} holds a symbolic link {str(p)!r} -> {os.readlink(p)!r}; "
                                  f"qkv writes only real files in a run folder (remove the link)")
@@ -209,6 +208,35 @@ def load_tensor_pickle(path) -> dict[str, torch.Tensor]:
         kind = type(state).__name__ if not isinstance(state, dict) else "a dict holding non-tensor values"
         raise ValueError(f"{p}: holds {kind}; expected a dict of name -> tensor (a state dict)")
     return state
+
+
+def check_npz(path) -> None:
+    """Each array of a .npz against its zip member and the machine's memory, from the .npy headers alone (numpy
+    allocates an array's declared size before reading a zip member): a tiny file claiming a huge array is
+    refused before that allocation."""
+    import zipfile
+    import numpy as np
+    p = Path(path)
+    try:
+        z = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{p}: not a readable .npz file ({e})") from None
+    with z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                try:
+                    version = np.lib.format.read_magic(f)
+                    if version not in readers:
+                        raise ValueError(f"format version {version}; expected 1.0 or 2.0")
+                    shape, _, dtype = readers[version](f)
+                except (ValueError, TypeError, SyntaxError) as e:
+                    raise ValueError(f"{p}: member {info.filename!r} is not a .npy array ({e})") from None
+            need = math.prod(shape) * dtype.itemsize
+            if need > info.file_size:
+                raise ValueError(f"{p}: array {info.filename!r} of shape {shape} needs {need} bytes but the member "
+                                 f"holds {info.file_size}; the file is damaged or truncated")
+            check_fits(need, what=f"{p}: array {info.filename!r} of shape {shape} ({dtype})")
 
 
 # -- content ---------------------------------------------------------------------------------------------------

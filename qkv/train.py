@@ -387,10 +387,12 @@ def _check_resume(cfg: TrainConfig, resume_from: Path, tokenizer, data):
 
 def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
     out = Path(cfg.out_dir)
-    safety.check_no_links(out, what="out_dir")  # a write or clean-up through a link would reach elsewhere
+    # a write or a clean-up through a link would reach elsewhere
+    safety.check_no_links(out, ckpt.RUN_FILES + ("data", ckpt.LOCK), what="out_dir")
     resume_from, changes = None, {}
     if cfg.resume:
         resume_from = ckpt.resume_checkpoint(out)
+        ckpt.read_best(out)  # a damaged best.json is named now, not at the first save
         # a resumed run always uses the tokenizer saved with its checkpoint: the ids its weights were trained on
         tokenizer, changes = _check_resume(cfg, resume_from, tokenizer, data)
     else:

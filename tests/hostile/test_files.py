@@ -375,3 +375,18 @@ def test_a_subprocess_run_of_the_command_shows_no_traceback(world, lm_folder):
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "model.safetensors" in r.stderr
+
+
+def test_an_npz_claiming_a_huge_array_is_refused_before_numpy_allocates_it(world):
+    import io
+    import zipfile
+    import numpy as np
+    from qkv.data import ArrayImages
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    path = world.root / "images.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images.npy", header.getvalue())
+        z.writestr("labels.npy", header.getvalue())
+    with pytest.raises(ValueError, match="images.npy.*1000000, 1000000"):
+        ArrayImages(path, 8)
