@@ -345,8 +345,9 @@ class RunLock:
         except OSError:
             owner = _read_owner(fd)
             os.close(fd)
-            raise ValueError(f"out_dir={str(self.out)!r} is in use by another qkv run (process {owner.get('pid', '?')}"
-                             f" on {owner.get('host', '?')}); wait for it to finish or choose another --out-dir") from None
+            raise ValueError(f"out_dir={str(self.out)!r} is in use by another qkv run (process "
+                             f"{owner.get('pid', '?')} on {owner.get('host', '?')}); wait for it to finish or choose "
+                             f"another --out-dir") from None
         owner = _read_owner(fd)
         pid, host, here = owner.get("pid"), owner.get("host"), socket.gethostname()
         if isinstance(pid, int) and (pid, host) != (os.getpid(), here):

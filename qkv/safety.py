@@ -113,7 +113,8 @@ def read_json(path, *, expect: type | tuple = dict, what: str | None = None):
     if not isinstance(value, expect):
         kinds = expect if isinstance(expect, tuple) else (expect,)
         names = {dict: "an object {...}", list: "a list [...]", str: "a string"}
-        raise ValueError(f"{name}: holds {_json_kind(value)}; expected {' or '.join(names.get(k, k.__name__) for k in kinds)}")
+        wanted = " or ".join(names.get(k, k.__name__) for k in kinds)
+        raise ValueError(f"{name}: holds {_json_kind(value)}; expected {wanted}")
     return value
 
 
@@ -147,8 +148,9 @@ def safetensors_header(path) -> dict[str, tuple[str, tuple[int, ...]]]:
         if name == "__metadata__":
             continue
         ok = isinstance(info, dict) and info.get("dtype") in _ST_DTYPES and isinstance(info.get("shape"), list) \
-            and all(isinstance(d, int) and d >= 0 for d in info["shape"]) and isinstance(info.get("data_offsets"), list) \
-            and len(info["data_offsets"]) == 2 and all(isinstance(o, int) for o in info["data_offsets"])
+            and all(isinstance(d, int) and d >= 0 for d in info["shape"]) \
+            and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 \
+            and all(isinstance(o, int) for o in info["data_offsets"])
         if not ok:
             raise ValueError(f"{p}: tensor {name!r} has a malformed header entry {str(info)[:80]}")
         begin, end = info["data_offsets"]

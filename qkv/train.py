@@ -413,7 +413,7 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
     if cfg.batch_size % d.world and data.task != "seq2seq":
         raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({d.world}): "
                          f"it is the global batch, split across them")
-    _check_memory(model_config, cfg, data.task, device)
+    _check_memory(model_config, cfg, data.task, device, d.world)
 
     _seed_all(cfg.seed)  # the same initial weights on every process
     raw = model if model is not None else _build(model_config)
@@ -608,9 +608,10 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         out_dir=str(out), checkpoint=str(last_ckpt) if last_ckpt else None, metrics=str(metrics_path))
 
 
-def _check_memory(model_config: ModelConfig, cfg: TrainConfig, task: str, device) -> None:
+def _check_memory(model_config: ModelConfig, cfg: TrainConfig, task: str, device, world: int) -> None:
     """Refuse a run whose smallest possible footprint cannot fit on ``device``: fp32 weights, gradients and the two
-    AdamW moments, plus the logits of one micro-batch and their gradient (grad_accum micro-batches held at once)."""
+    AdamW moments; the grad_accum global micro-batches drawn per step; this process's share of one micro-batch's
+    logits and their gradient. A lower bound: activations come on top."""
     from .safety import check_fits, model_bytes, model_sizes
     params, _ = model_bytes(model_config)
     check_fits(16 * params, device=device, what=f"training a model of {params:,} parameters "
@@ -623,9 +624,10 @@ def _check_memory(model_config: ModelConfig, cfg: TrainConfig, task: str, device
     else:
         tokens, what = cfg.batch_size, f"batch_size={cfg.batch_size}"
     width = model_config.num_labels if task == "image" else model_config.vocab_size
-    pixels = cfg.batch_size * model_config.num_channels * model_config.image_size ** 2 if task == "image" else 0
-    per_batch = tokens * (2 * 4 * width + 16) + 4 * pixels
-    check_fits(16 * params + per_batch * (cfg.grad_accum + 1), device=device,
+    inputs = 16 * tokens + (4 * cfg.batch_size * model_config.num_channels * model_config.image_size ** 2
+                            if task == "image" else 0)  # ids and targets as int64, or float pixels
+    logits = 2 * (4 if cfg.precision == "fp32" else 2) * width * tokens // world
+    check_fits(16 * params + inputs * cfg.grad_accum + logits, device=device,
                what=f"training ({params:,} parameters; {what}, grad_accum={cfg.grad_accum}, "
                     f"{'num_labels' if task == 'image' else 'vocab_size'}={width})")
 
@@ -687,7 +689,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except ValueError:
             broken += bool(ln.strip())
             continue
-        if isinstance(record, dict) and isinstance(record.get("step", 0), (int, float)) and record.get("step", 0) <= step:
+        at = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(at, (int, float)) and at <= step:
             keep.append(ln)
     if broken:
         log.warning("%s: dropped %d line(s) that are not whole JSON records (cut short by a crash?)", path, broken)

@@ -158,8 +158,9 @@ class Tokenizer:
             if meta.get("kind") not in kinds:
                 raise ValueError(f"{str(p / META_FILE)!r}: kind={meta.get('kind')!r}, expected one of {list(kinds)}")
             specials, vocab = meta.get("specials"), meta.get("vocab")
+            char_ok = isinstance(vocab, list) and all(isinstance(t, str) for t in vocab)
             if not isinstance(specials, dict) or not all(isinstance(v, str) for v in specials.values()) or (
-                    meta["kind"] == "char" and not (isinstance(vocab, list) and all(isinstance(t, str) for t in vocab))):
+                    meta["kind"] == "char" and not char_ok):
                 raise ValueError(f"{str(p / META_FILE)!r}: expected 'specials' (role -> token string)"
                                  f"{' and vocab (a list of strings)' if meta['kind'] == 'char' else ''}")
             return kinds[meta["kind"]]._from_meta(p, meta)

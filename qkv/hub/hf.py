@@ -184,7 +184,8 @@ def from_hf(path, *, dtype: torch.dtype | None = None):
     hf_config = safety.read_json(safety.inside(path, folder / "config.json", what="config.json"))
     model_type = hf_config.get("model_type")
     if model_type not in CONVERTERS:  # before reading gigabytes of weights
-        raise ValueError(f"{path}: architecture {model_type!r} ({', '.join(map(str, hf_config.get('architectures') or []))}) "
+        names = ", ".join(map(str, hf_config.get("architectures") or []))
+        raise ValueError(f"{path}: architecture {model_type!r} ({names}) "
                          f"is not supported; supported model types: {', '.join(supported())}")
     conv = CONVERTERS[model_type]
     try:

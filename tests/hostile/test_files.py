@@ -118,7 +118,8 @@ def test_tokenizer_json_padding_and_truncation_are_switched_off(world, hf_folder
 def test_a_qkv_config_claiming_sizes_its_weights_do_not_hold_is_refused(world, lm_folder, capsys, field, value,
                                                                         culprit):
     folder = copy(lm_folder, world.root / "m")
-    edit_json(folder / "config.json", **{field: value, **({"head_dim": 8, "n_kv_heads": 1} if field == "n_heads" else {})})
+    heads = {"head_dim": 8, "n_kv_heads": 1} if field == "n_heads" else {}
+    edit_json(folder / "config.json", **{field: value, **heads})
     (folder / "manifest.json").unlink()  # a hand-edited folder: no manifest to catch it first
     with pytest.raises(ValueError, match=culprit):
         qkv.load(folder)
@@ -134,7 +135,8 @@ def test_info_on_a_million_layer_config_is_refused_quickly(world, lm_folder, cap
 
 @pytest.mark.parametrize("field,value,culprit", [("n_layer", 1_000_000, "n_layers"), ("n_embd", 10**6, "d_model"),
                                                  ("vocab_size", 10**9, "vocab_size"), ("n_inner", 10**8, "d_ff")])
-def test_an_hf_config_claiming_sizes_its_weights_do_not_hold_is_refused(world, hf_folder, capsys, field, value, culprit):
+def test_an_hf_config_claiming_sizes_its_weights_do_not_hold_is_refused(world, hf_folder, capsys, field, value,
+                                                                       culprit):
     folder = copy(hf_folder, world.root / "hf")
     edit_json(folder / "config.json", **{field: value})
     refused(capsys, ["convert", "--from-hf", folder, "--out", world.root / "out"], culprit)
