@@ -44,14 +44,15 @@ def _warn_once(key: str, text: str) -> None:
         print(f"qkv: warning: {text}", file=sys.stderr)
 
 
-def _encode(tok, text: str, flag: str) -> list[int]:
+def _encode(tok, text: str, flag: str, *, add_special: bool = False) -> list[int]:
     """``tok.encode(text)``, warning (once, on stderr) when pieces of the text are not in the vocabulary and
     become the unknown token: the model then sees <unk>, not the text."""
-    ids = tok.encode(text)
+    ids = tok.encode(text, add_special=add_special)
     unk = tok.unk_id
     if unk is not None and unk in ids:
         token = tok.specials.get("unk")
-        pieces = [piece for i, piece in zip(ids, tok.tokens(text)) if i == unk and piece != token]
+        plain = tok.encode(text) if add_special else ids  # tokens() spans the text without added specials
+        pieces = [piece for i, piece in zip(plain, tok.tokens(text)) if i == unk and piece != token]
         if pieces:
             shown = ", ".join(repr(p) for p in dict.fromkeys(pieces))
             _warn_once("unk", f"{flag}: {len(pieces)} piece(s) of the input are not in the tokenizer's vocabulary "
@@ -238,11 +239,12 @@ def _check_decoding(args) -> None:
     _positive_flag(args.max_new_tokens, "--max-new-tokens")
     _positive_flag(args.num_beams, "--num-beams")
     _positive_flag(args.top_k, "--top-k")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise CLIError(f"--temperature {args.temperature}: expected a number > 0")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise CLIError(f"--top-p {args.top_p}: expected a number in (0, 1]")
-    if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
+    if args.repetition_penalty is not None and not (math.isfinite(args.repetition_penalty)
+                                                    and args.repetition_penalty > 0):
         raise CLIError(f"--repetition-penalty {args.repetition_penalty}: expected a number > 0 (1 = off)")
 
 
@@ -283,7 +285,7 @@ def _generate(args):
     import torch
     from .generate import generate, stream
     _check_decoding(args)
-    if args.sample and args.num_beams > 1:
+    if args.sample and (args.num_beams or 1) > 1:
         raise CLIError(f"--sample with --num-beams {args.num_beams}: sampling draws one sequence; use one of them")
     model, tok = _model_and_tokenizer(args)
     if model.config.family != "decoder":
