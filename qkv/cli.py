@@ -103,10 +103,11 @@ def _model_folder(path):
 def _tokenizer_for(model_dir):
     """The tokenizer saved beside a checkpoint (training writes it to tokenizer/)."""
     from .data import Tokenizer
+    from .safety import inside
     folder = model_dir / "tokenizer"
     if not folder.is_dir():
         raise CLIError(f"{model_dir}: no tokenizer/ folder beside the weights; pass token ids or train with qkv")
-    return Tokenizer.load(folder)
+    return Tokenizer.load(inside(model_dir, folder, what="tokenizer folder"))
 
 
 # -- info -------------------------------------------------------------------------------------------------------

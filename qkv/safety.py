@@ -261,12 +261,15 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder) -> Path:
-    """Write ``folder/manifest.json``: the sha256 of every file under ``folder`` (the manifest itself aside),
-    under a temporary name renamed into place."""
+def write_manifest(folder, names=None) -> Path:
+    """Write ``folder/manifest.json``: the sha256 of the files ``names`` (default: every file under ``folder``, the
+    manifest itself aside), under a temporary name renamed into place."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
-                   and not p.name.startswith(f".{MANIFEST_FILE}"))
+    if names is not None:
+        files = [root / n for n in names]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
+                       and not p.name.startswith(f".{MANIFEST_FILE}"))
     manifest = {"format": _MANIFEST_FORMAT, "algorithm": "sha256",
                 "files": {p.relative_to(root).as_posix(): sha256(p) for p in files}}
     return write_atomic(root / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True) + "\n")

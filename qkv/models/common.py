@@ -41,7 +41,7 @@ class QKVModel(nn.Module):
             tmp.replace(path / WEIGHTS_FILE)  # atomic: a crash mid-write leaves the old weights whole
         finally:
             tmp.unlink(missing_ok=True)
-        write_manifest(path)
+        write_manifest(path, [CONFIG_FILE, WEIGHTS_FILE])  # the folder may hold other files (tokenizer/, ...)
         return path
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:

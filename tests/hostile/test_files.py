@@ -257,6 +257,15 @@ def test_a_qkv_file_linking_outside_its_folder_is_refused(world, lm_folder, caps
     refused(capsys, ["generate", "--checkpoint", folder], name, "outside the folder")
 
 
+def test_a_tokenizer_folder_linking_outside_is_refused(world, lm_folder, capsys):
+    folder = copy(lm_folder, world.root / "m")
+    import shutil
+    shutil.copytree(folder / "tokenizer", world.root / "elsewhere")
+    shutil.rmtree(folder / "tokenizer")
+    os.symlink(world.root / "elsewhere", folder / "tokenizer")
+    refused(capsys, ["generate", "--checkpoint", folder], "tokenizer", "outside the folder")
+
+
 def test_a_tokenizer_linking_outside_is_refused(world, lm_folder, capsys):
     folder = copy(lm_folder, world.root / "m")
     meta = folder / "tokenizer" / "qkv_tokenizer.json"
