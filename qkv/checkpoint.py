@@ -166,13 +166,14 @@ def save_checkpoint(out_dir, step: int, *, model, trainer_state: dict, train_con
         else:
             os.replace(tmp, final)
         safety.write_atomic(out / LATEST, f"checkpoints/{final.name}\n")
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(e.errno, f"could not write checkpoint {final} ({e.strerror or e}); the earlier checkpoints "
-                               f"and {out / LATEST} are untouched") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if isinstance(e, (ValueError, TypeError)) or not isinstance(e, Exception):
+            raise
+        # a full disk, a write error from a library (safetensors' own error type): the earlier checkpoints stand
+        why = f"could not write checkpoint {final} ({getattr(e, 'strerror', None) or e}); the earlier checkpoints " \
+              f"and {out / LATEST} are untouched"
+        raise (OSError(e.errno, why) if getattr(e, "errno", None) else OSError(why)) from None
     if val_loss is not None:
         best = read_best(out)
         if best is None or val_loss < best["val_loss"]:

@@ -215,7 +215,7 @@ def test_resume_refuses_a_tokenizer_flag_other_than_the_saved_one(world, lm_run,
 
 # -- disk full: nothing lost --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["weights", "trainer state", "manifest", "latest"])
+@pytest.mark.parametrize("where", ["weights", "trainer state", "manifest", "latest", "rename", "library error"])
 def test_a_full_disk_mid_save_is_one_line_and_loses_nothing(world, lm_run, corpus, capsys, monkeypatch, where):
     import safetensors.torch
     from qkv import safety
@@ -230,6 +230,13 @@ def test_a_full_disk_mid_save_is_one_line_and_loses_nothing(world, lm_run, corpu
         monkeypatch.setattr(ckpt, "save_trainer_state", full)
     elif where == "manifest":
         monkeypatch.setattr(safety, "write_manifest", full)
+    elif where == "rename":  # the checkpoint folder's own rename into place
+        real_replace = os.replace
+        monkeypatch.setattr(os, "replace", lambda a, b: full() if "/.tmp-step" in str(a) else real_replace(a, b))
+    elif where == "library error":  # safetensors reports a failed write with its own error type, not OSError
+        def library(*a, **k):
+            raise RuntimeError("Error while serializing: IoError(No space left on device)")
+        monkeypatch.setattr(safetensors.torch, "save_file", library)
     else:
         real = safety.write_atomic
         monkeypatch.setattr(safety, "write_atomic", lambda p, t: full() if p.name == "latest" else real(p, t))
