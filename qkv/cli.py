@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -21,6 +24,45 @@ class Command:
 
 class CLIError(Exception):
     """A mistake in what the user asked for: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``qkv CMD: error: ...``), like every other qkv error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Notes:
+    """Warnings printed at most once per command (an unknown character in every sentence of a file is one note)."""
+    said: set = set()
+
+
+def _warn_once(key: str, text: str) -> None:
+    if key not in _Notes.said:
+        _Notes.said.add(key)
+        print(f"qkv: warning: {text}", file=sys.stderr)
+
+
+def _encode(tok, text: str, flag: str, *, add_special: bool = False) -> list[int]:
+    """``tok.encode(text)``, warning (once, on stderr) when pieces of the text are not in the vocabulary and
+    become the unknown token: the model then sees <unk>, not the text."""
+    ids = tok.encode(text, add_special=add_special)
+    unk = tok.unk_id
+    if unk is not None and unk in ids:
+        token = tok.specials.get("unk")
+        plain = tok.encode(text) if add_special else ids  # tokens() spans the text without added specials
+        pieces = [piece for i, piece in zip(plain, tok.tokens(text)) if i == unk and piece != token]
+        if pieces:
+            shown = ", ".join(repr(p) for p in dict.fromkeys(pieces))
+            _warn_once("unk", f"{flag}: {len(pieces)} piece(s) of the input are not in the tokenizer's vocabulary "
+                              f"and become {token} (first: {shown[:120]}); the model sees an unknown token there")
+    return ids
+
+
+def _positive_flag(value, flag: str, *, zero_ok: bool = False) -> None:
+    if value is not None and value < (0 if zero_ok else 1):
+        raise CLIError(f"{flag} {value}: expected an int >= {0 if zero_ok else 1}")
 
 
 def _model_source(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +85,15 @@ def _load_model(args):
 def _model_folder(path):
     """A model folder, or a training output folder (its ``latest`` file names the newest checkpoint), or the
     demo's output folder (training output under train/)."""
-    from pathlib import Path
+    from .checkpoint import latest_checkpoint
     p = Path(path)
+    if not p.is_dir():
+        raise CLIError(f"--checkpoint {path}: " + ("no such folder" if not p.exists() else "is a file; expected a qkv "
+                                                   "model folder or a training output folder"))
     for run in (p, p / "train"):
-        if (run / "latest").is_file():
-            return run / (run / "latest").read_text().strip()
+        named = latest_checkpoint(run)  # 'latest' may only name checkpoints/step-N inside the run folder
+        if named is not None:
+            return named
     if (p / "config.json").is_file():
         return p
     raise CLIError(f"--checkpoint {path}: not a qkv model folder (no config.json) nor a training output folder "
@@ -57,10 +103,11 @@ def _model_folder(path):
 def _tokenizer_for(model_dir):
     """The tokenizer saved beside a checkpoint (training writes it to tokenizer/)."""
     from .data import Tokenizer
+    from .safety import inside
     folder = model_dir / "tokenizer"
     if not folder.is_dir():
         raise CLIError(f"{model_dir}: no tokenizer/ folder beside the weights; pass token ids or train with qkv")
-    return Tokenizer.load(folder)
+    return Tokenizer.load(inside(model_dir, folder, what="tokenizer folder"))
 
 
 # -- info -------------------------------------------------------------------------------------------------------
@@ -94,6 +141,7 @@ def _info(args):
             model = qkv.build(load_config(_model_folder(args.checkpoint)))
         else:
             model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
+    _positive_flag(args.seq_len, "--seq-len")
     print(model.summary(args.seq_len))
     n = model.num_parameters()
     print(f"  training memory:  ~{16 * n / 2**30:.2f} GiB for weights, grads and AdamW state in fp32 "
@@ -115,6 +163,12 @@ def _convert_args(p):
 
 def _convert(args):
     import qkv
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out}: is a file; expected a new (or empty) folder to write the model into")
+    if out.is_dir() and any(out.iterdir()):
+        raise CLIError(f"--out {out}: the folder exists and is not empty; expected a new (or empty) folder (qkv "
+                       f"never writes over files)")
     if args.from_hf:
         model = qkv.from_hf(args.from_hf)
     elif args.from_rwkv:
@@ -143,12 +197,31 @@ def _train(args):
     import dataclasses
     import json
     import logging
+    from .config import TrainConfig
     from .train import configs_from_args, train
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model_config, train_config = configs_from_args(args)
+    try:
+        model_config, train_config = configs_from_args(args)
+    except (TypeError, ValueError) as e:
+        raise CLIError(_name_flags(str(e), args, TrainConfig)) from None
     summary = train(model_config, train_config)
     print(json.dumps(dataclasses.asdict(summary), indent=1))
     return 0
+
+
+def _name_flags(message: str, args, cls) -> str:
+    """Put the flags (and their values) a config check names in front of its message: "--lr inf: lr must be ..."."""
+    import dataclasses
+    given = [f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None
+             and re.search(rf"(?<![\w-]){f.name}(?![\w-])", message)]
+    if not given:
+        return message
+    flags = ", ".join(f"--{n.replace('_', '-')} {_shown(getattr(args, n))}" for n in given)
+    return f"{flags}: {message}"
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # -- generate / translate -------------------------------------------------------------------------------------
@@ -174,6 +247,20 @@ def _compile_arg(p):
                    help="decode through one torch.compile'd step (softmax-attention models): faster per token "
                         "where overhead dominates (small models, GPUs), after a one-off compilation of seconds "
                         "to a minute; the same tokens")
+
+
+def _check_decoding(args) -> None:
+    """The decoding flags, checked by their names before any model is loaded."""
+    _positive_flag(args.max_new_tokens, "--max-new-tokens")
+    _positive_flag(args.num_beams, "--num-beams")
+    _positive_flag(args.top_k, "--top-k")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise CLIError(f"--temperature {args.temperature}: expected a number > 0")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CLIError(f"--top-p {args.top_p}: expected a number in (0, 1]")
+    if args.repetition_penalty is not None and not (math.isfinite(args.repetition_penalty)
+                                                    and args.repetition_penalty > 0):
+        raise CLIError(f"--repetition-penalty {args.repetition_penalty}: expected a number > 0 (1 = off)")
 
 
 def _decoding_kwargs(args):
@@ -270,10 +357,17 @@ def _generate_args(p):
 def _generate(args):
     import torch
     from .generate import generate, stream
+    _check_decoding(args)
+    if args.sample and (args.num_beams or 1) > 1:
+        raise CLIError(f"--sample with --num-beams {args.num_beams}: sampling draws one sequence; use one of them")
     model, tok = _model_and_tokenizer(args)
+    if model.config.family != "decoder":
+        hint = "; use `qkv translate` for it" if model.config.family == "encoder_decoder" else ""
+        raise CLIError(f"generate continues text with a decoder-only language model, but this checkpoint holds an "
+                       f"{model.config.family!r} model{hint}")
     hf = bool(getattr(args, "hf", None))
     # --hf: the tokenizer's own template (Llama 3's BOS), as transformers' tokenizer(prompt) does
-    ids = tok.encode(args.prompt, add_special=hf)
+    ids = _encode(tok, args.prompt, "--prompt", add_special=hf)
     if not ids:
         if tok.bos_id is None:
             raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
@@ -317,15 +411,27 @@ def _translate_args(p):
 
 
 def _translate(args):
-    from pathlib import Path
     import torch
+    from .data import read_lines
     from .generate import generate, stream
     from .generate import translate
+    _check_decoding(args)
+    if args.text is not None:
+        for t in args.text:
+            if not t.strip():
+                raise CLIError(f"--text {t!r}: empty; expected a sentence to translate")
+        sentences = args.text
+    else:
+        sentences = read_lines(args.file, "--file")
+        if not any(s.strip() for s in sentences):
+            raise CLIError(f"--file {args.file}: holds no sentences (every line is blank)")
     model, tok = _model_and_tokenizer(args)
     if model.config.family != "encoder_decoder":
         raise CLIError(f"translate needs an encoder-decoder model; this one is {model.config.family!r} "
                        f"(use `qkv generate`)")
-    sentences = args.text or [line for line in Path(args.file).read_text(encoding="utf-8").splitlines()]
+    flag = "--text" if args.text is not None else f"--file {args.file}"
+    for s in sentences:
+        _encode(tok, s, flag)
     forced_bos = None
     if args.src_lang or args.tgt_lang:
         languages = getattr(tok, "languages", [])
@@ -339,6 +445,9 @@ def _translate(args):
     if getattr(args, "hf", None):
         # transformers' way: the tokenizer's template, the folder's generation defaults, batch_decode of the output
         for s in sentences:
+            if not s.strip():
+                print(flush=True)
+                continue
             src = torch.tensor([tok.encode(s, add_special=True)])
             kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, 1)
             if forced_bos is not None:
@@ -352,12 +461,14 @@ def _translate(args):
         kwargs["forced_bos_token_id"] = forced_bos
     num_beams = kwargs.pop("num_beams")
     if num_beams > 1 and not args.sample:
-        for s, t in zip(sentences, translate(model, tok, sentences, num_beams=num_beams,
-                                             max_new_tokens=kwargs["max_new_tokens"], batch_size=1,
-                                             compile=args.compile)):
-            print(t, flush=True)  # one line per sentence as soon as its beam search ends
+        for s in sentences:  # one line per sentence as soon as its beam search ends; a blank line stays blank
+            print(translate(model, tok, [s], num_beams=num_beams, max_new_tokens=kwargs["max_new_tokens"],
+                            compile=args.compile)[0] if s.strip() else "", flush=True)
         return 0
     for s in sentences:  # greedy or sampling: token by token
+        if not s.strip():
+            print()
+            continue
         src = torch.tensor([tok.encode(s) + [tok.eos_id]])
         for chunk in stream(model, src, decode=tok.decode, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
                             compile=args.compile, **kwargs):
@@ -378,12 +489,14 @@ def _eval_args(p):
 
 
 def _eval(args):
-    import math
-    from pathlib import Path
     import torch
     import torch.nn.functional as F
+    from .data import read_text
     if not args.data:
         raise CLIError("pass --data FILE (and --tgt FILE for translation)")
+    _positive_flag(args.block_size, "--block-size")
+    _positive_flag(args.num_beams, "--num-beams")
+    _positive_flag(args.max_batches, "--max-batches", zero_ok=True)
     model, tok = _model_and_tokenizer(args)
     model.eval()
     if model.config.family == "encoder_decoder":
@@ -396,6 +509,8 @@ def _eval(args):
         if args.max_batches:
             pairs = pairs[: 64 * args.max_batches]
         sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+        for s in sources:
+            _encode(tok, s, f"--data {args.data}")
         hyps = translate(model, tok, sources, num_beams=args.num_beams)
         exact = sum(h == r for h, r in zip(hyps, refs)) / len(refs)
         bleu = _bleu(hyps, refs)
@@ -404,8 +519,11 @@ def _eval(args):
         return 0
     if model.config.family != "decoder":
         raise CLIError(f"eval supports language and translation models; this one is {model.config.family!r}")
-    ids = torch.tensor(tok.encode(Path(args.data).read_text(encoding="utf-8")))
+    ids = torch.tensor(_encode(tok, read_text(args.data, "--data"), f"--data {args.data}"))
     block = args.block_size or model.config.max_positions
+    if block > model.config.max_positions:
+        raise CLIError(f"--block-size {block}: more than the model's {model.config.max_positions} positions "
+                       f"(max_positions); expected --block-size <= {model.config.max_positions}")
     n = (len(ids) - 1) // block
     if n < 1:
         raise CLIError(f"--data has {len(ids)} tokens, fewer than one block of {block} + 1")
@@ -471,7 +589,6 @@ def _plot_args(p):
 
 
 def _plot(args):
-    from pathlib import Path
     from . import viz
     out = Path(args.out)
     if args.what == "curves":
@@ -509,7 +626,7 @@ def _plot(args):
     else:
         if not args.text:
             raise CLIError("pass --text")
-        ids = tok.encode(args.text)
+        ids = _encode(tok, args.text, "--text")
         tokens = tok.tokens(args.text)
         with torch.no_grad():
             result = model(torch.tensor([ids]), return_weights=True)
@@ -535,7 +652,6 @@ def _bench_args(p):
 
 def _bench(args):
     import subprocess
-    from pathlib import Path
     root = Path(__file__).resolve().parents[1] / "bench"
     scripts = sorted(p.stem for p in root.glob("*.py")) if root.is_dir() else []
     if not scripts:
@@ -576,36 +692,80 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qkv", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="qkv: build, train, decode and inspect attention models.",
         epilog="examples:\n" + "\n".join(f"  {c.example}" for c in COMMANDS.values())
                + "\n\nEach command explains its options: qkv COMMAND --help")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommands = {}
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, epilog=f"example:\n  {cmd.example}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.subcommands[name] = p
         cmd.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
+# A negative number: "-1e-3", "-.5", "-inf". argparse takes "-1e-3" for an option (its rule knows no exponents).
+_NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def _join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3`` for flags that take one value, so the value reaches the check that names
+    the flag and says what it expects, instead of argparse's "expected one argument"."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in getattr(parser, "subcommands", {}) or command == "bench":
+        return argv
+    takes_one = {o for a in parser.subcommands[command]._actions if a.nargs is None for o in a.option_strings}
+    out: list[str] = []
+    for a in argv:
+        if out and _NEGATIVE.match(a) and out[-1] in takes_one:
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: its message (the file, flag or field, the value, what was expected), with any
+    line breaks joined; exceptions that are not a user's mistake also say their type."""
+    if isinstance(e, KeyError) and e.args:
+        msg = f"missing key {e.args[0]!r}" if not isinstance(e.args[0], str) or " " not in e.args[0] else e.args[0]
+    elif isinstance(e, OSError) and e.filename and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e) or type(e).__name__
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    msg = "; ".join(lines) if lines else type(e).__name__
+    if not isinstance(e, (CLIError, ValueError, TypeError, OSError, KeyError)):
+        msg = f"{type(e).__name__}: {msg} (--debug shows the traceback)"
+    return msg
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_join_negative_values(parser, argv))
     if not args.command:
         parser.print_help()
         return 0
+    _Notes.said = set()
     try:
         return COMMANDS[args.command].run(args) or 0
     except KeyboardInterrupt:
         print("qkv: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except BrokenPipeError:  # the reader went away (``qkv ... | head``): stop quietly, as other commands do
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:  # every failure is one line; --debug keeps the traceback
         if args.debug:
             raise
-        print(f"qkv {args.command}: error: {e}", file=sys.stderr)
+        print(f"qkv {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, CLIError) else 1
 
 

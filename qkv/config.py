@@ -28,6 +28,8 @@ class _Serializable:
 
     @classmethod
     def from_dict(cls, d: dict):
+        if not isinstance(d, dict):
+            raise TypeError(f"{cls.__name__}: expected a mapping of field names to values, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -115,6 +117,13 @@ class ModelConfig(_Serializable):
         _choice("score", self.score, SCORES)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
             _positive(name, getattr(self, name))
+        for name in ("head_dim", "d_ff", "n_decoder_layers", "rotary_dim", "image_size", "patch_size", "num_channels"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        for name in ("type_vocab_size", "num_labels", "position_offset", "relative_buckets", "relative_max_distance"):
+            _count(name, getattr(self, name))
+        for name in ("norm_eps", "rope_base"):
+            _finite(name, getattr(self, name), low=0.0)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         _positive("n_kv_heads", self.n_kv_heads)
@@ -195,6 +204,8 @@ class ModelConfig(_Serializable):
 
     @classmethod
     def from_dict(cls, d: dict):
+        if not isinstance(d, dict):
+            raise TypeError(f"{cls.__name__}: expected a mapping of field names to values, got {type(d).__name__}")
         d = dict(d)
         every = d.pop("attention_every", 0)  # configs saved before layer_pattern: every k-th block softmax
         if every:
@@ -211,6 +222,19 @@ def _choice(name, value, allowed):
 def _positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _count(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+def _finite(name, value, *, low=None):
+    """A finite real number (inf and NaN pass ``> 0`` checks, and blow up a run many steps later)."""
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (low is not None and value < low):
+        raise ValueError(f"{name} must be a finite number{f' >= {low}' if low is not None else ''}, got {value!r}")
 
 
 SCHEDULES = ("cosine", "inverse_sqrt", "constant")
@@ -254,6 +278,7 @@ class TrainConfig(_Serializable):
     save_every: int = 0  # checkpoint every this many steps (0: at evaluations and at the end)
     keep_last: int = 2  # checkpoints kept besides the best one (0: keep all)
     resume: bool = False  # continue from the latest checkpoint in out_dir
+    overwrite: bool = False  # start afresh in an out_dir that holds an earlier run, deleting its checkpoints and metrics
     fsdp: bool = False  # under torchrun: shard parameters with FSDP2 (fully_shard) instead of DDP
     device: str | None = None  # cpu | cuda | cuda:N ...; default cuda when available (the local rank's under torchrun)
     progress: bool = True  # show a progress bar on stderr
@@ -272,6 +297,16 @@ class TrainConfig(_Serializable):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        _positive("log_every", self.log_every)
+        for name in ("lr", "min_lr", "weight_decay", "eps", "grad_clip", "label_smoothing", "val_fraction",
+                     "mlm_probability"):
+            _finite(name, getattr(self, name))
+        if not isinstance(self.betas, tuple) or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                        for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume=True and overwrite=True exclude each other: continue the run in out_dir "
+                             "(--resume) or replace it (--overwrite)")
         if self.schedule == "inverse_sqrt" and self.warmup_steps < 1:
             raise ValueError("schedule='inverse_sqrt' needs warmup_steps >= 1 (its peak is at the end of warmup)")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -354,7 +389,13 @@ def load_config_file(path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r}: no such file")
-    text = p.read_text(encoding="utf-8")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"config file {str(p)!r}: byte {data[e.start]:#04x} at offset {e.start} (line {line}) is "
+                         f"not valid UTF-8; expected UTF-8 text") from None
     if p.suffix.lower() in (".yaml", ".yml"):
         import yaml
         try:

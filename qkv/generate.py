@@ -276,6 +276,7 @@ class _Runner:
         if compile:
             _check_compilable(model, static_cache)
         capacity = (max_len or needed) if static_cache else None
+        _check_memory(model, input_ids, opts, capacity or needed)
         device = input_ids.device
         input_ids = input_ids.long()
         self.cache = _new_cache(model, B, capacity, static=compile)
@@ -380,6 +381,29 @@ class _Runner:
         if self.finished_at is None or steps == 0:
             return steps
         return min(steps, int(self.finished_at.max()) + 1)
+
+
+def _check_memory(model, input_ids, opts: _Options, positions: int) -> None:
+    """Refuse a run whose output buffer, caches and logits cannot fit where the prompt lives, before allocating
+    them: ``max_new_tokens=10**9`` is a request for gigabytes per row, not a long wait."""
+    from .cache import KVCache
+    from .safety import check_fits
+    cfg = model.config
+    B, T = input_ids.shape
+    rows = B * max(opts.num_beams, opts.num_return_sequences)
+    try:
+        kv_layers = sum(isinstance(layer.mixer, KVCache) for layer in model.new_cache(1).layers)  # buffers are lazy
+    except (NotImplementedError, AttributeError):
+        kv_layers = cfg.n_layers
+    p = next(model.parameters(), None)
+    elem = p.element_size() if p is not None else 4
+    per_position = kv_layers * 2 * cfg.n_kv_heads * cfg.head_dim * elem + 8  # keys, values, mask
+    cross = kv_layers * 2 * cfg.n_kv_heads * cfg.head_dim * elem * T if cfg.family == "encoder_decoder" else 0
+    nbytes = rows * (positions * per_position + cross + 8 * opts.max_new_tokens + 2 * 4 * cfg.vocab_size)
+    check_fits(nbytes, device=input_ids.device,
+               what=f"decoding max_new_tokens={opts.max_new_tokens} for {rows} row(s) (batch {B} x "
+                    f"num_beams={opts.num_beams}, num_return_sequences={opts.num_return_sequences}; caches of "
+                    f"{positions} positions)")
 
 
 def _check_compilable(model, static_cache):

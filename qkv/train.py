@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import checkpoint as ckpt
+from . import safety
 from .config import ModelConfig, TrainConfig
 from .tasks import (LOSSES, TASKS, EndlessBatches, ImageBatches, LMBatches, LossSums, MLMBatches, count_targets,
                     perplexity, shard_rows, to_device)
@@ -120,7 +121,7 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device:
-        device = torch.device(cfg.device)
+        device = check_device(cfg.device)
     else:
         device = torch.device(f"cuda:{local}" if world > 1 else "cuda") if torch.cuda.is_available() \
             else torch.device("cpu")
@@ -133,6 +134,25 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         owns = True
     return _Dist(dist.get_rank(), dist.get_world_size(), local, owns), device
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a torch.device after checking this machine has it; ValueError naming the flag otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={name!r} (--device): not a device name; expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} (--device): no CUDA GPU is available on this machine "
+                         f"(torch.cuda.is_available() is False); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r} (--device): this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                         f"expected cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name!r} (--device): MPS is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={name!r} (--device): qkv trains on cpu, cuda or mps")
+    return device
 
 
 def _all_sum(t: torch.Tensor, d: _Dist) -> torch.Tensor:
@@ -166,6 +186,14 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
         path = getattr(cfg, name)
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{name}={str(path)!r}: no such file or folder (--{name.replace('_', '-')})")
+        if path is not None and task != "image" and not Path(path).is_file():
+            raise ValueError(f"{name}={str(path)!r} (--{name.replace('_', '-')}): is a folder; expected a text file")
+    if task == "seq2seq" and cfg.data_tgt is not None and cfg.val_data is not None and cfg.val_data_tgt is None:
+        raise ValueError(f"val_data={cfg.val_data!r} (--val-data): the training data are two aligned files (--data, "
+                         f"--data-tgt), so the validation data need their target side too: pass --val-data-tgt")
+    if cfg.val_data_tgt is not None and cfg.val_data is None:
+        raise ValueError(f"val_data_tgt={cfg.val_data_tgt!r} (--val-data-tgt) was given without --val-data, its "
+                         f"source side")
     if task == "image":
         return _prepare_images(model_config, cfg)
     if tokenizer is None:
@@ -222,14 +250,12 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
 
 
 def _take(it, n):
-    """Up to n batches: a small held-out set may have fewer than eval_steps."""
-    batches = []
+    """Up to n batches, one at a time (never all held at once): a small held-out set may have fewer than eval_steps."""
     for _ in range(n):
         try:
-            batches.append(next(it))
+            yield next(it)
         except StopIteration:
-            break
-    return batches
+            return
 
 
 def _prepare_images(model_config, cfg):
@@ -285,29 +311,96 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *, model: nn.Mod
     checkpoint stays), ValueError for bad data or an incompatible resume, before anything in out_dir changes.
     """
     cfg = train_config
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} (--out-dir): is a file; expected a folder for the run's checkpoints "
+                         f"and logs")
     d, device = _setup_distributed(cfg)
     try:
-        return _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback)
+        with _run_lock(out, d, device):
+            return _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _run_lock(out: Path, d: _Dist, device):
+    """Hold the run folder's lock (the main process takes it) while training; every process fails if it fails."""
+    lock, error = (ckpt.RunLock(out) if d.main else contextlib.nullcontext()), None
+    try:
+        lock.__enter__()
+    except ValueError as e:
+        error = e
+    if d.world > 1:
+        ok = torch.tensor([0.0 if error else 1.0], device=device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if error is None and ok.item() == 0:
+            error = ValueError(f"out_dir={str(out)!r}: the main process could not lock the run folder")
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+# TrainConfig fields that may change on resume without changing the run's batches, only how it runs; a change is
+# reported and recorded in the trainer state's history, as the resume's other fields that differ.
+_RESUME_IGNORED = ("resume", "overwrite", "progress", "max_steps")
+
+
+def _check_resume(cfg: TrainConfig, resume_from: Path, tokenizer, data):
+    """Checks a resumed run makes before reading any data: the training config (fields that change the batches
+    must match), the step, and the tokenizer. Returns (the tokenizer to use, the changes to record)."""
+    saved = safety.read_json(resume_from / ckpt.TRAIN_CONFIG_FILE)
+    diff = ckpt.config_diff(cfg.to_dict(), saved, only=RESUME_MUST_MATCH)
+    if diff:
+        raise ValueError(f"cannot resume from {resume_from}: the training config differs in fields that change "
+                         f"the batches or updates:\n  " + "\n  ".join(diff))
+    step = ckpt.checkpoint_step(resume_from)
+    if cfg.max_steps < step:
+        raise ValueError(f"max_steps={cfg.max_steps} (--max-steps) is below the step of the checkpoint to resume, "
+                         f"{step} ({resume_from}); expected max_steps >= {step} (more steps to train further)")
+    now = json.loads(json.dumps(cfg.to_dict()))
+    changes = {k: [saved.get(k), now[k]] for k in sorted(now)
+               if k not in RESUME_MUST_MATCH and k not in _RESUME_IGNORED and saved.get(k) != now[k]}
+    for k, (a, b) in changes.items():
+        log.warning("resuming with %s=%r; the run so far used %r (recorded in the trainer state's history)", k, b, a)
+    saved_dir = resume_from / ckpt.TOKENIZER_DIR
+    if not saved_dir.is_dir():
+        return tokenizer, changes
+    from .data import Tokenizer
+    saved_tok = Tokenizer.load(saved_dir)
+    given, what = tokenizer, "the tokenizer passed to train()"
+    if given is None and data is not None:
+        given, what = data.tokenizer, "the tokenizer of the data passed to train()"
+    if given is None and cfg.tokenizer:
+        given, what = Tokenizer.load(cfg.tokenizer), f"tokenizer={cfg.tokenizer!r} (--tokenizer)"
+    if given is not None and given.fingerprint() != saved_tok.fingerprint():
+        raise ValueError(f"cannot resume from {resume_from}: {what} (fingerprint {given.fingerprint()[:12]}) differs "
+                         f"from the tokenizer saved with the checkpoint, {saved_dir} (fingerprint "
+                         f"{saved_tok.fingerprint()[:12]}); the weights were trained on the saved tokenizer's ids: "
+                         f"resume with that one (qkv.data.Tokenizer.load({str(saved_dir)!r})) or start a new run")
+    return saved_tok, changes
+
+
 def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
     out = Path(cfg.out_dir)
-    resume_from = ckpt.latest_checkpoint(out) if out.is_dir() else None
-    if resume_from is not None and not cfg.resume:
-        raise ValueError(f"out_dir={str(out)!r} already holds a run (latest checkpoint {resume_from.name}); "
-                         f"pass resume=True (--resume) to continue it, or choose another out_dir")
-    if cfg.resume and resume_from is not None:
-        saved = json.loads((resume_from / ckpt.TRAIN_CONFIG_FILE).read_text())
-        diff = ckpt.config_diff(cfg.to_dict(), saved, only=RESUME_MUST_MATCH)
-        if diff:
-            raise ValueError(f"cannot resume from {resume_from}: the training config differs in fields that change "
-                             f"the batches or updates:\n  " + "\n  ".join(diff))
-        if tokenizer is None and data is None and cfg.tokenizer is None and (resume_from / ckpt.TOKENIZER_DIR).is_dir():
-            from .data import Tokenizer
-            tokenizer = Tokenizer.load(resume_from / ckpt.TOKENIZER_DIR)  # the very ids the weights were trained on
+    # a write or a clean-up through a link would reach elsewhere
+    safety.check_no_links(out, ckpt.RUN_FILES + ("data", ckpt.LOCK), what="out_dir")
+    resume_from, changes = None, {}
+    if cfg.resume:
+        resume_from = ckpt.resume_checkpoint(out)
+        ckpt.read_best(out)  # a damaged best.json is named now, not at the first save
+        # a resumed run always uses the tokenizer saved with its checkpoint: the ids its weights were trained on
+        tokenizer, changes = _check_resume(cfg, resume_from, tokenizer, data)
+    else:
+        earlier = ckpt.earlier_run(out)
+        if earlier and not cfg.overwrite:
+            raise ValueError(f"out_dir={str(out)!r} already holds a run ({', '.join(earlier)}); pass resume=True "
+                             f"(--resume) to continue it, overwrite=True (--overwrite) to replace it, or choose "
+                             f"another out_dir")
 
     if data is None:
         data = prepare_data(model_config if model is None else model.config, cfg, tokenizer)
@@ -320,6 +413,7 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
     if cfg.batch_size % d.world and data.task != "seq2seq":
         raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({d.world}): "
                          f"it is the global batch, split across them")
+    _check_memory(model_config, cfg, data.task, device, d.world)
 
     _seed_all(cfg.seed)  # the same initial weights on every process
     raw = model if model is not None else _build(model_config)
@@ -346,12 +440,16 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
 
     opt, sched = make_optimizer(task_loss, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    step, best_val, tokens_seen = 0, None, 0
+    step, best_val, tokens_seen, history = 0, None, 0, []
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         _load_optimizer(task_loss, opt, state["optimizer"], d, cfg)
         sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler.is_enabled() and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])  # (a precision change to or from fp16 starts a fresh scaler)
+        history = list(state.get("history", []))
+        if changes:
+            history.append({"step": state["step"], "changed": changes})
         data.train.load_state_dict(state["data"])
         step, best_val, tokens_seen = state["step"], state.get("best_val_loss"), state.get("tokens", 0)
         if len(state["rng"]) == d.world:
@@ -365,9 +463,12 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
     metrics_path = out / "metrics.jsonl"
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+        if resume_from is None and cfg.overwrite and ckpt.earlier_run(out):
+            log.warning("overwrite=True: removing the earlier run in %s (checkpoints, metrics, logs)", out)
+            ckpt.clear_run(out)
         ckpt.remove_stale_tmp(out)
-        (out / "config.json").write_text(model_config.to_json())
-        (out / ckpt.TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        safety.write_atomic(out / "config.json", model_config.to_json())
+        safety.write_atomic(out / ckpt.TRAIN_CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         if data.tokenizer is not None:
             data.tokenizer.save(out / ckpt.TOKENIZER_DIR)
         _truncate_metrics(metrics_path, step)
@@ -385,7 +486,7 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
             task_loss.reshard()  # FSDP2 leaves the root unsharded after a forward; state dicts want the shards
         state = {"step": step, "optimizer": _optimizer_state(task_loss, opt, cfg, d), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict(), "data": data.train.state_dict(), "rng": _gather_rng(d),
-                 "best_val_loss": best_val, "tokens": tokens_seen, "world_size": d.world}
+                 "best_val_loss": best_val, "tokens": tokens_seen, "world_size": d.world, "history": history}
         weights = raw
         if shadow is not None:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -402,8 +503,8 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         return path
 
     def evaluate():
-        if data.val is None:
-            return {}
+        if data.val is None or cfg.eval_steps == 0:
+            return {}  # no validation data: no validation metrics (never a made-up 0.0)
         task_loss.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         with torch.no_grad():
@@ -414,6 +515,9 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
                 sums += torch.stack([s.nll.double(), s.correct.double(), s.count.double()])
         _all_sum(sums, d)
         task_loss.train()
+        if sums[2].item() == 0:
+            log.warning("validation held no targets: no validation metrics at this evaluation")
+            return {}
         nll, correct, count = (sums / sums[2].clamp(min=1)).tolist()[0], sums[1].item(), sums[2].item()
         return {"val_loss": nll, "val_ppl": perplexity(nll), "val_acc": correct / max(count, 1)}
 
@@ -422,7 +526,9 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.max_steps, initial=step, file=sys.stderr, unit="step", dynamic_ncols=True, desc="train")
     task_loss.train()
-    last_ckpt, train_loss, last_eval = None, None, {}
+    last_ckpt, train_loss, last_eval = resume_from, None, {}
+    if step >= cfg.max_steps:
+        log.info("the run is already at max_steps=%d (checkpoint %s): nothing to train", cfg.max_steps, resume_from)
     t_start = t_log = time.perf_counter()
     tokens_log = 0
     tokens_start = tokens_seen
@@ -502,6 +608,30 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         out_dir=str(out), checkpoint=str(last_ckpt) if last_ckpt else None, metrics=str(metrics_path))
 
 
+def _check_memory(model_config: ModelConfig, cfg: TrainConfig, task: str, device, world: int) -> None:
+    """Refuse a run whose smallest possible footprint cannot fit on ``device``: fp32 weights, gradients and the two
+    AdamW moments; the grad_accum global micro-batches drawn per step; this process's share of one micro-batch's
+    logits and their gradient. A lower bound: activations come on top."""
+    from .safety import check_fits, model_bytes, model_sizes
+    params, _ = model_bytes(model_config)
+    check_fits(16 * params, device=device, what=f"training a model of {params:,} parameters "
+               f"({model_sizes(model_config)}: fp32 weights, gradients and two AdamW moments)")
+    if task in ("lm", "mlm"):
+        block = cfg.block_size or model_config.max_positions
+        tokens, what = cfg.batch_size * block, f"batch_size={cfg.batch_size} x block_size={block}"
+    elif task == "seq2seq":
+        tokens, what = cfg.max_tokens, f"max_tokens={cfg.max_tokens}"
+    else:
+        tokens, what = cfg.batch_size, f"batch_size={cfg.batch_size}"
+    width = model_config.num_labels if task == "image" else model_config.vocab_size
+    inputs = 16 * tokens + (4 * cfg.batch_size * model_config.num_channels * model_config.image_size ** 2
+                            if task == "image" else 0)  # ids and targets as int64, or float pixels
+    logits = 2 * (4 if cfg.precision == "fp32" else 2) * width * tokens // world
+    check_fits(16 * params + inputs * cfg.grad_accum + logits, device=device,
+               what=f"training ({params:,} parameters; {what}, grad_accum={cfg.grad_accum}, "
+                    f"{'num_labels' if task == 'image' else 'vocab_size'}={width})")
+
+
 def _build(model_config):
     from .models import build
     return build(model_config)
@@ -548,11 +678,23 @@ def _gather_rng(d) -> list:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint (a crashed run's tail), so steps never repeat."""
+    """On resume, drop lines logged after the checkpoint (a crashed run's tail), so steps never repeat; a line cut
+    short by the crash is dropped with a warning."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep, broken = [], 0
+    for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(ln)
+        except ValueError:
+            broken += bool(ln.strip())
+            continue
+        at = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(at, (int, float)) and at <= step:
+            keep.append(ln)
+    if broken:
+        log.warning("%s: dropped %d line(s) that are not whole JSON records (cut short by a crash?)", path, broken)
+    safety.write_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
 def _tensorboard(out: Path):
@@ -645,6 +787,10 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
     unknown = sorted(set(file) - {"model", "preset", "train"})
     if unknown:
         raise ValueError(f"config file {args.config!r}: unknown sections {unknown}; expected model, preset, train")
+    for section, kind in (("model", dict), ("train", dict), ("preset", str)):
+        if section in file and not isinstance(file[section], kind):
+            raise ValueError(f"config file {args.config!r}: section {section!r} is a {type(file[section]).__name__}; "
+                             f"expected {'a mapping of field names to values' if kind is dict else 'a preset name'}")
     name = args.preset or file.get("preset")
     if name is None and "model" not in file:
         raise ValueError("no model given: pass --preset NAME or a config file with a 'model' or 'preset' section")

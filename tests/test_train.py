@@ -220,22 +220,25 @@ def test_compiled_training_follows_the_eager_loss_curve(tmp_path, corpus):
 
 
 def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
+    import errno
+    import safetensors.torch
     c = cfg_for(tmp_path, corpus, max_steps=6, eval_every=3)
-    real_save, calls = torch.save, []
+    real_save, calls = safetensors.torch.save_file, []
 
-    def failing_save(obj, f, *a, **k):
-        calls.append(f)
+    def failing_save(tensors, f, *a, **k):  # the second checkpoint's trainer state, written after its weights
+        if str(f).endswith(ckpt.STATE_TENSORS):
+            calls.append(f)
         if len(calls) == 2:
-            raise OSError("disk full (simulated)")
-        return real_save(obj, f, *a, **k)
-    monkeypatch.setattr(ckpt.torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        return real_save(tensors, f, *a, **k)
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with pytest.raises(OSError, match="No space left"):
         train(tiny(), c)
     out = tmp_path / "run"
     good = ckpt.latest_checkpoint(out)
     assert good.name == "step-0000003"
     assert ckpt.load_trainer_state(good)["step"] == 3 and qkv.load(good) is not None
-    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     s = train(tiny(), c.replace(resume=True))  # the half-written folder is cleaned up and the run finishes
     assert s.steps == 6 and not list((out / "checkpoints").glob(".tmp-*"))
 

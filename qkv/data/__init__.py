@@ -1,5 +1,6 @@
 """Data for every family: tokenizers, language-model windows, translation pairs, masked-LM batches, images,
 and the demo's English -> Spanish task."""
+from qkv.data._files import read_lines, read_text
 from qkv.data.demo_task import (english_number, generate_pairs, generate_splits, make_demo_data, spanish_number,
                                 split_of, write_pairs, write_splits)
 from qkv.data.images import ArrayImages, ImageFolder
@@ -11,6 +12,7 @@ from qkv.data.tokenizer import (ROLES, SPECIALS, CharTokenizer, HFTokenizer, Spe
                                 train_wordpiece)
 
 __all__ = [
+    "read_text", "read_lines",
     "Tokenizer", "CharTokenizer", "HFTokenizer", "SpecialTokens", "SPECIALS", "ROLES", "train_bpe", "train_wordpiece",
     "tokenize_files", "load_lm_data", "LMSplits", "WindowSampler", "token_dtype",
     "read_pairs", "load_parallel", "ParallelDataset", "ParallelBatches", "TokenBucketSampler", "TranslationBatch",

@@ -78,6 +78,8 @@ class ArrayImages(torch.utils.data.Dataset):
                  std: float | Sequence[float] = 0.5):
         p = check_file(path, "path")
         if p.suffix == ".npz":
+            from qkv.safety import check_npz
+            check_npz(p)  # declared array sizes against the file and memory, before numpy allocates them
             with np.load(p, allow_pickle=False) as z:
                 missing = [k for k in ("images", "labels") if k not in z.files]
                 if missing:

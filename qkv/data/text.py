@@ -55,25 +55,36 @@ def tokenize_files(files: PathLike | Sequence[PathLike], tokenizer: Tokenizer, c
     out = cache / f"tokens-{_digest(paths, tokenizer)}.bin"
     if not out.exists():
         tmp = out.with_suffix(f".tmp{os.getpid()}")
-        n = 0
-        with open(tmp, "wb") as f:
-            for k, p in enumerate(paths):
-                if k and tokenizer.eos_id is not None:
-                    f.write(np.asarray([tokenizer.eos_id], dtype).tobytes())
-                    n += 1
-                lines = read_text(p, arg).splitlines(keepends=True)
-                chunks = ["".join(lines[i:i + _LINES_PER_CHUNK]) for i in range(0, len(lines), _LINES_PER_CHUNK)]
-                for ids in tokenizer.encode_batch(chunks):
-                    f.write(np.asarray(ids, dtype).tobytes())
-                    n += len(ids)
+        try:
+            n = _write_tokens(tmp, paths, tokenizer, dtype, arg)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written cache behind
+            raise
         # Written under a temporary name and renamed: a run killed mid-way never leaves a short cache file.
         os.replace(tmp, out)
         meta = {"files": [str(p) for p in paths], "tokens": n, "dtype": dtype.name,
                 "tokenizer": repr(tokenizer)}
-        out.with_suffix(".json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        from qkv.safety import write_atomic
+        write_atomic(out.with_suffix(".json"), json.dumps(meta, indent=1))
     if out.stat().st_size == 0:
         return np.zeros(0, dtype)  # np.memmap refuses empty files
     return np.memmap(out, dtype=dtype, mode="r")
+
+
+def _write_tokens(tmp: Path, paths: Sequence[Path], tokenizer: Tokenizer, dtype, arg: str) -> int:
+    """Write the ids of ``paths`` into ``tmp``; returns how many."""
+    n = 0
+    with open(tmp, "wb") as f:
+        for k, p in enumerate(paths):
+            if k and tokenizer.eos_id is not None:
+                f.write(np.asarray([tokenizer.eos_id], dtype).tobytes())
+                n += 1
+            lines = read_text(p, arg).splitlines(keepends=True)
+            chunks = ["".join(lines[i:i + _LINES_PER_CHUNK]) for i in range(0, len(lines), _LINES_PER_CHUNK)]
+            for ids in tokenizer.encode_batch(chunks):
+                f.write(np.asarray(ids, dtype).tobytes())
+                n += len(ids)
+    return n
 
 
 @dataclass

@@ -156,10 +156,17 @@ class Tokenizer:
         if not p.is_dir():
             raise FileNotFoundError(f"path={str(p)!r}: no such tokenizer folder or tokenizer.json file")
         if (p / META_FILE).is_file():
-            meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
+            from qkv.safety import inside, read_json
+            meta = read_json(inside(p, p / META_FILE, what=META_FILE))
             kinds = {"char": CharTokenizer, "hf": HFTokenizer, "sentencepiece": spm_folders.SentencePieceTokenizer}
             if meta.get("kind") not in kinds:
                 raise ValueError(f"{str(p / META_FILE)!r}: kind={meta.get('kind')!r}, expected one of {list(kinds)}")
+            specials, vocab = meta.get("specials"), meta.get("vocab")
+            char_ok = isinstance(vocab, list) and all(isinstance(t, str) for t in vocab)
+            if not isinstance(specials, dict) or not all(isinstance(v, str) for v in specials.values()) or (
+                    meta["kind"] == "char" and not char_ok):
+                raise ValueError(f"{str(p / META_FILE)!r}: expected 'specials' (role -> token string)"
+                                 f"{' and vocab (a list of strings)' if meta['kind'] == 'char' else ''}")
             return kinds[meta["kind"]]._from_meta(p, meta)
         if (p / HF_FILE).is_file():  # what transformers reads first too
             return HFTokenizer.from_file(p / HF_FILE, spm_folders.folder_roles(p, p / HF_FILE))
@@ -261,13 +268,19 @@ class HFTokenizer(Tokenizer):
     def from_file(cls, path: PathLike, specials: Mapping[str, str] | None = None) -> "HFTokenizer":
         """Load a `tokenizer.json`; roles are `specials` if given, else recognised from common strings."""
         from tokenizers import Tokenizer as HF
+        from qkv.safety import inside
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"path={str(p)!r}: no such tokenizer.json file")
+        inside(p.absolute().parent, p, what="tokenizer file")  # no link out of its folder (HF cache blobs aside)
         try:
             hf = HF.from_file(str(p))
         except Exception as e:  # the Rust error says what is wrong inside the JSON
             raise ValueError(f"path={str(p)!r}: not a Hugging Face tokenizer.json ({e})") from None
+        # qkv batches and cuts text itself: a file's padding (MiniLM pads to 128) or truncation would silently
+        # pad every prompt and cut every corpus chunk, so both are switched off; text round-trips as the user wrote it.
+        hf.no_padding()
+        hf.no_truncation()
         if specials is None:
             vocab = hf.get_vocab(with_added_tokens=True)
             specials = {r: next(t for t in cands if t in vocab)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .. import safety
 from ..config import ModelConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -50,40 +51,60 @@ def supported() -> list[str]:
 def _resolve_folder(path: Path) -> Path:
     """The folder that holds config.json. A sentence-transformers folder may keep its transformer in a
     sub-folder named by modules.json; recent ones keep the weights in the top folder."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder" if not path.exists() else
+                                f"{path}: is a file; expected a Hugging Face checkpoint folder")
     if (path / "config.json").is_file():
         return path
     modules = path / "modules.json"
     if modules.is_file():
-        for module in json.loads(modules.read_text()):
-            if module.get("type", "").endswith("Transformer") and (path / module.get("path", "") / "config.json").is_file():
-                return path / module["path"]
+        for module in safety.read_json(safety.inside(path, modules, what="modules.json"), expect=list):
+            if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer"):
+                sub = safety.child(path, module.get("path", ""), what=f"{modules} entry 'path'")
+                if (sub / "config.json").is_file():
+                    return sub
     raise FileNotFoundError(f"{path}: config.json is missing (not a Hugging Face checkpoint folder)")
 
 
-def _load_weight_file(file: Path) -> StateDict:
+def _load_weight_file(file: Path, *, shapes_only: bool = False) -> StateDict:
+    """One weights file: safetensors (header checked against the file first), or a torch pickle read as plain
+    tensors only. ``shapes_only``: meta tensors with the file's shapes, nothing read (a pickle is memory-mapped)."""
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(file))
-    return torch.load(file, map_location="cpu", weights_only=True)
+        if shapes_only:
+            return safety.meta_tensors(safety.safetensors_header(file))
+        return safety.load_safetensors(file)
+    return safety.load_tensor_pickle(file)
 
 
-def read_weights(folder: Path) -> StateDict:
-    """All tensors of a folder, single-file or sharded, safetensors preferred."""
+def weight_files(folder: Path) -> list[Path]:
+    """The weights files of a folder, single-file or sharded, safetensors preferred; every name an index gives
+    must stay inside the folder (links into the Hugging Face cache's blobs/ allowed)."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state: StateDict = {}
-            for shard in shards:
-                if not (folder / shard).is_file():
+            weight_map = safety.read_json(safety.inside(folder, index, what=index_name)).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{index}: expected a non-empty 'weight_map' object (tensor name -> shard file)")
+            files = []
+            for shard in sorted(set(map(str, weight_map.values()))):
+                file = safety.child(folder, shard, what=f"{index_name} shard")
+                if not file.is_file():
                     raise FileNotFoundError(f"{folder}: shard {shard} named in {index_name} is missing")
-                state.update(_load_weight_file(folder / shard))
-            return state
+                files.append(file)
+            return files
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
-            return _load_weight_file(folder / name)
+            return [safety.inside(folder, folder / name, what=name)]
     raise FileNotFoundError(f"{folder}: no weights found (looked for model.safetensors, pytorch_model.bin and "
                             f"their sharded index files)")
+
+
+def read_weights(folder: Path, *, shapes_only: bool = False) -> StateDict:
+    """All tensors of a folder, single-file or sharded (see ``weight_files``)."""
+    state: StateDict = {}
+    for file in weight_files(folder):
+        state.update(_load_weight_file(file, shapes_only=shapes_only))
+    return state
 
 
 # -- helpers for the maps ------------------------------------------------------------------------------------------
@@ -186,15 +207,22 @@ def from_hf(path, *, dtype: torch.dtype | None = None):
     path, or a hub id "org/name" resolved through huggingface_hub's cache (``qkv.hub.resolve``)."""
     from ..models.build import build
     from .resolve import resolve
-    folder = _resolve_folder(resolve(path))
-    hf_config = json.loads((folder / "config.json").read_text())
+    path = resolve(path)
+    folder = _resolve_folder(path)
+    hf_config = safety.read_json(safety.inside(path, folder / "config.json", what="config.json"))
     model_type = hf_config.get("model_type")
     if model_type not in CONVERTERS:  # before reading gigabytes of weights
-        raise ValueError(f"{path}: architecture {model_type!r} ({', '.join(hf_config.get('architectures') or [])}) "
+        names = ", ".join(map(str, hf_config.get("architectures") or []))
+        raise ValueError(f"{path}: architecture {model_type!r} ({names}) "
                          f"is not supported; supported model types: {', '.join(supported())}")
-    state = read_weights(folder)
     conv = CONVERTERS[model_type]
-    config = conv.config_from_hf(hf_config)
+    try:
+        config = conv.config_from_hf(hf_config)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{folder / 'config.json'}: {model_type} config is missing or mistypes {e}") from None
+    check_against_weights(config, conv, folder)  # sizes claimed by config.json vs the files, before building
+    state = read_weights(folder)
+    safety.check_finite(state, source=folder)
     model = build(config)
     try:
         ours = conv.state_from_hf(state, config)
@@ -242,6 +270,33 @@ def hf_type_for(config: ModelConfig) -> str:
         reasons[model_type] = f"would change {changed}"
     raise ValueError("no Hugging Face architecture holds this model exactly: "
                      + "; ".join(f"{t}: {r}" for t, r in reasons.items()))
+
+
+def check_against_weights(config: ModelConfig, conv: Converter, folder: Path) -> None:
+    """Check what config.json declares against the weights files' shapes, reading no tensor and building nothing:
+    the layer count against the files' layer indices, the memory the model needs, and the converter's map run on
+    shape-only (meta) tensors against the shapes qkv builds. ValueError names the field or tensor."""
+    from ..models.build import expected_shapes
+    found = read_weights(folder, shapes_only=True)
+    counts = [("n_layers", config.n_layers)]
+    if config.family == "encoder_decoder":
+        counts.append(("n_decoder_layers", config.n_decoder_layers))
+    for field, n in counts:
+        safety.check_layer_count(found, n, field=f"{field} (the layer count in config.json)", source=folder)
+    meta = {k: v if v.device.type == "meta" else torch.empty(v.shape, dtype=v.dtype, device="meta")
+            for k, v in found.items()}
+    try:
+        ours = conv.state_from_hf(meta, config)
+    except KeyError as e:
+        raise ValueError(f"{folder}: {e.args[0]}") from None
+    except (RuntimeError, NotImplementedError, TypeError):
+        ours = None  # a map that needs values: the shapes are compared after loading instead
+    if ours is not None:
+        expected, aliases = expected_shapes(config)
+        tied = {"head.weight"} if config.tie_embeddings else set()
+        safety.check_shapes(config, expected, {k: tuple(v.shape) for k, v in ours.items()}, source=folder,
+                            optional=aliases | tied)
+    safety.check_model_fits(config, source=str(folder / "config.json"))
 
 
 def to_hf(model, path) -> Path:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .. import safety
 from ..config import ModelConfig
 
 _TOP_KEYS = {"embed.tokens.weight": "emb.weight", "blocks.0.ln0.weight": "blocks.0.ln0.weight",
@@ -87,6 +88,8 @@ def rwkv_config(state: dict[str, torch.Tensor], **overrides) -> ModelConfig:
     vocab, d_model = state["emb.weight"].shape
     d_att, d_ff = state["blocks.0.att.key.weight"].shape[0], state["blocks.0.ffn.key.weight"].shape[0]
     n_layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    safety.check_layer_count([k for k in state if k.startswith("blocks.")], n_layers,
+                             field="n_layers (1 + the largest block index)", source="the RWKV state dict")
     att = lambda name: state[f"blocks.0.att.{name}"]  # noqa: E731
     n_heads, head_dim, ranks = 1, d_att, None  # RWKV-4: no heads
     if version == 5.2:
@@ -113,10 +116,13 @@ def from_rwkv(path, *, dtype: torch.dtype | None = torch.float32, device=None):
     Weights are cast to ``dtype`` (float32 by default: releases are often bf16 / fp16; None keeps them).
     Feeding tokens through ``model(ids, cache)`` one at a time reproduces RWKV-LM's RNN mode."""
     from ..models import build
-    state = torch.load(_resolve(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    cfg = rwkv_config(state)
+    file = _resolve(path)
+    state = safety.load_tensor_pickle(file)  # plain tensors only, memory-mapped
+    try:
+        cfg = rwkv_config(state)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
+    safety.check_finite(state, source=file)
     model = build(cfg)
     ours = model.state_dict()
     keys = rwkv_key_map(model)

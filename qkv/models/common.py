@@ -5,7 +5,6 @@ This is the only place outside the family files that reads ModelConfig; it turns
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,22 @@ class QKVModel(nn.Module):
     config: ModelConfig
 
     def save(self, path) -> Path:
-        """Write qkv's own folder: config.json + model.safetensors (tied weights stored once)."""
+        """Write qkv's own folder: config.json + model.safetensors (tied weights stored once) + manifest.json (the
+        sha256 of both, which ``qkv.load`` checks)."""
         from safetensors.torch import save_model
+        from ..safety import write_atomic, write_manifest
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path}: is a file; expected a folder to write the model into")
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(self.config.to_json())
+        write_atomic(path / CONFIG_FILE, self.config.to_json())
         tmp = path / (WEIGHTS_FILE + ".tmp")
-        save_model(self, str(tmp))
-        tmp.replace(path / WEIGHTS_FILE)  # atomic: a crash mid-write leaves the old weights whole
+        try:
+            save_model(self, str(tmp))
+            tmp.replace(path / WEIGHTS_FILE)  # atomic: a crash mid-write leaves the old weights whole
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_manifest(path, [CONFIG_FILE, WEIGHTS_FILE])  # the folder may hold other files (tokenizer/, ...)
         return path
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
@@ -117,10 +124,15 @@ class QKVModel(nn.Module):
 
 
 def load_config(path) -> ModelConfig:
+    from ..safety import inside, read_json
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a qkv model folder: {CONFIG_FILE} is missing")
-    return ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+    fields = read_json(inside(path, path / CONFIG_FILE, what=CONFIG_FILE))
+    try:
+        return ModelConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path / CONFIG_FILE}: {e}") from None
 
 
 # -- embeddings and positions -----------------------------------------------------------------------------------

@@ -235,7 +235,10 @@ def _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p):
     # The common cases need no mask tensor at all: let the kernel do causality itself (its causal mask is
     # top-left aligned, which matches ours only when T == S).
     if mask is None and bias is None and window is None and global_tokens is None and (not causal or T == S):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, **kwargs)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, **kwargs)
+        # The fused CPU kernel returns 0 for a query holding NaN where the explicit softmax (and every masked path)
+        # gives NaN. Adding 0 * sum(q) brings the NaN back, so a bad input shows on every path (x + 0 is exact).
+        return out + q.sum(-1, keepdim=True) * 0
 
     allowed, mask_bias = _combine_masks(T, S, q.device, mask, causal, window, global_tokens)
     empty = None if allowed is None else ~allowed.any(dim=-1, keepdim=True)  # (.., T, 1): queries with no key
