@@ -135,13 +135,18 @@ def _info(args):
         print(supported_text())
         return 0
     import torch
+    _positive_flag(args.seq_len, "--seq-len")
     with torch.device("meta"):  # sizes only: no memory, no initialisation time, even for big presets
         if args.checkpoint:  # the config says everything info prints: the weights are not read
+            from . import safety
             from .models.common import load_config
-            model = qkv.build(load_config(_model_folder(args.checkpoint)))
+            config = load_config(_model_folder(args.checkpoint))
+            # a meta build holds no weights, but its module objects still cost memory: bound them first
+            safety.check_fits(safety.model_bytes(config, dtype_bytes=0)[1],
+                              what=f"{args.checkpoint}/config.json: building {safety.model_sizes(config)}")
+            model = qkv.build(config)
         else:
             model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
-    _positive_flag(args.seq_len, "--seq-len")
     print(model.summary(args.seq_len))
     n = model.num_parameters()
     print(f"  training memory:  ~{16 * n / 2**30:.2f} GiB for weights, grads and AdamW state in fp32 "
