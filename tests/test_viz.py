@@ -158,10 +158,10 @@ def test_explorer_escapes_tokens_and_title(tmp_path, explorer_maps):
     assert "</" not in payload and "<" not in payload and "&" not in payload
     data = json.loads(payload)
     assert data["title"] == NASTY
-    assert data["kinds"][1]["queries"][3] == NASTY
+    assert data["examples"][0]["kinds"][1]["queries"][3] == NASTY
     assert '<b id="pwned">' not in page
     assert "&lt;/script&gt;&lt;b id=&quot;pwned&quot;&gt;" in page  # the title, HTML-escaped
-    layers = data["kinds"][2]["layers"]
+    layers = data["examples"][0]["kinds"][2]["layers"]
     assert (len(layers), len(layers[0]), len(layers[0][0]), len(layers[0][0][0])) == (3, 4, 7, 7)
 
 
@@ -245,14 +245,14 @@ def test_explorer_renders_in_chromium_without_script_errors(tmp_path, explorer_m
     assert [t["text"] for t in dom.by_testid["token-query"]] == masked.queries
     assert "pwned" not in dom.ids
     # Nothing focused: a faint line for every (query, key) weight above the threshold.
-    weights = explorer_data(explorer_maps, title="")["kinds"][1]["layers"][1][0]
+    weights = explorer_data(explorer_maps, title="")["examples"][0]["kinds"][1]["layers"][1][0]
     expected = sum(v >= EXPLORER_MIN_WEIGHT for row in weights for v in row)
     assert int(dom.body["data-n-lines"]) == dom.count("attn-line") == expected
 
 
 def expected_lines(data, kind, layer, head, query):
     """Keys with weight >= the threshold in one row of the page's data (head "mean": summed in the page's order)."""
-    heads = data["kinds"][kind]["layers"][layer]
+    heads = data["examples"][0]["kinds"][kind]["layers"][layer]
     if head == "mean":
         row = [sum(heads[h][query][s] for h in range(len(heads))) / len(heads) for s in range(len(heads[0][0]))]
     else:
