@@ -335,6 +335,43 @@ def _demo(args):
     return 0
 
 
+# -- explore ----------------------------------------------------------------------------------------------------
+
+def _explore_args(p):
+    _source_args(p)
+    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000; 0: any free port)")
+    p.add_argument("--text", action="append", help="a first sentence (or prompt) to show; repeat for more")
+    p.add_argument("--num-beams", type=int, default=4, help="beam width of the beam view (default: 4)")
+    p.add_argument("--max-new-tokens", type=int, help="longest output in tokens (default: what the model allows, "
+                                                      "at most 60)")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+
+
+def _explore(args):
+    from .explore import Explorer, ExploreInputError, make_server
+    model, tok = _model_and_tokenizer(args)
+    explorer = Explorer(model, tok, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    examples = []
+    for text in args.text or []:
+        try:
+            examples.append(explorer.example(text))
+        except ExploreInputError as e:
+            raise CLIError(f"--text {text!r}: {e}") from None
+    server = make_server(explorer, port=args.port, examples=examples)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    print(f"serving the explorer at {url} (this machine only); Ctrl-C stops it", flush=True)
+    if args.open:
+        import webbrowser
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
 # -- plot -------------------------------------------------------------------------------------------------------
 
 def _plot_args(p):
@@ -439,6 +476,9 @@ COMMANDS: dict[str, Command] = {
                     _eval_args, _eval),
     "demo": Command("the main job: train a small Transformer to translate, then show where it attends",
                     "qkv demo --out runs/demo", _demo_args, _demo),
+    "explore": Command("a local web page: type a sentence, see the output, every layer's and head's attention "
+                       "and beam search step by step", "qkv explore --checkpoint runs/demo --port 8000",
+                       _explore_args, _explore),
     "info": Command("a model's configuration, parameters, FLOPs per token and memory",
                     "qkv info --preset gpt2 --seq-len 1024", _info_args, _info),
     "plot": Command("attention heatmaps (every layer and head) and training curves",

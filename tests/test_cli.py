@@ -7,7 +7,7 @@ import torch
 
 from qkv.cli import COMMANDS, main
 
-EXPECTED = {"train", "generate", "translate", "eval", "convert", "plot", "bench", "info", "demo"}
+EXPECTED = {"train", "generate", "translate", "eval", "convert", "plot", "bench", "info", "demo", "explore"}
 
 
 def test_every_subcommand_is_listed_and_explains_itself_with_an_example(capsys):
