@@ -245,8 +245,14 @@ def _finite(x: float) -> float | None:
 
 
 def _last_label(tokenizer, path: tuple[int, ...]) -> str:
-    """The text the last token of path adds to the rest (its special-token string for EOS and the like)."""
-    return token_labels(tokenizer, list(path))[-1]
+    """The text the last token of path adds to the rest (its special-token string for EOS and the like; "" for a
+    token that only starts a multi-byte character)."""
+    specials = set(tokenizer.special_ids)
+    if path[-1] in specials:
+        return tokenizer.id_to_token(path[-1]) or str(path[-1])
+    head = [t for t in path[:-1] if t not in specials]
+    before, full = tokenizer.decode(head).rstrip("\ufffd"), tokenizer.decode(head + [path[-1]])
+    return full[len(before):] if full.startswith(before) and not full.endswith("\ufffd") else ""
 
 
 def sequence_logprob(model, src: list[int], tokens: list[int]) -> float:
