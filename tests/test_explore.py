@@ -16,7 +16,7 @@ from qkv.explore import Explorer, ExploreInputError, make_server, token_labels
 from qkv.generate import generate
 from qkv.viz import explorer_html
 
-from tests.chromium import CHROMIUM, Browser
+from tests.chromium import BASH, CHROMIUM, Browser
 
 CORPUS = ["él compró veintidós árboles", "¿qué? ¡sí!", "the cat sat on the mat", "tres mil cuatro"] * 3
 
@@ -104,6 +104,32 @@ def test_bad_input_is_refused_with_a_reason(bpe):
         Explorer(qkv.build(qkv.preset("vit-tiny")), bpe)
 
 
+def test_a_hugging_face_folder_explores_with_its_tokenizer_json(tmp_path, bpe):
+    """--hf DIR: any model qkv loads, read with the tokenizer.json beside it (a GPT-2 made by transformers)."""
+    transformers = pytest.importorskip("transformers")
+    import argparse
+    from qkv.cli import _model_and_tokenizer
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=bpe.vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=bpe.bos_id, eos_token_id=bpe.eos_id)
+    config._attn_implementation = "eager"  # the weights only the eager path returns
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path)
+    bpe.hf.save(str(tmp_path / "tokenizer.json"))
+    model, tok = _model_and_tokenizer(argparse.Namespace(hf=str(tmp_path), checkpoint=None))
+    ex = Explorer(model, tok, max_new_tokens=5).example("tres mil")
+    assert ex["kinds"][0]["kind"] == "masked" and len(ex["kinds"][0]["layers"]) == 2
+    with torch.no_grad():
+        ids = torch.tensor([tok.encode("tres mil")])
+        ours = model(ids, return_weights=True)[1][1].self_attn[0, 0]
+        theirs = hf(ids, output_attentions=True).attentions[1][0, 0]
+    labels = ex["kinds"][0]["queries"]
+    got = torch.tensor(ex["kinds"][0]["layers"][1][0])[: ids.shape[1], : ids.shape[1]]
+    torch.testing.assert_close(got, theirs.float(), atol=1e-4, rtol=0)  # the page shows transformers' weights
+    torch.testing.assert_close(ours.float(), theirs.float(), atol=1e-5, rtol=0)
+    assert "".join(labels[: ids.shape[1]]) == "tres mil"
+
+
 # -- the server -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -172,7 +198,8 @@ def test_the_explore_command_refuses_a_taken_port_in_one_line(served, tmp_path, 
 
 # -- in a real browser ------------------------------------------------------------------------------------------
 
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None or BASH is None,
+                                    reason="chromium (and bash) not installed (apt-get install -y chromium)")
 
 
 def free_port():
