@@ -276,7 +276,8 @@ def make_server(explorer: Explorer, *, port: int = 8000, title: str | None = Non
     Raises ValueError naming the port when it is taken. Call ``serve_forever()``; ``shutdown()`` stops it."""
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port={port!r}: expected an int in 0..65535 (0: any free port)")
-    title = title or f"qkv explorer: {explorer.task} with a {explorer.model.config.family} model"
+    title = title or {"translate": "qkv explorer: a translation model", "generate": "qkv explorer: a language model",
+                      "encode": "qkv explorer: an encoder"}[explorer.task]
 
     class Handler(_Handler):
         pass
@@ -362,7 +363,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def _empty_example(explorer: Explorer) -> dict:
     """The page's first view before anything was typed."""
     verb = {"translate": "translate", "generate": "continue", "encode": "read"}[explorer.task]
-    return {"label": "(type a sentence)", "source": "", "output": None, "greedy": None, "beam": None, "kinds": [],
+    return {"label": "(type a sentence)", "placeholder": True, "source": "", "output": None, "greedy": None,
+            "beam": None, "kinds": [],
             "note": f"Type a sentence above and press run: the model will {verb} it, and the page shows every "
                     f"layer's and head's attention" + (" and the beam search step by step." if
                                                         explorer.task != "encode" else ".")}

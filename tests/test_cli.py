@@ -88,7 +88,7 @@ def demo_run(tmp_path_factory):
     from qkv.demo import run_demo
     out = tmp_path_factory.mktemp("demo")
     lines = []
-    result = run_demo(out, n_train=300, n_test=12, n_fresh=6, max_steps=4, progress=False, show=2,
+    result = run_demo(out, n_train=300, n_test=12, n_fresh=6, n_examples=3, max_steps=4, progress=False, show=2,
                       echo=lines.append)
     return out, result, lines
 
@@ -131,7 +131,8 @@ def test_running_the_demo_again_on_a_finished_run_reuses_it(demo_run, monkeypatc
     monkeypatch.setattr(qd, "train_bpe", lambda *a, **k: pytest.fail("a finished run's tokenizer was retrained"))
     monkeypatch.setattr(qtrain, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     lines = []
-    again = run_demo(out, n_train=300, n_test=12, n_fresh=6, max_steps=4, progress=False, show=2, echo=lines.append)
+    again = run_demo(out, n_train=300, n_test=12, n_fresh=6, n_examples=3, max_steps=4, progress=False, show=2,
+                     echo=lines.append)
     assert again.reused and "evaluating it again, no training" in "\n".join(lines)
     assert (again.exact_greedy, again.exact_beam, again.by_kind) == (first.exact_greedy, first.exact_beam,
                                                                     first.by_kind)
@@ -142,7 +143,7 @@ def test_an_interrupted_demo_resumes_with_the_tokenizer_saved_in_its_checkpoint(
     from qkv import checkpoint as ckpt
     from qkv import data as qd
     from qkv.demo import run_demo
-    kw = dict(n_train=200, n_test=6, n_fresh=4, progress=False, show=0, echo=lambda *a: None)
+    kw = dict(n_train=200, n_test=6, n_fresh=4, n_examples=1, progress=False, show=0, echo=lambda *a: None)
     run_demo(tmp_path, max_steps=3, **kw)
     saved = qd.Tokenizer.load(ckpt.latest_checkpoint(tmp_path / "train") / "tokenizer")
     monkeypatch.setattr(qd, "train_bpe", lambda *a, **k: pytest.fail("a resumed run retrained its tokenizer"))

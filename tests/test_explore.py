@@ -218,8 +218,9 @@ def test_in_chromium_type_a_sentence_submit_and_read_output_attention_and_beam(s
         assert page.evaluate("document.body.getAttribute('data-status')") == "ok"
         page.type("[data-testid=input-text]", text)
         page.press_enter()
-        page.wait_for("document.body.getAttribute('data-n-examples') === '2' && "
+        page.wait_for(f"document.getElementById('source').textContent === {json.dumps(text)} && "
                       "document.body.getAttribute('data-busy') === 'false'")
+        assert page.evaluate("document.body.getAttribute('data-n-examples')") == "1"  # the first view gave way
         got = page.evaluate("""(function () {
             var b = document.body, q = function (s) { return Array.from(document.querySelectorAll(s)); };
             return { status: b.getAttribute('data-status'), output: document.getElementById('output').textContent,
@@ -253,8 +254,9 @@ def test_in_chromium_type_a_sentence_submit_and_read_output_attention_and_beam(s
         assert "empty" in page.evaluate("document.getElementById('message').textContent")
         page.type("[data-testid=input-text]", "el ж")
         page.press_enter()
-        page.wait_for("document.body.getAttribute('data-n-examples') === '3' && "
+        page.wait_for("document.getElementById('source').textContent === 'el ж' && "
                       "document.body.getAttribute('data-busy') === 'false'")
+        assert page.evaluate("document.body.getAttribute('data-n-examples')") == "2"
         assert "U+0436" in page.evaluate("document.getElementById('message').textContent")
         assert page.evaluate("document.body.getAttribute('data-status')") == "ok"
         assert not [m for m in page.console if m.startswith("Uncaught")], page.console
