@@ -528,7 +528,7 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         writer.close()
     wall = time.perf_counter() - t_start
     if d.main and metrics_path.is_file():
-        _plot(metrics_path, out / "loss.png")
+        _plot(metrics_path, out / "loss.png", cfg.label_smoothing)
     if d.world > 1:
         dist.barrier()
     return TrainSummary(
@@ -599,14 +599,14 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _plot(metrics: Path, png: Path) -> None:
+def _plot(metrics: Path, png: Path, label_smoothing: float | None = None) -> None:
     try:
         from .viz import plot_curves
     except ImportError:
         plot_curves = None
     try:
         if plot_curves is not None:
-            plot_curves(metrics, png)
+            plot_curves(metrics, png, label_smoothing=label_smoothing)
             return
         import matplotlib
         matplotlib.use("Agg")

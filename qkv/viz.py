@@ -223,7 +223,8 @@ QUALITY_SERIES = (("val_acc", "token accuracy (%)", 100.0), ("val_exact", "exact
 
 
 def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: Sequence[str] | None = None,
-                log_y: bool = False, title: str | None = None, dpi: int = 100) -> Path:
+                log_y: bool = False, title: str | None = None, label_smoothing: float | None = None,
+                dpi: int = 100) -> Path:
     """Save training curves: each series in `keys` (default: every key containing "loss", plus "train_nll")
     against "step"; by default also a second panel with the held-out quality a run logged (token accuracy, exact
     match, BLEU, in percent), when it logged any.
@@ -232,15 +233,18 @@ def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: 
     is not (it adds eps * the mean -log p over the vocabulary), so runs log train_nll, the plain cross-entropy of
     the training batches, which is drawn solid as "train" and train_loss dashed, and the panel says so.
     Records may omit any series (validation every N steps, a crashed log line): each series is drawn through
-    the steps where it has a finite value, with markers when it is sparse. Returns the path of the PNG.
+    the steps where it has a finite value, with markers when it is sparse. label_smoothing, when known (the
+    training loop passes its eps), names train_loss for what it is. Returns the path of the PNG.
     """
     records = [r for r in read_metrics(metrics) if isinstance(r.get("step"), (int, float))]
     default = keys is None
     if keys is None:
         keys = sorted({k for r in records for k in r if "loss" in k or k == "train_nll"})
     smoothed = "train_nll" in keys and "train_loss" in keys
+    plain = label_smoothing == 0 and not smoothed
     labels = {"train_nll": "train (cross-entropy)", "val_loss": "validation (cross-entropy)",
-              "train_loss": "train (with label smoothing: the optimised loss)" if smoothed else "train_loss"}
+              "train_loss": f"train (with label smoothing {label_smoothing or ''}: the optimised loss)".replace(" :", ":")
+              if smoothed else "train (cross-entropy)" if plain else "train_loss"}
     quality = [q for q in QUALITY_SERIES if default and any(_finite(r.get(q[0])) for r in records)]
     fig = _figure(7.0 + 5.0 * bool(quality), 4.2)
     axes = fig.subplots(1, 1 + bool(quality), squeeze=False)[0]
@@ -264,6 +268,7 @@ def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: 
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
     ax.set_title(title or ("training curves: solid lines on one definition (cross-entropy)" if smoothed
+                           else "training curves: train and validation both cross-entropy" if plain
                            else "training curves"), fontsize=11)
     if quality:
         qa = axes[1]

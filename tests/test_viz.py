@@ -286,3 +286,14 @@ def test_explorer_reports_script_errors_in_the_dom(tmp_path, explorer_maps):
     path.write_text(page.replace(script_json(page), '{"kinds": 1}'), encoding="utf-8")
     dom, _ = render(path, tmp_path)
     assert dom.body.get("data-status", "").startswith("error"), dom.body
+
+
+def test_plot_curves_adds_a_quality_panel_and_draws_both_loss_definitions(tmp_path):
+    records = [{"step": s, "train_loss": 2.0 / s + 0.5, "train_nll": 2.0 / s} for s in range(1, 60)]
+    records += [{"step": s, "val_loss": 2.1 / s, "val_acc": 1 - 1 / s, "val_exact": 1 - 2 / (s + 1),
+                 "val_bleu": 100 - 50 / s} for s in (10, 30, 59)]
+    loss_only = png_size(plot_curves([r for r in records if "val_acc" not in r], tmp_path / "a.png"))
+    both = png_size(plot_curves(records, tmp_path / "b.png", label_smoothing=0.1))
+    assert both[0] > 1.5 * loss_only[0] and both[1] == loss_only[1]  # a second panel: held-out quality
+    chosen = png_size(plot_curves(records, tmp_path / "c.png", keys=["train_loss"]))
+    assert chosen == loss_only  # keys given: that plot only
