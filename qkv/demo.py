@@ -131,6 +131,15 @@ def _own_data(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, echo):
     return (*paths["train"], *paths["val"], *paths["test"])
 
 
+def describe_tokenizer(tokenizer) -> str:
+    """A few words on what a tokenizer is, e.g. "byte-level BPE", "WordPiece", "character"."""
+    if tokenizer.kind == "char":
+        return "character"
+    spec = json.loads(tokenizer.hf.to_str()) if hasattr(tokenizer, "hf") else {}
+    kind = (spec.get("model") or {}).get("type", tokenizer.kind)
+    return f"byte-level {kind}" if '"ByteLevel"' in json.dumps(spec.get("pre_tokenizer")) else kind
+
+
 def _checkpoint_step(path: Path) -> int | None:
     try:
         return int(path.name.rsplit("-", 1)[-1])
@@ -214,7 +223,7 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
         tokenizer = qd.Tokenizer.load(saved)  # the very ids the weights were trained on
     else:
         tokenizer = qd.train_bpe([src, tgt], **DEMO_TOKENIZER)
-    described = f"byte-level BPE shared by both languages, {tokenizer.vocab_size} tokens"
+    described = f"{describe_tokenizer(tokenizer)} shared by both languages, {tokenizer.vocab_size} tokens"
     targets = _read_lines(tgt)
     lines = _read_lines(src) + targets
     encoded = tokenizer.encode_batch(lines)
@@ -238,6 +247,14 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
              f"(choose another --out to train anew)")
         checkpoint, reused = latest, True
         train_seconds = 0.0
+        from .train import RESUME_MUST_MATCH
+        saved_config = latest / ckpt.TRAIN_CONFIG_FILE
+        if saved_config.is_file():
+            diff = ckpt.config_diff(train_config.to_dict(), json.loads(saved_config.read_text()),
+                                    only=RESUME_MUST_MATCH)
+            if diff:
+                echo("note: that run was trained with other settings than today's demo (" + "; ".join(diff)
+                     + "); these are its results, choose another --out to train with the current ones")
         if previous.is_file():
             try:
                 train_seconds = float(json.loads(previous.read_text()).get("train_seconds", 0.0))

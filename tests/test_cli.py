@@ -153,6 +153,12 @@ def test_an_interrupted_demo_resumes_with_the_tokenizer_saved_in_its_checkpoint(
     latest = ckpt.latest_checkpoint(tmp_path / "train")
     assert latest.name == ckpt.checkpoint_name(6)
     assert qd.Tokenizer.load(latest / "tokenizer").fingerprint() == saved.fingerprint()
+    # a finished run made with other settings (an older demo) is evaluated as it is, and the report says so
+    import qkv.demo
+    monkeypatch.setattr(qkv.demo, "DEMO_TRAIN", {**qkv.demo.DEMO_TRAIN, "label_smoothing": 0.1})
+    lines.clear()
+    assert run_demo(tmp_path, max_steps=6, **{**kw, "echo": lines.append}).reused
+    assert "trained with other settings" in "\n".join(lines) and "label_smoothing" in "\n".join(lines)
 
 
 def test_the_readme_demo_on_own_files_without_validation_holds_out_trains_and_reports(tmp_path, capsys):
