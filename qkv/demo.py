@@ -227,7 +227,9 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     targets = _read_lines(tgt)
     lines = _read_lines(src) + targets
     encoded = tokenizer.encode_batch(lines)
-    broken = sum(tokenizer.decode(ids) != line for ids, line in zip(encoded, lines))
+    hf = getattr(tokenizer, "hf", None)  # the Rust side decodes a batch on all cores
+    decoded = hf.decode_batch(encoded) if hf is not None else [tokenizer.decode(ids) for ids in encoded]
+    broken = sum(d != line for d, line in zip(decoded, lines))
     echo(f"tokenizer: {described}" + (" (saved with the run)" if latest is not None else "") + "; "
          + ("every training line decodes back exactly" if not broken else
             f"{broken} of {len(lines)} training lines do not decode back exactly (not in Unicode NFC?)"))
