@@ -315,12 +315,14 @@ def _eval(args):
 
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo); an interrupted run "
-                                                      "resumes from its last checkpoint")
+                                                      "resumes from its last checkpoint with its saved tokenizer, a "
+                                                      "finished one is evaluated again without training")
     p.add_argument("--src", help="your own source-language file, one sentence a line (default: qkv's generated "
                                  "English -> Spanish task)")
     p.add_argument("--tgt", help="the target-language file aligned with --src")
-    p.add_argument("--val-src", help="held-out source file (with --src)")
-    p.add_argument("--val-tgt", help="held-out target file (with --src)")
+    p.add_argument("--val-src", help="held-out source file (with --src; default: a share of --src/--tgt is held "
+                                     "out, chosen by a hash of each source)")
+    p.add_argument("--val-tgt", help="held-out target file (with --val-src)")
     p.add_argument("--max-steps", type=int, help="training steps (default: the demo's tuned value)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, weights and order (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
