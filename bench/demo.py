@@ -9,7 +9,7 @@ number of generated pairs with a label smoothing, then prints exact match greedy
     python bench/demo.py                                  # the demo's setting: 40,000 pairs, no label smoothing
     python bench/demo.py --pairs 20000 40000 60000 --label-smoothing 0 0.1   # docs/benchmarks.md's table
 
-Accuracy depends on steps, not on time: the figures hold on a loaded machine; one run is ~3 minutes on 2 idle cores.
+Accuracy depends on steps, not on time: the figures hold on a loaded machine.
 """
 from __future__ import annotations
 
