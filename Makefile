@@ -6,8 +6,10 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 # e.g. make demo DEMO_ARGS="--src my.en --tgt my.es"
 DEMO_ARGS ?=
+# e.g. make explore EXPLORE_ARGS="--port 8001"
+EXPLORE_ARGS ?=
 
-.PHONY: test demo install clean
+.PHONY: test demo explore install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,10 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/qkv demo --out runs/demo $(DEMO_ARGS)
+
+# after make demo: a page on 127.0.0.1 to translate any sentence and watch attention and beam search
+explore: $(VENV)/.installed
+	$(VENV)/bin/qkv explore --checkpoint runs/demo $(EXPLORE_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

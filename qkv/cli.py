@@ -552,12 +552,14 @@ def _eval(args):
 
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo); an interrupted run "
-                                                      "resumes from its last checkpoint")
+                                                      "resumes from its last checkpoint with its saved tokenizer, a "
+                                                      "finished one is evaluated again without training")
     p.add_argument("--src", help="your own source-language file, one sentence a line (default: qkv's generated "
                                  "English -> Spanish task)")
     p.add_argument("--tgt", help="the target-language file aligned with --src")
-    p.add_argument("--val-src", help="held-out source file (with --src)")
-    p.add_argument("--val-tgt", help="held-out target file (with --src)")
+    p.add_argument("--val-src", help="held-out source file (with --src; default: a share of --src/--tgt is held "
+                                     "out, chosen by a hash of each source)")
+    p.add_argument("--val-tgt", help="held-out target file (with --val-src)")
     p.add_argument("--max-steps", type=int, help="training steps (default: the demo's tuned value)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, weights and order (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -569,6 +571,43 @@ def _demo(args):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     run_demo(args.out, src=args.src, tgt=args.tgt, val_src=args.val_src, val_tgt=args.val_tgt,
              max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
+# -- explore ----------------------------------------------------------------------------------------------------
+
+def _explore_args(p):
+    _source_args(p)
+    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000; 0: any free port)")
+    p.add_argument("--text", action="append", help="a first sentence (or prompt) to show; repeat for more")
+    p.add_argument("--num-beams", type=int, default=4, help="beam width of the beam view (default: 4)")
+    p.add_argument("--max-new-tokens", type=int, help="longest output in tokens (default: what the model allows, "
+                                                      "at most 60)")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+
+
+def _explore(args):
+    from .explore import Explorer, ExploreInputError, make_server
+    model, tok = _model_and_tokenizer(args)
+    explorer = Explorer(model, tok, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    examples = []
+    for text in args.text or []:
+        try:
+            examples.append(explorer.example(text))
+        except ExploreInputError as e:
+            raise CLIError(f"--text {text!r}: {e}") from None
+    server = make_server(explorer, port=args.port, examples=examples)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    print(f"serving the explorer at {url} (this machine only); Ctrl-C stops it", flush=True)
+    if args.open:
+        import webbrowser
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
     return 0
 
 
@@ -684,6 +723,9 @@ COMMANDS: dict[str, Command] = {
                     _eval_args, _eval),
     "demo": Command("the main job: train a small Transformer to translate, then show where it attends",
                     "qkv demo --out runs/demo", _demo_args, _demo),
+    "explore": Command("a local web page: type a sentence, see the output, every layer's and head's attention "
+                       "and beam search step by step", "qkv explore --checkpoint runs/demo --port 8000",
+                       _explore_args, _explore),
     "info": Command("a model's configuration, parameters, FLOPs per token and memory",
                     "qkv info --preset gpt2 --seq-len 1024", _info_args, _info),
     "plot": Command("attention heatmaps (every layer and head) and training curves",

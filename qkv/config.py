@@ -239,6 +239,7 @@ def _finite(name, value, *, low=None):
 
 SCHEDULES = ("cosine", "inverse_sqrt", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+TOKENIZER_TYPES = ("auto", "bpe", "char", "wordpiece")
 
 
 @dataclass
@@ -253,7 +254,8 @@ class TrainConfig(_Serializable):
     val_data: str | None = None  # validation data in the same form; default: the last val_fraction of --data (LM) or none
     val_data_tgt: str | None = None  # translation: the target side of --val-data
     val_fraction: float = 0.1  # LM without --val-data: the share of the corpus held out (its tail)
-    tokenizer: str | None = None  # a saved tokenizer folder or tokenizer.json; default: a character tokenizer trained on --data
+    tokenizer: str | None = None  # a saved tokenizer folder or tokenizer.json; default: one trained on --data, of --tokenizer-type
+    tokenizer_type: str = "auto"  # the tokenizer trained on --data without --tokenizer: auto (byte-level BPE shared by both sides for translation, characters for language models and MLM) | bpe | char | wordpiece (MLM only: lowercases, strips accents, does not round-trip); train_config.json records the one used
     out_dir: str = "runs/train"  # where checkpoints, metrics.jsonl, the loss plot and the tokenizer go
     max_steps: int = 1000  # optimizer steps to train for
     batch_size: int = 12  # sequences per micro-step, over all processes together (translation: see max_tokens)
@@ -289,6 +291,7 @@ class TrainConfig(_Serializable):
             self.betas = tuple(self.betas)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("tokenizer_type", self.tokenizer_type, TOKENIZER_TYPES)
         for name in ("max_steps", "batch_size", "grad_accum", "max_tokens"):
             _positive(name, getattr(self, name))
         if self.block_size is not None:

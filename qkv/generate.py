@@ -23,7 +23,7 @@ every other family through ``forward(input_ids, cache, attention_mask=, position
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -70,7 +70,7 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              repetition_penalty: float = 1.0, length_penalty: float = 1.0, eos_token_id=None,
              pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-             num_return_sequences: int = 1, early_stopping: bool | str = True,
+             num_return_sequences: int = 1, early_stopping: bool | str = False,
              stop_strings: str | Sequence[str] | None = None, decode: Callable | None = None,
              stop: Callable | None = None, generator: torch.Generator | None = None, static_cache: bool = True,
              max_len: int | None = None, compile: bool = False, no_repeat_ngram_size: int = 0,
@@ -92,9 +92,11 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
         eos_token_id: an id or ids that end a sequence; None takes ``model.config.eos_token_id``; ``()`` none.
             A finished row is padded with ``pad_token_id`` (default: config's pad id, else the first EOS id, else 0).
         num_return_sequences: the n best hypotheses per input (beam search, n <= num_beams) or n samples.
-        early_stopping: beam search ends an input once it has ``num_beams`` finished hypotheses (True); False goes
-            on while the best running beam could still win at its current length; "never" while it could win at
-            the maximum length.
+        early_stopping: False (the default, as transformers') goes on while the best running beam could still win
+            at its current length; True ends an input once it has ``num_beams`` finished hypotheses, however poor:
+            short, unlikely hypotheses that end early can then fill the list before the likely one ends, and beam
+            search returns worse than greedy (docs/benchmarks.md, the demo); "never" goes on while the best running
+            beam could win at the maximum length.
         stop_strings, decode: end a row once ``decode(generated ids as a list)`` contains one of the strings.
         stop: a callback ``stop(sequences (N, T + L)) -> bool (N,)`` ending the rows it marks.
         generator: a ``torch.Generator`` for reproducible sampling.
@@ -157,6 +159,82 @@ def stream(model, input_ids: torch.Tensor, *, max_new_tokens: int, decode: Calla
                     shown[row] += new
                     text.append(new)
             yield StreamChunk(tokens.clone(), text)
+
+
+@dataclass
+class BeamStep:
+    """One step of beam search for one input: the 2K best one-token continuations of the K running beams, best
+    first (``_beam_select`` ranks them so; the first K that end and every one that runs on are chosen from them).
+
+    tokens: each candidate's new token. parents: the index, in the previous step's candidate list, of the
+    hypothesis it extends (-1 at the first step: the prompt). scores: summed log-probability of the whole
+    hypothesis (None where it is -inf). status: "running" (one of the K beams of the next step), "finished" (ended
+    with EOS, or at max_new_tokens, and entered the K best finished hypotheses), "ended" (ended but not among
+    them) or "pruned" (fell outside the best K). greedy: the candidate that is greedy decoding's prefix at this
+    step, if it is one of them (None where greedy's path fell out of the beam, or greedy had already ended)."""
+    tokens: list[int]
+    parents: list[int]
+    scores: list[float | None]
+    status: list[str]
+    greedy: int | None
+
+
+@dataclass
+class BeamTrace:
+    """``beam_search_trace``'s answer. sequences: (K, T + L) or (K, 1 + L) exactly as ``generate(...,
+    num_beams=K, num_return_sequences=K)`` returns them, best first; scores: their final scores, ``sum log p /
+    L ** length_penalty`` (K,), with L their generated tokens (EOS included) in lengths (K,); steps: one BeamStep
+    per decoding step; greedy: greedy decoding's generated tokens (up to and including EOS) for comparison;
+    prompt_length: the columns of ``sequences`` before the generated tokens."""
+    sequences: torch.Tensor
+    scores: list[float]
+    lengths: list[int]
+    steps: list[BeamStep]
+    greedy: list[int]
+    prompt_length: int
+
+
+def beam_search_trace(model, input_ids: torch.Tensor, *, num_beams: int = 4, max_new_tokens: int,
+                      length_penalty: float = 1.0, eos_token_id=None, pad_token_id: int | None = None,
+                      early_stopping: bool | str = False) -> BeamTrace:
+    """Beam search on one input ``input_ids`` (1, T), recording each step's candidates: what a beam-search
+    diagram shows, made by the very selection code ``generate`` runs (``_beam_select``), so the final
+    hypotheses are ``generate``'s. Arguments as in ``generate``. Returns a ``BeamTrace``."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must be one input, shape (1, T), got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    if not isinstance(num_beams, int) or num_beams < 2:
+        raise ValueError(f"num_beams must be an int >= 2 for a beam trace, got {num_beams!r}")
+    opts = _options(model, max_new_tokens, num_beams, False, 1.0, None, None, 1.0, length_penalty, eos_token_id,
+                    pad_token_id, num_beams, early_stopping, None, None, None, None)
+    log = _TraceLog()
+    with torch.inference_mode():
+        run = _Runner(model, input_ids, None, opts, True, None)
+        run.sync_every = 1  # stop at the very step the input is done, on any device: the trace ends there
+        prompt_length = run.prefix.shape[1]
+        sequences = _beam_search(run, opts, trace=log)
+        greedy_opts = _options(model, max_new_tokens, 1, False, 1.0, None, None, 1.0, 1.0, eos_token_id,
+                               pad_token_id, 1, True, None, None, None, None)
+        greedy_run = _Runner(model, input_ids, None, greedy_opts, True, None)
+        steps_run = sum(1 for _ in _sample_loop(greedy_run, greedy_opts))
+        greedy = greedy_run.out[0, :greedy_run.trimmed_length(steps_run)].tolist()
+    if greedy_opts.eos is not None:  # up to the first EOS; the rest is padding
+        ends = [i for i, t in enumerate(greedy) if t in set(greedy_opts.eos.tolist())]
+        greedy = greedy[: ends[0] + 1] if ends else greedy
+    steps, previous, prefixes = [], None, [()]
+    for t, c in enumerate(log.steps):
+        tokens, beams = c.token[0].tolist(), c.beam[0].tolist()
+        parents = [-1] * len(tokens) if previous is None else [previous[b] for b in beams]
+        paths = [prefixes[max(p, 0)] + (tok,) for p, tok in zip(parents, tokens)]
+        running = set() if c.survivors is None else set(c.survivors[0].tolist())
+        status = ["finished" if f else "ended" if e else "running" if i in running else "pruned"
+                  for i, (f, e) in enumerate(zip(c.finished[0].tolist(), c.ended[0].tolist()))]
+        scores = [v if math.isfinite(v) else None for v in c.score[0].tolist()]
+        on_greedy = [i for i, path in enumerate(paths) if t < len(greedy) and list(path) == greedy[: t + 1]]
+        steps.append(BeamStep(tokens, parents, scores, status, on_greedy[0] if on_greedy else None))
+        previous = None if c.survivors is None else c.survivors[0].tolist()
+        prefixes = paths
+    return BeamTrace(sequences, log.best[0].tolist(), log.lengths[0].tolist(), steps, greedy, prompt_length)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -557,19 +635,21 @@ def _stopped(run: _Runner, opts: _Options, step: int, unfinished: torch.Tensor) 
 # ---------------------------------------------------------------------------------------------------------------
 # Beam search
 
-def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
+def _beam_search(run: _Runner, opts: _Options, trace: _TraceLog | None = None) -> torch.Tensor:
     """Batched beam search with K = num_beams hypotheses per input.
 
     Each step scores all K * V one-token continuations of an input by summed log-probability and keeps the best
     2K candidates: those ending in EOS (among the best K) become finished hypotheses, scored
     ``sum log p / L ** length_penalty`` (L generated tokens, EOS included; Wu et al. 2016 use a smoothed
     form), and the best K that did not end continue. At ``max_new_tokens`` the best K running beams are
-    finished as they are. An input stops once it holds K finished hypotheses (``early_stopping``). These are
+    finished as they are. An input stops once it holds K finished hypotheses and no running beam can beat the
+    worst of them (``early_stopping``: False), or at once with K finished (True). These are
     the rules of transformers' beam search, so both return the same tokens; one difference: a repetition
     penalty acts on the logits here (before the log-softmax), on the log-probabilities there.
 
     The selection itself is ``_beam_select``, on shapes that never change; with ``compile=True`` it is compiled
-    like the model step."""
+    like the model step. ``trace`` receives every step's ``_BeamCandidates`` and the final scores
+    (``beam_search_trace``)."""
     K, M = opts.num_beams, opts.max_new_tokens
     B = run.prefix.shape[0]
     run.expand(K)
@@ -593,6 +673,9 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
     step_t = torch.zeros(1, dtype=torch.long, device=device)  # the step as a tensor: one graph for all steps
     seen = _seen_tokens(run) if opts.repetition_penalty != 1.0 else None
     logits = run.logits
+    if trace is not None:
+        fixed["trace"] = True
+        select = _beam_select  # eager: the trace is host data
     for step in range(M):
         # transformers' order: log-probabilities first, then the controls (not renormalised unless asked)
         scores = _next_scores(logits, opts, seen).log_softmax(-1)
@@ -602,9 +685,13 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
                 so_far = torch.cat([run.prefix, state.tokens.view(B * K, M)[:, :step]], 1)
             scores = _control(scores, so_far, run, opts, step)
         if step + 1 == M:  # the last step finishes the running beams: a different rule, run once, not compiled
-            state, _, _ = _beam_select(scores, state, step_t, eos, last=True, **fixed)
+            state, _, _, candidates = _beam_select(scores, state, step_t, eos, last=True, **fixed)
+            if trace is not None:
+                trace.steps.append(candidates)
             break
-        state, parent, tokens = select(scores, state, step_t, eos, last=False, **fixed)
+        state, parent, tokens, candidates = select(scores, state, step_t, eos, last=False, **fixed)
+        if trace is not None:
+            trace.steps.append(candidates)
         step_t += 1
         if step % run.sync_every == run.sync_every - 1 and bool(state.done.all()):
             break
@@ -614,6 +701,8 @@ def _beam_search(run: _Runner, opts: _Options) -> torch.Tensor:
             seen.scatter_(1, tokens[:, None], True)
         logits = run.step(tokens)
     n = opts.num_return_sequences
+    if trace is not None:
+        trace.best, trace.lengths = state.best[:, :n], state.best_len[:, :n]
     length = int(state.best_len[:, :n].max())
     tokens = state.best_tokens[:, :n, :length].reshape(B * n, length)
     prefix = run.prefix.view(B, K, -1)[:, :n].reshape(B * n, -1)
@@ -635,12 +724,33 @@ class _BeamState:
 torch.utils._pytree.register_dataclass(_BeamState)  # a pytree, so torch.compile takes and returns it whole
 
 
+@dataclass
+class _TraceLog:
+    """What ``_beam_search`` records when traced: each step's candidates, the finished scores and lengths (B, n)."""
+    steps: list = field(default_factory=list)
+    best: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+
+
+@dataclass
+class _BeamCandidates:
+    """What one step of ``_beam_select`` looked at, for ``beam_search_trace``: the 2K best continuations per
+    input, best first: summed log-probabilities (B, 2K), the running beam each extends (B, 2K), its token (B, 2K),
+    whether it ended (B, 2K) and entered the finished hypotheses (B, 2K); and the candidates kept running (B, K)."""
+    score: torch.Tensor
+    beam: torch.Tensor
+    token: torch.Tensor
+    ended: torch.Tensor
+    finished: torch.Tensor
+    survivors: torch.Tensor | None
+
+
 def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float, early_stopping, last: bool,
-                 in_top_k, offsets):
+                 in_top_k, offsets, trace: bool = False):
     """One step of beam search (rules in ``_beam_search``): (B * K, V) next-token log-probabilities of the running
-    beams (after the logits controls) ->
-    (new state, (B * K,) parent row of each new beam, (B * K,) their new tokens). ``step`` is a (1,) tensor;
-    ``in_top_k`` (2K,) marks the candidates that may finish, ``offsets`` (B, 1) is each input's first row."""
+    beams (after the logits controls) -> (new state, (B * K,) parent row of each new beam, (B * K,) their new
+    tokens, ``_BeamCandidates`` when ``trace`` else None). ``step`` is a (1,) tensor; ``in_top_k`` (2K,) marks the
+    candidates that may finish, ``offsets`` (B, 1) is each input's first row."""
     B, K, M = state.tokens.shape
     V = scores.shape[-1]
     neg_inf = float("-inf")
@@ -662,8 +772,12 @@ def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float,
     best, keep = torch.cat([state.best, new_score], dim=1).topk(K, dim=-1)  # of (B, 3K)
     best_tokens = torch.cat([state.best_tokens, cand_tokens], dim=1).gather(1, keep[..., None].expand(B, K, M))
     best_len = torch.cat([state.best_len, (step + 1).expand(B, 2 * K)], dim=1).gather(1, keep)
+    candidates = None
+    if trace:  # which new hypotheses made it into the K best finished ones (kept slots K.. are this step's)
+        entered = torch.zeros(B, 3 * K, dtype=torch.bool, device=keep.device).scatter(1, keep, True)[:, K:]
+        candidates = _BeamCandidates(cand_score, beam, token, ended, entered & new, None)
     if last:
-        return _BeamState(state.running, state.tokens, best, best_tokens, best_len, state.done), None, None
+        return _BeamState(state.running, state.tokens, best, best_tokens, best_len, state.done), None, None, candidates
     # Running beams: the best K candidates that did not end.
     survivors = cand_score.masked_fill(ended, neg_inf).topk(K, dim=-1).indices  # (B, K)
     running = cand_score.gather(1, survivors)
@@ -678,7 +792,9 @@ def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float,
         horizon = float(M) if early_stopping == "never" and length_penalty > 0 else L
         done = state.done | (full & (running[:, 0] / horizon ** length_penalty <= best.min(-1).values))
     new_tokens = tokens.index_select(2, step).view(-1)  # (B * K,)
-    return _BeamState(running, tokens, best, best_tokens, best_len, done), parent, new_tokens
+    if candidates is not None:
+        candidates.survivors = survivors
+    return _BeamState(running, tokens, best, best_tokens, best_len, done), parent, new_tokens, candidates
 
 
 _COMPILED_SELECT: dict[str, Callable] = {}

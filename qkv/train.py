@@ -200,13 +200,7 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
         if cfg.tokenizer:
             tokenizer = qd.Tokenizer.load(cfg.tokenizer)
         else:
-            files = [cfg.data] if task != "seq2seq" or cfg.data_tgt is None else [cfg.data, cfg.data_tgt]
-            if task == "seq2seq" and cfg.data_tgt is None:  # a .tsv/.jsonl of pairs: characters of both sides
-                pairs = qd.read_pairs(cfg.data)
-                files = iter([s + t for s, t in pairs])
-            # nanoGPT's character vocabulary for language models (no specials); translation and MLM need some
-            specials = () if task == "lm" else None
-            tokenizer = qd.CharTokenizer.train(files, specials=specials)
+            tokenizer = train_tokenizer(cfg, task)
     changes = {}
     if tokenizer.vocab_size != model_config.vocab_size:
         changes["vocab_size"] = tokenizer.vocab_size
@@ -247,6 +241,44 @@ def prepare_data(model_config: ModelConfig, cfg: TrainConfig, tokenizer=None) ->
         vds = qd.load_parallel(cfg.val_data, cfg.val_data_tgt, tokenizer, max_len=max_len)
         val = lambda: _take(iter(qd.ParallelBatches(vds, cfg.max_tokens, shuffle=False)), cfg.eval_steps)  # noqa: E731
     return TaskData(task, train, val, tokenizer, model_config)
+
+
+def default_tokenizer_type(task: str) -> str:
+    """The tokenizer a task trains when none is given: a byte-level BPE vocabulary shared by source and target
+    for translation (Vaswani et al. 2017, sec. 5.1 share one BPE vocabulary; byte-level, so every text encodes
+    and decodes back exactly), characters for language models (nanoGPT's) and masked LMs."""
+    return "bpe" if task == "seq2seq" else "char"
+
+
+def train_tokenizer(cfg: TrainConfig, task: str):
+    """Train ``cfg.tokenizer_type`` ("auto": ``default_tokenizer_type``) on ``cfg.data`` (both sides for
+    translation). BPE: at most 8000 tokens, digits split one by one, a space before every sentence (so a word is
+    the same token at its start), for translation; language models keep text as it flows."""
+    from . import data as qd
+    kind = default_tokenizer_type(task) if cfg.tokenizer_type == "auto" else cfg.tokenizer_type
+    files = [cfg.data] if task != "seq2seq" or cfg.data_tgt is None else [cfg.data, cfg.data_tgt]
+    if task == "seq2seq" and cfg.data_tgt is None:  # a .tsv/.jsonl of pairs: both sides
+        files = iter([t for pair in qd.read_pairs(cfg.data) for t in pair])
+    if kind == "bpe":
+        return qd.train_bpe(files, vocab_size=8000, individual_digits=True, prefix_space=task == "seq2seq",
+                            specials=() if task == "lm" else None)
+    if kind == "wordpiece":
+        if task != "mlm":
+            raise ValueError(f"tokenizer_type='wordpiece' is for masked LMs (it lowercases and does not give the "
+                             f"text back); for a {task} model use 'bpe' or 'char'")
+        return qd.train_wordpiece(files, vocab_size=8000, lowercase=True)
+    # nanoGPT's character vocabulary for language models (no specials); translation and MLM need some
+    if task == "seq2seq" and cfg.data_tgt is None:
+        files = iter([s + t for s, t in qd.read_pairs(cfg.data)])
+    return qd.CharTokenizer.train(files, specials=() if task == "lm" else None)
+
+
+def resolve_tokenizer_type(cfg: TrainConfig, family: str) -> TrainConfig:
+    """``cfg`` with tokenizer_type "auto" replaced by the type the task trains, so the run's config says which."""
+    task = TASKS.get(family)
+    if cfg.tokenizer_type != "auto" or cfg.tokenizer or task is None or task == "image":
+        return cfg
+    return dataclasses.replace(cfg, tokenizer_type=default_tokenizer_type(task))
 
 
 def _take(it, n):
@@ -310,7 +342,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *, model: nn.Mod
     config.json, train_config.json, loss.png. Raises NonFiniteLossError if the loss becomes NaN/inf (the last good
     checkpoint stays), ValueError for bad data or an incompatible resume, before anything in out_dir changes.
     """
-    cfg = train_config
+    cfg = resolve_tokenizer_type(train_config, (model_config if model is None else model.config).family)
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} (--out-dir): is a file; expected a folder for the run's checkpoints "
@@ -536,6 +568,7 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         batches = [next(data.train) for _ in range(cfg.grad_accum)]
         n_total = sum(count_targets(b) for b in batches)  # every process sees the whole global batch
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        nll_sum = torch.zeros((), dtype=torch.float64, device=device)  # without label smoothing: val_loss's measure
         for i, batch in enumerate(batches):
             local, weight = shard_rows(batch, d.rank, d.world)
             last = i == len(batches) - 1
@@ -544,6 +577,7 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
                     s: LossSums = runner(to_device(local, device), weight)
                 scaler.scale(s.loss * (d.world / max(n_total, 1))).backward()
             loss_sum += s.loss.detach().double()
+            nll_sum += s.nll.detach().double()
         train_loss = (_all_sum(loss_sum, d) / max(n_total, 1)).item()
         if not math.isfinite(train_loss):
             opt.zero_grad(set_to_none=True)
@@ -568,6 +602,8 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
             now = time.perf_counter()
             record = {"step": step, "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
                       "tokens_per_s": tokens_log / max(now - t_log, 1e-9), "elapsed_s": now - t_start}
+            if cfg.label_smoothing:  # train_loss is the smoothed objective; this one compares with val_loss
+                record["train_nll"] = (_all_sum(nll_sum, d) / max(n_total, 1)).item()
             t_log, tokens_log = now, 0
         do_eval = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
         if do_eval:
@@ -598,7 +634,7 @@ def _train(model_config, cfg, d, device, model, tokenizer, data, eval_callback):
         writer.close()
     wall = time.perf_counter() - t_start
     if d.main and metrics_path.is_file():
-        _plot(metrics_path, out / "loss.png")
+        _plot(metrics_path, out / "loss.png", cfg.label_smoothing)
     if d.world > 1:
         dist.barrier()
     return TrainSummary(
@@ -705,14 +741,14 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _plot(metrics: Path, png: Path) -> None:
+def _plot(metrics: Path, png: Path, label_smoothing: float | None = None) -> None:
     try:
         from .viz import plot_curves
     except ImportError:
         plot_curves = None
     try:
         if plot_curves is not None:
-            plot_curves(metrics, png)
+            plot_curves(metrics, png, label_smoothing=label_smoothing)
             return
         import matplotlib
         matplotlib.use("Agg")

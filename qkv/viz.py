@@ -36,7 +36,8 @@ class AttentionMaps:
     """The attention weights of one example, for one attention kind, across layers.
 
     kind:    "self" (encoder, bidirectional), "masked" (decoder self-attention, causal) or "cross".
-    layers:  one tensor per layer, each (H, T, S); rows are query positions, columns key positions.
+    layers:  one tensor per layer, each (H, T, S); rows are query positions, columns key positions. None for a
+             layer that returns no map (a mixer without (T, S) weights); at least one layer has one.
     queries: the T query tokens (for cross-attention, the target side).
     keys:    the S key tokens (for cross-attention, the source side).
     Tensors and numpy arrays are accepted and stored as float32 CPU tensors.
@@ -50,21 +51,26 @@ class AttentionMaps:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r}: expected one of {KINDS}")
-        if len(self.layers) == 0:
-            raise ValueError("layers=[]: expected at least one layer of weights (H, T, S)")
+        if all(w is None for w in self.layers):
+            raise ValueError(f"layers={list(self.layers)}: expected at least one layer of weights (H, T, S)")
         self.queries = [str(t) for t in self.queries]
         self.keys = [str(t) for t in self.keys]
         T, S = len(self.queries), len(self.keys)
-        layers = []
+        layers, first = [], None
         for i, w in enumerate(self.layers):
+            if w is None:
+                layers.append(None)
+                continue
             w = torch.as_tensor(w).detach().to("cpu", torch.float32)
             if w.dim() != 3 or w.shape[1:] != (T, S):
                 raise ValueError(f"layers[{i}] has shape {tuple(w.shape)}: expected (H, T, S) = (H, {T}, {S}) "
                                  f"from len(queries)={T}, len(keys)={S}")
-            if layers and w.shape[0] != layers[0].shape[0]:
-                raise ValueError(f"layers[{i}] has {w.shape[0]} heads: expected {layers[0].shape[0]} as in layers[0]")
+            if first is not None and w.shape[0] != layers[first].shape[0]:
+                raise ValueError(f"layers[{i}] has {w.shape[0]} heads: expected {layers[first].shape[0]} as in "
+                                 f"layers[{first}]")
             if not torch.isfinite(w).all():
                 raise ValueError(f"layers[{i}] holds non-finite weights: expected finite attention probabilities")
+            first = i if first is None else first
             layers.append(w)
         self.layers = layers
 
@@ -74,7 +80,7 @@ class AttentionMaps:
         """Take example `index` from a model's per-layer weights, each (B, H, T, S); padding is the caller's
         to trim by passing only the real tokens (the weights are cut to len(queries) x len(keys))."""
         T, S = len(queries), len(keys)
-        layers = [torch.as_tensor(w)[index, :, :T, :S] for w in weights]
+        layers = [None if w is None else torch.as_tensor(w)[index, :, :T, :S] for w in weights]
         return cls(kind, layers, list(queries), list(keys))
 
     @property
@@ -83,10 +89,12 @@ class AttentionMaps:
 
     @property
     def n_heads(self) -> int:
-        return self.layers[0].shape[0]
+        return next(w for w in self.layers if w is not None).shape[0]
 
     def mean_heads(self, layer: int = -1) -> torch.Tensor:
         """The weights of one layer averaged over heads: (T, S)."""
+        if self.layers[layer] is None:
+            raise ValueError(f"layer={layer}: that layer returns no attention map")
         return self.layers[layer].mean(dim=0)
 
 
@@ -194,6 +202,10 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
     for l in range(L):
         for h in range(H):
             ax = axes[l][h]
+            if maps.layers[l] is None:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no map", ha="center", va="center", transform=ax.transAxes, color="gray")
+                continue
             _heatmap(ax, maps.layers[l][h].numpy(), maps.queries, maps.keys, ylabels=h == 0, xlabels=l == L - 1,
                      size=cell, scale=scale)
             ax.set_title(f"layer {l} · head {h}", fontsize=9)
@@ -241,37 +253,75 @@ def read_metrics(source: PathLike | Iterable[Mapping]) -> list[dict]:
     return [dict(r) for r in source]
 
 
-def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: Sequence[str] | None = None,
-                log_y: bool = False, title: str | None = None, dpi: int = 100) -> Path:
-    """Save training curves: each series in `keys` (default: every key containing "loss") against "step".
+# Held-out quality series a run may log, drawn on their own axis in percent: (key, label, scale to percent).
+QUALITY_SERIES = (("val_acc", "token accuracy (%)", 100.0), ("val_exact", "exact match (%)", 100.0),
+                  ("val_bleu", "BLEU", 1.0))
 
+
+def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: Sequence[str] | None = None,
+                log_y: bool = False, title: str | None = None, label_smoothing: float | None = None,
+                dpi: int = 100) -> Path:
+    """Save training curves: each series in `keys` (default: every key containing "loss", plus "train_nll")
+    against "step"; by default also a second panel with the held-out quality a run logged (token accuracy, exact
+    match, BLEU, in percent), when it logged any.
+
+    Losses on one definition: val_loss is the plain cross-entropy; with label smoothing the optimised train_loss
+    is not (it adds eps * the mean -log p over the vocabulary), so runs log train_nll, the plain cross-entropy of
+    the training batches, which is drawn solid as "train" and train_loss dashed, and the panel says so.
     Records may omit any series (validation every N steps, a crashed log line): each series is drawn through
-    the steps where it has a finite value, with markers when it is sparse. Returns the path of the PNG.
+    the steps where it has a finite value, with markers when it is sparse. label_smoothing, when known (the
+    training loop passes its eps), names train_loss for what it is. Returns the path of the PNG.
     """
     records = [r for r in read_metrics(metrics) if isinstance(r.get("step"), (int, float))]
+    default = keys is None
     if keys is None:
-        keys = sorted({k for r in records for k in r if "loss" in k})
-    fig = _figure(7.0, 4.2)
-    ax = fig.subplots()
+        keys = sorted({k for r in records for k in r if "loss" in k or k == "train_nll"})
+    smoothed = "train_nll" in keys and "train_loss" in keys
+    plain = label_smoothing == 0 and not smoothed
+    labels = {"train_nll": "train (cross-entropy)", "val_loss": "validation (cross-entropy)",
+              "train_loss": f"train (with label smoothing {label_smoothing or ''}: the optimised loss)".replace(" :", ":")
+              if smoothed else "train (cross-entropy)" if plain else "train_loss"}
+    quality = [q for q in QUALITY_SERIES if default and any(_finite(r.get(q[0])) for r in records)]
+    fig = _figure(7.0 + 5.0 * bool(quality), 4.2)
+    axes = fig.subplots(1, 1 + bool(quality), squeeze=False)[0]
+    ax = axes[0]
     for key in keys:
-        pts = [(r["step"], float(r[key])) for r in records
-               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and (not log_y or r[key] > 0)]
+        pts = [(r["step"], float(r[key])) for r in records if _finite(r.get(key)) and (not log_y or r[key] > 0)]
         if not pts:
             continue
         steps, values = zip(*sorted(pts))
         sparse = len(pts) < 0.5 * len(records) or len(pts) < 20
-        ax.plot(steps, values, label=key, marker="o" if sparse else None, markersize=3, linewidth=1.4)
+        ax.plot(steps, values, label=labels.get(key, key), marker="o" if sparse else None, markersize=3,
+                linewidth=1.0 if key == "train_loss" and smoothed else 1.4,
+                linestyle="--" if key == "train_loss" and smoothed else "-")
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss per target token")
     ax.grid(True, alpha=0.3)
     if ax.lines:
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
-    ax.set_title(title or "training curves", fontsize=12)
+    ax.set_title(title or ("training curves: solid lines on one definition (cross-entropy)" if smoothed
+                           else "training curves: train and validation both cross-entropy" if plain
+                           else "training curves"), fontsize=11)
+    if quality:
+        qa = axes[1]
+        for key, label, scale in quality:
+            pts = sorted((r["step"], scale * float(r[key])) for r in records if _finite(r.get(key)))
+            qa.plot(*zip(*pts), label=label, marker="o", markersize=3, linewidth=1.4)
+        qa.set_xlabel("step")
+        qa.set_ylabel("percent (BLEU: 0-100)")
+        qa.set_ylim(0, 101)
+        qa.grid(True, alpha=0.3)
+        qa.legend(frameon=False, fontsize=8)
+        qa.set_title("held-out quality", fontsize=11)
     return _save(fig, path, dpi)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,36 +335,73 @@ def _script_json(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def explorer_data(maps_list: Sequence[AttentionMaps], *, title: str, decimals: int = 4) -> dict:
-    """The explorer's JSON payload: per kind its tokens and weights, layers x heads x T x S, rounded."""
+def explorer_example(maps_list: Sequence[AttentionMaps], *, source: str = "", label: str | None = None,
+                     output: str | None = None, greedy: str | None = None, note: str | None = None,
+                     beam: Mapping | None = None, output_label: str = "output", decimals: int = 4) -> dict:
+    """One example of the explorer: the input text, the model's output (and greedy's, when it was run), and per
+    attention kind its tokens and weights, layers x heads x T x S, rounded (null for a layer without a map).
+    beam: the beam view's data as ``qkv.explore`` makes it (steps, final hypotheses, greedy), or None."""
+    if isinstance(maps_list, AttentionMaps):
+        maps_list = [maps_list]
     return {
-        "title": title,
-        "min_weight": EXPLORER_MIN_WEIGHT,
+        "label": label if label is not None else source,
+        "source": source,
+        "output": output,
+        "output_label": output_label,
+        "greedy": greedy,
+        "note": note,
+        "beam": None if beam is None else dict(beam),
         "kinds": [{
             "kind": m.kind,
             "queries": m.queries,
             "keys": m.keys,
-            "layers": [np.round(w.numpy().astype(np.float64), decimals).tolist() for w in m.layers],
+            "layers": [None if w is None else np.round(w.numpy().astype(np.float64), decimals).tolist()
+                       for w in m.layers],
         } for m in maps_list],
     }
 
 
-def explorer_html(maps_list: Sequence[AttentionMaps], path: PathLike, *, title: str = "qkv attention explorer") -> Path:
-    """Write one self-contained HTML file to explore attention: pick the kind, layer and head (or the mean of
-    heads), hover a query token to draw lines to the keys it attends to, with opacity proportional to weight,
-    beside the head's (T, S) heatmap. No network: CSS, JavaScript and data are inline.
+def explorer_data(maps_list: Sequence[AttentionMaps], *, title: str, decimals: int = 4) -> dict:
+    """The explorer's JSON payload for one example: ``{"title", "min_weight", "live", "max_chars", "examples"}``
+    with ``examples[0]`` from ``explorer_example``."""
+    return _payload([explorer_example(maps_list, decimals=decimals)], title=title)
 
+
+def _payload(examples: Sequence[Mapping], *, title: str, live: bool = False, max_chars: int = 0) -> dict:
+    return {"title": title, "min_weight": EXPLORER_MIN_WEIGHT, "live": live, "max_chars": max_chars,
+            "examples": [dict(e) for e in examples]}
+
+
+def explorer_page(examples: Sequence[Mapping], *, title: str = "qkv attention explorer", live: bool = False,
+                  max_chars: int = 0) -> str:
+    """The explorer as one HTML string with its examples inline (``explorer_example`` dicts, at least one).
+    live=True shows the form that asks the server it came from (``qkv explore``) for new examples; max_chars is
+    the longest input it sends."""
+    if not examples:
+        raise ValueError("examples=[]: expected at least one example")
+    template = resources.files("qkv").joinpath("viz_explorer.html").read_text(encoding="utf-8")
+    fill = {"TITLE": html.escape(title),
+            "DATA": _script_json(_payload(examples, title=title, live=live, max_chars=max_chars))}
+    # One pass, so a title that happens to contain "{{DATA}}" is not filled twice.
+    return re.sub(r"\{\{(TITLE|DATA)\}\}", lambda m: fill[m.group(1)], template)
+
+
+def explorer_html(maps_list: Sequence[AttentionMaps] | Sequence[Mapping], path: PathLike, *,
+                  title: str = "qkv attention explorer") -> Path:
+    """Write one self-contained HTML file to explore attention: pick the example, the kind, layer and head (or
+    the mean of heads), hover a query token to draw lines to the keys it attends to, with opacity proportional
+    to weight, beside the head's (T, S) heatmap; where an example carries a beam search, each step's candidates.
+    No network: CSS, JavaScript and data are inline.
+
+    maps_list: the AttentionMaps of one example, or several examples made by ``explorer_example``.
     The page exposes `window.qkvExplorer` and, after rendering, `data-status="ok"` plus counts on <body>;
-    `?kind=&layer=&head=&focus=` in the URL choose the initial view (see the template). Returns the path.
+    `?example=&kind=&layer=&head=&focus=` in the URL choose the initial view (see the template). Returns the path.
     """
-    if isinstance(maps_list, AttentionMaps):
+    if isinstance(maps_list, (AttentionMaps, Mapping)):
         maps_list = [maps_list]
     if not maps_list:
         raise ValueError("maps_list=[]: expected at least one AttentionMaps")
-    template = resources.files("qkv").joinpath("viz_explorer.html").read_text(encoding="utf-8")
-    fill = {"TITLE": html.escape(title), "DATA": _script_json(explorer_data(maps_list, title=title))}
-    # One pass, so a title that happens to contain "{{DATA}}" is not filled twice.
-    page = re.sub(r"\{\{(TITLE|DATA)\}\}", lambda m: fill[m.group(1)], template)
+    examples = maps_list if isinstance(maps_list[0], Mapping) else [explorer_example(maps_list)]
     path = Path(path)
-    path.write_text(page, encoding="utf-8")
+    path.write_text(explorer_page(examples, title=title), encoding="utf-8")
     return path

@@ -1,13 +1,14 @@
 """The qkv command and the demo, end to end on tiny runs: every subcommand explains itself, errors are one line,
 and the demo writes everything it promises."""
 import json
+import re
 
 import pytest
 import torch
 
 from qkv.cli import COMMANDS, main
 
-EXPECTED = {"train", "generate", "translate", "eval", "convert", "plot", "bench", "info", "demo"}
+EXPECTED = {"train", "generate", "translate", "eval", "convert", "plot", "bench", "info", "demo", "explore"}
 
 
 def test_every_subcommand_is_listed_and_explains_itself_with_an_example(capsys):
@@ -87,7 +88,8 @@ def demo_run(tmp_path_factory):
     from qkv.demo import run_demo
     out = tmp_path_factory.mktemp("demo")
     lines = []
-    result = run_demo(out, n_train=300, n_test=12, max_steps=4, progress=False, show=2, echo=lines.append)
+    result = run_demo(out, n_train=300, n_test=12, n_fresh=6, n_examples=3, max_steps=4, progress=False, show=2,
+                      echo=lines.append)
     return out, result, lines
 
 
@@ -99,12 +101,93 @@ def test_the_demo_writes_checkpoint_curve_heatmaps_explorer_and_results(demo_run
     saved = json.loads((out / "results.json").read_text())
     assert saved["n_test"] == result.n_test == 12
     assert 0.0 <= saved["exact_greedy"] <= 1.0 and 0.0 <= saved["exact_beam"] <= 1.0
+    # per kind, accented references apart, and numbers drawn afresh: every group counted once
+    kinds = saved["by_kind"]
+    assert sum(kinds[k]["n"] for k in ("number", "date", "phrase") if k in kinds) == 12
+    assert kinds.get("accented", {"n": 0})["n"] + kinds["plain"]["n"] == 12
+    assert saved["fresh"]["numbers"]["n"] == saved["fresh"]["numbers_uniform"]["n"] == 6
     records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert any("val_bleu" in r for r in records), "translation runs report BLEU at evaluations"
+    assert any("val_bleu" in r and "val_exact" in r for r in records), "the quality curves' points"
+    assert all("train_nll" not in r for r in records)  # no label smoothing: train_loss is val_loss's measure
+    train_config = json.loads((out / "train" / "train_config.json").read_text())
+    assert train_config["tokenizer_type"] == "bpe"  # the run's config says which tokenizer it trained
     report = "\n".join(lines)
     assert "reference:" in report and "greedy:" in report and "beam 4:" in report and "BLEU" in report
+    assert "plain:" in report and "fresh numbers never seen in training" in report
     html = (out / "explorer.html").read_text()
     assert '"cross"' in html and '"masked"' in html and "http://" not in html and "https://" not in html
+    data = json.loads(re.search(r'id="qkv-data">(.*?)</script>', html, re.S).group(1))
+    assert len(data["examples"]) >= 3 and all(e["beam"]["steps"] for e in data["examples"])
+    assert {e["label"].split(":")[0] for e in data["examples"]} >= {"number", "date", "phrase"}
+
+
+def test_running_the_demo_again_on_a_finished_run_reuses_it(demo_run, monkeypatch):
+    from qkv import data as qd
+    from qkv import train as qtrain
+    from qkv.demo import run_demo
+    out, first, _ = demo_run
+    weights = sorted((out / "train").rglob("model.safetensors"))
+    stamps = [(p, p.stat().st_mtime_ns) for p in weights]
+    monkeypatch.setattr(qd, "train_bpe", lambda *a, **k: pytest.fail("a finished run's tokenizer was retrained"))
+    monkeypatch.setattr(qtrain, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    lines = []
+    again = run_demo(out, n_train=300, n_test=12, n_fresh=6, n_examples=3, max_steps=4, progress=False, show=2,
+                     echo=lines.append)
+    assert again.reused and "evaluating it again, no training" in "\n".join(lines)
+    assert (again.exact_greedy, again.exact_beam, again.by_kind) == (first.exact_greedy, first.exact_beam,
+                                                                    first.by_kind)
+    assert [(p, p.stat().st_mtime_ns) for p in weights] == stamps
+
+
+def test_an_interrupted_demo_resumes_with_the_tokenizer_saved_in_its_checkpoint(tmp_path, monkeypatch):
+    from qkv import checkpoint as ckpt
+    from qkv import data as qd
+    from qkv.demo import run_demo
+    kw = dict(n_train=200, n_test=6, n_fresh=4, n_examples=1, progress=False, show=0, echo=lambda *a: None)
+    run_demo(tmp_path, max_steps=3, **kw)
+    saved = qd.Tokenizer.load(ckpt.latest_checkpoint(tmp_path / "train") / "tokenizer")
+    monkeypatch.setattr(qd, "train_bpe", lambda *a, **k: pytest.fail("a resumed run retrained its tokenizer"))
+    lines = []
+    result = run_demo(tmp_path, max_steps=6, **{**kw, "echo": lines.append})
+    assert result.steps == 6 and not result.reused and "resuming the interrupted run" in "\n".join(lines)
+    latest = ckpt.latest_checkpoint(tmp_path / "train")
+    assert latest.name == ckpt.checkpoint_name(6)
+    assert qd.Tokenizer.load(latest / "tokenizer").fingerprint() == saved.fingerprint()
+    # a finished run made with other settings (an older demo) is evaluated as it is, and the report says so
+    import qkv.demo
+    monkeypatch.setattr(qkv.demo, "DEMO_TRAIN", {**qkv.demo.DEMO_TRAIN, "label_smoothing": 0.1})
+    lines.clear()
+    assert run_demo(tmp_path, max_steps=6, **{**kw, "echo": lines.append}).reused
+    assert "trained with other settings" in "\n".join(lines) and "label_smoothing" in "\n".join(lines)
+
+
+def test_the_readme_demo_on_own_files_without_validation_holds_out_trains_and_reports(tmp_path, capsys):
+    from qkv.data import generate_pairs, write_pairs
+    write_pairs(generate_pairs(160, seed=3), tmp_path / "my.en", tmp_path / "my.es")
+    args = ["demo", "--out", str(tmp_path / "run"), "--src", str(tmp_path / "my.en"), "--tgt",
+            str(tmp_path / "my.es"), "--max-steps", "3", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held out" in out and "exact match greedy" in out and "BLEU" in out
+    held = (tmp_path / "run" / "data" / "test.en").read_text().splitlines()
+    trained = set((tmp_path / "run" / "data" / "train.en").read_text().splitlines())
+    assert held and not set(held) & trained  # held out, never trained on
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["n_test"] == len(held) and saved["bleu_greedy"] is not None and saved["fresh"] == {}
+    assert main(args) == 0  # again, on the finished run: the results again, no crash, no training
+    again = capsys.readouterr().out
+    assert "evaluating it again, no training" in again and "exact match greedy" in again
+    assert "training a" not in again
+
+
+def test_the_demo_refuses_half_given_files_in_one_line(tmp_path, capsys):
+    (tmp_path / "a.en").write_text("one\n")
+    assert main(["demo", "--out", str(tmp_path / "r"), "--src", str(tmp_path / "a.en")]) == 1
+    assert "both --src and --tgt" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "r"), "--src", str(tmp_path / "a.en"), "--tgt",
+                 str(tmp_path / "missing.es")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing.es" in err
 
 
 def test_the_demo_checkpoint_translates_evaluates_and_plots(demo_run, tmp_path, capsys):

@@ -431,6 +431,114 @@ def test_beam_search_returns_n_best_sorted_and_padded():
     assert len({tuple(r) for r in out[:3].tolist()}) == 3
 
 
+class _Bigram(nn.Module):
+    """A decoder-only "model" whose next-token distribution depends on the last token only (a table of
+    probabilities), with the decoding interface generate drives: what beam search sees, set by hand."""
+
+    class _NoCache:
+        def reorder(self, index, cross=True):
+            pass
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logp = torch.tensor(probs, dtype=torch.float64).log()  # (V, V): row = last token
+        V = self.logp.shape[0]
+        self.config = type("Config", (), dict(family="decoder", max_positions=None, position="none",
+                                              vocab_size=V, eos_token_id=None, pad_token_id=None))()
+
+    def new_cache(self, batch_size, max_len=None):
+        return self._NoCache()
+
+    def forward(self, input_ids, cache=None, attention_mask=None, position_ids=None, last_only=False):
+        return self.logp[input_ids]  # (N, T, V)
+
+
+def test_default_beam_search_waits_for_the_likely_hypothesis_instead_of_stopping_early():
+    """The demo's beam search scored below greedy: with early_stopping=True an input stops as soon as K hypotheses
+    have ended, and short unlikely ones can end first. Here the likely path is 1 2 3 4 EOS (p = 0.99 a token) and
+    a junk token 6 (p = 0.004 after the start) ends or repeats itself: with K = 2, two junk hypotheses end by step
+    3, before the likely one can (step 5)."""
+    V, EOS, JUNK, low = 7, 5, 6, 1e-5
+    probs = [[low] * V for _ in range(V)]
+    for a, b in ((0, 1), (1, 2), (2, 3), (3, 4), (4, EOS)):
+        probs[a][b] = 1 - low * (V - 1)
+    probs[0][JUNK], probs[0][1] = 0.004, 1 - low * (V - 2) - 0.004
+    probs[JUNK] = [0.0] * V
+    probs[JUNK][EOS], probs[JUNK][JUNK] = 0.6, 0.4
+    probs[EOS] = [1.0 / V] * V
+    model = _Bigram(probs)
+    prompt = torch.tensor([[0]])
+    kw = dict(max_new_tokens=8, eos_token_id=EOS, pad_token_id=EOS)
+    greedy = generate(model, prompt, **kw)
+    assert greedy[0, 1:6].tolist() == [1, 2, 3, 4, EOS]
+    assert torch.equal(generate(model, prompt, num_beams=2, **kw)[:, :6], greedy[:, :6])  # the default: False
+    early = generate(model, prompt, num_beams=2, early_stopping=True, **kw)
+    # stopped at step 3 with two junk hypotheses (J EOS, J J EOS), before the likely one could finish
+    assert early[0, 1:4].tolist() == [JUNK, JUNK, EOS]
+
+
+@pytest.mark.parametrize("name, length_penalty", [("transformer-tiny", 1.0), ("llama-tiny", 1.0),
+                                                   ("gpt2-tiny", 0.0), ("transformer-tiny", 2.0)])
+def test_beam_trace_final_hypotheses_are_generates(name, length_penalty):
+    from qkv.generate import beam_search_trace
+    model = make(name)
+    ids = _prompt(model, 1, 5)
+    eos = int(generate(model, ids, max_new_tokens=4, eos_token_id=())[0, -1])  # greedy's 4th token ends it
+    kw = dict(max_new_tokens=7, num_beams=3, length_penalty=length_penalty, eos_token_id=eos, pad_token_id=0)
+    trace = beam_search_trace(model, ids, **kw)
+    assert torch.equal(trace.sequences, generate(model, ids, num_return_sequences=3, **kw))
+    assert trace.scores == sorted(trace.scores, reverse=True) and len(trace.scores) == 3
+    greedy = generate(model, ids, max_new_tokens=7, eos_token_id=eos, pad_token_id=0)[0, trace.prompt_length:]
+    assert trace.greedy == greedy.tolist()[: greedy.tolist().index(eos) + 1]
+    # the best hypothesis' score is its summed log-probability over its length ** length_penalty
+    best = trace.sequences[0, trace.prompt_length:].tolist()
+    best = best[: best.index(eos) + 1] if eos in best else best
+    total = _logprob_of(model, ids, best)
+    assert trace.scores[0] == pytest.approx(total / len(best) ** length_penalty, rel=1e-4, abs=1e-4)
+
+
+def _logprob_of(model, ids, tokens):
+    """Summed log-probability of ``tokens`` after the prompt (decoder-only) or source (encoder-decoder), float64."""
+    with torch.no_grad():
+        if model.config.family == "encoder_decoder":
+            start = torch.tensor([[model.config.decoder_start_token_id] + tokens[:-1]])
+            logits = model(ids, start)[0]
+        else:
+            logits = model(torch.cat([ids, torch.tensor([tokens[:-1]], dtype=ids.dtype)], 1))[0, ids.shape[1] - 1:]
+    logp = logits.double().log_softmax(-1)
+    return float(logp.gather(1, torch.tensor(tokens)[:, None]).sum())
+
+
+def test_beam_trace_steps_rank_extend_and_mark_candidates():
+    from qkv.generate import beam_search_trace
+    model = make("transformer-tiny")
+    ids = _prompt(model, 1, 6)
+    K = 3
+    trace = beam_search_trace(model, ids, max_new_tokens=6, num_beams=K, eos_token_id=(), pad_token_id=0)
+    assert len(trace.steps) == 6  # no EOS: every step runs, the last one finishes the running beams
+    paths = [()]
+    for t, step in enumerate(trace.steps):
+        assert len(step.tokens) == len(step.parents) == len(step.scores) == len(step.status) == 2 * K
+        assert step.scores == sorted(step.scores, reverse=True)
+        assert step.status.count("running") == (K if t < 5 else 0)
+        assert all(p == -1 for p in step.parents) if t == 0 else all(0 <= p < 2 * K for p in step.parents)
+        if t:
+            assert all(trace.steps[t - 1].status[p] == "running" for p in step.parents)  # only beams extend
+        paths = [paths[max(p, 0)] + (tok,) for p, tok in zip(step.parents, step.tokens)]
+        for path, score in zip(paths, step.scores):  # each candidate's score is its path's summed log-probability
+            assert score == pytest.approx(_logprob_of(model, ids, list(path)), rel=1e-4, abs=1e-4)
+        on_greedy = step.greedy
+        assert on_greedy is None or list(paths[on_greedy]) == trace.greedy[: t + 1]
+    assert trace.steps[0].greedy == 0  # greedy takes the best first token
+    assert trace.steps[-1].status.count("finished") == K
+    assert [list(p) for p, st in zip(paths, trace.steps[-1].status) if st == "finished"] == \
+        [r[trace.prompt_length:] for r in trace.sequences.tolist()]
+    with pytest.raises(ValueError, match="num_beams must be an int >= 2"):
+        beam_search_trace(model, ids, max_new_tokens=3, num_beams=1)
+    with pytest.raises(ValueError, match=r"shape \(1, T\)"):
+        beam_search_trace(model, _prompt(model, 2, 3), max_new_tokens=3)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sampling
 

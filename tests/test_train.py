@@ -405,3 +405,31 @@ def test_the_torchrun_entry_builds_configs_from_flags(tmp_path, corpus):
               "--precision", "bf16", "--no-progress"])
     assert s.steps == 2 and math.isfinite(s.val_loss)
     assert json.loads((tmp_path / "run/config.json").read_text())["vocab_size"] == len(set(TEXT))
+
+
+# -- the tokenizer a run trains by default, and what its log compares ---------------------------------------------
+
+def test_translation_trains_a_shared_bpe_by_default_and_the_run_config_says_so(tmp_path):
+    pairs = [("él compró tres árboles", "he bought three trees"), ("¿Qué? ¡Sí!", "What? Yes!"),
+             ("Mañana, 12 niños", "Tomorrow, 12 children")] * 8
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    mc = qkv.preset("transformer-tiny", d_model=32, n_heads=2, n_layers=1, d_ff=64, max_positions=64)
+    c = cfg_for(tmp_path, tsv, max_steps=2, eval_every=0, max_tokens=400, label_smoothing=0.1)
+    train(mc, c)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["tokenizer_type"] == "bpe"
+    tok = qkv.data.Tokenizer.load(tmp_path / "run" / "tokenizer")
+    for s, t in pairs:  # text is data: every side comes back exactly, accents, ñ, ¿ ¡ and capitals included
+        assert tok.decode(tok.encode(s)) == s and tok.decode(tok.encode(t)) == t
+    rows = metrics(tmp_path / "run")
+    # label smoothing: the optimised train_loss is not val_loss's measure, so the plain cross-entropy is logged too
+    assert all(math.isfinite(r["train_nll"]) and r["train_nll"] != r["train_loss"] for r in rows)
+
+
+def test_language_models_keep_the_character_vocabulary_and_log_no_train_nll_without_smoothing(tmp_path, corpus):
+    train(tiny(), cfg_for(tmp_path, corpus, max_steps=2, eval_every=0))
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["tokenizer_type"] == "char"
+    assert all("train_nll" not in r for r in metrics(tmp_path / "run"))
+    with pytest.raises(ValueError, match="tokenizer_type"):
+        TrainConfig(tokenizer_type="sentencepiece")

@@ -158,10 +158,10 @@ def test_explorer_escapes_tokens_and_title(tmp_path, explorer_maps):
     assert "</" not in payload and "<" not in payload and "&" not in payload
     data = json.loads(payload)
     assert data["title"] == NASTY
-    assert data["kinds"][1]["queries"][3] == NASTY
+    assert data["examples"][0]["kinds"][1]["queries"][3] == NASTY
     assert '<b id="pwned">' not in page
     assert "&lt;/script&gt;&lt;b id=&quot;pwned&quot;&gt;" in page  # the title, HTML-escaped
-    layers = data["kinds"][2]["layers"]
+    layers = data["examples"][0]["kinds"][2]["layers"]
     assert (len(layers), len(layers[0]), len(layers[0][0]), len(layers[0][0][0])) == (3, 4, 7, 7)
 
 
@@ -245,14 +245,14 @@ def test_explorer_renders_in_chromium_without_script_errors(tmp_path, explorer_m
     assert [t["text"] for t in dom.by_testid["token-query"]] == masked.queries
     assert "pwned" not in dom.ids
     # Nothing focused: a faint line for every (query, key) weight above the threshold.
-    weights = explorer_data(explorer_maps, title="")["kinds"][1]["layers"][1][0]
+    weights = explorer_data(explorer_maps, title="")["examples"][0]["kinds"][1]["layers"][1][0]
     expected = sum(v >= EXPLORER_MIN_WEIGHT for row in weights for v in row)
     assert int(dom.body["data-n-lines"]) == dom.count("attn-line") == expected
 
 
 def expected_lines(data, kind, layer, head, query):
     """Keys with weight >= the threshold in one row of the page's data (head "mean": summed in the page's order)."""
-    heads = data["kinds"][kind]["layers"][layer]
+    heads = data["examples"][0]["kinds"][kind]["layers"][layer]
     if head == "mean":
         row = [sum(heads[h][query][s] for h in range(len(heads))) / len(heads) for s in range(len(heads[0][0]))]
     else:
@@ -286,3 +286,14 @@ def test_explorer_reports_script_errors_in_the_dom(tmp_path, explorer_maps):
     path.write_text(page.replace(script_json(page), '{"kinds": 1}'), encoding="utf-8")
     dom, _ = render(path, tmp_path)
     assert dom.body.get("data-status", "").startswith("error"), dom.body
+
+
+def test_plot_curves_adds_a_quality_panel_and_draws_both_loss_definitions(tmp_path):
+    records = [{"step": s, "train_loss": 2.0 / s + 0.5, "train_nll": 2.0 / s} for s in range(1, 60)]
+    records += [{"step": s, "val_loss": 2.1 / s, "val_acc": 1 - 1 / s, "val_exact": 1 - 2 / (s + 1),
+                 "val_bleu": 100 - 50 / s} for s in (10, 30, 59)]
+    loss_only = png_size(plot_curves([r for r in records if "val_acc" not in r], tmp_path / "a.png"))
+    both = png_size(plot_curves(records, tmp_path / "b.png", label_smoothing=0.1))
+    assert both[0] > 1.5 * loss_only[0] and both[1] == loss_only[1]  # a second panel: held-out quality
+    chosen = png_size(plot_curves(records, tmp_path / "c.png", keys=["train_loss"]))
+    assert chosen == loss_only  # keys given: that plot only

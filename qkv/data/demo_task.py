@@ -20,7 +20,7 @@ import calendar
 import hashlib
 import random
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from qkv.data._files import PathLike
 
@@ -170,6 +170,22 @@ def _digits_biased(rng: random.Random, max_digits: int) -> int:
 
 
 KINDS = ("number", "date", "phrase")
+_EN_NUMBER_WORDS = frozenset(_EN_ONES + [t for t in _EN_TENS if t] + ["hundred", "thousand", "million"])
+_EN_MONTHS = frozenset(m for m, _ in _MONTHS)
+
+
+def kind_of(source: str) -> str | None:
+    """The kind ("number", "date" or "phrase") of a source sentence this task makes, None for any other text
+    (a user's own sentence): how the demo reports its accuracy per kind."""
+    words = source.replace("-", " ").split()
+    if words and all(w in _EN_NUMBER_WORDS for w in words):
+        return "number"
+    if len(words) == 3 and words[0] in _EN_MONTHS and words[1][:-1].isdigit() and words[2].isdigit():
+        return "date"
+    subjects = {en for en, _ in _SUBJECTS} | {"there is"}
+    if any(source.startswith(s + " ") for s in subjects):
+        return "phrase"
+    return None
 
 
 def iter_pairs(seed: int = 0, *, weights: Sequence[float] = (0.5, 0.25, 0.25), max_digits: int = 6,
@@ -231,6 +247,28 @@ def generate_splits(train: int = 20000, val: int = 500, test: int = 500, seed: i
         bucket = out[split_of(pair[0])]
         if len(bucket) < sizes[split_of(pair[0])]:
             bucket.append(pair)
+    return out
+
+
+def fresh_numbers(n: int, exclude: Iterable[str] = (), *, seed: int = 1, max_digits: int = 6,
+                  uniform: bool = False) -> list[Pair]:
+    """n (english, spanish) numbers whose English is not in `exclude` (e.g. the training sources): a fresh draw,
+    to measure generalisation rather than recall. Digit counts are uniform in 1..max_digits as in training, or,
+    with uniform=True, the numbers themselves are uniform in [0, 10**max_digits) (mostly the longest)."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n={n!r}: expected a non-negative int")
+    if not 1 <= max_digits <= 9:
+        raise ValueError(f"max_digits={max_digits!r}: expected 1..9")
+    exclude, rng, out, seen = set(exclude), random.Random(seed), [], set()
+    if n > 10**max_digits - len(exclude):
+        raise ValueError(f"n={n}: more than the {10**max_digits} numbers of up to {max_digits} digits hold "
+                         f"outside exclude")
+    while len(out) < n:
+        number = rng.randrange(10**max_digits) if uniform else _digits_biased(rng, max_digits)
+        english = english_number(number)
+        if english not in exclude and english not in seen:
+            seen.add(english)
+            out.append((english, spanish_number(number)))
     return out
 
 

@@ -4,6 +4,10 @@ Three ways to get one, all returning a `Tokenizer`:
   CharTokenizer.train(files_or_iter)    one id per character (nanoGPT's Shakespeare vocab with specials=())
   train_bpe / train_wordpiece(...)      byte-level BPE (GPT-2 style) / WordPiece (BERT style), trained on the
                                         user's corpus with the `tokenizers` library
+
+Text is data: the character and BPE tokenizers give every (NFC) line back exactly, `decode(encode(s)) == s`,
+in any script, so they are what qkv trains for translation and language models. WordPiece does not: it splits
+punctuation off with spaces and, lowercased as BERT-uncased, strips accents; it serves masked LMs only.
   Tokenizer.load(path)                  a folder written by `save`, or any Hugging Face `tokenizer.json`
 
 Special tokens are defined once, in `SpecialTokens`: trained tokenizers put the requested ones first, in
@@ -345,19 +349,44 @@ def _check_vocab_size(vocab_size: int, floor: int, what: str) -> None:
 
 def train_bpe(files_or_iter, vocab_size: int = 8000,
               specials: Iterable[str] | Mapping[str, str] | None = None, *,
-              min_frequency: int = 2) -> HFTokenizer:
+              min_frequency: int = 2, individual_digits: bool = False, prefix_space: bool = False,
+              nfc: bool = True, lowercase: bool = False) -> HFTokenizer:
     """Train a byte-level BPE tokenizer (GPT-2's scheme: any text encodes, no unknown tokens).
 
     files_or_iter: a path, a list of paths, or an iterable of strings. Returns a tokenizer whose ids
     0..len(specials)-1 are the specials in `ROLES` order; `encode(add_special=True)` adds BOS/EOS.
+
+    Text is data: ``decode(encode(s)) == s`` for every string s in Unicode NFC (the form nearly all text is
+    stored in): case, accents, ``ñ``, ``¿ ¡``, spaces and punctuation come back as they were, in any script.
+    nfc=True composes other input first (``e`` + U+0301 -> ``é``), so canonically equal spellings get the same ids
+    and decode to the NFC form; nfc=False keeps every input's code points as they are. lowercase=True folds case
+    (and then decode gives the lowercased text); nothing is lowercased or stripped unless asked.
+    individual_digits=True splits every digit into its own piece (as Llama does; a space before the first
+    digit stays with it), so numbers are spelled out digit by digit instead of being memorised as whole tokens.
+    prefix_space=True puts one space before every text it encodes and takes exactly one off the front of what it
+    decodes (Llama's and SentencePiece's scheme), so a word is one and the same token at the start of a sentence
+    and after a space ("cuatro" and "mil cuatro" share " cuatro"): right for sentences (translation), wrong for a
+    prompt whose continuation is decoded on its own (its first space would go).
+    Deterministic: the same corpus gives the same vocabulary in every process.
     """
-    from tokenizers import Tokenizer as HF, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer as HF, decoders, models, normalizers, pre_tokenizers, trainers
     sp = resolve_specials(specials)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     _check_vocab_size(vocab_size, len(sp) + len(alphabet), f"byte-level BPE with {len(sp)} specials")
     hf = HF(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    steps = ([normalizers.NFC()] if nfc else []) + ([normalizers.Lowercase()] if lowercase else []) \
+        + ([normalizers.Prepend(" ")] if prefix_space else [])
+    if steps:
+        hf.normalizer = normalizers.Sequence(steps)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if individual_digits:
+        # " 1999" -> " 1" "9" "9" "9": split before GPT-2's regex, which then keeps each piece whole.
+        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" ?\p{N}"), "isolated"), byte_level])
+    else:
+        hf.pre_tokenizer = byte_level
     hf.decoder = decoders.ByteLevel()
+    if prefix_space:  # the bytes become one string (Fuse), whose first character is the space encode added
+        hf.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                   special_tokens=list(sp.values()), initial_alphabet=alphabet)
     hf.train_from_iterator(iter_texts(files_or_iter), trainer)
@@ -372,6 +401,11 @@ def train_wordpiece(files_or_iter, vocab_size: int = 8000,
 
     specials must include "unk" (WordPiece's fallback for unseen characters). `encode(add_special=True)`
     adds CLS ... SEP. lowercase=True also strips accents, as BERT-uncased does.
+
+    Does not give text back: decode spaces out some punctuation ("¿verdad?" -> "¿ verdad?"), maps unseen
+    characters to unk, and with lowercase=True drops case and accents ("Él compró" -> "el compro"). Right for
+    masked-LM pretraining (BERT), never for a model whose output is read (translation, language models: use
+    ``train_bpe``).
 
     Not reproducible from run to run (tokenizers 0.23): the trainer numbers its "##" pieces in hash-map order and
     breaks ties between equally frequent merges by those numbers, so the same corpus can give a slightly

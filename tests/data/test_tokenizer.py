@@ -117,3 +117,115 @@ def test_bad_arguments_are_named():
         train_wordpiece(iter(CORPUS), specials=["pad"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         Tokenizer.load("/nowhere/at/all")
+
+
+# -- text is data: the tokenizers qkv trains for translation and language models give every line back ---------
+
+# A line of every script we could think of, plus the marks, spaces and sequences that trip normalisers.
+SCRIPTS = [
+    "Él compró veintidós árboles, ¿verdad? ¡Sí! Mañana, PINGÜINO y Ñandú.",
+    "Ça coûte 12,50 € — « très cher », dit-elle ; l'œuf et l'âme.",
+    "Größe: 3 Äpfel, ÖL und Übermaß. Straße ẞ.",
+    "Ελληνικά: Καλημέρα κόσμε, ΆΈΉ ΐ ς.",
+    "Кириллица: Съешь же ещё этих мягких булок, Ёё Її Ґґ.",
+    "العربية: مرحبا بالعالم، كَتَبَ ١٢٣.",
+    "עברית: שלום עולם, בְּרֵאשִׁית.",
+    "हिन्दी: नमस्ते दुनिया, क्षत्रिय ०१२.",
+    "ไทย: สวัสดีชาวโลก ภาษาไทย",
+    "中文：你好，世界。日本語：こんにちは、カタカナ。",
+    "한국어: 안녕하세요 세계, 한글.",
+    "Tiếng Việt: Xin chào thế giới, người ơi.",
+    "emoji: 👩‍👩‍👧‍👦 🇪🇸 👍🏽 ❤️ 🫠",
+    "combining: é à ñ ṩ q̃ a̐ Z̴̡a̷l̸g̶o̵",
+    "spacing:  two  spaces\tand a tab, trailing space ",
+    " leading space and\u00a0nbsp\u2009thin\u200bzwsp\u200djoiner",
+    "math: ∑ x² ≤ ∞, ½ ¾, ﬁ ligature, Ⅻ",
+    "quotes “double” ‘single’ «angle» „low“ and ... … — –",
+    "",
+]
+
+
+@pytest.mark.parametrize("prefix_space", [False, True])
+@pytest.mark.parametrize("digits", [False, True])
+def test_bpe_gives_every_script_back_exactly(prefix_space, digits):
+    import unicodedata
+    tok = train_bpe(iter(SCRIPTS * 3), vocab_size=600, prefix_space=prefix_space, individual_digits=digits)
+    for line in SCRIPTS:
+        assert unicodedata.is_normalized("NFC", line)
+        assert tok.decode(tok.encode(line)) == line, line
+        assert tok.decode(tok.encode(line, add_special=True)) == line
+    assert tok.unk_id not in tok.encode("".join(SCRIPTS))  # byte-level: nothing is unknown
+
+
+def test_bpe_composes_to_nfc_and_lowercases_only_when_asked():
+    import unicodedata
+    tok = train_bpe(iter(SCRIPTS), vocab_size=400)
+    decomposed = unicodedata.normalize("NFD", "Él compró ÁRBOLES")
+    assert decomposed != "Él compró ÁRBOLES"
+    assert tok.decode(tok.encode(decomposed)) == "Él compró ÁRBOLES"  # canonically the same text, one spelling
+    assert tok.encode(decomposed) == tok.encode("Él compró ÁRBOLES")
+    raw = train_bpe(iter(SCRIPTS), vocab_size=400, nfc=False)
+    assert raw.decode(raw.encode(decomposed)) == decomposed  # nfc=False keeps every code point
+    lower = train_bpe(iter(SCRIPTS), vocab_size=400, lowercase=True)
+    assert lower.decode(lower.encode("Él ÁRBOLES Ñ")) == "él árboles ñ"  # folded case, accents kept
+
+
+def test_bpe_options_split_digits_and_share_words_across_sentence_starts():
+    corpus = ["cuatro", "mil cuatro", "cuatro mil", "dos mil cuatro", "1999 and 2024"] * 5
+    tok = train_bpe(iter(corpus), vocab_size=300, min_frequency=1, prefix_space=True, individual_digits=True)
+    first, after = tok.encode("cuatro"), tok.encode("mil cuatro")
+    assert len(first) == 1 and after[-1] == first[0]  # the same token first and after a space
+    assert tok.decode(first) == "cuatro" and tok.decode(after) == "mil cuatro"
+    assert [tok.decode([i]) for i in tok.encode("x 1999")[-4:]] == ["1", "9", "9", "9"]
+    plain = train_bpe(iter(corpus), vocab_size=300, min_frequency=1)
+    assert plain.encode("cuatro")[-1] != plain.encode("mil cuatro")[-1]  # GPT-2's scheme: " cuatro" differs
+
+
+def test_bpe_is_the_same_vocabulary_in_every_process(tmp_path):
+    import subprocess
+    import sys
+    code = ("from qkv.data import train_bpe\nfrom qkv.data.demo_task import generate_pairs\n"
+            "pairs = generate_pairs(3000, seed=0)\n"
+            "tok = train_bpe(iter([t for p in pairs for t in p]), vocab_size=2000, min_frequency=1, "
+            "individual_digits=True, prefix_space=True)\nprint(tok.fingerprint())")
+    env = {**__import__("os").environ, "PYTHONHASHSEED": "random"}
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           check=True).stdout for _ in range(2)}
+    assert len(runs) == 1
+
+
+def test_the_demo_tokenizer_gives_every_demo_line_back():
+    from qkv.data.demo_task import generate_pairs
+    from qkv.demo import DEMO_TOKENIZER, accented
+    lines = [t for pair in generate_pairs(4000, seed=0) for t in pair]
+    tok = train_bpe(iter(lines), **DEMO_TOKENIZER)
+    assert sum(accented(t) for t in lines) > 200  # the corpus does exercise accents and ñ
+    assert [tok.decode(ids) for ids in tok.encode_batch(lines)] == lines
+
+
+MULTI30K = Path("/work/shared/data/multi30k")
+
+
+@pytest.mark.skipif(not (MULTI30K / "val.fr").exists(), reason="Multi30k not present")
+def test_the_translation_default_tokenizer_gives_multi30k_back_in_de_fr_en():
+    from qkv.config import TrainConfig
+    from qkv.train import train_tokenizer
+    for lang in ("de", "fr"):
+        cfg = TrainConfig(data=str(MULTI30K / f"val.{lang}"), data_tgt=str(MULTI30K / "val.en"))
+        tok = train_tokenizer(cfg, "seq2seq")  # what `qkv train` trains for translation without --tokenizer
+        for name in (f"val.{lang}", "val.en", f"test_2016_flickr.{lang}", "test_2016_flickr.en", f"train.{lang}"):
+            lines = (MULTI30K / name).read_text(encoding="utf-8").splitlines()
+            assert [tok.decode(ids) for ids in tok.encode_batch(lines)] == lines, name
+
+
+def test_language_model_and_translation_defaults_round_trip_their_corpus(tmp_path):
+    from qkv.config import TrainConfig
+    from qkv.train import train_tokenizer
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(SCRIPTS) + "\n", encoding="utf-8")
+    for task in ("lm", "seq2seq"):
+        tok = train_tokenizer(TrainConfig(data=str(text), data_tgt=str(text) if task == "seq2seq" else None), task)
+        for line in SCRIPTS:
+            assert tok.decode(tok.encode(line)) == line, (task, line)
+    with pytest.raises(ValueError, match="wordpiece.*masked LMs"):
+        train_tokenizer(TrainConfig(data=str(text), tokenizer_type="wordpiece"), "lm")

@@ -1,0 +1,370 @@
+"""Explore a model on any sentence: its output, every layer's and head's attention, and beam search step by step.
+
+    explorer = Explorer(model, tokenizer)            # a translation model, a language model or an encoder
+    example = explorer.example("twenty-one thousand")  # plain data for the page (``qkv.viz.explorer_page``)
+    server = make_server(explorer, port=8000)          # http://127.0.0.1:8000/ ; server.serve_forever()
+
+What an example holds, by the model's family:
+  encoder-decoder  the translation by beam search (and greedy's), the encoder's self-attention, the decoder's
+                   masked self-attention and the cross-attention, all under teacher forcing on that translation;
+                   and the beam search itself, step by step (``qkv.generate.beam_search_trace``)
+  decoder          the prompt's continuation by beam search (and greedy's), masked self-attention over prompt and
+                   continuation, and the beam search
+  encoder          self-attention only: an encoder reads its input at once and generates nothing
+A layer whose mixer returns no (T, S) map (a linear-time mixer without implicit weights) is shown as such.
+
+The server is the standard library's ``http.server`` on 127.0.0.1 only, single-threaded (one model, one request
+at a time). The page (``qkv/viz_explorer.html``) needs nothing from the network; what a user types comes back
+either as a new example or as a message said in the page, never as a crash.
+"""
+from __future__ import annotations
+
+import errno
+import http.server
+import json
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .viz import AttentionMaps, explorer_example, explorer_page
+
+log = logging.getLogger("qkv.explore")
+
+MAX_CHARS = 500  # the longest input the explorer takes
+MAX_HEADS_SHOWN = 32  # maps with more "heads" (RWKV's per-channel maps) are shown as their mean
+_MAX_BODY = 64 * 1024  # bytes of a request the server reads at most
+
+
+class ExploreInputError(ValueError):
+    """What is wrong with a user's text (empty, too long, not encodable): said in the page, not raised past it."""
+
+
+# -- attention maps of one example --------------------------------------------------------------------------
+
+def token_labels(tokenizer, ids: list[int]) -> list[str]:
+    """One readable label per id: the text each token adds (a token that only starts a multi-byte character gets
+    "", the one completing it the character), special tokens by their own string."""
+    specials = set(tokenizer.special_ids)
+    labels, run, shown = [], [], ""
+    for i in ids:
+        if i in specials:
+            labels.append(tokenizer.id_to_token(i) or str(i))
+            run, shown = [], ""
+            continue
+        run.append(i)
+        text = tokenizer.decode(run)
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            labels.append(text[len(shown):])
+            shown = text
+        else:
+            labels.append("")
+    return labels
+
+
+def _heads(w: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, H, T, S) -> the same, or its mean over H as one map when H is a channel count (RWKV: one map per
+    channel, hundreds of them)."""
+    if w is None or w.shape[1] <= MAX_HEADS_SHOWN:
+        return w
+    return w.float().mean(1, keepdim=True)
+
+
+def seq2seq_maps(model, src_ids: list[int], tgt_ids: list[int], src_labels: list[str],
+                 tgt_labels: list[str]) -> list[AttentionMaps]:
+    """Encoder self-attention, decoder masked self-attention and cross-attention of one pair under teacher
+    forcing: the source ids (EOS included) and the decoder's input (start token + target)."""
+    with torch.no_grad():
+        _, w = model(torch.tensor([src_ids]), torch.tensor([tgt_ids]), return_weights=True)
+    kinds = [("self", w.encoder_self, src_labels, src_labels), ("masked", w.decoder_self, tgt_labels, tgt_labels),
+             ("cross", w.cross, tgt_labels, src_labels)]
+    return [AttentionMaps.from_batch(kind, [_heads(x) for x in layers], queries, keys)
+            for kind, layers, queries, keys in kinds if layers and any(x is not None for x in layers)]
+
+
+def attention_maps(model, tokenizer, source: str, target: str) -> list[AttentionMaps]:
+    """The three kinds of attention of one sentence pair under teacher forcing (``seq2seq_maps``), labelled with
+    the tokens' text."""
+    src_ids = tokenizer.encode(source) + [tokenizer.eos_id]
+    tgt_ids = [model.config.decoder_start_token_id] + tokenizer.encode(target)
+    return seq2seq_maps(model, src_ids, tgt_ids, token_labels(tokenizer, src_ids), token_labels(tokenizer, tgt_ids))
+
+
+def self_maps(model, ids: list[int], labels: list[str], kind: str) -> list[AttentionMaps]:
+    """A decoder's masked (kind "masked") or an encoder's bidirectional ("self") self-attention over ids."""
+    with torch.no_grad():
+        _, weights = model(torch.tensor([ids]), return_weights=True)
+    layers = [_heads(w.self_attn) for w in weights]
+    return [AttentionMaps.from_batch(kind, layers, labels, labels)] if any(w is not None for w in layers) else []
+
+
+# -- one example ----------------------------------------------------------------------------------------------
+
+_TASKS = {"encoder_decoder": "translate", "decoder": "generate", "encoder": "encode"}
+
+
+@dataclass
+class Explorer:
+    """A text model and its tokenizer, answering the explorer's questions (``example``).
+
+    num_beams: the beam width shown (>= 2). max_new_tokens: the longest output (default: what the model's
+    positions allow, at most 60 tokens for translations and 40 for continuations). max_chars: the longest input.
+    """
+    model: torch.nn.Module
+    tokenizer: object
+    num_beams: int = 4
+    max_new_tokens: int | None = None
+    max_chars: int = MAX_CHARS
+    length_penalty: float = 1.0
+
+    def __post_init__(self):
+        family = getattr(getattr(self.model, "config", None), "family", None)
+        if family not in _TASKS:
+            raise ValueError(f"model: family {family!r} has no text to explore; expected one of {sorted(_TASKS)}")
+        if not isinstance(self.num_beams, int) or self.num_beams < 2:
+            raise ValueError(f"num_beams={self.num_beams!r}: the beam view needs an int >= 2")
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: expected an int >= 1 or None")
+        if self.task == "translate" and (self.tokenizer.eos_id is None or self.tokenizer.pad_id is None):
+            raise ValueError("tokenizer: a translation model needs EOS and padding tokens to read its source")
+        self.model.eval()
+
+    @property
+    def task(self) -> str:
+        """"translate", "generate" or "encode"."""
+        return _TASKS[self.model.config.family]
+
+    def check(self, text) -> list[int]:
+        """The ids of a user's text, or ExploreInputError saying what is wrong with it."""
+        if not isinstance(text, str):
+            raise ExploreInputError(f"expected a sentence (text), got {type(text).__name__}")
+        if not text.strip():
+            raise ExploreInputError("Type a sentence first: the input is empty.")
+        if len(text) > self.max_chars:
+            raise ExploreInputError(f"That is {len(text)} characters; the explorer takes at most {self.max_chars}.")
+        try:
+            ids = self.tokenizer.encode(text, add_special=self.task == "encode")
+        except ValueError as e:  # a character tokenizer without an unknown token names the character
+            raise ExploreInputError(f"The model's vocabulary cannot spell this: {e}") from None
+        room = self._positions() - (1 if self.task == "translate" else 0)
+        if self.task == "generate":
+            room -= 1  # at least one new token
+        if len(ids) > room:
+            raise ExploreInputError(f"That is {len(ids)} tokens; this model reads at most {room}. Try a shorter text.")
+        if not ids:
+            raise ExploreInputError("The tokenizer made no tokens of this text.")
+        return ids
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """Characters of text the vocabulary has no token for (read as the unknown token)."""
+        unk = self.tokenizer.unk_id
+        if unk is None:
+            return []
+        return sorted(c for c in set(text) if not c.isspace() and unk in self.tokenizer.encode(c))
+
+    def _positions(self) -> int:
+        """Positions the model reads (relative positions, as T5's, have no table: the input is the limit)."""
+        return self.model.config.max_positions or 4 * self.max_chars
+
+    def _new_tokens(self, prompt: int) -> int:
+        cfg = self.model.config
+        if self.task == "translate":
+            limit = min(60, self._positions() - 1)
+        else:
+            limit = min(40, self._positions() - prompt if cfg.position == "learned" else 40)
+        return max(1, min(limit, self.max_new_tokens or limit))
+
+    def example(self, text: str, *, label: str | None = None) -> dict:
+        """Run the model on text; return the page's example (``qkv.viz.explorer_example``): the output by beam
+        search and by greedy decoding, the attention maps and the beam view. Raises ExploreInputError."""
+        from .generate import beam_search_trace
+        ids = self.check(text)
+        tok, cfg = self.tokenizer, self.model.config
+        unknown = self.unknown_characters(text)
+        warning = None
+        if unknown:
+            listed = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:8])
+            warning = f"Not in the model's vocabulary, read as {tok.specials.get('unk', 'unknown')}: {listed}."
+        if self.task == "encode":
+            maps = self_maps(self.model, ids, token_labels(tok, ids), "self")
+            ex = explorer_example(maps, source=text, label=label, note="An encoder reads its whole input at once and "
+                                  "generates nothing: here is its self-attention.")
+            ex["warning"] = warning
+            return ex
+        src = ids + [tok.eos_id] if self.task == "translate" else ids
+        eos = tok.eos_id if tok.eos_id is not None else ()
+        pad = tok.pad_id if tok.pad_id is not None else (0 if eos == () else eos)
+        trace = beam_search_trace(self.model, torch.tensor([src]), num_beams=self.num_beams,
+                                  max_new_tokens=self._new_tokens(len(src)), length_penalty=self.length_penalty,
+                                  eos_token_id=eos, pad_token_id=pad)
+        best = trace.sequences[0, trace.prompt_length:].tolist()[: trace.lengths[0]]
+        body = [t for t in best if t != tok.eos_id]
+        output, greedy = tok.decode(body), tok.decode([t for t in trace.greedy if t != tok.eos_id])
+        if self.task == "translate":
+            start = [cfg.decoder_start_token_id]
+            maps = seq2seq_maps(self.model, src, start + body, token_labels(tok, src), token_labels(tok, start + body))
+        else:
+            maps = self_maps(self.model, src + body, token_labels(tok, src + body), "masked")
+        note = None
+        if not maps:
+            note = "This model's layers return no attention maps (linear-time mixers without implicit weights)."
+        ex = explorer_example(maps, source=text, label=label, output=output, greedy=greedy,
+                              output_label="translation" if self.task == "translate" else "continuation",
+                              beam=self._beam_view(trace, src), note=note)
+        ex["warning"] = warning
+        return ex
+
+    def _beam_view(self, trace, src: list[int]) -> dict:
+        """The beam trace as the page draws it: token text, summed log-probabilities, statuses, greedy's path."""
+        tok, lp = self.tokenizer, self.length_penalty
+        steps, paths = [], [()]
+        for step in trace.steps:
+            new_paths = [paths[max(p, 0)] + (t,) for p, t in zip(step.parents, step.tokens)]
+            steps.append({"tokens": [_last_label(tok, path) for path in new_paths], "ids": step.tokens,
+                          "parents": step.parents, "scores": step.scores, "status": step.status,
+                          "greedy": step.greedy})
+            paths = new_paths
+        finals = []
+        for row, score, length in zip(trace.sequences.tolist(), trace.scores, trace.lengths):
+            out = row[trace.prompt_length:][:length]
+            finals.append({"text": tok.decode([t for t in out if t != tok.eos_id]), "length": length,
+                           "score": _finite(score), "logprob": _finite(score * length ** lp)})
+        greedy = None
+        if trace.greedy:
+            logprob = sequence_logprob(self.model, src, trace.greedy)
+            greedy = {"text": tok.decode([t for t in trace.greedy if t != tok.eos_id]), "length": len(trace.greedy),
+                      "logprob": _finite(logprob), "score": _finite(logprob / len(trace.greedy) ** lp)}
+        labels = [_last_label(tok, tuple(trace.greedy[: i + 1])) for i in range(len(trace.greedy))]
+        return {"k": self.num_beams, "length_penalty": lp, "steps": steps, "final": finals, "greedy": greedy,
+                "greedy_tokens": labels}
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _last_label(tokenizer, path: tuple[int, ...]) -> str:
+    """The text the last token of path adds to the rest (its special-token string for EOS and the like; "" for a
+    token that only starts a multi-byte character)."""
+    specials = set(tokenizer.special_ids)
+    if path[-1] in specials:
+        return tokenizer.id_to_token(path[-1]) or str(path[-1])
+    head = [t for t in path[:-1] if t not in specials]
+    before, full = tokenizer.decode(head).rstrip("\ufffd"), tokenizer.decode(head + [path[-1]])
+    return full[len(before):] if full.startswith(before) and not full.endswith("\ufffd") else ""
+
+
+def sequence_logprob(model, src: list[int], tokens: list[int]) -> float:
+    """Summed log-probability of tokens after src: the source (encoder-decoder) or the prompt (decoder)."""
+    with torch.no_grad():
+        if model.config.family == "encoder_decoder":
+            dec = torch.tensor([[model.config.decoder_start_token_id] + tokens[:-1]])
+            logits = model(torch.tensor([src]), dec)[0]  # (L, V)
+        else:
+            logits = model(torch.tensor([src + tokens[:-1]]))[0, len(src) - 1:]  # (L, V)
+    logp = logits.double().log_softmax(-1)
+    return float(logp.gather(1, torch.tensor(tokens)[:, None]).sum())
+
+
+# -- the server -------------------------------------------------------------------------------------------------
+
+def make_server(explorer: Explorer, *, port: int = 8000, title: str | None = None,
+                examples: list[dict] | tuple = ()) -> http.server.HTTPServer:
+    """An HTTP server on 127.0.0.1:port (0: any free port; ``server.server_address`` says which) serving the
+    explorer page at / and answering POST /api/explore {"text": ...} with {"example": ...} or {"error": ...}.
+    Raises ValueError naming the port when it is taken. Call ``serve_forever()``; ``shutdown()`` stops it."""
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port={port!r}: expected an int in 0..65535 (0: any free port)")
+    title = title or {"translate": "qkv explorer: a translation model", "generate": "qkv explorer: a language model",
+                      "encode": "qkv explorer: an encoder"}[explorer.task]
+
+    class Handler(_Handler):
+        pass
+    Handler.explorer, Handler.title, Handler.examples = explorer, title, list(examples)
+    try:
+        server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} on 127.0.0.1 is already in use (another server?); pass --port N for "
+                             f"another one, or --port 0 for any free port") from None
+        raise ValueError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}") from None
+    Handler.port = server.server_address[1]
+    return server
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    explorer: Explorer
+    title: str
+    examples: list
+    port: int
+    server_version = "qkv-explore"
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        # The page needs nothing from elsewhere: only its own inline script and style, and requests back here.
+        self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
+                                                    "style-src 'unsafe-inline'; connect-src 'self'")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8"),
+                   "application/json; charset=utf-8")
+
+    def _host_ok(self) -> bool:
+        # A page elsewhere could point a name at 127.0.0.1 (DNS rebinding); only our own names are served.
+        host = self.headers.get("Host", "")
+        return host in (f"127.0.0.1:{self.port}", f"localhost:{self.port}", f"[::1]:{self.port}")
+
+    def do_GET(self):  # noqa: N802 (the base class's name)
+        if not self._host_ok():
+            return self._send(403, b"forbidden host", "text/plain; charset=utf-8")
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            page = explorer_page(self.examples or [_empty_example(self.explorer)], title=self.title, live=True,
+                                 max_chars=self.explorer.max_chars)
+            return self._send(200, page.encode("utf-8"), "text/html; charset=utf-8")
+        if path == "/favicon.ico":
+            return self._send(204, b"", "text/plain")
+        self._send(404, b"not found", "text/plain; charset=utf-8")
+
+    def do_POST(self):  # noqa: N802
+        if not self._host_ok():
+            return self._json(403, {"error": "forbidden host"})
+        if self.path.split("?", 1)[0] != "/api/explore":
+            return self._json(404, {"error": f"no such endpoint {self.path!r}; POST /api/explore"})
+        try:
+            size = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._json(411, {"error": "the request needs a Content-Length"})
+        if not 0 <= size <= _MAX_BODY:
+            return self._json(413, {"error": f"the request is {size} bytes; at most {_MAX_BODY} are read"})
+        raw = self.rfile.read(size)
+        try:
+            text = json.loads(raw.decode("utf-8"))["text"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return self._json(400, {"error": 'expected a JSON object {"text": "..."} in UTF-8'})
+        try:
+            return self._json(200, {"example": self.explorer.example(text)})
+        except ExploreInputError as e:
+            return self._json(400, {"error": str(e)})
+        except Exception as e:  # the page says so; the server keeps serving
+            log.exception("the model failed on %r", text)
+            return self._json(500, {"error": f"The model failed on this input ({type(e).__name__}: {e})."})
+
+
+def _empty_example(explorer: Explorer) -> dict:
+    """The page's first view before anything was typed."""
+    verb = {"translate": "translate", "generate": "continue", "encode": "read"}[explorer.task]
+    return {"label": "(type a sentence)", "placeholder": True, "source": "", "output": None, "greedy": None,
+            "beam": None, "kinds": [],
+            "note": f"Type a sentence above and press run: the model will {verb} it, and the page shows every "
+                    f"layer's and head's attention" + (" and the beam search step by step." if
+                                                        explorer.task != "encode" else ".")}
