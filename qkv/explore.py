@@ -46,11 +46,11 @@ class ExploreInputError(ValueError):
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
     """One readable label per id: the text each token adds (a token that only starts a multi-byte character gets
     "", the one completing it the character), special tokens by their own string."""
-    specials = set(tokenizer.special_ids)
+    specials, V = set(tokenizer.special_ids), tokenizer.vocab_size
     labels, run, shown = [], [], ""
     for i in ids:
-        if i in specials:
-            labels.append(tokenizer.id_to_token(i) or str(i))
+        if i in specials or not 0 <= i < V:  # an id the tokenizer lacks (a model's own start token): its number
+            labels.append((tokenizer.id_to_token(i) if 0 <= i < V else None) or f"#{i}")
             run, shown = [], ""
             continue
         run.append(i)

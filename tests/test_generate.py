@@ -444,7 +444,8 @@ class _Bigram(nn.Module):
         self.logp = torch.tensor(probs, dtype=torch.float64).log()  # (V, V): row = last token
         V = self.logp.shape[0]
         self.config = type("Config", (), dict(family="decoder", max_positions=None, position="none",
-                                              vocab_size=V, eos_token_id=None, pad_token_id=None))()
+                                              vocab_size=V, eos_token_id=None, pad_token_id=None, n_layers=1,
+                                              n_kv_heads=1, head_dim=1))()
 
     def new_cache(self, batch_size, max_len=None):
         return self._NoCache()
