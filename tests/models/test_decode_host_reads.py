@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import qkv
-from qkv.ops._checks import trusted_values
+from qkv.ops.checks import trusted_values
 
 PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny", "rwkv5-tiny", "rwkv6-tiny",
            "rwkv7-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny")
