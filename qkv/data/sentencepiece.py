@@ -259,15 +259,9 @@ def _token(value) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    """A folder's optional JSON file (tokenizer_config.json, ...): {} when absent, errors naming the file."""
+    from ..safety import read_json
+    return read_json(path) if path.is_file() else {}
 
 
 def folder_settings(folder: Path) -> dict:
