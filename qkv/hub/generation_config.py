@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..safety import read_json
+from ..safety import inside, read_json
 
 # transformers' GenerationConfig defaults for what qkv honours (max_length None: 20 new tokens, see new_tokens)
 DEFAULTS = dict(max_length=None, max_new_tokens=None, min_length=0, min_new_tokens=None, do_sample=False, num_beams=1,
@@ -46,10 +46,11 @@ def generation_defaults(folder) -> dict:
     folder = Path(folder)
     source = folder / "generation_config.json"
     if source.is_file():
-        settings = read_json(source)
+        settings = read_json(inside(folder, source, what=source.name))
     else:  # older folders keep them in config.json
         source = folder / "config.json"
-        settings = {k: v for k, v in read_json(source).items() if k in DEFAULTS or k in UNSUPPORTED}
+        settings = read_json(inside(folder, source, what=source.name))
+        settings = {k: v for k, v in settings.items() if k in DEFAULTS or k in UNSUPPORTED}
     used = sorted(k for k, neutral in UNSUPPORTED.items() if k in settings and settings[k] not in (neutral, None))
     if used:
         raise ValueError(f"{source}: sets {used}, which qkv's decoding does not implement; its output would differ "
