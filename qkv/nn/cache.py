@@ -156,11 +156,20 @@ class KVCache:
             self.stored = length
         self.length = length
 
-    def snapshot(self) -> int:
-        return self.length
+    def snapshot(self) -> int | tuple:
+        """What ``restore`` needs to come back here: the length (the keys before it stay in the buffer until
+        written over), and for a rolling cache, which overwrites its oldest keys, a copy of the few it holds."""
+        if self.window is None or self.k is None:
+            return self.length
+        return self.length, self.stored, self.k[:, :, :self.stored].clone(), self.v[:, :, :self.stored].clone()
 
-    def restore(self, snap: int) -> None:
-        self.crop(snap)
+    def restore(self, snap: int | tuple) -> None:
+        if isinstance(snap, int):
+            self.crop(snap)
+            return
+        length, stored, k, v = snap
+        self.k, self.v = k.clone(), v.clone()  # the snapshot stays usable for another restore
+        self.length, self.stored = length, stored
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows ``index`` (B',). With B' == B (beam search) the rows are rewritten in place and only
