@@ -29,11 +29,12 @@ from ..ops.masks import padding_mask, static_mask
 class PositionKind:
     """What one ``position`` value builds. added: (cfg) -> module adding position vectors to the embeddings;
     rotary: (cfg) -> RotaryEmbedding; bias: (cfg, bidirectional) -> module giving a (1, H, T, S) logits bias from
-    query and key positions. bounded: a table ends at max_positions (decoding cannot go past it)."""
+    query and key positions. table: the position vectors are weights (a checkpoint holds them), which end at
+    max_positions (decoding cannot go past it)."""
     added: Callable[[ModelConfig], nn.Module] | None = None
     rotary: Callable[[ModelConfig], nn.Module] | None = None
     bias: Callable[[ModelConfig, bool], nn.Module] | None = None
-    bounded: bool = False
+    table: bool = False
 
 
 def _rope(cfg: ModelConfig) -> RotaryEmbedding:
@@ -42,7 +43,7 @@ def _rope(cfg: ModelConfig) -> RotaryEmbedding:
 
 POSITION_KINDS: dict[str, PositionKind] = {
     "learned": PositionKind(added=lambda c: LearnedPositions(c.max_positions, c.d_model, offset=c.position_offset),
-                            bounded=True),
+                            table=True),
     "sinusoidal": PositionKind(added=lambda c: SinusoidalPositions(c.d_model, interleaved=c.sinusoidal_interleaved)),
     "rope": PositionKind(rotary=_rope),
     "alibi": PositionKind(bias=lambda c, bidirectional: ALiBi(c.n_heads)),
@@ -62,7 +63,7 @@ def position_kind(cfg: ModelConfig) -> PositionKind:
 def decodable_positions(cfg: ModelConfig) -> int | None:
     """The positions a model can read at most: ``max_positions`` when a table holds them, None when its positions
     extrapolate (RoPE, ALiBi, sinusoids and relative buckets go past the end, rarely well)."""
-    return cfg.max_positions if position_kind(cfg).bounded else None
+    return cfg.max_positions if position_kind(cfg).table else None
 
 
 @dataclass

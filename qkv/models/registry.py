@@ -5,6 +5,7 @@ up instead of testing the family's name.
     record.model(config)                # the model class (``qkv.build``)
     record.tasks                        # its training tasks, by the names qkv/tasks.py defines them
     record.decoding                     # its decode adapter (qkv/models/decoding.py), None if it does not generate
+    record.continues, record.has_source # a prompt continued (a language model) / a source conditioned on
     record.flops(model, seq_len)        # forward FLOPs per token
 
 The records are listed here, explicitly (nothing registers itself on import); the family's own behaviour lives in
@@ -41,6 +42,16 @@ class Family:
     causal: bool
     stacks: tuple[str, ...]
     flops: Callable[[QKVModel, int | None], int]
+
+    @property
+    def continues(self) -> bool:
+        """It generates by continuing a prompt (a language model: ``qkv generate``, loss on a text)."""
+        return self.decoding is not None and not self.decoding.has_source
+
+    @property
+    def has_source(self) -> bool:
+        """It generates an output conditioned on a source it does not return (translation: ``qkv translate``)."""
+        return self.decoding is not None and self.decoding.has_source
 
     def layer_counts(self, config: ModelConfig) -> dict[str, int]:
         """{field: blocks} of each stack, e.g. {"n_layers": 6, "n_decoder_layers": 6}."""
