@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
+ROTARY = ("rope",)  # the positions that rotate queries and keys: rotary_dim, rope_scaling, rope_local_base need one
 # The mixers, one letter each for ``layer_pattern``; "W" is softmax attention limited to ``window`` earlier tokens.
 PATTERN_LETTERS = {"A": "attention", "W": "attention", "L": "linear", "R": "retention", "K": "rwkv4", "M": "memory",
                    "5": "rwkv5", "6": "rwkv6", "7": "rwkv7", "G": "gla", "D": "deltanet", "E": "gated_deltanet",
@@ -143,14 +144,14 @@ class ModelConfig(_Serializable):
             self.ffn_bias = self.bias
         if self.final_norm is None:
             self.final_norm = self.prenorm
-        if self.position == "rope":
+        if self.position in ROTARY:
             rotary = self.rotary_dim or self.head_dim
             if rotary % 2 or rotary > self.head_dim:
                 raise ValueError(f"rotary_dim must be even and <= head_dim ({self.head_dim}), got {rotary}")
-        if self.rope_local_base is not None and (self.position != "rope" or self.window is None):
+        if self.rope_local_base is not None and (self.position not in ROTARY or self.window is None):
             raise ValueError(f"rope_local_base={self.rope_local_base} is the RoPE base of sliding-window layers: it "
                              f"needs position='rope' and a window, got position={self.position!r}, window={self.window}")
-        if self.rope_scaling is not None and self.position != "rope":
+        if self.rope_scaling is not None and self.position not in ROTARY:
             raise ValueError(f"rope_scaling is set but position={self.position!r}; it needs position='rope'")
         for name in ("attn_softcap", "logit_softcap"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
@@ -162,7 +163,7 @@ class ModelConfig(_Serializable):
         for name in ("dropout", "attn_dropout", "ffn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.family == "vit" and self.image_size % self.patch_size:
+        if self.image_size % self.patch_size:  # a rule of the two fields (only an image model reads them)
             raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
         if self.layer_pattern is not None:
             bad = sorted(set(self.layer_pattern) - set(PATTERN_LETTERS))

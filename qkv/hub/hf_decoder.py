@@ -195,12 +195,16 @@ def _layer_types(cfg: ModelConfig) -> dict:
     return {"sliding_window": cfg.window + 1, "use_sliding_window": True, "max_window_layers": 0, "layer_types": types}
 
 
+# The fields a Llama-like export needs as they are (transformers' Llama has no other choice for them).
+_LLAMA_SHAPE = dict(activation="swiglu", position="rope", norm="rms", norm_offset=0.0, sandwich_norm=False,
+                    attn_softcap=None, logit_softcap=None, scale_embeddings=False, mixer="attention")
+
+
 def _llama_config_to_hf(cfg: ModelConfig) -> dict:
     model_type = cfg.extra.get("hf_model_type", "llama")
     facts = LLAMA_LIKE[model_type]
-    if cfg.activation != "swiglu" or cfg.position != "rope" or cfg.norm != "rms" or cfg.norm_offset or \
-            cfg.sandwich_norm or cfg.attn_softcap or cfg.logit_softcap or cfg.scale_embeddings or \
-            cfg.qk_norm != facts.qk_norm or cfg.mixer != "attention" or \
+    shape = {**_LLAMA_SHAPE, "qk_norm": facts.qk_norm}
+    if any(getattr(cfg, name) != value for name, value in shape.items()) or \
             (cfg.layer_pattern and set(cfg.layer_pattern) - {"A", "W"}) or cfg.rotary_dim not in (None, cfg.head_dim):
         raise ValueError(f"only Llama-shaped models (rope, rms, swiglu, softmax attention) export as {model_type}")
     if cfg.window is not None and facts.windows == "none":
