@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 
 import qkv  # noqa: E402
-from qkv.ops._checks import trusted_values  # noqa: E402
+from qkv.ops.checks import trusted_values  # noqa: E402
 
 MODELS = {
     "softmax": dict(mixer="attention"),

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import qkv  # noqa: E402
 from qkv.config import TrainConfig  # noqa: E402
 from qkv.data import train_bpe  # noqa: E402
-from qkv.demo import _bleu  # noqa: E402
+from qkv.demo import bleu  # noqa: E402
 from qkv.generate import translate  # noqa: E402
 from qkv.train import train  # noqa: E402
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     refs = files["test_2016_flickr"][1].read_text(encoding="utf-8").splitlines()
     started = time.time()
     hyps = translate(model.cpu() if cpu else model, tok, sources, num_beams=args.beams, max_new_tokens=80)
-    bleu = _bleu(hyps, refs)
+    bleu = bleu(hyps, refs)
     result = dict(device=args.device, model=sizes, steps=summary.steps, train_minutes=round(summary.wall_s / 60, 2),
                   val_loss=summary.val_loss, test_sentences=len(refs), beams=args.beams,
                   bleu=None if bleu is None else round(bleu, 2), decode_s=round(time.time() - started, 1))

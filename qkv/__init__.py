@@ -1,11 +1,11 @@
 """qkv: one PyTorch library for the whole attention family. See README.md for the map of concepts to files."""
 from . import ops
-from .cache import Cache, KVCache
 from .config import ModelConfig, TrainConfig
 from .generate import generate, stream
 from .hub import from_hf, from_rwkv, to_hf
 from .models import build, load
 from .nn import MultiHeadAttention
+from .nn.cache import Cache, KVCache
 from .presets import PRESETS, preset
 
 __version__ = "0.1.0"

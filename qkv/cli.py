@@ -366,10 +366,12 @@ def _generate(args):
     if args.sample and (args.num_beams or 1) > 1:
         raise CLIError(f"--sample with --num-beams {args.num_beams}: sampling draws one sequence; use one of them")
     model, tok = _model_and_tokenizer(args)
-    if model.config.family != "decoder":
-        hint = "; use `qkv translate` for it" if model.config.family == "encoder_decoder" else ""
+    from .models import family_of
+    record = family_of(model)
+    if not record.continues:
+        hint = "; use `qkv translate` for it" if record.has_source else ""
         raise CLIError(f"generate continues text with a decoder-only language model, but this checkpoint holds an "
-                       f"{model.config.family!r} model{hint}")
+                       f"{record.name!r} model{hint}")
     hf = bool(getattr(args, "hf", None))
     # --hf: the tokenizer's own template (Llama 3's BOS), as transformers' tokenizer(prompt) does
     ids = _encode(tok, args.prompt, "--prompt", add_special=hf)
@@ -431,9 +433,11 @@ def _translate(args):
         if not any(s.strip() for s in sentences):
             raise CLIError(f"--file {args.file}: holds no sentences (every line is blank)")
     model, tok = _model_and_tokenizer(args)
-    if model.config.family != "encoder_decoder":
-        raise CLIError(f"translate needs an encoder-decoder model; this one is {model.config.family!r} "
-                       f"(use `qkv generate`)")
+    from .models import family_of
+    record = family_of(model)
+    if not record.has_source:
+        raise CLIError(f"translate needs an encoder-decoder model; this one is {record.name!r}"
+                       + (" (use `qkv generate`)" if record.continues else ""))
     flag = "--text" if args.text is not None else f"--file {args.file}"
     for s in sentences:
         _encode(tok, s, flag)
@@ -504,26 +508,12 @@ def _eval(args):
     _positive_flag(args.max_batches, "--max-batches", zero_ok=True)
     model, tok = _model_and_tokenizer(args)
     model.eval()
-    if model.config.family == "encoder_decoder":
-        if not args.tgt:
-            raise CLIError("a translation model: pass --data SOURCE_FILE --tgt REFERENCE_FILE")
-        from .data import read_pairs
-        from .demo import _bleu
-        from .generate import translate
-        pairs = read_pairs(args.data, args.tgt)
-        if args.max_batches:
-            pairs = pairs[: 64 * args.max_batches]
-        sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
-        for s in sources:
-            _encode(tok, s, f"--data {args.data}")
-        hyps = translate(model, tok, sources, num_beams=args.num_beams)
-        exact = sum(h == r for h, r in zip(hyps, refs)) / len(refs)
-        bleu = _bleu(hyps, refs)
-        print(f"sentences {len(refs)}  exact match {100 * exact:.1f}%  BLEU "
-              f"{'n/a (pip install sacrebleu)' if bleu is None else f'{bleu:.2f}'}")
-        return 0
-    if model.config.family != "decoder":
-        raise CLIError(f"eval supports language and translation models; this one is {model.config.family!r}")
+    from .models import family_of
+    record = family_of(model)
+    if record.has_source:
+        return _eval_translation(args, model, tok)
+    if not record.continues:
+        raise CLIError(f"eval supports language and translation models; this one is {record.name!r}")
     ids = torch.tensor(_encode(tok, read_text(args.data, "--data"), f"--data {args.data}"))
     block = args.block_size or model.config.max_positions
     if block > model.config.max_positions:
@@ -545,6 +535,27 @@ def _eval(args):
     loss = total / (n * block)
     print(f"tokens {n * block}  loss {loss:.4f}  perplexity {math.exp(loss):.2f}  "
           f"accuracy {100 * correct / (n * block):.1f}%")
+    return 0
+
+
+def _eval_translation(args, model, tok):
+    """Exact match and BLEU of the model's translations of --data against --tgt."""
+    from .data import read_pairs
+    from .demo import bleu
+    from .generate import translate
+    if not args.tgt:
+        raise CLIError("a translation model: pass --data SOURCE_FILE --tgt REFERENCE_FILE")
+    pairs = read_pairs(args.data, args.tgt)
+    if args.max_batches:
+        pairs = pairs[: 64 * args.max_batches]
+    sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    for s in sources:
+        _encode(tok, s, f"--data {args.data}")
+    hyps = translate(model, tok, sources, num_beams=args.num_beams)
+    exact = sum(h == r for h, r in zip(hyps, refs)) / len(refs)
+    score = bleu(hyps, refs)
+    print(f"sentences {len(refs)}  exact match {100 * exact:.1f}%  BLEU "
+          f"{'n/a (pip install sacrebleu)' if score is None else f'{score:.2f}'}")
     return 0
 
 
@@ -654,13 +665,16 @@ def _plot(args):
     folder = _model_folder(args.checkpoint)
     model = qkv.load(folder)
     tok = _tokenizer_for(folder)
-    if model.config.family == "vit":
-        raise CLIError("plot attention reads text; a ViT model takes images (use qkv.viz on its weights)")
+    from .models import family_of
+    record = family_of(model)
+    if not record.text:
+        raise CLIError(f"plot attention reads text; a {type(model).__name__} model takes images (use qkv.viz on its "
+                       f"weights)")
     scale = args.scale
     if scale == "auto":
         scale = "linear" if all(kind == "attention" for kind, _ in model.layer_mixers()) \
             else "log"
-    if model.config.family == "encoder_decoder":
+    if record.has_source:
         if not args.src:
             raise CLIError("a translation model: pass --src (and optionally --tgt)")
         from .demo import attention_maps
@@ -675,7 +689,7 @@ def _plot(args):
         with torch.no_grad():
             result = model(torch.tensor([ids]), return_weights=True)
         weights = result[1]
-        kind = "masked" if model.config.family == "decoder" else "self"
+        kind = "masked" if record.causal else "self"
         maps = [viz.AttentionMaps.from_batch(kind, [w.self_attn for w in weights], tokens, tokens)]
     for m in maps:
         path = out if len(maps) == 1 else out.with_name(f"{out.stem}_{m.kind}{out.suffix}")

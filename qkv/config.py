@@ -3,6 +3,11 @@
 Behaviour is chosen by fields (``position="rope"``, ``norm="rms"``), never by matching a model's name. Fields
 left as None are derived in ``__post_init__`` from the others. Each field's comment is its documentation: the
 command line shows it as the flag's help.
+
+This module imports nothing else of qkv. It names the families, positions and mixers (the lists below, each
+covered exactly by its table in qkv/models: registry.py, positions.py, mixers.py); names that live with their
+code (activations and norms in qkv/nn, scores and RoPE scalings in qkv/ops) are checked where they live, when
+qkv/models builds the model (``qkv.models.common.check_names``).
 """
 from __future__ import annotations
 
@@ -12,12 +17,12 @@ from dataclasses import dataclass, field
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
-MIXERS = ("attention", "linear", "retention", "rwkv4", "memory", "rwkv5", "rwkv6", "rwkv7", "gla", "deltanet",
-          "gated_deltanet", "mamba2")
-# One letter per mixer for ``layer_pattern``; "W" is softmax attention limited to ``window`` earlier tokens.
+ROTARY = ("rope",)  # the positions that rotate queries and keys: rotary_dim, rope_scaling, rope_local_base need one
+# The mixers, one letter each for ``layer_pattern``; "W" is softmax attention limited to ``window`` earlier tokens.
 PATTERN_LETTERS = {"A": "attention", "W": "attention", "L": "linear", "R": "retention", "K": "rwkv4", "M": "memory",
                    "5": "rwkv5", "6": "rwkv6", "7": "rwkv7", "G": "gla", "D": "deltanet", "E": "gated_deltanet",
                    "S": "mamba2"}
+MIXERS = tuple(dict.fromkeys(PATTERN_LETTERS.values()))  # the names, in the letters' order
 
 
 class _Serializable:
@@ -110,11 +115,6 @@ class ModelConfig(_Serializable):
         _choice("family", self.family, FAMILIES)
         _choice("position", self.position, POSITIONS)
         _choice("mixer", self.mixer, MIXERS)
-        _choice("norm", self.norm, ("layer", "rms"))
-        from .nn.layers import ACTIVATIONS
-        from .ops.attention import SCORES
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("score", self.score, SCORES)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
             _positive(name, getattr(self, name))
         for name in ("head_dim", "d_ff", "n_decoder_layers", "rotary_dim", "image_size", "patch_size", "num_channels"):
@@ -144,18 +144,15 @@ class ModelConfig(_Serializable):
             self.ffn_bias = self.bias
         if self.final_norm is None:
             self.final_norm = self.prenorm
-        if self.position == "rope":
+        if self.position in ROTARY:
             rotary = self.rotary_dim or self.head_dim
             if rotary % 2 or rotary > self.head_dim:
                 raise ValueError(f"rotary_dim must be even and <= head_dim ({self.head_dim}), got {rotary}")
-        if self.rope_local_base is not None and (self.position != "rope" or self.window is None):
+        if self.rope_local_base is not None and (self.position not in ROTARY or self.window is None):
             raise ValueError(f"rope_local_base={self.rope_local_base} is the RoPE base of sliding-window layers: it "
                              f"needs position='rope' and a window, got position={self.position!r}, window={self.window}")
-        if self.rope_scaling is not None:
-            if self.position != "rope":
-                raise ValueError(f"rope_scaling is set but position={self.position!r}; it needs position='rope'")
-            from .ops.rope import check_rope_scaling
-            self.rope_scaling = check_rope_scaling(self.rope_scaling, self.rotary_dim or self.head_dim)
+        if self.rope_scaling is not None and self.position not in ROTARY:
+            raise ValueError(f"rope_scaling is set but position={self.position!r}; it needs position='rope'")
         for name in ("attn_softcap", "logit_softcap"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be None or a number > 0, got {getattr(self, name)!r}")
@@ -166,7 +163,7 @@ class ModelConfig(_Serializable):
         for name in ("dropout", "attn_dropout", "ffn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.family == "vit" and self.image_size % self.patch_size:
+        if self.image_size % self.patch_size:  # a rule of the two fields (only an image model reads them)
             raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
         if self.layer_pattern is not None:
             bad = sorted(set(self.layer_pattern) - set(PATTERN_LETTERS))

@@ -74,7 +74,8 @@ def _read_lines(path) -> list[str]:
     return [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
-def _bleu(hyps, refs):
+def bleu(hyps: list[str], refs: list[str]) -> float | None:
+    """Corpus BLEU (sacrebleu, 0-100) of hypotheses against one reference each; None when sacrebleu is missing."""
     try:
         import sacrebleu
     except ImportError:
@@ -158,8 +159,8 @@ def _quality_callback(sources, references, tokenizer, max_new_tokens: int):
             hyps = translate(model, tokenizer, sources, max_new_tokens=max_new_tokens)
         model.train(was_training)
         exact = sum(h == r for h, r in zip(hyps, references)) / max(len(references), 1)
-        bleu = _bleu(hyps, references)
-        return {"val_exact": exact, **({} if bleu is None else {"val_bleu": bleu})}
+        score = bleu(hyps, references)
+        return {"val_exact": exact, **({} if score is None else {"val_bleu": score})}
     return callback
 
 
@@ -289,7 +290,7 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
             fs, fr = [s for s, _ in pairs], [t for _, t in pairs]
             fresh[name] = _score(lambda s, r: "all", fs, fr, translate(model, tokenizer, fs, max_new_tokens=max_new),
                                  translate(model, tokenizer, fs, num_beams=NUM_BEAMS, max_new_tokens=max_new))["all"]
-    result = DemoResult(exact(greedy), exact(beam), _bleu(greedy, references), _bleu(beam, references),
+    result = DemoResult(exact(greedy), exact(beam), bleu(greedy, references), bleu(beam, references),
                         len(references), train_seconds, str(out), by_kind, fresh, _checkpoint_step(checkpoint) or 0,
                         described, reused)
 

@@ -101,7 +101,31 @@ def self_maps(model, ids: list[int], labels: list[str], kind: str) -> list[Atten
 
 # -- one example ----------------------------------------------------------------------------------------------
 
-_TASKS = {"encoder_decoder": "translate", "decoder": "generate", "encoder": "encode"}
+@dataclass(frozen=True)
+class View:
+    """What the explorer does with a family, from its record (``qkv.models.registry``): translate a source (the
+    record ``has_source``), continue a prompt (``continues``) or read a text at once (an encoder, no decoding)."""
+    name: str  # "translate", "generate" or "encode"
+    source: bool  # the input is a source: EOS appended, the output translates it
+    generates: bool  # an output is decoded (beam search shown)
+    verb: str
+    title: str
+    output_label: str
+
+
+_VIEWS = (View("translate", True, True, "translate", "qkv explorer: a translation model", "translation"),
+          View("generate", False, True, "continue", "qkv explorer: a language model", "continuation"),
+          View("encode", False, False, "read", "qkv explorer: an encoder", ""))
+
+
+def view_of(model) -> View:
+    """The explorer's view of a model; ValueError for a family that reads no text."""
+    from .models import FAMILIES, family_of
+    record = family_of(model)
+    if not record.text:
+        raise ValueError(f"model: family {record.name!r} has no text to explore; expected one of "
+                         f"{sorted(name for name, f in FAMILIES.items() if f.text)}")
+    return _VIEWS[0] if record.has_source else _VIEWS[1] if record.continues else _VIEWS[2]
 
 
 @dataclass
@@ -119,21 +143,19 @@ class Explorer:
     length_penalty: float = 1.0
 
     def __post_init__(self):
-        family = getattr(getattr(self.model, "config", None), "family", None)
-        if family not in _TASKS:
-            raise ValueError(f"model: family {family!r} has no text to explore; expected one of {sorted(_TASKS)}")
+        self.view = view_of(self.model)
         if not isinstance(self.num_beams, int) or self.num_beams < 2:
             raise ValueError(f"num_beams={self.num_beams!r}: the beam view needs an int >= 2")
         if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
             raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: expected an int >= 1 or None")
-        if self.task == "translate" and (self.tokenizer.eos_id is None or self.tokenizer.pad_id is None):
+        if self.view.source and (self.tokenizer.eos_id is None or self.tokenizer.pad_id is None):
             raise ValueError("tokenizer: a translation model needs EOS and padding tokens to read its source")
         self.model.eval()
 
     @property
     def task(self) -> str:
-        """"translate", "generate" or "encode"."""
-        return _TASKS[self.model.config.family]
+        """"translate", "generate" or "encode" (the view's name)."""
+        return self.view.name
 
     def check(self, text) -> list[int]:
         """The ids of a user's text, or ExploreInputError saying what is wrong with it."""
@@ -144,11 +166,11 @@ class Explorer:
         if len(text) > self.max_chars:
             raise ExploreInputError(f"That is {len(text)} characters; the explorer takes at most {self.max_chars}.")
         try:
-            ids = self.tokenizer.encode(text, add_special=self.task == "encode")
+            ids = self.tokenizer.encode(text, add_special=not self.view.generates)
         except ValueError as e:  # a character tokenizer without an unknown token names the character
             raise ExploreInputError(f"The model's vocabulary cannot spell this: {e}") from None
-        room = self._positions() - (1 if self.task == "translate" else 0)
-        if self.task == "generate":
+        room = self._positions() - (1 if self.view.source else 0)
+        if self.view.generates and not self.view.source:
             room -= 1  # at least one new token
         if len(ids) > room:
             raise ExploreInputError(f"That is {len(ids)} tokens; this model reads at most {room}. Try a shorter text.")
@@ -168,11 +190,12 @@ class Explorer:
         return self.model.config.max_positions or 4 * self.max_chars
 
     def _new_tokens(self, prompt: int) -> int:
-        cfg = self.model.config
-        if self.task == "translate":
+        from .models import decodable_positions
+        if self.view.source:
             limit = min(60, self._positions() - 1)
-        else:
-            limit = min(40, self._positions() - prompt if cfg.position == "learned" else 40)
+        else:  # a position table ends; other positions extrapolate
+            bound = decodable_positions(self.model.config)
+            limit = min(40, bound - prompt if bound is not None else 40)
         return max(1, min(limit, self.max_new_tokens or limit))
 
     def example(self, text: str, *, label: str | None = None) -> dict:
@@ -186,13 +209,13 @@ class Explorer:
         if unknown:
             listed = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:8])
             warning = f"Not in the model's vocabulary, read as {tok.specials.get('unk', 'unknown')}: {listed}."
-        if self.task == "encode":
+        if not self.view.generates:
             maps = self_maps(self.model, ids, token_labels(tok, ids), "self")
             ex = explorer_example(maps, source=text, label=label, note="An encoder reads its whole input at once and "
                                   "generates nothing: here is its self-attention.")
             ex["warning"] = warning
             return ex
-        src = ids + [tok.eos_id] if self.task == "translate" else ids
+        src = ids + [tok.eos_id] if self.view.source else ids
         eos = tok.eos_id if tok.eos_id is not None else ()
         pad = tok.pad_id if tok.pad_id is not None else (0 if eos == () else eos)
         trace = beam_search_trace(self.model, torch.tensor([src]), num_beams=self.num_beams,
@@ -201,7 +224,7 @@ class Explorer:
         best = trace.sequences[0, trace.prompt_length:].tolist()[: trace.lengths[0]]
         body = [t for t in best if t != tok.eos_id]
         output, greedy = tok.decode(body), tok.decode([t for t in trace.greedy if t != tok.eos_id])
-        if self.task == "translate":
+        if self.view.source:
             start = [cfg.decoder_start_token_id]
             maps = seq2seq_maps(self.model, src, start + body, token_labels(tok, src), token_labels(tok, start + body))
         else:
@@ -210,7 +233,7 @@ class Explorer:
         if not maps:
             note = "This model's layers return no attention maps (linear-time mixers without implicit weights)."
         ex = explorer_example(maps, source=text, label=label, output=output, greedy=greedy,
-                              output_label="translation" if self.task == "translate" else "continuation",
+                              output_label=self.view.output_label,
                               beam=self._beam_view(trace, src), note=note)
         ex["warning"] = warning
         return ex
@@ -257,12 +280,9 @@ def _last_label(tokenizer, path: tuple[int, ...]) -> str:
 
 def sequence_logprob(model, src: list[int], tokens: list[int]) -> float:
     """Summed log-probability of tokens after src: the source (encoder-decoder) or the prompt (decoder)."""
+    from .models import decoding_of
     with torch.no_grad():
-        if model.config.family == "encoder_decoder":
-            dec = torch.tensor([[model.config.decoder_start_token_id] + tokens[:-1]])
-            logits = model(torch.tensor([src]), dec)[0]  # (L, V)
-        else:
-            logits = model(torch.tensor([src + tokens[:-1]]))[0, len(src) - 1:]  # (L, V)
+        logits = decoding_of(model).teacher_forced(model, src, tokens)  # (L, V)
     logp = logits.double().log_softmax(-1)
     return float(logp.gather(1, torch.tensor(tokens)[:, None]).sum())
 
@@ -276,8 +296,7 @@ def make_server(explorer: Explorer, *, port: int = 8000, title: str | None = Non
     Raises ValueError naming the port when it is taken. Call ``serve_forever()``; ``shutdown()`` stops it."""
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port={port!r}: expected an int in 0..65535 (0: any free port)")
-    title = title or {"translate": "qkv explorer: a translation model", "generate": "qkv explorer: a language model",
-                      "encode": "qkv explorer: an encoder"}[explorer.task]
+    title = title or explorer.view.title
 
     class Handler(_Handler):
         pass
@@ -362,9 +381,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 def _empty_example(explorer: Explorer) -> dict:
     """The page's first view before anything was typed."""
-    verb = {"translate": "translate", "generate": "continue", "encode": "read"}[explorer.task]
+    verb = explorer.view.verb
     return {"label": "(type a sentence)", "placeholder": True, "source": "", "output": None, "greedy": None,
             "beam": None, "kinds": [],
             "note": f"Type a sentence above and press run: the model will {verb} it, and the page shows every "
                     f"layer's and head's attention" + (" and the beam search step by step." if
-                                                        explorer.task != "encode" else ".")}
+                                                        explorer.view.generates else ".")}

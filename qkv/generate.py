@@ -12,13 +12,14 @@ How a run goes:
 3. *Step*: one token per row goes in, only the last position's logits come out (``last_only=True``).
    Beam search keeps the caches of the surviving beams by reordering rows in place, never recomputing.
 
+The family decides how each of these goes: its record's decode adapter (``qkv.models.decoding``: a prompt
+continued, or a source encoded once and a target started from the decoder-start token) does prefill, step, expand
+and reorder; nothing here tests which family a model is.
+
 Host syncs: the loop reads one boolean per step (have all rows finished?), and only when something can finish
 (an EOS id, stop strings or a stop callback); on an accelerator it reads it every ``_SYNC_EVERY`` steps and
 trims the surplus all-padding columns at the end. Stop strings and the stop callback need the tokens on the host
-every step by nature.
-
-Dispatch is on ``model.config.family``: "encoder_decoder" models are driven through ``encode`` / ``decode``;
-every other family through ``forward(input_ids, cache, attention_mask=, position_ids=, last_only=)``.
+every step by nature. The steps themselves read nothing back (a test counts the reads of every family).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .logits_controls import LogitsControls, make_controls
-from .ops._checks import trusted_values
+from .models import decodable_positions, decoding_of
+from .nn.cache import KVCache
+from .ops.checks import trusted_values
 
 _SYNC_EVERY = 8  # steps between "all finished?" checks on accelerators (on CPU a check is free: every step)
 
@@ -80,7 +83,8 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
     """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
 
     Args:
-        model: a qkv model (decoder-only, or ``config.family == "encoder_decoder"`` with encode / decode).
+        model: a qkv model of a family that generates (decoder-only, encoder-decoder: its record's decode
+            adapter drives it).
         input_ids: (B, T) prompt (decoder-only) or source (encoder-decoder); left-padded when rows differ in
             length, with ``attention_mask`` (B, T) marking tokens 1 and padding 0.
         num_beams: 1 = greedy or sampling; K > 1 = beam search (K hypotheses per input, the best K kept by
@@ -102,10 +106,9 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
         generator: a ``torch.Generator`` for reproducible sampling.
         static_cache: preallocate the cache for the whole run (``max_len`` positions, default prompt +
             max_new_tokens) so its buffers never move; False lets it grow.
-        compile: run every step after the prompt through one ``torch.compile``d graph over the static cache
-            (models whose decoder layers are softmax attention, decoder-only or encoder-decoder; CUDA graphs on a
-            GPU). The first call for a model and batch size compiles (seconds to a minute); later ones reuse it.
-            Same tokens as without.
+        compile: run every step after the prompt through one ``torch.compile``d graph over a static cache (any
+            family that generates, recurrent layers included; CUDA graphs on a GPU). The first call for a model
+            and batch size compiles (seconds to a minute); later ones reuse it. Same tokens as without.
         no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, forced_bos_token_id,
             forced_eos_token_id, renormalize_logits: transformers' controls of the same names
             (``qkv/logits_controls.py``), applied to the logits (greedy, sampling) or log-probabilities (beams).
@@ -308,7 +311,7 @@ def _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, to
                     early_stopping, stop_strings, decode, stop, generator, logits_controls)
 
 
-def _check_inputs(model, input_ids, attention_mask, max_new_tokens):
+def _check_inputs(model, input_ids, attention_mask, max_new_tokens, decoding):
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int16):
         raise TypeError(f"input_ids must be an integer tensor (B, T), got "
                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
@@ -324,135 +327,86 @@ def _check_inputs(model, input_ids, attention_mask, max_new_tokens):
         return
     if T > limit:
         raise ValueError(f"input_ids has {T} positions, more than the model's context: max_positions={limit}")
-    # Learned positions end at the table; RoPE, ALiBi, sinusoids and relative buckets extrapolate (rarely well).
-    prompt = 1 if cfg.family == "encoder_decoder" else T  # the decoder starts from one token
-    if cfg.position == "learned" and prompt + max_new_tokens > limit:
+    # A position table ends; RoPE, ALiBi, sinusoids and relative buckets extrapolate (rarely well).
+    prompt, bound = decoding.prompt_length(input_ids), decodable_positions(cfg)
+    if bound is not None and prompt + max_new_tokens > bound:
         raise ValueError(f"max_new_tokens={max_new_tokens} with a {prompt}-token decoder prompt needs "
-                         f"{prompt + max_new_tokens} positions, more than the model's {limit} learned positions "
-                         f"(max_positions); expected max_new_tokens <= {limit - prompt}")
+                         f"{prompt + max_new_tokens} positions, more than the model's {bound} learned positions "
+                         f"(max_positions); expected max_new_tokens <= {bound - prompt}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The model side: prefill, expand, step, reorder, for either family
+# The model side: the family's decode adapter does prefill, step, expand and reorder
 
 class _Runner:
-    """Drives one model through a run. Holds the cache, the masks and positions, and the output buffer.
+    """Drives one model through a run, through its family's decode adapter. Holds the cache (which holds every
+    per-row state of the model: KV, recurrent states, the encoder output), the adapter's per-row state (padding,
+    positions) and the output buffer.
 
     ``prefix``: (B, T) prompt or (B, 1) decoder-start tokens (expanded with the rows); ``out``: (N, max_new)
     generated ids; ``logits``: (N, V) next-token logits after prefill / each step."""
 
     def __init__(self, model, input_ids, attention_mask, opts: _Options, static_cache: bool, max_len: int | None,
                  compile: bool = False):
-        cfg = model.config
         self.model, self.opts = model, opts
-        self.seq2seq = cfg.family == "encoder_decoder"
-        B, T = input_ids.shape if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else (0, 0)
-        needed = (1 if self.seq2seq else T) + opts.max_new_tokens
-        _check_inputs(model, input_ids, attention_mask, opts.max_new_tokens)
+        self.decoding = decoding_of(model)
+        _check_inputs(model, input_ids, attention_mask, opts.max_new_tokens, self.decoding)
+        B, T = input_ids.shape
+        prompt = self.decoding.prompt_length(input_ids)
+        needed = prompt + opts.max_new_tokens
         if max_len is not None and (not isinstance(max_len, int) or max_len < needed):
             raise ValueError(f"max_len must be an int >= {needed} (prompt + max_new_tokens), got {max_len!r}")
-        if compile:
-            _check_compilable(model, static_cache)
+        if compile and not static_cache:
+            raise ValueError("compile=True needs static_cache=True: the compiled step writes a preallocated cache")
         capacity = (max_len or needed) if static_cache else None
-        _check_memory(model, input_ids, opts, capacity or needed)
+        _check_memory(model, input_ids, opts, capacity or needed, self.decoding)
         device = input_ids.device
-        input_ids = input_ids.long()
-        self.cache = _new_cache(model, B, capacity, static=compile)
-        self.sync_every = 1 if device.type == "cpu" else _SYNC_EVERY
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=device, dtype=torch.long)
             if attention_mask.numel() and bool(attention_mask.all()):
                 attention_mask = None  # no padding: the mask-free attention path is the fast one
-        if self.seq2seq:
-            start = getattr(cfg, "decoder_start_token_id", None)
-            if start is None:
-                raise ValueError("an encoder-decoder model needs config.decoder_start_token_id to start decoding")
-            self.src_mask = attention_mask
-            self.memory = model.encode(input_ids, attention_mask=attention_mask)  # (B, S, d_model)
-            self.prefix = torch.full((B, 1), start, dtype=torch.long, device=device)
-            logits = model.decode(self.prefix, self.memory, attention_mask=attention_mask, cache=self.cache,
-                                  last_only=True)
-        else:
-            self.mask, self.positions = None, None
-            if attention_mask is not None:
-                if not bool(attention_mask[:, -1].all()):
-                    raise ValueError("attention_mask must be left padding for decoding (every row's last position "
-                                     "a token, 1); got a row ending in padding")
-                # One buffer for the whole run (every cache position): prompt mask, then 1 for generated tokens.
-                self.mask = attention_mask.new_ones(B, capacity or T + opts.max_new_tokens)
-                self.mask[:, :T] = attention_mask
-                positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
-                self.positions = positions[:, -1:] + 1  # (B, 1): the next token's position
-            self.prefix = input_ids
-            logits = model(input_ids, self.cache, attention_mask=None if self.mask is None else self.mask[:, :T],
-                           position_ids=None if self.mask is None else positions, last_only=True)
-        self.logits = logits[:, -1]  # (B, V)
+        self.cache = _new_cache(model, B, capacity, static=compile)
+        self.sync_every = 1 if device.type == "cpu" else _SYNC_EVERY
+        pre = self.decoding.prefill(model, input_ids.long(), attention_mask, self.cache, capacity or needed)
+        self.prefix, self.prefix_mask, self.logits, self.state = pre.prefix, pre.prefix_mask, pre.logits, pre.state
         self.out = torch.full((B, opts.max_new_tokens), opts.pad, dtype=torch.long, device=device)
         self.finished_at = None  # (N,) step at which each row finished, when rows can finish
-        self._fed = 0  # generated tokens fed back so far
         self.compile = compile
-        self._slot = None  # static decoding: (1,) cache position of the next token, moved in place
+        self._pinned = False  # CUDA graphs: the cache's buffers marked as static addresses (first compiled step)
 
     def expand(self, n: int) -> None:
         """Repeat every row n times (beams, samples): cache, encoder state, masks, positions, logits."""
         if n == 1:
             return
         index = torch.arange(self.prefix.shape[0], device=self.prefix.device).repeat_interleave(n)
-        self.cache.reorder(index)
+        self.state = self.decoding.expand(self.cache, self.state, index)
         self.prefix, self.logits, self.out = self.prefix[index], self.logits[index], self.out[index]
-        if self.seq2seq:
-            self.memory = self.memory[index]
-            self.src_mask = None if self.src_mask is None else self.src_mask[index]
-        elif self.mask is not None:
-            self.mask, self.positions = self.mask[index], self.positions[index]
+        self.prefix_mask = None if self.prefix_mask is None else self.prefix_mask[index]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Beam search: row i continues row ``index[i]`` of the same input. Encoder state, masks and positions
-        are equal across the beams of one input, so only the self-attention caches move (eagerly, also when
+        are equal across the beams of one input, so only the decoder's own caches move (eagerly, also when
         compiled: only the filled positions, where a graph would copy whole buffers)."""
-        self.cache.reorder(index, cross=False)
+        self.state = self.decoding.reorder(self.cache, self.state, index)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row, (N,); return the next logits (N, V)."""
         tokens = tokens[:, None]  # (N, 1)
+        step = self.decoding.step
         if self.compile:
-            logits = self._static_forward(tokens)
-        else:
-            with trusted_values():  # the model's own tokens, at positions _check_inputs allowed: no host reads
-                if self.seq2seq:
-                    logits = self.model.decode(tokens, self.memory, attention_mask=self.src_mask, cache=self.cache,
-                                               last_only=True)
-                elif self.mask is None:
-                    logits = self.model(tokens, self.cache, last_only=True)
-                else:
-                    end = self.prefix.shape[1] + self._fed
-                    logits = self.model(tokens, self.cache, attention_mask=self.mask[:, : end + 1],
-                                        position_ids=self.positions, last_only=True)
-        if not self.seq2seq and self.mask is not None:
-            self.positions = self.positions + 1
-        self._fed += 1
+            if not self._pinned and tokens.device.type == "cuda":  # CUDA graphs replay fixed addresses
+                for t in self.cache.tensors():
+                    torch._dynamo.mark_static_address(t)
+                self._pinned = True
+            step = _compiled_step(self.decoding, tokens.device.type)
+        fed = self.cache.length
+        with trusted_values():  # the model's own tokens, at positions _check_inputs allowed: no host reads
+            logits = step(self.model, tokens, self.cache, self.state)
+        if self.cache.length == fed:  # a compiled step counts nothing on the host: count its token here
+            self.cache.advance(1)
+        self.state = self.decoding.advance(self.state)
         self.logits = logits[:, -1]
         return self.logits
-
-    def _static_forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The model call of ``step`` through the compiled graph: the token goes to cache position ``_slot`` and
-        attends over the whole preallocated cache under a mask, so every step has the same shapes and the graph is
-        traced once per model and batch size. Returns (N, 1, V) logits."""
-        if self._slot is None:  # first step, after beams / samples were expanded: enter static mode
-            self._slot = torch.tensor([self.prefix.shape[1]], device=tokens.device)
-            self.cache.use_slots(self._slot)
-            if tokens.device.type == "cuda":  # CUDA graphs replay fixed addresses: the buffers must stay put
-                for layer in self.cache.layers:
-                    torch._dynamo.mark_static_address(layer.mixer.k)
-                    torch._dynamo.mark_static_address(layer.mixer.v)
-        step = _compiled_step(tokens.device.type, seq2seq=self.seq2seq)
-        if self.seq2seq:
-            logits = step(self.model, self.cache, tokens, self.src_mask, None, self.memory)
-        else:
-            logits = step(self.model, self.cache, tokens, self.mask, None if self.mask is None else self.positions)
-        self._slot += 1
-        self.cache.advance(1)
-        return logits
 
     def trimmed_length(self, steps: int) -> int:
         """Columns of ``out`` worth returning: up to the step where the last row finished."""
@@ -461,22 +415,24 @@ class _Runner:
         return min(steps, int(self.finished_at.max()) + 1)
 
 
-def _check_memory(model, input_ids, opts: _Options, positions: int) -> None:
+def _check_memory(model, input_ids, opts: _Options, positions: int, decoding) -> None:
     """Refuse a run whose output buffer, caches and logits cannot fit where the prompt lives, before allocating
     them: ``max_new_tokens=10**9`` is a request for gigabytes per row, not a long wait."""
-    from .cache import KVCache
     from .safety import check_fits
     cfg = model.config
     B, T = input_ids.shape
     rows = B * max(opts.num_beams, opts.num_return_sequences)
     try:
-        kv_layers = sum(isinstance(layer.mixer, KVCache) for layer in model.new_cache(1).layers)  # buffers are lazy
+        layers = model.new_cache(1).layers  # buffers are lazy: nothing allocated
+        kv_layers = sum(isinstance(layer.mixer, KVCache) for layer in layers)
+        cross_layers = sum(layer.cross is not None for layer in layers)
     except (NotImplementedError, AttributeError):
-        kv_layers = cfg.n_layers
+        kv_layers = cross_layers = cfg.n_layers
     p = next(model.parameters(), None)
     elem = p.element_size() if p is not None else 4
-    per_position = kv_layers * 2 * cfg.n_kv_heads * cfg.head_dim * elem + 8  # keys, values, mask
-    cross = kv_layers * 2 * cfg.n_kv_heads * cfg.head_dim * elem * T if cfg.family == "encoder_decoder" else 0
+    kv_bytes = 2 * cfg.n_kv_heads * cfg.head_dim * elem  # keys and values of one position in one layer
+    per_position = kv_layers * kv_bytes + 8  # + the padding mask
+    cross = cross_layers * kv_bytes * decoding.source_length(input_ids)
     nbytes = rows * (positions * per_position + cross + 8 * opts.max_new_tokens + 2 * 4 * cfg.vocab_size)
     check_fits(nbytes, device=input_ids.device,
                what=f"decoding max_new_tokens={opts.max_new_tokens} for {rows} row(s) (batch {B} x "
@@ -484,48 +440,27 @@ def _check_memory(model, input_ids, opts: _Options, positions: int) -> None:
                     f"{positions} positions)")
 
 
-def _check_compilable(model, static_cache):
-    from .cache import KVCache
-    if not static_cache:
-        raise ValueError("compile=True needs static_cache=True: the compiled step writes a preallocated cache")
-    kinds = {type(b.mixer.new_cache(1)).__name__ for b in model.decoder_blocks()}
-    if kinds != {KVCache.__name__}:
-        raise ValueError(f"compile=True supports softmax-attention layers (a KV cache each), got layers keeping "
-                         f"{sorted(kinds)}; use compile=False")
-
-
-def _decode_step(model, cache, tokens, attention_mask, position_ids, memory=None):
-    """One static decoding step, the function ``torch.compile`` traces: (N, 1) tokens -> (N, 1, V) logits.
-    Decoder-only: attention_mask (N, max_len) and position_ids (N, 1) for left-padded rows. Encoder-decoder:
-    memory (N, S, d_model) and attention_mask its padding (N, S)."""
-    if memory is not None:
-        return model.decode(tokens, memory, attention_mask=attention_mask, cache=cache, last_only=True)
-    return model(tokens, cache, attention_mask=attention_mask, position_ids=position_ids, last_only=True)
-
-
 _COMPILED: dict[tuple, Callable] = {}
 
 
-def _compiled_step(device_type: str, seq2seq: bool = False) -> Callable:
-    """The compiled ``_decode_step``, made once per device type and family. Dynamo keeps one graph per model and
-    shapes (guarded), so a new model or batch size compiles again, and the same ones never do; translation,
-    whose sources differ in length from batch to batch, lets Dynamo turn the changing sizes into symbols after
-    the first change instead (``dynamic=None``). On CUDA the graph is replayed as a CUDA graph
-    ("reduce-overhead"): one launch per token instead of one per kernel."""
-    key = (device_type, seq2seq)
+def _compiled_step(decoding, device_type: str) -> Callable:
+    """The compiled decode step of a family (its adapter's ``step``), made once per adapter and device type. Dynamo
+    keeps one graph per model and shapes (guarded), so a new model or batch size compiles again, and the same ones
+    never do; a family whose input is a source (translation: sources differ in length from batch to batch) lets
+    Dynamo turn the changing sizes into symbols after the first change instead (``dynamic=None``). On CUDA the
+    graph is replayed as a CUDA graph ("reduce-overhead"): one launch per token instead of one per kernel."""
+    key = (type(decoding), device_type)
     if key not in _COMPILED:
         mode = "reduce-overhead" if device_type == "cuda" else None
-        _COMPILED[key] = torch.compile(_decode_step, mode=mode, dynamic=None if seq2seq else False, fullgraph=True)
+        _COMPILED[key] = torch.compile(decoding.step, mode=mode, dynamic=None if decoding.has_source else False,
+                                       fullgraph=True)
     return _COMPILED[key]
 
 
 def _new_cache(model, batch_size, capacity, *, static=False):
-    """The run's cache. Sliding-window layers roll (memory bounded by their window) except in static-slot decoding
+    """The run's cache. Sliding-window layers roll (memory bounded by their window) except in a static cache
     (``compile``), whose graph addresses every position."""
-    if capacity is None:
-        return model.new_cache(batch_size, static=static) if static else model.new_cache(batch_size)
-    return model.new_cache(batch_size, max_len=capacity, static=static) if static else \
-        model.new_cache(batch_size, max_len=capacity)
+    return model.new_cache(batch_size, capacity, static=static)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -535,9 +470,7 @@ def _seen_tokens(run: _Runner) -> torch.Tensor:
     """(N, V) bool: which tokens the sequence holds so far (prompt or start token, padding excluded)."""
     N, V = run.logits.shape
     ids = run.prefix
-    weight = torch.ones_like(ids)
-    if not run.seq2seq and run.mask is not None:
-        weight = run.mask[:, : ids.shape[1]]
+    weight = torch.ones_like(ids) if run.prefix_mask is None else run.prefix_mask.to(ids.dtype)
     return torch.zeros(N, V, dtype=torch.long, device=ids.device).scatter_add_(1, ids, weight) > 0
 
 

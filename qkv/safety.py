@@ -415,10 +415,11 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
     """(parameters, bytes to build) of a model of ``config``, without building it: the family's model with one
     and with two repeats of its layer pattern is built on the meta device (no memory), and the growth per repeat
     scaled to the config's layer counts. Bytes include Python's cost of the module objects."""
-    from .models.build import FAMILY_CLASSES
-    cls = FAMILY_CLASSES.get(config.family)
-    if cls is None:
+    from .models.registry import FAMILIES
+    record = FAMILIES.get(config.family)
+    if record is None:
         return 0, 0
+    cls = record.model
     period = len(config.layer_pattern) if config.layer_pattern else 1
 
     def measure(k: int):
@@ -429,9 +430,8 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
         return sum(tensors.values()), sum(1 for _ in m.modules()) + len(tensors)
 
     (p1, o1), (p2, o2) = measure(1), measure(2)
-    layers = config.n_layers + (config.n_decoder_layers if config.family == "encoder_decoder" else 0)
-    stacks = 2 if config.family == "encoder_decoder" else 1
-    repeats = layers / (stacks * period)  # pattern repeats per stack, both stacks together
+    counts = record.layer_counts(config)  # blocks of each stack
+    repeats = sum(counts.values()) / (len(counts) * period)  # pattern repeats per stack, all stacks together
     params = p1 + (p2 - p1) * (repeats - 1)
     objects = o1 + (o2 - o1) * (repeats - 1)
     return int(params), int(params * dtype_bytes + objects * _OBJECT_BYTES)
@@ -439,9 +439,13 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
 
 def model_sizes(config) -> str:
     """The fields that decide a model's size, as ``n_layers=12, d_model=768, ...``, for messages."""
-    fields = ["n_layers"] + (["n_decoder_layers"] if config.family == "encoder_decoder" else []) + \
-        ["d_model", "d_ff", "n_heads", "head_dim", "vocab_size"] + \
-        (["max_positions"] if config.position == "learned" else [])
+    from .models.registry import FAMILIES
+    from .models.positions import decodable_positions
+    record = FAMILIES.get(config.family)
+    fields = list(record.stacks if record else ("n_layers",)) + ["d_model", "d_ff", "n_heads", "head_dim",
+                                                                 "vocab_size"]
+    if decodable_positions(config) is not None:  # a position table: its rows are weights
+        fields.append("max_positions")
     return ", ".join(f"{f}={getattr(config, f)}" for f in fields)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qkv
-from qkv.cache import KVCache
+from qkv.nn.cache import KVCache
 
 W = 3  # each token sees itself and 3 earlier ones
 
@@ -78,13 +78,14 @@ def test_generate_over_rolling_caches_equals_full_caches(monkeypatch):
         assert torch.equal(rolling, full)
 
 
-def test_static_slots_refuse_a_rolling_cache():
+def test_static_caches_keep_every_position_and_never_roll():
     model = _model()
-    cache = model.new_cache(1, max_len=16)
-    with torch.no_grad():
-        model(_ids(model, B=1, T=5), cache)
-    with pytest.raises(ValueError, match="static=True"):
-        cache.use_slots(torch.tensor([5]))
+    cache = model.new_cache(1, max_len=16, static=True)
+    assert all(layer.mixer.window is None and layer.mixer.static for layer in cache.layers)
+    with pytest.raises(ValueError, match="cannot roll"):
+        KVCache(16, window=W, static=True)
+    with pytest.raises(ValueError, match=r"preallocated cache: new_cache\(batch_size, max_len=...\)"):
+        model.new_cache(1, static=True)
 
 
 def test_rolling_cache_keeps_max_len_and_window_checks():

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import qkv
-from qkv.cache import KVCache
+from qkv.nn.cache import Cache, KVCache
 from qkv.generate import _filter, _options, _Runner, generate, stream
 from qkv.models.common import Embeddings, QKVModel, final_norm, make_block
 from qkv.ops.masks import padding_mask
@@ -174,7 +174,8 @@ def test_left_padded_batch_equals_each_row_alone(name):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Static decoding (compile=True): slots in a preallocated cache, one mask over all of it
+# Static decoding (compile=True): positions in a preallocated cache, one mask over all of it; recurrent states
+# written in place
 
 STATIC = [("gpt2-tiny", {}), ("llama-tiny", {}), ("gpt2-tiny", {"position": "alibi"}),
           ("llama-tiny", {"window": 3}), ("llama-tiny", {"window": 2, "layer_pattern": "WA", "n_layers": 4})]
@@ -184,7 +185,7 @@ STATIC = [("gpt2-tiny", {}), ("llama-tiny", {}), ("gpt2-tiny", {"position": "ali
 def eager_static(monkeypatch):
     """compile=True without the compiler: the static-slot step runs eagerly, so float64 and exact checks apply."""
     gen = importlib.import_module("qkv.generate")  # the module; ``qkv.generate`` is the function
-    monkeypatch.setattr(gen, "_compiled_step", lambda device_type, seq2seq=False: gen._decode_step)
+    monkeypatch.setattr(gen, "_compiled_step", lambda decoding, device_type: decoding.step)
     monkeypatch.setattr(gen, "_compiled_select", lambda device_type: gen._beam_select)
 
 
@@ -211,6 +212,36 @@ def test_static_slot_steps_equal_full_pass(name, overrides, padded, eager_static
     assert run.cache.layers[0].mixer.k.shape[2] == 20  # the buffer never moved or grew
 
 
+RECURRENT = ["linear-tiny", "retnet-tiny", "rwkv4-tiny", "rwkv7-tiny", "memory-tiny", "mamba2-tiny",
+             "gated-deltanet-h1-tiny", "hybrid-tiny"]
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+@pytest.mark.parametrize("padded", [False, True])
+def test_static_recurrent_steps_equal_full_pass_and_keep_their_buffers(name, padded, eager_static):
+    """A static cache of a recurrent (or hybrid) model: every step writes the states in place (their memory never
+    moves, as a CUDA graph needs), and gives the full pass's logits, a left-padded batch included."""
+    model = make(name)
+    ids = _prompt(model, B=3, T=6)
+    mask = None
+    if padded:
+        mask = torch.ones_like(ids)
+        mask[1, :2] = 0
+        mask[2, :5] = 0
+    opts = _options(model, 5, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
+    run = _Runner(model, ids, mask, opts, True, 16, compile=True)
+    addresses = [t.data_ptr() for t in run.cache.tensors()]
+    generated = torch.zeros(3, 0, dtype=torch.long)
+    logits = run.logits
+    for _ in range(5):
+        torch.testing.assert_close(logits, full_logits(model, ids, generated, mask=mask), rtol=1e-9, atol=1e-9)
+        token = logits.argmax(-1)
+        generated = torch.cat([generated, token[:, None]], 1)
+        logits = run.step(token)
+    assert [t.data_ptr() for t in run.cache.tensors()] == addresses
+    assert run.cache.length == 6 + 5
+
+
 SEQ2SEQ = ["transformer-tiny", "t5-tiny", "mbart-tiny", "marian-tiny"]  # sinusoids, T5 buckets, learned + offset
 
 
@@ -232,7 +263,8 @@ def test_static_seq2seq_steps_equal_full_pass(name, eager_static):
         logits = run.step(token)
 
 
-@pytest.mark.parametrize("name, overrides", STATIC + [(n, {}) for n in SEQ2SEQ])
+@pytest.mark.parametrize("name, overrides", STATIC + [(n, {}) for n in SEQ2SEQ + ["linear-tiny", "rwkv7-tiny",
+                                                                                  "memory-tiny", "hybrid-tiny"]])
 def test_static_decoding_gives_the_same_tokens(name, overrides, eager_static):
     model = make(name, **overrides)
     ids = _prompt(model, B=2, T=5)
@@ -267,15 +299,14 @@ def test_compile_refuses_what_it_cannot_do():
     ids = _prompt(gpt2, 1, 3)
     with pytest.raises(ValueError, match="compile=True needs static_cache=True"):
         generate(gpt2, ids, max_new_tokens=2, compile=True, static_cache=False)
-    with pytest.raises(ValueError, match=r"softmax-attention layers.*RecurrentCache.*compile=False"):
-        generate(make("linear-tiny"), ids, max_new_tokens=2, compile=True)
-    cache = gpt2.new_cache(1)
     with pytest.raises(ValueError, match=r"preallocated cache: new_cache\(batch_size, max_len=...\)"):
-        cache.use_slots(torch.tensor([0]))
+        gpt2.new_cache(1, static=True)
+    with pytest.raises(ValueError, match="'encoder' model reads its input at once and generates no tokens"):
+        generate(qkv.build(qkv.preset("bert-tiny")), ids, max_new_tokens=2)
 
 
 def test_value_checks_are_skipped_only_inside_trusted_values():
-    from qkv.ops._checks import checks_values, trusted_values
+    from qkv.ops.checks import checks_values, trusted_values
     model = make("gpt2-tiny")
     bad = torch.tensor([[1, model.config.vocab_size]])
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 256\)"):
@@ -435,10 +466,6 @@ class _Bigram(nn.Module):
     """A decoder-only "model" whose next-token distribution depends on the last token only (a table of
     probabilities), with the decoding interface generate drives: what beam search sees, set by hand."""
 
-    class _NoCache:
-        def reorder(self, index, cross=True):
-            pass
-
     def __init__(self, probs):
         super().__init__()
         self.logp = torch.tensor(probs, dtype=torch.float64).log()  # (V, V): row = last token
@@ -447,8 +474,8 @@ class _Bigram(nn.Module):
                                               vocab_size=V, eos_token_id=None, pad_token_id=None, n_layers=1,
                                               n_kv_heads=1, head_dim=1))()
 
-    def new_cache(self, batch_size, max_len=None):
-        return self._NoCache()
+    def new_cache(self, batch_size, max_len=None, *, static=False):
+        return Cache([], batch_size, max_len=max_len, static=static)  # no layers: nothing to keep
 
     def forward(self, input_ids, cache=None, attention_mask=None, position_ids=None, last_only=False):
         return self.logp[input_ids]  # (N, T, V)

@@ -323,8 +323,8 @@ def test_seq2seq_path_trains_with_teacher_forcing(tmp_path):
     mc = qkv.preset("transformer-tiny", d_model=32, n_heads=2, n_layers=1, d_ff=64, max_positions=64)
     c = cfg_for(tmp_path, tsv, val_data=str(tsv), max_steps=10, eval_every=5, max_tokens=400, lr=1e-2,
                 label_smoothing=0.1)
-    from qkv.models import FAMILY_CLASSES
-    model = None if "encoder_decoder" in FAMILY_CLASSES else StandInSeq2Seq(
+    from qkv.models import FAMILIES
+    model = None if "encoder_decoder" in FAMILIES else StandInSeq2Seq(
         mc.replace(vocab_size=len(set(tsv.read_text().replace("\t", "").replace("\n", ""))) + 7))
     from qkv.data import CharTokenizer, read_pairs
     tok = CharTokenizer.train(iter([s + t for s, t in read_pairs(tsv)]))

@@ -2,44 +2,26 @@
 
 A folder holds config.json and weights: model.safetensors, pytorch_model.bin (read with weights_only=True), or
 either one sharded with an index file. Each supported architecture is a ``Converter``: a translation of the
-config and an explicit map of weight names, registered by the config's ``model_type``. The maps live beside
-this file, one per family (hf_decoder.py, hf_encoder.py, hf_seq2seq.py).
+config and an explicit map of weight names, keyed by the config's ``model_type`` in one table (``CONVERTERS``). The
+maps live beside this file, one per family (hf_decoder.py, hf_encoder.py, hf_seq2seq.py), built from hf_maps.py.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .. import safety
 from ..config import ModelConfig
-
-StateDict = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Converter:
-    """How one Hugging Face architecture maps onto qkv.
-
-    config_from_hf(hf_config dict) -> ModelConfig; state_from_hf(hf weights, config) -> qkv weights.
-    The ``*_to_hf`` pair, when given, is the way back (``qkv convert --to-hf``)."""
-    model_type: str
-    architecture: str  # the class name written into an exported config.json
-    config_from_hf: Callable[[dict], ModelConfig]
-    state_from_hf: Callable[[StateDict, ModelConfig], StateDict]
-    config_to_hf: Callable[[ModelConfig], dict] | None = None
-    state_to_hf: Callable[[StateDict, ModelConfig], StateDict] | None = None
+from . import hf_decoder, hf_encoder, hf_seq2seq
+from .hf_maps import Converter, StateDict
 
 
-CONVERTERS: dict[str, Converter] = {}
-
-
-def register(converter: Converter) -> Converter:
-    CONVERTERS[converter.model_type] = converter
-    return converter
+# One table of every architecture, each converter listed by the module that maps its family (nothing registers
+# itself on import).
+CONVERTERS: dict[str, Converter] = {c.model_type: c for c in (*hf_decoder.CONVERTERS, *hf_encoder.CONVERTERS,
+                                                              *hf_seq2seq.CONVERTERS)}
 
 
 def supported() -> list[str]:
@@ -107,99 +89,6 @@ def read_weights(folder: Path, *, shapes_only: bool = False) -> StateDict:
     return state
 
 
-# -- helpers for the maps ------------------------------------------------------------------------------------------
-
-class Weights:
-    """A checkpoint's tensors with a name prefix stripped, and errors that name the missing key."""
-
-    def __init__(self, state: StateDict, prefixes: tuple[str, ...] = ()):
-        self.state = state
-        self.prefix = next((p for p in prefixes if any(k.startswith(p) for k in state)), "")
-
-    def __call__(self, key: str) -> torch.Tensor:
-        full = self.prefix + key
-        if full not in self.state:
-            raise KeyError(f"weight {full!r} is missing from the checkpoint")
-        return self.state[full]
-
-    def get(self, key: str):
-        return self.state.get(self.prefix + key)
-
-    def __contains__(self, key: str) -> bool:
-        return self.prefix + key in self.state
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One qkv weight and the checkpoint weight(s) it comes from. Several names are concatenated along dim 0
-    (separate Q, K, V into qkv's fused projection), ``sizes`` splitting them again on the way out;
-    ``transpose`` for GPT-2's Conv1D, which stores (in, out)."""
-    ours: str
-    theirs: str | tuple[str, ...]
-    transpose: bool = False
-    sizes: tuple[int, ...] | None = None
-
-
-def map_from_hf(pairs: list[Pair], weights: Weights) -> StateDict:
-    out = {}
-    for p in pairs:
-        names = (p.theirs,) if isinstance(p.theirs, str) else p.theirs
-        parts = [weights(n).t() if p.transpose else weights(n) for n in names]
-        out[p.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-    return out
-
-
-def map_to_hf(pairs: list[Pair], state: StateDict) -> StateDict:
-    out = {}
-    for p in pairs:
-        names = (p.theirs,) if isinstance(p.theirs, str) else p.theirs
-        parts = state[p.ours].split(list(p.sizes), dim=0) if len(names) > 1 else (state[p.ours],)
-        for n, t in zip(names, parts):
-            out[n] = t.t() if p.transpose else t
-    return out
-
-
-def hf_get(hf: dict, *names, default=None):
-    """The first of several config names that is present (names changed across transformers versions)."""
-    for name in names:
-        if hf.get(name) is not None:
-            return hf[name]
-    return default
-
-
-def rope_parameters(hf: dict, params: dict | None = None) -> tuple[float, dict | None]:
-    """(RoPE theta, qkv's ``rope_scaling`` dict or None) from a config's ``rope_parameters`` (transformers >= 5) or
-    ``rope_theta`` + ``rope_scaling`` (older), filling in the defaults transformers would derive, so the qkv config
-    holds every number it needs. ``params`` overrides where they are read from (one entry of a per-layer dict)."""
-    from ..ops.rope import ROPE_SCALINGS
-    if params is None:
-        params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    params = dict(params)
-    kind = params.get("rope_type", params.get("type")) or "default"
-    theta = float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
-    if kind == "default":
-        return theta, None
-    if kind not in ROPE_SCALINGS:
-        raise ValueError(f"RoPE scaling {kind!r} is not supported; supported: default, {', '.join(sorted(ROPE_SCALINGS))}")
-    required, optional = ROPE_SCALINGS[kind]
-    scaling = {"rope_type": kind, **{k: params[k] for k in required + optional if params.get(k) is not None}}
-    if kind == "dynamic":  # transformers grows the base past max_position_embeddings
-        scaling["original_max_position_embeddings"] = hf.get("max_position_embeddings", 2048)
-    elif kind in ("yarn", "llama3", "longrope"):
-        # a top-level original_max_position_embeddings wins (Phi-3 keeps it there), as in transformers
-        scaling["original_max_position_embeddings"] = hf_get(hf, "original_max_position_embeddings", default=None) \
-            or params.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048)
-        if kind in ("yarn", "longrope") and params.get("factor") is None:
-            scaling["factor"] = hf.get("max_position_embeddings", 2048) / scaling["original_max_position_embeddings"]
-    return theta, scaling
-
-
-def rope_parameters_to_hf(cfg: ModelConfig) -> dict:
-    """The way back: transformers' ``rope_parameters`` for a qkv config."""
-    scaling = dict(cfg.rope_scaling or {"rope_type": "default"})
-    return {**scaling, "rope_theta": cfg.rope_base}
-
-
 # -- the two entry points ----------------------------------------------------------------------------------------
 
 def from_hf(path, *, dtype: torch.dtype | None = None):
@@ -242,8 +131,6 @@ def from_hf(path, *, dtype: torch.dtype | None = None):
 
 
 _TRAINING_ONLY = {"dropout", "attn_dropout", "ffn_dropout", "extra"}
-# Fields a family's model never reads (a ViT's positions come from image_size / patch_size; it has no LM head).
-_UNUSED = {"vit": {"max_positions", "mlm_head", "tie_embeddings"}}
 
 
 def hf_type_for(config: ModelConfig) -> str:
@@ -253,7 +140,7 @@ def hf_type_for(config: ModelConfig) -> str:
     import dataclasses
     reasons = {}
     for model_type, conv in CONVERTERS.items():
-        if conv.state_to_hf is None:
+        if conv.state_to_hf is None or conv.family != config.family:
             continue
         cfg = config.replace(extra={**config.extra, "hf_model_type": model_type})
         try:
@@ -262,7 +149,7 @@ def hf_type_for(config: ModelConfig) -> str:
         except (ValueError, KeyError, TypeError) as e:
             reasons[model_type] = str(e).split(";")[0]
             continue
-        ignored = _TRAINING_ONLY | _UNUSED.get(cfg.family, set())
+        ignored = _TRAINING_ONLY | conv.unused
         changed = sorted(f.name for f in dataclasses.fields(cfg)
                          if f.name not in ignored and getattr(back, f.name) != getattr(cfg, f.name))
         if not changed:
@@ -276,12 +163,10 @@ def check_against_weights(config: ModelConfig, conv: Converter, folder: Path) ->
     """Check what config.json declares against the weights files' shapes, reading no tensor and building nothing:
     the layer count against the files' layer indices, the memory the model needs, and the converter's map run on
     shape-only (meta) tensors against the shapes qkv builds. ValueError names the field or tensor."""
+    from ..models import family_of
     from ..models.build import expected_shapes
     found = read_weights(folder, shapes_only=True)
-    counts = [("n_layers", config.n_layers)]
-    if config.family == "encoder_decoder":
-        counts.append(("n_decoder_layers", config.n_decoder_layers))
-    for field, n in counts:
+    for field, n in family_of(config).layer_counts(config).items():
         safety.check_layer_count(found, n, field=f"{field} (the layer count in config.json)", source=folder)
     meta = {k: v if v.device.type == "meta" else torch.empty(v.shape, dtype=v.dtype, device="meta")
             for k, v in found.items()}
@@ -314,6 +199,10 @@ def to_hf(model, path) -> Path:
         exportable = sorted(t for t, c in CONVERTERS.items() if c.state_to_hf is not None)
         raise ValueError(f"cannot export this model to Hugging Face: its hf_model_type is {model_type!r}; "
                          f"exportable types: {exportable} (set config.extra['hf_model_type'])")
+    if conv.family != config.family:
+        raise ValueError(f"cannot export this model as {model_type}: that architecture holds {conv.family!r} models, "
+                         f"this one is {config.family!r} (set config.extra['hf_model_type'] to one of "
+                         f"{sorted(t for t, c in CONVERTERS.items() if c.family == config.family)})")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     hf_config = {"model_type": model_type, "architectures": [conv.architecture], **conv.config_to_hf(config)}
@@ -323,7 +212,3 @@ def to_hf(model, path) -> Path:
     return path
 
 
-# The maps register themselves on import.
-from . import hf_decoder  # noqa: E402,F401
-from . import hf_encoder  # noqa: E402,F401
-from . import hf_seq2seq  # noqa: E402,F401

@@ -3,11 +3,11 @@ Gemma 2 and Gemma 3 (alternating sliding-window and full layers, sandwich norms,
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .hf import (Converter, Pair, Weights, hf_get, map_from_hf, map_to_hf, register, rope_parameters,
-                 rope_parameters_to_hf)
+from dataclasses import dataclass
 
-_ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-                "silu": "silu", "swish": "silu"}
+from .hf_maps import (ACT_FROM_HF, Converter, Pair, Weights, hf_get, map_from_hf, map_to_hf, rope_parameters,
+                      rope_parameters_to_hf)
+
 _ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
@@ -38,7 +38,7 @@ def _gpt2_config(hf: dict) -> ModelConfig:
         family="decoder", vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["n_layer"], n_heads=hf["n_head"],
         d_ff=hf.get("n_inner") or 4 * d, max_positions=hf["n_positions"], position="learned", norm="layer",
         norm_eps=hf.get("layer_norm_epsilon", 1e-5), prenorm=True,
-        activation=_ACT_FROM_HF[hf.get("activation_function", "gelu_new")], bias=True,
+        activation=ACT_FROM_HF[hf.get("activation_function", "gelu_new")], bias=True,
         tie_embeddings=hf.get("tie_word_embeddings", True), bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"), extra={"hf_model_type": "gpt2"})
 
@@ -62,9 +62,9 @@ def _gpt2_pairs(cfg: ModelConfig) -> list[Pair]:
 
 
 def _gpt2_config_to_hf(cfg: ModelConfig) -> dict:
-    if cfg.family != "decoder" or cfg.activation not in _ACT_TO_HF or cfg.norm != "layer":
+    if cfg.activation not in _ACT_TO_HF or cfg.norm != "layer":
         raise ValueError(f"only GPT-2-shaped models (decoder, LayerNorm, activation in {sorted(_ACT_TO_HF)}) export "
-                         f"as gpt2, got family={cfg.family!r}, norm={cfg.norm!r}, activation={cfg.activation!r}")
+                         f"as gpt2, got norm={cfg.norm!r}, activation={cfg.activation!r}")
     return dict(vocab_size=cfg.vocab_size, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                 n_inner=cfg.d_ff, n_positions=cfg.max_positions, layer_norm_epsilon=cfg.norm_eps,
                 activation_function=_ACT_TO_HF[cfg.activation], tie_word_embeddings=cfg.tie_embeddings,
@@ -74,10 +74,30 @@ def _gpt2_config_to_hf(cfg: ModelConfig) -> dict:
 
 _gpt2_from_hf, _gpt2_to_hf = _lm_maps(_gpt2_pairs, "transformer.")
 
-register(Converter("gpt2", "GPT2LMHeadModel", _gpt2_config, _gpt2_from_hf, _gpt2_config_to_hf, _gpt2_to_hf))
+_GPT2 = Converter("gpt2", "GPT2LMHeadModel", "decoder", _gpt2_config, _gpt2_from_hf, _gpt2_config_to_hf, _gpt2_to_hf)
 
 
 # -- Llama, Mistral, Qwen2, Qwen3 ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LlamaLike:
+    """What one Llama-like ``model_type`` fixes that its config.json does not say (transformers' modeling code
+    for each). qkv_bias: q/k/v projections always have biases (Qwen2), None: ``attention_bias`` says. out_bias:
+    the output projection's bias, None: as q/k/v's. qk_norm: an RMSNorm on each head's queries and keys (Qwen3,
+    Gemma 3). all_sliding: ``sliding_window`` covers every layer (Mistral). windows: what an export can say about
+    sliding windows: "none" (Llama has none), "all" (one window for every layer), "layers" (per-layer types).
+    local_rope_base: the local layers' RoPE base when config.json omits it (Gemma 3)."""
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None
+    qk_norm: bool = False
+    all_sliding: bool = False
+    windows: str = "layers"
+    local_rope_base: float | None = None
+
+
+LLAMA_LIKE = {"llama": LlamaLike(windows="none"), "mistral": LlamaLike(all_sliding=True, windows="all"),
+              "qwen2": LlamaLike(qkv_bias=True, out_bias=False), "qwen3": LlamaLike(qk_norm=True),
+              "gemma2": LlamaLike(), "gemma3_text": LlamaLike(qk_norm=True, local_rope_base=10000.0)}
 
 _GATED = {"silu": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh", "gelu_new": "geglu_tanh",
           "relu": "reglu"}
@@ -122,7 +142,8 @@ def _windows(hf: dict, *, all_sliding: bool = False) -> dict:
 
 def _llama_config(hf: dict) -> ModelConfig:
     model_type = hf["model_type"]
-    qkv_bias = True if model_type == "qwen2" else bool(hf.get("attention_bias", False))
+    facts = LLAMA_LIKE[model_type]
+    qkv_bias = facts.qkv_bias if facts.qkv_bias is not None else bool(hf.get("attention_bias", False))
     theta, scaling = rope_parameters(hf)
     return ModelConfig(
         family="decoder", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
@@ -130,8 +151,8 @@ def _llama_config(hf: dict) -> ModelConfig:
         head_dim=hf.get("head_dim"), d_ff=hf["intermediate_size"], max_positions=hf.get("max_position_embeddings", 2048),
         position="rope", rope_base=theta, rope_scaling=scaling, norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6),
         prenorm=True, activation=_gated_activation(hf), bias=qkv_bias,
-        out_bias=False if model_type == "qwen2" else qkv_bias, ffn_bias=bool(hf.get("mlp_bias", False)),
-        qk_norm=model_type == "qwen3", **_windows(hf, all_sliding=model_type == "mistral"),
+        out_bias=qkv_bias if facts.out_bias is None else facts.out_bias, ffn_bias=bool(hf.get("mlp_bias", False)),
+        qk_norm=facts.qk_norm, **_windows(hf, all_sliding=facts.all_sliding),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"), pad_token_id=hf.get("pad_token_id"), extra={"hf_model_type": model_type})
 
@@ -168,23 +189,29 @@ def _layer_types(cfg: ModelConfig) -> dict:
     """transformers' ``sliding_window`` / ``layer_types`` for a qkv config's windows (Mistral: the window alone)."""
     if cfg.window is None:
         return {}
-    if cfg.extra.get("hf_model_type") == "mistral":
+    if LLAMA_LIKE[cfg.extra.get("hf_model_type", "llama")].windows == "all":
         return {"sliding_window": cfg.window + 1}
     types = ["sliding_attention" if cfg.layer_mixer(i)[1] is not None else "full_attention" for i in range(cfg.n_layers)]
     return {"sliding_window": cfg.window + 1, "use_sliding_window": True, "max_window_layers": 0, "layer_types": types}
 
 
+# The fields a Llama-like export needs as they are (transformers' Llama has no other choice for them).
+_LLAMA_SHAPE = dict(activation="swiglu", position="rope", norm="rms", norm_offset=0.0, sandwich_norm=False,
+                    attn_softcap=None, logit_softcap=None, scale_embeddings=False, mixer="attention")
+
+
 def _llama_config_to_hf(cfg: ModelConfig) -> dict:
     model_type = cfg.extra.get("hf_model_type", "llama")
-    if cfg.activation != "swiglu" or cfg.position != "rope" or cfg.norm != "rms" or cfg.norm_offset or \
-            cfg.sandwich_norm or cfg.attn_softcap or cfg.logit_softcap or cfg.scale_embeddings or \
-            cfg.qk_norm != (model_type == "qwen3") or cfg.family != "decoder" or cfg.mixer != "attention" or \
+    facts = LLAMA_LIKE[model_type]
+    shape = {**_LLAMA_SHAPE, "qk_norm": facts.qk_norm}
+    if any(getattr(cfg, name) != value for name, value in shape.items()) or \
             (cfg.layer_pattern and set(cfg.layer_pattern) - {"A", "W"}) or cfg.rotary_dim not in (None, cfg.head_dim):
         raise ValueError(f"only Llama-shaped models (rope, rms, swiglu, softmax attention) export as {model_type}")
-    if cfg.window is not None and model_type == "llama":
-        raise ValueError("llama has no sliding-window layers: set extra['hf_model_type'] to 'mistral' or 'qwen3'")
-    if cfg.layer_pattern is not None and model_type == "mistral":
-        raise ValueError("mistral's window covers every layer: a layer_pattern exports as qwen3")
+    if cfg.window is not None and facts.windows == "none":
+        raise ValueError(f"{model_type} has no sliding-window layers: set extra['hf_model_type'] to 'mistral' or "
+                         f"'qwen3'")
+    if cfg.layer_pattern is not None and facts.windows == "all":
+        raise ValueError(f"{model_type}'s window covers every layer: a layer_pattern exports as qwen3")
     out = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
                num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
                intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_positions, rms_norm_eps=cfg.norm_eps,
@@ -200,10 +227,12 @@ def _llama_config_to_hf(cfg: ModelConfig) -> dict:
 _llama_from_hf, _llama_to_hf = _lm_maps(_llama_pairs, "model.")
 
 
-register(Converter("llama", "LlamaForCausalLM", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
-register(Converter("mistral", "MistralForCausalLM", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
-register(Converter("qwen2", "Qwen2ForCausalLM", _llama_config, _llama_from_hf))
-register(Converter("qwen3", "Qwen3ForCausalLM", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
+_LLAMAS = (
+    Converter("llama", "LlamaForCausalLM", "decoder", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf),
+    Converter("mistral", "MistralForCausalLM", "decoder", _llama_config, _llama_from_hf, _llama_config_to_hf,
+              _llama_to_hf),
+    Converter("qwen2", "Qwen2ForCausalLM", "decoder", _llama_config, _llama_from_hf),
+    Converter("qwen3", "Qwen3ForCausalLM", "decoder", _llama_config, _llama_from_hf, _llama_config_to_hf, _llama_to_hf))
 
 
 # -- Gemma 2, Gemma 3 (text) ---------------------------------------------------------------------------------------
@@ -229,8 +258,9 @@ def _gemma_config(hf: dict) -> ModelConfig:
         theta, scaling = rope_parameters(hf)
         if hf.get("rope_local_base_freq") is not None:
             local = {"rope_local_base": float(hf["rope_local_base_freq"])}
-    if model_type == "gemma3_text" and "rope_local_base" not in local:
-        local = {"rope_local_base": 10000.0}
+    facts = LLAMA_LIKE[model_type]
+    if facts.local_rope_base is not None and "rope_local_base" not in local:
+        local = {"rope_local_base": facts.local_rope_base}
     if hf.get("use_bidirectional_attention"):
         raise ValueError(f"{model_type}: bidirectional attention (use_bidirectional_attention) is not supported")
     bias = bool(hf.get("attention_bias", False))
@@ -239,7 +269,7 @@ def _gemma_config(hf: dict) -> ModelConfig:
         n_heads=hf["num_attention_heads"], n_kv_heads=hf_get(hf, "num_key_value_heads", default=hf["num_attention_heads"]),
         head_dim=hf.get("head_dim"), d_ff=hf["intermediate_size"], max_positions=hf.get("max_position_embeddings", 8192),
         position="rope", rope_base=theta, rope_scaling=scaling, **local, norm="rms",
-        norm_eps=hf.get("rms_norm_eps", 1e-6), norm_offset=1.0, sandwich_norm=True, qk_norm=model_type == "gemma3_text",
+        norm_eps=hf.get("rms_norm_eps", 1e-6), norm_offset=1.0, sandwich_norm=True, qk_norm=facts.qk_norm,
         prenorm=True, activation=_gated_activation(hf), bias=bias, out_bias=bias, ffn_bias=False,
         attn_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5, attn_softcap=hf.get("attn_logit_softcapping"),
         logit_softcap=hf.get("final_logit_softcapping"), scale_embeddings=True, **_windows(hf),
@@ -253,5 +283,7 @@ def _gemma_pairs(cfg: ModelConfig) -> list[Pair]:
 
 _gemma_from_hf, _gemma_to_hf = _lm_maps(_gemma_pairs, "model.")
 
-register(Converter("gemma2", "Gemma2ForCausalLM", _gemma_config, _gemma_from_hf))
-register(Converter("gemma3_text", "Gemma3ForCausalLM", _gemma_config, _gemma_from_hf))
+# The architectures this module maps, as qkv.hub.hf's table lists them.
+CONVERTERS = (_GPT2, *_LLAMAS,
+              Converter("gemma2", "Gemma2ForCausalLM", "decoder", _gemma_config, _gemma_from_hf),
+              Converter("gemma3_text", "Gemma3ForCausalLM", "decoder", _gemma_config, _gemma_from_hf))

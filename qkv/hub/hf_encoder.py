@@ -7,7 +7,7 @@ to pick a class; the bare body always loads, and head weights of other architect
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .hf import Converter, Pair, Weights, map_from_hf, map_to_hf, register
+from .hf_maps import Converter, Pair, Weights, map_from_hf, map_to_hf
 
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
                 "silu": "silu", "swish": "silu"}
@@ -150,7 +150,7 @@ def _bert_config_to_hf(cfg: ModelConfig) -> dict:
                 pad_token_id=cfg.pad_token_id, **(_labels_to_hf(cfg.num_labels) if cfg.num_labels else {}))
 
 
-register(Converter("bert", "BertModel", _bert_config, _bert_from_hf, _bert_config_to_hf, _bert_to_hf))
+_BERT = Converter("bert", "BertModel", "encoder", _bert_config, _bert_from_hf, _bert_config_to_hf, _bert_to_hf)
 
 
 # -- ViT -----------------------------------------------------------------------------------------------------------
@@ -223,4 +223,7 @@ def _vit_config_to_hf(cfg: ModelConfig) -> dict:
                 **(_labels_to_hf(cfg.num_labels) if cfg.num_labels else {}))
 
 
-register(Converter("vit", "ViTForImageClassification", _vit_config, _vit_from_hf, _vit_config_to_hf, _vit_to_hf))
+# The architectures this module maps, as qkv.hub.hf's table lists them. A ViT reads no max_positions (its positions
+# come from image_size / patch_size) and has no LM head: config.json carries none of those fields.
+CONVERTERS = (_BERT, Converter("vit", "ViTForImageClassification", "vit", _vit_config, _vit_from_hf, _vit_config_to_hf,
+                               _vit_to_hf, unused=frozenset({"max_positions", "mlm_head", "tie_embeddings"})))

@@ -7,8 +7,8 @@ attention is one concatenating Pair. Source, target and output embeddings are on
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .hf import Converter, Pair, Weights, hf_get, map_from_hf, map_to_hf, register
-from .hf_decoder import _ACT_FROM_HF
+from ..models.positions import position_kind
+from .hf_maps import ACT_FROM_HF, Converter, Pair, Weights, hf_get, map_from_hf, map_to_hf
 
 _GATED_FROM_HF = {"relu": "reglu", "gelu": "geglu", "gelu_new": "geglu_tanh", "gelu_pytorch_tanh": "geglu_tanh",
                   "silu": "swiglu", "swish": "swiglu"}
@@ -19,7 +19,7 @@ _ACT_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "
 
 
 def _activation(model_type: str, act: str, *, gated: bool = False) -> str:
-    table = _GATED_FROM_HF if gated else _ACT_FROM_HF
+    table = _GATED_FROM_HF if gated else ACT_FROM_HF
     if act not in table:
         raise ValueError(f"{model_type}: activation {'gated-' if gated else ''}{act!r} is not supported; "
                          f"supported: {sorted(table)}")
@@ -146,7 +146,8 @@ def _t5_to_hf(state, cfg):
     return out
 
 
-register(Converter("t5", "T5ForConditionalGeneration", _t5_config, _t5_from_hf, _t5_config_to_hf, _t5_to_hf))
+_T5 = Converter("t5", "T5ForConditionalGeneration", "encoder_decoder", _t5_config, _t5_from_hf, _t5_config_to_hf,
+                _t5_to_hf)
 
 
 # -- MBART and Marian: the BART layout ----------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def _bart_like_pairs(cfg: ModelConfig) -> list[Pair]:
     qkvo = ("q_proj", "k_proj", "v_proj", "out_proj")
     pairs = []
     for side, n in (("encoder", cfg.n_layers), ("decoder", cfg.n_decoder_layers)):
-        if cfg.position == "learned":
+        if position_kind(cfg).table:  # learned positions: a weight (MBART); Marian's sinusoids are none
             pairs.append(Pair(f"{side}.embed.positions.weight", f"{side}.embed_positions.weight"))
         if cfg.embed_norm:
             pairs += _norm_pair(f"{side}.embed.norm", f"{side}.layernorm_embedding", bias=True)
@@ -250,6 +251,7 @@ def _bart_like_to_hf(state, cfg):
     return out
 
 
-for _type, _arch in (("mbart", "MBartForConditionalGeneration"), ("marian", "MarianMTModel")):
-    register(Converter(_type, _arch, _bart_like_config, _bart_like_from_hf, _bart_like_config_to_hf,
-                       _bart_like_to_hf))
+# The architectures this module maps, as qkv.hub.hf's table lists them.
+CONVERTERS = (_T5, *(Converter(model_type, arch, "encoder_decoder", _bart_like_config, _bart_like_from_hf,
+                               _bart_like_config_to_hf, _bart_like_to_hf)
+                     for model_type, arch in (("mbart", "MBartForConditionalGeneration"), ("marian", "MarianMTModel"))))

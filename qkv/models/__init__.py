@@ -1,10 +1,12 @@
-"""Model families; the only code that reads ModelConfig."""
-from .build import FAMILY_CLASSES, build, load
+"""Model families; the only code that reads ModelConfig. ``registry.py`` holds one record per family."""
+from .build import build, load
 from .common import QKVModel
 from .decoder import DecoderLM
 from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder, Seq2SeqWeights
+from .positions import decodable_positions
+from .registry import FAMILIES, Family, decoding_of, family_of
 from .vit import ViT
 
-__all__ = ["FAMILY_CLASSES", "build", "load", "QKVModel", "DecoderLM", "Encoder", "EncoderDecoder", "Seq2SeqWeights",
-           "ViT"]
+__all__ = ["FAMILIES", "Family", "family_of", "decoding_of", "decodable_positions", "build", "load", "QKVModel",
+           "DecoderLM", "Encoder", "EncoderDecoder", "Seq2SeqWeights", "ViT"]

@@ -1,4 +1,4 @@
-"""The one registry of families: family name -> model class. ``qkv.build(config)``, ``qkv.load(path)``."""
+"""Building and loading models: ``qkv.build(config)``, ``qkv.load(path)``, by the family records of registry.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +7,8 @@ import torch
 
 from .. import safety
 from ..config import ModelConfig
-from .common import CONFIG_FILE, WEIGHTS_FILE, QKVModel, load_config
-from .decoder import DecoderLM
-from .encoder import Encoder
-from .encoder_decoder import EncoderDecoder
-from .vit import ViT
-
-FAMILY_CLASSES: dict[str, type[QKVModel]] = {"decoder": DecoderLM, "encoder": Encoder,
-                                             "encoder_decoder": EncoderDecoder, "vit": ViT}
+from .common import CONFIG_FILE, WEIGHTS_FILE, QKVModel, check_names, load_config
+from .registry import family_of
 
 
 def build(config: ModelConfig) -> QKVModel:
@@ -22,11 +16,11 @@ def build(config: ModelConfig) -> QKVModel:
     refused before anything is allocated (building under ``torch.device("meta")`` allocates nothing)."""
     if not isinstance(config, ModelConfig):
         raise TypeError(f"build needs a qkv.ModelConfig, got {type(config).__name__}")
-    if config.family not in FAMILY_CLASSES:
-        raise ValueError(f"family {config.family!r} has no model class; available: {sorted(FAMILY_CLASSES)}")
+    record = family_of(config)
+    check_names(config)
     if torch.get_default_device().type != "meta":
         safety.check_model_fits(config)
-    return FAMILY_CLASSES[config.family](config)
+    return record.model(config)
 
 
 def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple], set[str]]:
@@ -34,7 +28,7 @@ def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple], set[str]]:
     stored once), from a build on the meta device: nothing is allocated. Check ``safety.check_model_fits`` first:
     the module objects themselves take memory."""
     with torch.device("meta"):
-        model = FAMILY_CLASSES[config.family](config)
+        model = family_of(config).model(config)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     groups: dict[int, list[str]] = {}
     for name, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
@@ -76,10 +70,7 @@ def check_weights_match(config: ModelConfig, found: dict[str, tuple], *, source)
     """Refuse a config that does not describe the tensors ``found`` (name -> shape, qkv's names): more layers than
     the file has, or any shape that differs. Cheap checks first, so a config claiming a million layers is refused
     before a single layer object is made."""
-    counts = [("n_layers", config.n_layers)]
-    if config.family == "encoder_decoder":
-        counts.append(("n_decoder_layers", config.n_decoder_layers))
-    for field, n in counts:
+    for field, n in family_of(config).layer_counts(config).items():
         safety.check_layer_count(found, n, field=field, source=source)
     expected, aliases = expected_shapes(config)  # a meta build: nothing allocated, the layer count bounded above
     safety.check_shapes(config, expected, found, source=source, optional=aliases)

@@ -1,23 +1,24 @@
-"""What every family shares: the base class (save, summary, caches), embeddings, position machinery, blocks.
+"""What every family shares: the base class (save, summary, caches), embeddings, blocks, input checks.
 
-This is the only place outside the family files that reads ModelConfig; it turns fields into primitives for
-``qkv.nn``.
+With positions.py and mixers.py, the only place outside the family files that reads ModelConfig; it turns fields
+into primitives for ``qkv.nn``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from ..cache import Cache, CrossKVCache, KVCache, LayerCache
 from ..config import PATTERN_LETTERS, ModelConfig
-from .mixers import (make_deltanet, make_gated_deltanet, make_gla, make_linear, make_mamba2, make_memory,
-                     make_retention, make_rwkv_block, mixing_flops)
-from ..nn import (ALiBi, Block, FeedForward, LearnedPositions, MultiHeadAttention, RotaryEmbedding,
-                  SinusoidalPositions, T5RelativeBias, make_norm)
+from ..nn import ACTIVATIONS, NORMS, Block, FeedForward, make_norm
+from ..nn.cache import Cache, CrossKVCache, LayerCache
+from ..ops.attention import SCORES
+from ..ops.checks import checks_values
+from ..ops.rope import check_rope_scaling
+from .mixers import MIXER_KINDS, make_attention, mixing_flops
+from .positions import WindowedRope, position_kind
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -57,35 +58,17 @@ class QKVModel(nn.Module):
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Forward FLOPs per token at context ``seq_len``: 2 per weight of every matmul, plus each layer's token
-        mixing: softmax attention's scores and weighted sum (2 * 2 * T * d at context T; Kaplan et al. 2020,
-        sec. 2.1), a sliding window's up to its width, and the recurrent mixers' state update and read, which do
-        not grow with the context (qkv/models/mixers.py, ``mixing_flops``)."""
-        cfg = self.config
-        T = seq_len or cfg.max_positions
-        matmul = 2 * self.num_parameters(exclude_embeddings=True)
-        if cfg.tie_embeddings and cfg.family != "vit":
-            matmul += 2 * cfg.d_model * cfg.vocab_size  # the tied output layer is a matmul too
-        mixing = sum(mixing_flops(cfg, kind, window, T) for kind, window in self.layer_mixers())
-        return int(matmul + mixing)
+        """Forward FLOPs per token at context ``seq_len`` (default max_positions): each family's count (its record
+        in ``qkv.models.registry``), from ``count_flops``."""
+        raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
 
     def layer_mixers(self) -> list[tuple[str, int | None]]:
-        """(mixer, window) of every block, encoder first: the stack ``summary`` prints and FLOPs are counted over
-        (an encoder-decoder model's blocks are all full softmax attention)."""
-        cfg = self.config
-        if cfg.family == "encoder_decoder":
-            return [("attention", None)] * (cfg.n_layers + cfg.n_decoder_layers)
-        return [cfg.layer_mixer(i) for i in range(cfg.n_layers)]
+        """(mixer, window) of every block: the stack ``summary`` prints and FLOPs are counted over."""
+        return [self.config.layer_mixer(i) for i in range(self.config.n_layers)]
 
     def stack(self) -> str:
         """The blocks' mixers as pattern letters with a legend, e.g. "RARA (R retention, A attention)"."""
-        letter = {v: k for k, v in reversed(PATTERN_LETTERS.items())}  # first letter of each mixer
-        letters = "".join("W" if window is not None else letter[kind] for kind, window in self.layer_mixers())
-        legend = {ch: ("sliding-window attention" if ch == "W" else PATTERN_LETTERS[ch]) for ch in letters}
-        legend = ", ".join(f"{ch} {name}" for ch, name in legend.items())
-        if self.config.family == "encoder_decoder":
-            n = self.config.n_layers
-            return f"{letters[:n]} | {letters[n:]} (encoder | decoder; {legend})"
+        letters, legend = pattern_letters(self.layer_mixers())
         return f"{letters} ({legend})"
 
     def summary(self, seq_len: int | None = None) -> str:
@@ -103,24 +86,80 @@ class QKVModel(nn.Module):
                  f"  stack:            {self.stack()}{window}"]
         return "\n".join(lines)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False) -> Cache:
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False,
+                  rewind: int = 0) -> Cache:
         """An empty decoding state for ``batch_size`` sequences (KV caches grow unless ``max_len`` is given).
 
-        Sliding-window layers get rolling caches, bounded by their window, unless ``static`` asks for every
-        position to stay addressable (static-slot decoding, ``Cache.use_slots``)."""
+        static: fixed shapes for compiled decoding (needs ``max_len``; see ``qkv.nn.cache``): every KV layer keeps
+        every position. Otherwise sliding-window layers get rolling caches, bounded by their window (plus
+        ``rewind`` positions, how far ``cache.crop`` may go back before the last call)."""
         blocks = self.decoder_blocks()
 
         def mixer_cache(block):
             window = getattr(block, "window", None)
             if window is None or static:
-                return block.mixer.new_cache(max_len)
-            return block.mixer.new_cache(max_len, window=window)
+                return block.mixer.new_cache(max_len, static=static)
+            return block.mixer.new_cache(max_len, window=window, rewind=rewind)
 
         return Cache([LayerCache(mixer=mixer_cache(b), cross=CrossKVCache() if b.cross is not None else None)
-                      for b in blocks], batch_size=batch_size, max_len=max_len)
+                      for b in blocks], batch_size=batch_size, max_len=max_len, static=static)
 
     def decoder_blocks(self):
         raise NotImplementedError(f"{type(self).__name__} does not decode token by token")
+
+
+def count_flops(model: QKVModel, seq_len: int | None, *, tied_head: bool) -> int:
+    """Forward FLOPs per token at context ``seq_len``: 2 per weight of every matmul (plus the output layer when it
+    is tied to the embeddings, ``tied_head``), plus each layer's token mixing: softmax attention's scores and
+    weighted sum (2 * 2 * T * d at context T; Kaplan et al. 2020, sec. 2.1), a sliding window's up to its width,
+    and the recurrent mixers' state update and read, which do not grow with the context (``mixing_flops``)."""
+    cfg = model.config
+    T = seq_len or cfg.max_positions
+    matmul = 2 * model.num_parameters(exclude_embeddings=True)
+    if tied_head:
+        matmul += 2 * cfg.d_model * cfg.vocab_size
+    mixing = sum(mixing_flops(cfg, kind, window, T) for kind, window in model.layer_mixers())
+    return int(matmul + mixing)
+
+
+def pattern_letters(mixers: list[tuple[str, int | None]]) -> tuple[str, str]:
+    """(letters, legend) of a stack: one pattern letter per block ("W" for sliding-window attention)."""
+    letter = {v: k for k, v in reversed(PATTERN_LETTERS.items())}  # first letter of each mixer
+    letters = "".join("W" if window is not None else letter[kind] for kind, window in mixers)
+    legend = {ch: ("sliding-window attention" if ch == "W" else PATTERN_LETTERS[ch]) for ch in letters}
+    return letters, ", ".join(f"{ch} {name}" for ch, name in legend.items())
+
+
+def check_ids(input_ids, vocab_size: int) -> None:
+    """input_ids: an integer tensor (B, T) of ids in [0, vocab_size); TypeError / ValueError say what is wrong."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int16):
+        raise TypeError(f"input_ids must be an integer tensor (B, T), got "
+                        f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+    # one host read on the good path, skipped where values are trusted (a decoding loop's own tokens)
+    if checks_values() and input_ids.numel() and not bool(((input_ids >= 0) & (input_ids < vocab_size)).all()):
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (vocab_size), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit norms."""
+    if isinstance(module, (nn.Linear, nn.Embedding)) and not hasattr(module, "inv_freq"):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def check_names(cfg: ModelConfig) -> None:
+    """The config's names that live with their code: activation and norm (qkv/nn), score and RoPE scaling
+    (qkv/ops). ValueError names the field, the value and the known names. (ModelConfig checks its own lists.)"""
+    for name, value, known in (("activation", cfg.activation, ACTIVATIONS), ("norm", cfg.norm, NORMS),
+                               ("score", cfg.score, SCORES)):
+        if value not in known:
+            raise ValueError(f"{name} must be one of {known}, got {value!r}")
+    if cfg.rope_scaling is not None:
+        check_rope_scaling(cfg.rope_scaling, cfg.rotary_dim or cfg.head_dim)
 
 
 def load_config(path) -> ModelConfig:
@@ -130,7 +169,9 @@ def load_config(path) -> ModelConfig:
         raise FileNotFoundError(f"{path} is not a qkv model folder: {CONFIG_FILE} is missing")
     fields = read_json(inside(path, path / CONFIG_FILE, what=CONFIG_FILE))
     try:
-        return ModelConfig.from_dict(fields)
+        config = ModelConfig.from_dict(fields)
+        check_names(config)
+        return config
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path / CONFIG_FILE}: {e}") from None
 
@@ -145,11 +186,8 @@ class Embeddings(nn.Module):
         super().__init__()
         self.tokens = tokens if tokens is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
-        self.positions = None
-        if cfg.position == "learned":
-            self.positions = LearnedPositions(cfg.max_positions, cfg.d_model, offset=cfg.position_offset)
-        elif cfg.position == "sinusoidal":
-            self.positions = SinusoidalPositions(cfg.d_model, interleaved=cfg.sinusoidal_interleaved)
+        added = position_kind(cfg).added
+        self.positions = added(cfg) if added else None
         self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias,
                               offset=cfg.norm_offset) if cfg.embed_norm else None
@@ -170,91 +208,27 @@ class Embeddings(nn.Module):
         return self.dropout(x) if self.dropout.p else x
 
 
-@dataclass
-class WindowedRope:
-    """RoPE tables of a stack whose sliding-window layers rotate with another base: (cos, sin) for each kind."""
-    full: tuple
-    local: tuple
-
-
-class RelativePositions(nn.Module):
-    """The position signals that act inside attention, for one stack of blocks: RoPE tables, or a logits bias
-    (ALiBi, T5 relative buckets), computed once per forward and shared by every block of the stack."""
-
-    def __init__(self, cfg: ModelConfig, *, bidirectional: bool):
-        super().__init__()
-        self.rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_base, rotary_dim=cfg.rotary_dim,
-                                    scaling=cfg.rope_scaling) if cfg.position == "rope" else None
-        # sliding-window layers with a RoPE of their own (Gemma 3's local layers): plain rotation, another base
-        self.local_rope = RotaryEmbedding(cfg.head_dim, base=cfg.rope_local_base, rotary_dim=cfg.rotary_dim) \
-            if cfg.rope_local_base is not None else None
-        self.alibi = ALiBi(cfg.n_heads) if cfg.position == "alibi" else None
-        self.relative = T5RelativeBias(cfg.n_heads, num_buckets=cfg.relative_buckets,
-                                       max_distance=cfg.relative_max_distance, bidirectional=bidirectional) \
-            if cfg.position == "relative" else None
-
-    def forward(self, positions, past: int, T: int, device, *, slots=None, capacity: int | None = None):
-        """positions: (T,) or (B, T) of the new tokens; keys are positions 0 .. past + T - 1, or, in static
-        decoding, the new tokens sit at cache ``slots`` (T,) and the keys are all ``capacity`` cache positions.
-        Returns (rope tables or None, bias (1, H, T, S) or None). With a local RoPE the tables are a
-        ``WindowedRope`` (full layers' tables, sliding-window layers' tables), which ``run_blocks`` splits."""
-        rope = self.rope(positions) if self.rope is not None else None
-        if self.local_rope is not None:
-            rope = WindowedRope(rope, self.local_rope(positions))
-        bias = None
-        if self.alibi is not None or self.relative is not None:
-            if slots is None:
-                q_pos, k_pos = torch.arange(past, past + T, device=device), torch.arange(past + T, device=device)
-            else:
-                q_pos, k_pos = slots, torch.arange(capacity, device=device)
-            bias = (self.alibi or self.relative)(q_pos, k_pos)
-        return rope, bias
-
-
-def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
-    def qk_norm():  # one RMSNorm over the D features of every head (Qwen3, Gemma 3)
-        return make_norm("rms", cfg.head_dim, eps=cfg.norm_eps, offset=cfg.norm_offset) if cfg.qk_norm else None
-
-    return MultiHeadAttention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-                              score=cfg.score, bias=cfg.bias, out_bias=cfg.out_bias, dropout=cfg.attn_dropout, scale=cfg.attn_scale,
-                              q_norm=qk_norm(), k_norm=qk_norm(), softcap=cfg.attn_softcap)
-
-
-# Token mixers by config name. The linear-time family registers its layers here (qkv/nn/mixers.py).
-MIXER_BUILDERS = {"attention": make_attention, "linear": make_linear, "retention": make_retention,
-                  "memory": make_memory, "gla": make_gla, "deltanet": make_deltanet,
-                  "gated_deltanet": make_gated_deltanet, "mamba2": make_mamba2}
-# Mixers that replace the whole block (their FFN keeps a state too): name -> builder(cfg, layer).
-BLOCK_BUILDERS = {"rwkv4": make_rwkv_block, "rwkv5": make_rwkv_block, "rwkv6": make_rwkv_block,
-                  "rwkv7": make_rwkv_block}
-
-
 def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: str | None = None) -> Block:
     """Block ``layer`` of a stack: its mixer and window from ``cfg.layer_mixer`` (``mixer`` forces a full-context
     one, e.g. the encoder-decoder stacks' softmax attention)."""
-    kind, window = (mixer, None) if mixer else cfg.layer_mixer(layer)
-    if kind in BLOCK_BUILDERS:
+    name, window = (mixer, None) if mixer else cfg.layer_mixer(layer)
+    if name not in MIXER_KINDS:
+        raise ValueError(f"mixer {name!r} is not available; known mixers: {sorted(MIXER_KINDS)}")
+    kind = MIXER_KINDS[name]
+    if kind.block is not None:
         if cross:
-            raise ValueError(f"mixer {kind!r} builds a whole block without cross-attention; cross=True needs a mixer")
-        return BLOCK_BUILDERS[kind](cfg, layer)
-    if kind not in MIXER_BUILDERS:
-        raise ValueError(f"mixer {kind!r} is not available; registered mixers: "
-                         f"{sorted(MIXER_BUILDERS) + sorted(BLOCK_BUILDERS)}")
+            raise ValueError(f"mixer {name!r} builds a whole block without cross-attention; cross=True needs a mixer")
+        return kind.block(cfg, layer)
     ffn = FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.ffn_bias, dropout=cfg.ffn_dropout)
-    return Block(cfg.d_model, MIXER_BUILDERS[kind](cfg), ffn, cross=make_attention(cfg) if cross else None,
+    return Block(cfg.d_model, kind.layer(cfg), ffn, cross=make_attention(cfg) if cross else None,
                  norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout,
                  window=window, norm_offset=cfg.norm_offset, sandwich=cfg.sandwich_norm)
-
-
-def block_windows(blocks) -> set:
-    """The distinct attention windows of a stack's blocks (None: full context)."""
-    return {getattr(b, "window", None) for b in blocks}
 
 
 def run_blocks(blocks, x: torch.Tensor, cache: Cache | None = None, *, return_weights: bool = False,
                masks: dict | None = None, **kwargs):
     """x through every block, block i with ``cache.layers[i]``; the other keywords go to every block, and each
-    block's own ``window`` to its mixer. ``masks`` (static decoding) maps each window in ``block_windows`` to
+    block's own ``window`` to its mixer. ``masks`` (static decoding) maps each window of the blocks to
     the mask that already holds it, given to the blocks of that window instead. Blocks that declare
     ``takes_shared`` also get one dict that lives for this call (RWKV-7's first-layer values ride in it).
     Returns (x, list of BlockWeights per block, empty unless ``return_weights``)."""

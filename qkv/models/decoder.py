@@ -2,17 +2,22 @@
 SwiGLU, grouped-query attention, untied head), and the linear-time family (``mixer=``), all one class.
 
 Data flow: tokens -> embeddings (+ positions) -> blocks of (masked mixer + FFN) -> final norm -> head -> logits.
+Decoding (``CausalDecoding``): the prompt once, then one token per step; a left-padded batch keeps its padding
+mask and each row's next position.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..cache import Cache
 from ..config import ModelConfig
-from ..ops._checks import checks_values
-from ..ops.masks import padding_mask, static_mask
-from .common import Embeddings, QKVModel, RelativePositions, block_windows, final_norm, make_block, run_blocks
+from ..nn.cache import Cache
+from .common import (Embeddings, QKVModel, check_ids, count_flops, final_norm, init_weights,
+                     make_block, run_blocks)
+from .decoding import Decoding, Prefilled
+from .positions import RelativePositions, step_positions
 
 
 class DecoderLM(QKVModel):
@@ -34,46 +39,35 @@ class DecoderLM(QKVModel):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.tokens.weight
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def decoder_blocks(self):
         return self.blocks
 
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        return count_flops(self, seq_len, tied_head=self.config.tie_embeddings)
+
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None, *, attention_mask=None,
                 position_ids=None, return_weights: bool = False, last_only: bool = False):
         """input_ids: (B, T) token ids.
-        cache: from ``new_cache``; the new tokens continue the cached ones (and are appended to it). After
-            ``cache.use_slots(slots)`` they are written at ``slots`` instead and attend over the whole preallocated
-            cache (static decoding: same shapes every step; the caller advances the lengths).
-        attention_mask: (B, past + T), 1 = token, 0 = padding (e.g. left-padded prompts); (B, max_len) when static.
-        position_ids: (B, T) or (T,) positions of the new tokens; default past .. past + T - 1 (static: slots).
+        cache: from ``new_cache``; the new tokens continue the cached ones and are written into it (a static
+            cache: at its position tensor, attending over its whole buffer under a mask; its owner advances it).
+        attention_mask: (B, past + T), 1 = token, 0 = padding (e.g. left-padded prompts); (B, max_len) for a
+            static cache. Recurrent layers skip the padded tokens: their state holds the real ones only.
+        position_ids: (B, T) or (T,) positions of the new tokens; default: their cache positions.
         last_only: compute logits for the last position only (decoding needs no others).
 
         Returns logits (B, T or 1, V), or (logits, list of BlockWeights per layer) when ``return_weights``."""
-        _check_ids(input_ids, self.config.vocab_size)
-        B, T = input_ids.shape
-        device = input_ids.device
-        slots, masks = None if cache is None else cache.slots, None
-        if slots is None:
-            past = 0 if cache is None else cache.length
-            if position_ids is None:
-                position_ids = torch.arange(past, past + T, device=device)
-            rope, bias = self.relative(position_ids, past, T, device)
-            mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, S)
-            causal = True
-        else:
-            # Static decoding: attend over every cache position under one mask; the shapes never change.
-            if position_ids is None:
-                position_ids = slots
-            rope, bias = self.relative(position_ids, 0, T, device, slots=slots, capacity=cache.max_len)
-            # one mask per window in the stack (sliding-window and full layers of a hybrid): (B | 1, 1, T, max_len)
-            masks = {w: static_mask(slots, cache.max_len, w, attention_mask) for w in block_windows(self.blocks)}
-            mask, causal = None, False
-        x = self.embed(input_ids, position_ids)  # (B, T, d_model)
-        x, weights = run_blocks(self.blocks, x, cache, mask=mask, causal=causal, rope=rope, bias=bias, masks=masks,
-                                return_weights=return_weights)
-        if cache is not None and slots is None:
-            cache.length += T
+        check_ids(input_ids, self.config.vocab_size)
+        T = input_ids.shape[1]
+        step = step_positions(cache, input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                              blocks=self.blocks)
+        rope, bias = self.relative(step.positions, step.q_pos, step.keys)
+        x = self.embed(input_ids, step.positions)  # (B, T, d_model)
+        x, weights = run_blocks(self.blocks, x, cache, rope=rope, bias=bias, return_weights=return_weights,
+                                **step.block_kwargs())
+        if cache is not None:
+            cache.commit(T)
         if last_only:
             x = x[:, -1:]
         logits = self.head(self.norm(x))  # (B, T, V)
@@ -83,21 +77,48 @@ class DecoderLM(QKVModel):
         return (logits, weights) if return_weights else logits
 
 
-def _check_ids(input_ids, vocab_size):
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int16):
-        raise TypeError(f"input_ids must be an integer tensor (B, T), got "
-                        f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-    # one host read on the good path, skipped where values are trusted (a decoding loop's own tokens)
-    if checks_values() and input_ids.numel() and not bool(((input_ids >= 0) & (input_ids < vocab_size)).all()):
-        raise ValueError(f"input_ids must lie in [0, {vocab_size}) (vocab_size), got values in "
-                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+@dataclass
+class PaddedRows:
+    """A left-padded batch's decoding state: the padding mask over every position of the run (N, positions),
+    prompt then 1s, and each row's next position id (N, 1) (real tokens count from 0)."""
+    mask: torch.Tensor
+    positions: torch.Tensor
 
 
-def _init_weights(module: nn.Module) -> None:
-    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit norms."""
-    if isinstance(module, (nn.Linear, nn.Embedding)) and not hasattr(module, "inv_freq"):
-        nn.init.normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
+class CausalDecoding(Decoding):
+    """A prompt continued: the output is the prompt followed by the new tokens."""
+
+    def prompt_length(self, input_ids):
+        return input_ids.shape[1]
+
+    def prefill(self, model, input_ids, attention_mask, cache, positions):
+        B, T = input_ids.shape
+        state, position_ids = None, None
+        if attention_mask is not None:
+            if not bool(attention_mask[:, -1].all()):
+                raise ValueError("attention_mask must be left padding for decoding (every row's last position a "
+                                 "token, 1); got a row ending in padding")
+            mask = attention_mask.new_ones(B, max(positions, cache.keys(T)))  # prompt mask, then 1 per new token
+            mask[:, :T] = attention_mask
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
+            state = PaddedRows(mask, position_ids[:, -1:] + 1)
+        logits = model(input_ids, cache, attention_mask=None if state is None else state.mask[:, :cache.keys(T)],
+                       position_ids=position_ids, last_only=True)
+        return Prefilled(input_ids, attention_mask, logits[:, -1], state)
+
+    def step(self, model, tokens, cache, state: PaddedRows | None):
+        if state is None:
+            return model(tokens, cache, last_only=True)
+        return model(tokens, cache, attention_mask=state.mask[:, :cache.keys(1)], position_ids=state.positions,
+                     last_only=True)
+
+    def advance(self, state: PaddedRows | None):
+        return None if state is None else PaddedRows(state.mask, state.positions + 1)
+
+    def expand(self, cache, state: PaddedRows | None, index):
+        cache.reorder(index)
+        return None if state is None else PaddedRows(state.mask[index], state.positions[index])
+
+    def teacher_forced(self, model, input_ids, tokens):
+        ids = torch.tensor([list(input_ids) + list(tokens[:-1])], device=next(model.parameters()).device)
+        return model(ids)[0, len(input_ids) - 1:]

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..nn import make_norm
-from ..nn.layers import _ACTIVATIONS
+from ..nn.layers import PLAIN_ACTIVATIONS
 from ..ops.masks import padding_mask
-from .common import Embeddings, QKVModel, final_norm, make_block, run_blocks
-from .decoder import _check_ids, _init_weights
+from .common import Embeddings, QKVModel, check_ids, count_flops, final_norm, init_weights, make_block, run_blocks
+from .positions import position_kind
 
 
 class MaskedLMHead(nn.Module):
@@ -30,10 +30,11 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, d_model: int, vocab_size: int, *, activation: str, norm: str, eps: float):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"the masked-LM head needs an ungated activation {tuple(_ACTIVATIONS)}, got {activation!r}")
+        if activation not in PLAIN_ACTIVATIONS:
+            raise ValueError(f"the masked-LM head needs an ungated activation {tuple(PLAIN_ACTIVATIONS)}, got "
+                             f"{activation!r}")
         self.dense = nn.Linear(d_model, d_model)
-        self.act = _ACTIVATIONS[activation]
+        self.act = PLAIN_ACTIVATIONS[activation]
         self.norm = make_norm(norm, d_model, eps=eps)
         self.decoder = nn.Linear(d_model, vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(vocab_size))  # per-token output bias, never tied
@@ -72,7 +73,8 @@ class Encoder(QKVModel):
         super().__init__()
         if config.family != "encoder":
             raise ValueError(f"Encoder needs family='encoder', got {config.family!r}")
-        if config.position not in ("learned", "sinusoidal", "none"):
+        kind = position_kind(config)
+        if kind.rotary or kind.bias:  # the blocks run without RelativePositions: only added positions reach them
             raise ValueError(f"Encoder supports absolute positions (learned, sinusoidal, none), got "
                              f"position={config.position!r}")
         self.config = config
@@ -85,7 +87,7 @@ class Encoder(QKVModel):
                                     norm=config.norm, eps=config.norm_eps)
         self.cls = ClassificationHead(config.d_model, config.num_labels, dropout=config.dropout) \
             if config.num_labels > 0 else None
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if self.mlm is not None and config.tie_embeddings:
             self.mlm.decoder.weight = self.embed.tokens.weight
 
@@ -96,7 +98,7 @@ class Encoder(QKVModel):
         segment ids (sentence A = 0, B = 1), default all 0.
 
         Returns the last hidden state (B, T, d_model), or (hidden, list of BlockWeights) with ``return_weights``."""
-        _check_ids(input_ids, self.config.vocab_size)
+        check_ids(input_ids, self.config.vocab_size)
         B, T = input_ids.shape
         if attention_mask is not None and attention_mask.shape != (B, T):
             raise ValueError(f"attention_mask must be (B, T) = {(B, T)} like input_ids, got {tuple(attention_mask.shape)}")
@@ -108,6 +110,9 @@ class Encoder(QKVModel):
         x, weights = run_blocks(self.blocks, x, mask=mask, return_weights=return_weights)
         x = self.norm(x)
         return (x, weights) if return_weights else x
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        return count_flops(self, seq_len, tied_head=self.mlm is not None and self.config.tie_embeddings)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) hidden state -> (B, T, V) masked-LM logits."""

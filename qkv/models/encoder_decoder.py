@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..cache import Cache
 from ..config import ModelConfig
-from ..ops.masks import padding_mask, static_mask
-from .common import Embeddings, QKVModel, RelativePositions, final_norm, make_block, run_blocks
-from .decoder import _check_ids
+from ..nn.cache import Cache
+from ..ops.masks import padding_mask
+from .common import Embeddings, QKVModel, check_ids, count_flops, final_norm, make_block, pattern_letters, run_blocks
+from .decoding import Decoding, Prefilled
+from .positions import RelativePositions, step_positions
 
 
 @dataclass
@@ -52,28 +53,21 @@ class Stack(nn.Module):
                                     for i in range(n_layers))
         self.norm = final_norm(cfg)
 
-    def forward(self, ids, *, mask=None, context=None, context_mask=None, cache: Cache | None = None,
+    def forward(self, ids, *, attention_mask=None, context=None, context_mask=None, cache: Cache | None = None,
                 return_weights: bool = False):
         """ids (B, T) -> hidden states (B, T, d_model) after the final norm, and the per-layer BlockWeights.
 
-        mask: (B, 1, 1, keys) padding of this side's keys; context / context_mask: the memory (B, S, d_model) and
-        its padding (B, 1, 1, S), decoder only. cache: the decoder's state; new tokens continue at cache.length."""
-        B, T = ids.shape
-        slots, causal = None if cache is None else cache.slots, self.decoder
-        if slots is None:
-            past = 0 if cache is None else cache.length
-            positions = torch.arange(past, past + T, device=ids.device)
-            rope, bias = self.relative(positions, past, T, ids.device)  # bias: (1, H, T, past + T) or None
-        else:  # static decoding (see DecoderLM.forward): the new tokens sit at cache ``slots``
-            positions = slots
-            rope, bias = self.relative(positions, 0, T, ids.device, slots=slots, capacity=cache.max_len)
-            allowed = static_mask(slots, cache.max_len)  # (1, 1, T, max_len)
-            mask, causal = allowed if mask is None else allowed & mask, False
-        x = self.embed(ids, positions)  # (B, T, d_model)
-        x, weights = run_blocks(self.blocks, x, cache, context=context, mask=mask, causal=causal,
-                                context_mask=context_mask, rope=rope, bias=bias, return_weights=return_weights)
-        if cache is not None and slots is None:
-            cache.length += T
+        attention_mask: (B, keys) padding of this side's keys, 1 = token (the decoder's: past + T, or a static
+        cache's max_len); context / context_mask: the memory (B, S, d_model) and its padding (B, 1, 1, S), decoder
+        only. cache: the decoder's state; new tokens continue at its positions."""
+        T = ids.shape[1]
+        step = step_positions(cache, ids, attention_mask=attention_mask, causal=self.decoder)
+        rope, bias = self.relative(step.positions, step.q_pos, step.keys)  # bias: (1, H, T, keys) or None
+        x = self.embed(ids, step.positions)  # (B, T, d_model)
+        x, weights = run_blocks(self.blocks, x, cache, context=context, context_mask=context_mask, rope=rope,
+                                bias=bias, return_weights=return_weights, **step.block_kwargs())
+        if cache is not None:
+            cache.commit(T)
         return self.norm(x), weights
 
 
@@ -81,9 +75,9 @@ class EncoderDecoder(QKVModel):
     """A sequence-to-sequence model.
 
     forward(input_ids (B, S), decoder_input_ids (B, T), attention_mask (B, S)) -> logits (B, T, V).
-    With ``cache = model.new_cache(B)`` the source is encoded at the first call and kept in ``cache.extra``;
-    later calls feed only the new target tokens (``input_ids`` is then not read again) and give the same logits
-    as one full pass.
+    With ``cache = model.new_cache(B)`` the source is encoded at the first call and kept in the cache
+    (``cache.memory``, ``cache.memory_mask``); later calls feed only the new target tokens (``input_ids`` is then not
+    read again) and give the same logits as one full pass.
     """
 
     def __init__(self, config: ModelConfig):
@@ -122,15 +116,26 @@ class EncoderDecoder(QKVModel):
     def decoder_blocks(self):
         return self.decoder.blocks
 
+    def layer_mixers(self) -> list[tuple[str, int | None]]:
+        """Every block of both stacks is full softmax attention, encoder first."""
+        return [("attention", None)] * (self.config.n_layers + self.config.n_decoder_layers)
+
+    def stack(self) -> str:
+        letters, legend = pattern_letters(self.layer_mixers())
+        n = self.config.n_layers
+        return f"{letters[:n]} | {letters[n:]} (encoder | decoder; {legend})"
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        return count_flops(self, seq_len, tied_head=self.config.tie_embeddings)
+
     # -- the two halves -------------------------------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                return_weights: bool = False):
         """input_ids (B, S), attention_mask (B, S) with 1 = token, 0 = padding -> memory (B, S, d_model),
         or (memory, list of (B, H, S, S) per layer) when ``return_weights``."""
-        _check_ids(input_ids, self.config.vocab_size)
+        check_ids(input_ids, self.config.vocab_size)
         _check_mask("attention_mask", attention_mask, input_ids.shape)
-        mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, S)
-        memory, weights = self.encoder(input_ids, mask=mask, return_weights=return_weights)
+        memory, weights = self.encoder(input_ids, attention_mask=attention_mask, return_weights=return_weights)
         return (memory, [w.self_attn for w in weights]) if return_weights else memory
 
     def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor, *,
@@ -140,23 +145,22 @@ class EncoderDecoder(QKVModel):
         memory (B, S, d_model): the encoder's output. attention_mask (B, S): the SOURCE padding (1 = token).
         cache: from ``new_cache``; positions continue from cache.length, and the cross-attention keys and values
         are computed from the memory once, at the first step. decoder_attention_mask: (B, past + T) target padding
-        ((B, max_len) after ``cache.use_slots``: static decoding, as in DecoderLM.forward).
+        ((B, max_len) for a static cache, as in DecoderLM.forward).
         last_only: logits for the last position only.
 
         Returns logits (B, T or 1, V), or (logits, Seq2SeqWeights) when ``return_weights``."""
-        _check_ids(decoder_input_ids, self.config.vocab_size)
+        check_ids(decoder_input_ids, self.config.vocab_size)
         if memory.dim() != 3 or memory.shape[0] != decoder_input_ids.shape[0] \
                 or memory.shape[2] != self.config.d_model:
             raise ValueError(f"memory must be (B, S, d_model) = ({decoder_input_ids.shape[0]}, S, "
                              f"{self.config.d_model}), got shape {tuple(memory.shape)}")
         B, S = memory.shape[:2]
         _check_mask("attention_mask", attention_mask, (B, S))
-        keys = (cache.max_len if cache.slots is not None else cache.length + decoder_input_ids.shape[1]) \
-            if cache is not None else decoder_input_ids.shape[1]
-        _check_mask("decoder_attention_mask", decoder_attention_mask, (B, keys))
+        T = decoder_input_ids.shape[1]
+        _check_mask("decoder_attention_mask", decoder_attention_mask, (B, T if cache is None else cache.keys(T)))
         x, weights = self.decoder(
             decoder_input_ids, context=memory, cache=cache, return_weights=return_weights,
-            mask=None if decoder_attention_mask is None else padding_mask(decoder_attention_mask),
+            attention_mask=decoder_attention_mask,
             context_mask=None if attention_mask is None else padding_mask(attention_mask))
         if last_only:
             x = x[:, -1:]
@@ -174,20 +178,18 @@ class EncoderDecoder(QKVModel):
         """input_ids (B, S) source, decoder_input_ids (B, T) target (teacher forcing: the shifted reference),
         attention_mask (B, S) source padding (1 = token, 0 = padding).
 
-        With a cache, the first call encodes the source and stores the memory and its mask in ``cache.extra``
-        (beam search's ``cache.reorder`` keeps them in step); later calls reuse them.
+        With a cache, the first call encodes the source and keeps the memory and its mask in it (``cache.memory``,
+        ``cache.memory_mask``; beam search's ``cache.reorder`` keeps them in step); later calls reuse them.
 
         Returns logits (B, T, V), or (logits, Seq2SeqWeights) when ``return_weights``."""
         encoder_weights = []
-        if cache is not None and "memory" in cache.extra:
-            memory, attention_mask = cache.extra["memory"], cache.extra.get("source_mask")
+        if cache is not None and cache.memory is not None:
+            memory, attention_mask = cache.memory, cache.memory_mask
         else:
             encoded = self.encode(input_ids, attention_mask, return_weights=return_weights)
             memory, encoder_weights = encoded if return_weights else (encoded, [])
             if cache is not None:
-                cache.extra["memory"] = memory
-                if attention_mask is not None:
-                    cache.extra["source_mask"] = attention_mask
+                cache.memory, cache.memory_mask = memory, attention_mask
         out = self.decode(decoder_input_ids, memory, attention_mask=attention_mask, cache=cache,
                           last_only=last_only, return_weights=return_weights,
                           decoder_attention_mask=decoder_attention_mask)
@@ -200,3 +202,33 @@ def _check_mask(name: str, mask, shape) -> None:
     if mask is not None and tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (1 = token, 0 = padding), "
                          f"got {tuple(mask.shape)}")
+
+
+class Seq2SeqDecoding(Decoding):
+    """A source encoded once (its output kept in the cache), a target started from ``decoder_start_token_id``: the
+    output is the target, the source is not part of it."""
+    has_source = True
+
+    def prompt_length(self, input_ids):
+        return 1  # the decoder starts from one token
+
+    def source_length(self, input_ids):
+        return input_ids.shape[1]
+
+    def prefill(self, model, input_ids, attention_mask, cache, positions):
+        start = getattr(model.config, "decoder_start_token_id", None)
+        if start is None:
+            raise ValueError("an encoder-decoder model needs config.decoder_start_token_id to start decoding")
+        cache.memory = model.encode(input_ids, attention_mask=attention_mask)  # (B, S, d_model)
+        cache.memory_mask = attention_mask
+        prefix = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
+        logits = model.decode(prefix, cache.memory, attention_mask=attention_mask, cache=cache, last_only=True)
+        return Prefilled(prefix, None, logits[:, -1])
+
+    def step(self, model, tokens, cache, state):
+        return model.decode(tokens, cache.memory, attention_mask=cache.memory_mask, cache=cache, last_only=True)
+
+    def teacher_forced(self, model, input_ids, tokens):
+        device = next(model.parameters()).device
+        target = torch.tensor([[model.config.decoder_start_token_id] + list(tokens[:-1])], device=device)
+        return model(torch.tensor([list(input_ids)], device=device), target)[0]

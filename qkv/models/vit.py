@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .common import QKVModel, final_norm, make_block, run_blocks
-from .decoder import _init_weights
+from .common import QKVModel, count_flops, final_norm, init_weights, make_block, run_blocks
 
 
 class PatchEmbedding(nn.Module):
@@ -50,9 +49,12 @@ class ViT(QKVModel):
         self.blocks = nn.ModuleList(make_block(config, layer=i) for i in range(config.n_layers))
         self.norm = final_norm(config)
         self.head = nn.Linear(config.d_model, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.trunc_normal_(self.positions, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        return count_flops(self, seq_len, tied_head=False)  # a class head, no output layer over a vocabulary
 
     def hidden_states(self, pixel_values: torch.Tensor, *, return_weights: bool = False):
         """(B, C, H, W) -> (B, 1 + N, d_model), the class token first; (hidden, list of BlockWeights) with

@@ -1,6 +1,7 @@
 """Modules with parameters, built from primitives (d_model, n_heads), never from ModelConfig."""
 from .attention import MultiHeadAttention
 from .block import Block, BlockWeights
+from .cache import Cache, CacheSnapshot, CrossKVCache, KVCache, LayerCache, RecurrentCache
 from .gated import DeltaNet, GatedLinearAttention, Mamba2, short_conv
 from .layers import ACTIVATIONS, NORMS, FeedForward, LayerNorm, RMSNorm, make_norm
 from .mixers import LinearAttention, MemoryAttention, MultiScaleRetention, retention_decays
@@ -9,7 +10,8 @@ from .rwkv import RWKVBlock, RWKVChannelMix, RWKVTimeMix
 from .rwkv6 import RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix
 from .rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 
-__all__ = ["MultiHeadAttention", "Block", "BlockWeights", "FeedForward", "LayerNorm", "RMSNorm", "make_norm",
+__all__ = ["MultiHeadAttention", "Block", "BlockWeights", "Cache", "CacheSnapshot", "CrossKVCache", "KVCache",
+           "LayerCache", "RecurrentCache", "FeedForward", "LayerNorm", "RMSNorm", "make_norm",
            "ACTIVATIONS", "NORMS", "ALiBi", "LearnedPositions", "RotaryEmbedding", "SinusoidalPositions",
            "T5RelativeBias", "alibi_slopes", "LinearAttention", "MultiScaleRetention", "MemoryAttention",
            "retention_decays", "RWKVBlock", "RWKVTimeMix", "RWKVChannelMix", "RWKV5TimeMix", "RWKV6TimeMix",

@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cache import CrossKVCache, KVCache
 from ..ops.attention import SCORES, attention
 from ..ops.rope import apply_rope
+from .cache import CrossKVCache, KVCache
 
 
 class MultiHeadAttention(nn.Module):
@@ -57,10 +57,12 @@ class MultiHeadAttention(nn.Module):
             self.W_k = nn.Parameter(torch.randn(head_dim, head_dim) * head_dim ** -0.5)
             self.v = nn.Parameter(torch.randn(head_dim) * head_dim ** -0.5)
 
-    def new_cache(self, max_len: int | None = None, *, window: int | None = None) -> KVCache:
+    def new_cache(self, max_len: int | None = None, *, window: int | None = None, static: bool = False,
+                  rewind: int = 0) -> KVCache:
         """An empty self-attention cache for this layer (buffers allocated on first use). With ``window`` (the
-        layer's sliding window) it keeps only the keys a later query can see: memory bounded by the window."""
-        return KVCache(max_len, window=window)
+        layer's sliding window) it keeps only the keys a later query can see (plus ``rewind``): memory bounded by
+        the window. static: fixed shapes (see ``qkv.nn.cache``)."""
+        return KVCache(max_len, window=window, static=static, rewind=rewind)
 
     def _score_params(self):
         if self.score == "bilinear":
@@ -75,13 +77,14 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, mask=None, causal: bool = False,
                 cache: KVCache | CrossKVCache | None = None, return_weights: bool = False, rope=None, bias=None,
-                window: int | None = None):
+                window: int | None = None, token_mask=None):
         """x: (B, T, d_model). context: (B, S, d_model) for cross-attention (None: self-attention).
 
         mask: bool (True = may attend) or float additive, broadcastable to (B, H, T, S). causal / window: see
-        ``qkv.ops.attention``. cache: a KVCache (self-attention: new keys are appended, queries see all keys so
-        far) or a CrossKVCache (cross-attention: context keys computed once). rope: (cos, sin) tables for x's
-        positions. bias: float logits bias (ALiBi, T5 relative positions).
+        ``qkv.ops.attention``. cache: a KVCache (self-attention: the new keys are written at the cache's positions
+        for them, and the queries see the keys it hands back) or a CrossKVCache (cross-attention: context keys
+        computed once). rope: (cos, sin) tables for x's positions. bias: float logits bias (ALiBi, T5 relative
+        positions). token_mask: the recurrent mixers' (B, T) padding; attention reads padding from ``mask``.
 
         Returns (B, T, d_model), or (out, weights (B, H, T, S)) when ``return_weights``."""
         if x.dim() != 3:
@@ -96,7 +99,7 @@ class MultiHeadAttention(nn.Module):
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if cache is not None:
-                k, v = cache.update(k, v)  # (B, G, S, D): all keys so far (a rolling cache: the last S)
+                k, v = cache.update(k, v)  # (B, G, S, D): the keys to see (a rolling cache: the last S)
                 S = k.shape[2]
                 # a rolling cache returns only the keys still in the window: align the mask and bias to them
                 if mask is not None and mask.shape[-1] > S:

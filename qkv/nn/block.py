@@ -58,17 +58,17 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, mask=None, causal: bool = False,
                 context_mask=None, cache=None, rope=None, bias=None, context_bias=None, window: int | None = None,
-                return_weights: bool = False):
+                return_weights: bool = False, token_mask=None):
         """x: (B, T, d_model); context: (B, S, d_model) encoder output when the block has cross-attention.
 
-        mask / causal / window / rope / bias go to the mixer; context_mask / context_bias to cross-attention.
-        cache: a ``qkv.cache.LayerCache`` (its ``mixer`` and ``cross`` entries) or None.
+        mask / causal / window / rope / bias / token_mask go to the mixer; context_mask / context_bias to
+        cross-attention. cache: a ``qkv.nn.cache.LayerCache`` (its ``mixer`` and ``cross`` entries) or None.
         Returns x, or (x, BlockWeights) when ``return_weights``."""
         weights = BlockWeights()
         mixer_cache = None if cache is None else cache.mixer
         x, weights.self_attn = self._sublayer(x, self.norm_mixer, lambda h: self.mixer(
             h, mask=mask, causal=causal, cache=mixer_cache, rope=rope, bias=bias, window=window,
-            return_weights=return_weights), self.post_norm_mixer)
+            return_weights=return_weights, token_mask=token_mask), self.post_norm_mixer)
         if self.cross is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass context (the encoder output, (B, S, d_model))")

@@ -55,7 +55,7 @@ def make_norm(kind: str, dim: int, *, eps: float, bias: bool = True, offset: flo
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
-_ACTIVATIONS = {
+PLAIN_ACTIVATIONS = {
     "relu": F.relu,  # the original Transformer
     "gelu": F.gelu,  # BERT (erf form)
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
@@ -63,7 +63,7 @@ _ACTIVATIONS = {
 }
 _GATED = {"swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": lambda x: F.gelu(x, approximate="tanh"),
           "reglu": F.relu}
-ACTIVATIONS = tuple(_ACTIVATIONS) + tuple(_GATED)
+ACTIVATIONS = tuple(PLAIN_ACTIVATIONS) + tuple(_GATED)
 
 
 class FeedForward(nn.Module):
@@ -78,7 +78,7 @@ class FeedForward(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.gated = activation in _GATED
-        self.act = _GATED[activation] if self.gated else _ACTIVATIONS[activation]
+        self.act = _GATED[activation] if self.gated else PLAIN_ACTIVATIONS[activation]
         self.d_ff = d_ff
         self.w_in = nn.Linear(d_model, (2 if self.gated else 1) * d_ff, bias=bias)
         self.w_out = nn.Linear(d_ff, d_model, bias=bias)

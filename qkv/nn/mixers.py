@@ -2,14 +2,17 @@
 a compressive-memory hybrid of softmax and linear attention. (RWKV-4 needs a state in its FFN too: see rwkv.py.)
 
 Each layer trains with the chunk form of its op (matmul-friendly, O(T * chunk)) and decodes through a fixed-size
-state: ``new_cache()`` returns a ``qkv.cache.RecurrentCache`` whose size never grows with the tokens fed. A forward
-with a cache continues the cached sequence: a prompt goes through the chunk form starting from the state, a single
-token through the recurrent step; both equal the full pass.
+state: ``new_cache()`` returns a ``qkv.nn.cache.RecurrentCache`` whose size never grows with the tokens fed. A
+forward with a cache continues the cached sequence: a prompt goes through the chunk form starting from the state, a
+single token through the recurrent step; both equal the full pass.
 
 forward(x, context=None, *, mask=None, causal=True, cache=None, return_weights=False, rope=None, bias=None,
-window=None) takes the same arguments as MultiHeadAttention so that Block can hold any mixer. What a layer cannot
-honour raises instead of being ignored: cross-attention (context), padding masks (the state sums every token fed;
-left padding would leak into it), logit biases (ALiBi, T5) and windows.
+window=None, token_mask=None) takes the same arguments as MultiHeadAttention so that Block can hold any mixer.
+Padding comes as ``token_mask`` (B, T), True at real tokens: a padded token adds nothing to the state (its key's
+contribution is zeroed; the state before it is empty, since padding is on the left of a prompt, so its decay does
+not matter) and its output is zero, so a left-padded row gives what the row alone gives. What a layer cannot
+honour raises instead of being ignored: cross-attention (context), key masks (``mask``: the state has no keys to
+mask), logit biases (ALiBi, T5) and windows.
 
 return_weights gives (out, weights (B, H, T, T)): the implicit attention map of the layer's parallel form, the
 matrix that multiplies the values (before the output projection, gates and norms). A recurrent state keeps earlier
@@ -23,22 +26,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cache import RecurrentCache
 from ..ops.attention import attention
 from ..ops.linear_attention import LinearAttentionState, feature_map_fn, linear_attention
 from ..ops.retention import RetentionState, retention
 from ..ops.rope import apply_rope
+from .cache import RecurrentCache
 
 
 def check_mixer_call(layer: str, *, context=None, mask=None, bias=None, window=None, rope=None, causal=True,
-                     rope_ok: bool = False, noncausal_ok: bool = False, cache=None) -> None:
-    """Raise on the MultiHeadAttention arguments a recurrent layer cannot honour (shared by every mixer here)."""
+                     rope_ok: bool = False, noncausal_ok: bool = False, cache=None, token_mask=None) -> None:
+    """Raise on the MultiHeadAttention arguments a recurrent layer cannot honour (shared by every mixer here). Beside
+    ``token_mask`` (which a model always passes with them), ``mask`` and ``causal`` are the stack's arguments for its
+    attention layers (key padding, or a static cache's mask holding causality): this layer reads ``token_mask``."""
     if context is not None:
         raise ValueError(f"{layer} is a self-attention mixer: context must be None, got a tensor of shape "
                          f"{tuple(context.shape)} (use MultiHeadAttention for cross-attention)")
-    if mask is not None:
-        raise NotImplementedError(f"{layer} takes no padding mask (got one): its state sums every token fed, so "
-                                  "feed unpadded (or right-padded) sequences without attention_mask")
+    if mask is not None and token_mask is None:
+        raise NotImplementedError(f"{layer} takes no padding mask (got one): its state has no keys to mask; pass "
+                                  "the padding as token_mask (B, T), True at real tokens")
     if bias is not None:
         raise ValueError(f"{layer} takes no logits bias (ALiBi / T5 relative positions); got one: use "
                          "position='none', 'learned' or (retention) 'rope'")
@@ -46,7 +51,7 @@ def check_mixer_call(layer: str, *, context=None, mask=None, bias=None, window=N
         raise ValueError(f"{layer} has no sliding window; got window={window!r}, expected None")
     if rope is not None and not rope_ok:
         raise ValueError(f"{layer} takes no rotary tables; got rope tables: use position='none' or 'learned'")
-    if not causal and not noncausal_ok:
+    if not causal and not noncausal_ok and token_mask is None:
         raise ValueError(f"{layer} is causal by construction; got causal=False")
     if cache is not None and not isinstance(cache, RecurrentCache):
         raise TypeError(f"{layer} needs a RecurrentCache from its new_cache(), got {type(cache).__name__}")
@@ -57,6 +62,21 @@ def check_weights_call(layer: str, cache, return_weights: bool) -> None:
     if return_weights and cache is not None and cache.length:
         raise ValueError(f"{layer}: return_weights=True needs no cache or an empty one (the state holds "
                          f"{cache.length} earlier tokens only as a sum, so they have no weights)")
+
+
+def real_tokens(x: torch.Tensor, token_mask: torch.Tensor | None, fill: float = 0.0) -> torch.Tensor:
+    """x (B, T, ...) with every entry of a padded token (``token_mask`` (B, T) False) set to ``fill``."""
+    if token_mask is None:
+        return x
+    keep = token_mask.view(*token_mask.shape, *[1] * (x.dim() - 2))
+    return torch.where(keep, x, torch.full((), fill, dtype=x.dtype, device=x.device))
+
+
+def real_heads(x: torch.Tensor, token_mask: torch.Tensor | None, fill: float = 0.0) -> torch.Tensor:
+    """x (B, H, T, D) with every entry of a padded token set to ``fill``."""
+    if token_mask is None:
+        return x
+    return torch.where(token_mask[:, None, :, None], x, torch.full((), fill, dtype=x.dtype, device=x.device))
 
 
 def _split_heads(x: torch.Tensor, n: int, d: int) -> torch.Tensor:
@@ -96,28 +116,34 @@ class LinearAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * n_heads * self.head_dim, bias=bias)
         self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
 
-    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
+    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
         """An empty state (S, z), allocated on first use; max_len is accepted for the common interface."""
-        return RecurrentCache()
+        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None):
+                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
         """x: (B, T, d_model) -> (B, T, d_model); with ``cache`` the tokens continue the cached sequence."""
         check_mixer_call("LinearAttention", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, noncausal_ok=cache is None, cache=cache)
+                         causal=causal, noncausal_ok=cache is None, cache=cache, token_mask=token_mask)
         check_weights_call("LinearAttention", cache, return_weights)
         H, D = self.n_heads, self.head_dim
         q, k, v = (_split_heads(t, H, D) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
+        feature_map = self.feature_map
+        if token_mask is not None:  # phi(k) = 0 at padding: neither S nor z sees it
+            phi = feature_map_fn(feature_map)
+            cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+            q, k, feature_map = phi(q.to(cdt)), real_heads(phi(k.to(cdt)), token_mask), None
         state = LinearAttentionState(cache["S"], cache["z"]) if cache is not None and "S" in cache else None
         # The recurrent form is the decode step; the chunk form serves training and prompts (same function).
         mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        y, *weights, state = linear_attention(q, k, v, causal=causal, mode=mode, feature_map=self.feature_map,
+        causal = causal or cache is not None  # a cached forward continues a sequence (a static stack says False)
+        y, *weights, state = linear_attention(q, k, v, causal=causal, mode=mode, feature_map=feature_map,
                                               chunk_size=self.chunk_size, initial_state=state, return_state=True,
                                               return_weights=return_weights, eps=self.eps)
         if cache is not None:
             cache["S"], cache["z"] = state.S, state.z  # (B, H, D, D), (B, H, D)
-            cache.length += x.shape[1]
-        out = self.out(_merge_heads(y))
+            cache.commit(x.shape[1])
+        out = self.out(real_tokens(_merge_heads(y), token_mask))
         return (out, weights[0]) if return_weights else out
 
 
@@ -161,15 +187,15 @@ class MultiScaleRetention(nn.Module):
             self._decays[device] = retention_decays(self.n_heads, device=device)
         return self._decays[device]
 
-    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
+    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
         """An empty state S (B, H, D, Dv), allocated on first use."""
-        return RecurrentCache()
+        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None):
+                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
         """x: (B, T, d_model) -> (B, T, d_model). rope: (cos, sin) tables for the new tokens' positions."""
         check_mixer_call("MultiScaleRetention", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, rope_ok=True, cache=cache)
+                         causal=causal, rope_ok=True, cache=cache, token_mask=token_mask)
         check_weights_call("MultiScaleRetention", cache, return_weights)
         B, T, _ = x.shape
         H, D, Dv = self.n_heads, self.head_dim, self.value_dim
@@ -177,6 +203,7 @@ class MultiScaleRetention(nn.Module):
         q, k, v = _split_heads(q, H, D), _split_heads(k, H, D), _split_heads(v, H, Dv)  # (B, H, T, D|Dv)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k = real_heads(k, token_mask)  # padding writes nothing into S
         state = RetentionState(cache["S"]) if cache is not None and "S" in cache else None
         mode = "recurrent" if cache is not None and T == 1 else "chunk"
         y, *weights, state = retention(q, k, v, self.decays(x.device), mode=mode, chunk_size=self.chunk_size,
@@ -184,13 +211,13 @@ class MultiScaleRetention(nn.Module):
                                        return_weights=return_weights)  # (B, H, T, Dv)
         if cache is not None:
             cache["S"] = state.S
-            cache.length += T
+            cache.commit(T)
         # GroupNorm per head, per token, in float32 (Sec. 2.2: the heads' variances differ).
         ndt = torch.promote_types(x.dtype, torch.float32)
         y = _merge_heads(y).reshape(B * T, H * Dv).to(ndt)
         y = F.group_norm(y, H, self.norm.weight.to(ndt), self.norm.bias.to(ndt), self.norm.eps)
         y = y.to(x.dtype).view(B, T, H * Dv)
-        out = self.out(F.silu(self.gate(x)) * y)
+        out = self.out(real_tokens(F.silu(self.gate(x)) * y, token_mask))
         return (out, weights[0]) if return_weights else out
 
 
@@ -220,9 +247,10 @@ class MemoryAttention(nn.Module):
         self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.beta = nn.Parameter(torch.zeros(n_heads))  # sigmoid(0) = 1/2: local and memory mixed evenly
 
-    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
-        """An empty state: memory M (B, H, D, D), z (B, H, D), segment buffers (B, H, segment, D)."""
-        return RecurrentCache()
+    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
+        """An empty state: memory M (B, H, D, D), z (B, H, D), segment buffers (B, H, segment, D), and each row's
+        count of real tokens ``pos`` (B,) (rows of a left-padded batch sit at different places in their segments)."""
+        return RecurrentCache(static=static)
 
     def _retrieve(self, fq, M, z):
         """sigma(q) M / (sigma(q) . z + eps); an empty memory (first segment) reads 0."""
@@ -233,15 +261,18 @@ class MemoryAttention(nn.Module):
         return (g * mem + (1 - g) * local.to(mem.dtype)).to(dtype)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None):
+                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
         """x: (B, T, d_model) -> (B, T, d_model); with ``cache`` the tokens continue the cached sequence."""
         check_mixer_call("MemoryAttention", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache)
+                         causal=causal, cache=cache, token_mask=token_mask)
         check_weights_call("MemoryAttention", cache, return_weights)
         H, D = self.n_heads, self.head_dim
         q, k, v = (_split_heads(t, H, D) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
-        y = self._parallel(q, k, v) if cache is None else self._continue(q, k, v, cache)
-        out = self.out(_merge_heads(y))
+        if cache is None and token_mask is None:
+            y = self._parallel(q, k, v)
+        else:
+            y = self._continue(q, k, v, RecurrentCache() if cache is None else cache, token_mask)
+        out = self.out(real_tokens(_merge_heads(y), token_mask))
         return (out, self.weights(q, k)) if return_weights else out
 
     def weights(self, q, k):
@@ -275,8 +306,10 @@ class MemoryAttention(nn.Module):
         mem = self._retrieve(fq, M, z)  # (B, H, N, C, D)
         return self._mix(mem, local, q.dtype).reshape(B, H, N * C, D)[:, :, :T]
 
-    def _continue(self, q, k, v, cache: RecurrentCache):
-        """Tokens after the cached ones, piece by piece so that no piece crosses a segment boundary."""
+    def _continue(self, q, k, v, cache: RecurrentCache, token_mask=None):
+        """Tokens after the cached ones (or the first ones, padded), in pieces of at most ``segment`` tokens, so that
+        no piece crosses more than one segment boundary of any row. Per row: its real tokens' places ``r`` count
+        from its own first real token (``pos``), which fixes its segments; padding takes none."""
         B, H, T, D = q.shape
         C = self.segment
         cdt = torch.promote_types(q.dtype, torch.float32)
@@ -284,23 +317,48 @@ class MemoryAttention(nn.Module):
             cache["M"] = q.new_zeros(B, H, D, D, dtype=cdt)
             cache["z"] = q.new_zeros(B, H, D, dtype=cdt)
             cache["k"], cache["v"] = q.new_zeros(B, H, C, D), v.new_zeros(B, H, C, D)  # preallocated segment
-        outs, start = [], 0
-        while start < T:
-            fill = cache.length % C  # tokens of the current segment already in the buffer
-            P = min(C - fill, T - start)
-            qp, kp, vp = (t[:, :, start:start + P] for t in (q, k, v))
-            keys = torch.cat([cache["k"][:, :, :fill], kp], 2)  # (B, H, fill + P, D)
-            vals = torch.cat([cache["v"][:, :, :fill], vp], 2)
-            local = attention(qp, keys, vals, causal=True)  # queries are the last P of the fill + P keys
-            mem = self._retrieve(F.elu(qp.to(cdt)) + 1, cache["M"], cache["z"])
-            outs.append(self._mix(mem, local, q.dtype))
-            # Out of place, so the buffer's size stays fixed and autograd sees no in-place writes.
-            cache["k"] = torch.cat([keys, cache["k"][:, :, fill + P:]], 2)
-            cache["v"] = torch.cat([vals, cache["v"][:, :, fill + P:]], 2)
-            cache.length += P
-            start += P
-            if cache.length % C == 0:  # segment complete: write it to the memory (eq. 4)
-                fk = F.elu(cache["k"].to(cdt)) + 1
-                cache["M"] = cache["M"] + fk.transpose(-1, -2) @ cache["v"].to(cdt)
-                cache["z"] = cache["z"] + fk.sum(-2)
+            cache["pos"] = torch.zeros(B, dtype=torch.long, device=q.device)
+        valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if token_mask is None else token_mask.bool()
+        outs = [self._piece(*(t[:, :, i:i + C] for t in (q, k, v)), valid[:, i:i + C], cache)
+                for i in range(0, T, C)]
+        cache.commit(T)
         return torch.cat(outs, 2) if outs else q.new_zeros(B, H, 0, D)
+
+    def _piece(self, q, k, v, valid, cache: RecurrentCache):
+        """P <= segment new tokens of every row against the state: local attention over the current segment's keys
+        (buffered ones, then new ones), retrieval from the memory of the completed segments (M, z, plus the keys of
+        this piece whose segment a later query of the piece has left), and the state after. Tensor ops only (no
+        host read, no branch on values): the decode step and the compiled step. q, k, v (B, H, P, D); valid (B, P)."""
+        C, P = self.segment, q.shape[2]
+        cdt = torch.promote_types(q.dtype, torch.float32)
+        pos, M, z, bk, bv = cache["pos"], cache["M"], cache["z"], cache["k"], cache["v"]
+        r = pos[:, None] + valid.long().cumsum(1) - 1  # (B, P): each new real token's place in its row
+        seg0 = pos // C  # (B,): the segment the buffer holds
+        slot = torch.arange(C, device=q.device)
+        k_pos = torch.cat([seg0[:, None] * C + slot, r], 1)  # (B, C + P): positions of buffered and new keys
+        k_ok = torch.cat([slot < (pos % C)[:, None], valid], 1)  # buffered slots written, new keys real
+        k_seg, q_seg = k_pos // C, r // C
+        keys, vals = torch.cat([bk, k], 2), torch.cat([bv, v], 2)  # (B, H, C + P, D)
+        local_ok = k_ok[:, None, :] & (k_seg[:, None, :] == q_seg[:, :, None]) & (k_pos[:, None, :] <= r[:, :, None])
+        local = attention(q, keys, vals, mask=local_ok[:, None])  # (B, H, P, D); a query with no key gets 0
+        fq, fk = F.elu(q.to(cdt)) + 1, F.elu(keys.to(cdt)) + 1  # sigma = elu + 1
+        in_memory = k_ok[:, None, :] & (k_seg[:, None, :] < q_seg[:, :, None])  # (B, P, C + P): completed, not in M
+        A = (fq @ fk.transpose(-1, -2)) * in_memory[:, None]  # (B, H, P, C + P)
+        num = fq @ M + A @ vals.to(cdt)
+        den = (fq * z.unsqueeze(-2)).sum(-1) + A.sum(-1)
+        mem = num / (den + self.eps).unsqueeze(-1)  # retrieval (eq. 3) from every completed segment
+        out = self._mix(mem, local, q.dtype)
+        # The state after the piece: completed segments folded into the memory (eq. 4), the current one buffered.
+        pos1 = pos + valid.sum(1)
+        seg1 = pos1 // C
+        fold = (k_ok & (k_seg < seg1[:, None])).to(cdt)[:, None, :, None]  # (B, 1, C + P, 1)
+        cache["M"] = M + (fk * fold).transpose(-1, -2) @ vals.to(cdt)
+        cache["z"] = z + (fk * fold).sum(-2)
+        keep = (valid & (q_seg == seg1[:, None])).to(k.dtype)  # new keys of the segment still open
+        into = (r % C)[:, :, None] == slot  # (B, P, C): the slot each new key goes to
+        place = into.to(k.dtype) * keep[:, :, None]
+        written = place.sum(1) > 0  # (B, C)
+        cache["k"] = torch.where(written[:, None, :, None], torch.einsum("bpc,bhpd->bhcd", place, k), bk)
+        cache["v"] = torch.where(written[:, None, :, None], torch.einsum("bpc,bhpd->bhcd", place, v), bv)
+        cache["pos"] = pos1
+        return out

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..ops._checks import checks_values
+from ..ops.checks import checks_values
 from ..ops.rope import check_rope_scaling, dynamic_frequencies, scaled_frequencies, rope_tables
 
 

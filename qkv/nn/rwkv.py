@@ -18,23 +18,26 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..cache import RecurrentCache
 from ..ops.wkv import WKVState, wkv4
 from .block import BlockWeights
+from .cache import RecurrentCache
 from .layers import LayerNorm
-from .mixers import check_mixer_call, check_weights_call
+from .mixers import check_mixer_call, check_weights_call, real_tokens
 
 
-def token_shift(x: torch.Tensor, cache: RecurrentCache | None, name: str) -> torch.Tensor:
+def token_shift(x: torch.Tensor, cache: RecurrentCache | None, name: str, token_mask=None) -> torch.Tensor:
     """The previous token's x at each position, (B, T, C): zeros before the first token (RWKV's ZeroPad2d shift),
-    or the cached last token of the earlier call; stores this call's last token under ``name``."""
+    or the cached last token of the earlier call; stores this call's last token under ``name``. Padding
+    (``token_mask`` (B, T) False) counts as zeros, so a row's first real token sees zeros before it."""
+    x = real_tokens(x, token_mask)
     if cache is not None and name in cache:
         prev = cache[name].unsqueeze(1).to(x.dtype)  # (B, 1, C)
     else:
         prev = x.new_zeros(x.shape[0], 1, x.shape[2])
+    shifted = torch.cat([prev, x[:, :-1]], 1)  # before the write: a static cache is written in place
     if cache is not None and x.shape[1]:
         cache[name] = x[:, -1]
-    return torch.cat([prev, x[:, :-1]], 1)
+    return shifted
 
 
 def _mix(x, prev, mu):
@@ -74,20 +77,21 @@ class RWKVTimeMix(nn.Module):
         self.receptance = nn.Linear(d_model, d_att, bias=False)
         self.output = nn.Linear(d_att, d_model, bias=False)
 
-    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
+    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
         """One state for the whole RWKV block (time mix and channel mix), allocated on first use."""
-        return RecurrentCache()
+        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None):
+                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
         """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
         check_mixer_call("RWKVTimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache)
+                         causal=causal, cache=cache, token_mask=token_mask)
         check_weights_call("RWKVTimeMix", cache, return_weights)
-        prev = token_shift(x, cache, "att_shift")
+        prev = token_shift(x, cache, "att_shift", token_mask)
         r = torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r)))
         k = self.key(_mix(x, prev, self.time_mix_k))  # (B, T, d_att)
         v = self.value(_mix(x, prev, self.time_mix_v))
+        k = real_tokens(k, token_mask, float("-inf"))  # weight e^k = 0: padding adds nothing to the sums
         state = WKVState(cache["a"], cache["b"], cache["p"]) if cache is not None and "a" in cache else None
         mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
         wkv, *weights, state = wkv4(torch.exp(self.time_decay), self.time_first, k, v, mode=mode,
@@ -95,8 +99,8 @@ class RWKVTimeMix(nn.Module):
                                     return_weights=return_weights)
         if cache is not None:
             cache["a"], cache["b"], cache["p"] = state.a, state.b, state.p
-            cache.length += x.shape[1]
-        out = self.output(r * wkv)
+            cache.commit(x.shape[1])
+        out = self.output(real_tokens(r * wkv, token_mask))  # a padded query sees no key: 0 / 0
         if not return_weights:
             return out
         B, C, T, _ = weights[0].shape  # (B, C, T, T): one map per channel, averaged over groups of channels
@@ -116,9 +120,9 @@ class RWKVChannelMix(nn.Module):
         self.receptance = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_ff, d_model, bias=False)
 
-    def forward(self, x, cache: RecurrentCache | None = None):
+    def forward(self, x, cache: RecurrentCache | None = None, token_mask=None):
         """x: ln2 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
-        prev = token_shift(x, cache, "ffn_shift")
+        prev = token_shift(x, cache, "ffn_shift", token_mask)
         k = torch.relu(self.key(_mix(x, prev, self.time_mix_k))) ** 2  # (B, T, d_ff)
         return torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r))) * self.value(k)
 
@@ -150,9 +154,10 @@ class RWKVBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *, context=None, mask=None, causal: bool = True, context_mask=None,
                 cache=None, rope=None, bias=None, context_bias=None, window=None, return_weights: bool = False,
-                shared: dict | None = None):
-        """x: (B, T, d_model). cache: a ``qkv.cache.LayerCache`` whose ``mixer`` entry is this block's state.
-        shared: a dict that lives for one forward of the stack (RWKV-7's value residual reads it).
+                shared: dict | None = None, token_mask=None):
+        """x: (B, T, d_model). cache: a ``qkv.nn.cache.LayerCache`` whose ``mixer`` entry is this block's state.
+        shared: a dict that lives for one forward of the stack (RWKV-7's value residual reads it). token_mask:
+        (B, T), True at real tokens: the state (token shifts included) skips padding.
         Returns x, or (x, BlockWeights) when ``return_weights`` (the time mix's implicit map, (B, H, T, T))."""
         if context is not None:
             raise ValueError("RWKVBlock has no cross-attention: context must be None")
@@ -161,8 +166,8 @@ class RWKVBlock(nn.Module):
             x = self.ln0(x)
         extra = {"shared": {} if shared is None else shared} if getattr(self.mixer, "takes_shared", False) else {}
         y = self.mixer(self.ln1(x), mask=mask, causal=causal, cache=state, rope=rope, bias=bias, window=window,
-                       return_weights=return_weights, **extra)
+                       return_weights=return_weights, token_mask=token_mask, **extra)
         y, weights = y if return_weights else (y, None)
         x = x + y
-        x = x + self.ffn(self.ln2(x), cache=state)
+        x = x + self.ffn(self.ln2(x), cache=state, token_mask=token_mask)
         return (x, BlockWeights(self_attn=weights)) if return_weights else x

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cache import RecurrentCache
 from ..ops.gla import GLAState, gla
-from .mixers import check_mixer_call, check_weights_call
+from .cache import RecurrentCache
+from .mixers import check_mixer_call, check_weights_call, real_tokens
 from .rwkv import token_shift
 
 
@@ -72,7 +72,7 @@ def _wkv(module, r, k, v, log_w, cache, return_weights):
                              return_state=True, return_weights=return_weights)
     if cache is not None:
         cache["S"] = state.S  # (B, H, N, N)
-        cache.length += r.shape[1]
+        cache.commit(r.shape[1])
     return from_heads(y), (weights[0] if weights else None)
 
 
@@ -102,23 +102,23 @@ class RWKV5TimeMix(nn.Module):
         self.output = nn.Linear(A, d_model, bias=False)
         self.ln_x = nn.GroupNorm(n_heads, A, eps=64e-5)
 
-    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
-        return RecurrentCache()
+    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
+        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None):
+                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
         """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)]."""
         check_mixer_call("RWKV5TimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache)
+                         causal=causal, cache=cache, token_mask=token_mask)
         check_weights_call("RWKV5TimeMix", cache, return_weights)
-        prev = token_shift(x, cache, "att_shift")
+        prev = token_shift(x, cache, "att_shift", token_mask)
         mix = lambda mu: x * mu + prev * (1 - mu)  # noqa: E731  (RWKV-4's interpolation)
-        r, k = self.receptance(mix(self.time_mix_r)), self.key(mix(self.time_mix_k))
+        r, k = self.receptance(mix(self.time_mix_r)), real_tokens(self.key(mix(self.time_mix_k)), token_mask)
         v = self.value(mix(self.time_mix_v))
         g = F.silu(self.gate(mix(self.time_mix_g)))
         log_w = -torch.exp(at_least_float32(self.time_decay)).view(1, self.n_heads, 1, self.head_size)  # (1, H, 1, N)
         y, weights = _wkv(self, r, k, v, log_w, cache, return_weights)
-        out = self.output(head_group_norm(y, self.ln_x) * g)
+        out = self.output(real_tokens(head_group_norm(y, self.ln_x) * g, token_mask))
         return (out, weights) if return_weights else out
 
 
@@ -155,28 +155,28 @@ class RWKV6TimeMix(nn.Module):
         self.output = nn.Linear(A, d_model, bias=False)
         self.ln_x = nn.GroupNorm(n_heads, A, eps=64e-5)
 
-    def new_cache(self, max_len: int | None = None) -> RecurrentCache:
-        return RecurrentCache()
+    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
+        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None):
+                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
         """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)]."""
         check_mixer_call("RWKV6TimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache)
+                         causal=causal, cache=cache, token_mask=token_mask)
         check_weights_call("RWKV6TimeMix", cache, return_weights)
         B, T, C = x.shape
-        xx = token_shift(x, cache, "att_shift") - x  # (B, T, C): towards the previous token
+        xx = token_shift(x, cache, "att_shift", token_mask) - x  # (B, T, C): towards the previous token
         low = torch.tanh((x + xx * self.time_maa_x) @ self.time_maa_w1).view(B, T, 5, -1)  # (B, T, 5, R)
         mw, mk, mv, mr, mg = torch.einsum("btfr,frc->fbtc", low, self.time_maa_w2)  # 5 x (B, T, C)
         r = self.receptance(x + xx * (self.time_maa_r + mr))
-        k = self.key(x + xx * (self.time_maa_k + mk))
+        k = real_tokens(self.key(x + xx * (self.time_maa_k + mk)), token_mask)  # padding adds nothing to S
         v = self.value(x + xx * (self.time_maa_v + mv))
         g = F.silu(self.gate(x + xx * (self.time_maa_g + mg)))
         xw = x + xx * (self.time_maa_w + mw)
         d = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2  # (B, T, A)
         log_w = to_heads(-torch.exp(at_least_float32(d)), self.n_heads)  # (B, H, T, N): log of exp(-exp(d)), <= 0
         y, weights = _wkv(self, r, k, v, log_w, cache, return_weights)
-        out = self.output(head_group_norm(y, self.ln_x) * g)
+        out = self.output(real_tokens(head_group_norm(y, self.ln_x) * g, token_mask))
         return (out, weights) if return_weights else out
 
 
@@ -192,8 +192,8 @@ class RWKV6ChannelMix(nn.Module):
         self.receptance = nn.Linear(d_model, d_model, bias=False)
         self.value = nn.Linear(d_ff, d_model, bias=False)
 
-    def forward(self, x, cache: RecurrentCache | None = None):
+    def forward(self, x, cache: RecurrentCache | None = None, token_mask=None):
         """x: ln2 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
-        xx = token_shift(x, cache, "ffn_shift") - x
+        xx = token_shift(x, cache, "ffn_shift", token_mask) - x
         k = torch.relu(self.key(x + xx * self.time_maa_k)) ** 2  # (B, T, d_ff)
         return torch.sigmoid(self.receptance(x + xx * self.time_maa_r)) * self.value(k)

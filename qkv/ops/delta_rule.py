@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_qkv_mode, checks_values
+from .checks import check_qkv_mode, checks_values
 from .gla import blocks, decayed_scores, prefix_sums, suffix_sums
 
 MODES = ("parallel", "recurrent", "chunk")

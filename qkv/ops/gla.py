@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_qkv_mode, checks_values
+from .checks import check_qkv_mode, checks_values
 
 MODES = ("parallel", "recurrent", "chunk")
 

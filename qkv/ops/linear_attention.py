@@ -32,7 +32,7 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_qkv_mode
+from .checks import check_qkv_mode
 
 FeatureMap = Union[str, None, Callable[[torch.Tensor], torch.Tensor]]
 MODES = ("parallel", "recurrent", "chunk")

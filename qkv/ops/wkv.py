@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import checks_values
+from .checks import checks_values
 
 MODES = ("parallel", "recurrent", "chunk")
 _NEGLIGIBLE = 60.0  # log-space cut below the row maximum (see _parallel)

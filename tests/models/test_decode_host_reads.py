@@ -1,14 +1,18 @@
-"""Decoding steps of every recurrent (and hybrid) preset read nothing back to the host: no .item(), bool(tensor),
+"""Decoding steps of every mixer (each recurrent and hybrid preset, softmax attention full and windowed, and one
+stack holding every mixer), through growing and static caches, read nothing back to the host: no .item(), bool(tensor),
 int(tensor), .tolist() or .numpy() per token, so a GPU never waits for the CPU between tokens. The probe wraps those
 Tensor methods; it is shown to see the reads an unguarded step makes (the value checks)."""
 import pytest
 import torch
 
 import qkv
-from qkv.ops._checks import trusted_values
+from qkv.config import PATTERN_LETTERS
+from qkv.ops.checks import trusted_values
 
 PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny", "rwkv5-tiny", "rwkv6-tiny",
-           "rwkv7-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny")
+           "rwkv7-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny",
+           "gpt2-tiny", "llama-tiny")
+EVERY = "".join(dict.fromkeys(PATTERN_LETTERS))  # one block of each mixer, sliding-window attention included
 _READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
 
 
@@ -32,13 +36,21 @@ def _steps(model, cache, token, n):
     return token
 
 
-@pytest.mark.parametrize("name", PRESETS)
-def test_decoding_steps_make_no_host_reads(name, monkeypatch):
+def _build(name):
+    if name == "every":
+        return qkv.build(qkv.preset("gla-tiny", layer_pattern=EVERY, n_layers=len(EVERY), window=3, position="none",
+                                    rwkv_ranks={"mix": 8, "decay": 16, "a": 16, "v": 8, "gate": 16}))
+    return qkv.build(qkv.preset(name))
+
+
+@pytest.mark.parametrize("name, static", [(n, False) for n in PRESETS] + [("every", False), ("every", True),
+                                                                         ("llama-tiny", True)])
+def test_decoding_steps_make_no_host_reads(name, static, monkeypatch):
     torch.manual_seed(0)
-    model = qkv.build(qkv.preset(name)).eval()
+    model = _build(name).eval()
     prompt = torch.randint(0, 256, (2, 70))  # longer than a memory segment (64): its buffer has wrapped once
     with torch.no_grad():
-        cache = model.new_cache(2)
+        cache = model.new_cache(2, 80, static=True) if static else model.new_cache(2)
         token = model(prompt, cache)[:, -1:].argmax(-1)
         token = _steps(model, cache, token, 2)  # first steps allocate what they need
         seen = _probe(monkeypatch)

@@ -156,7 +156,7 @@ def test_cache_keeps_the_memory_and_follows_reorder():
         full = model(src.flip(0), tgt.flip(0), mask.flip(0))
         cache = model.new_cache(2)
         first = model(src, tgt[:, :4], mask, cache=cache)
-        assert set(cache.extra) == {"memory", "source_mask"}
+        assert cache.memory.shape == (2, S, model.config.d_model) and torch.equal(cache.memory_mask, mask)
         cache.reorder(torch.tensor([1, 0]))  # beam search's survivors: swap the two rows
         rest = model(torch.zeros_like(src), tgt.flip(0)[:, 4:], cache=cache)  # the source is not re-read
     torch.testing.assert_close(torch.cat([first.flip(0), rest], dim=1), full, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import qkv
-from qkv.cache import KVCache, RecurrentCache
+from qkv.nn.cache import KVCache, RecurrentCache
 from qkv.nn import LinearAttention, MemoryAttention, MultiHeadAttention, MultiScaleRetention, RWKVBlock
 
 PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny", "rwkv5-tiny", "rwkv6-tiny",
@@ -209,10 +209,25 @@ def test_rwkv_hybrid_decodes_like_its_full_pass():
         torch.testing.assert_close(steps, model(ids), rtol=0, atol=1e-10)
 
 
-def test_padding_mask_is_refused_by_recurrent_layers():
-    model, ids = _model("linear-tiny"), _ids()
-    with pytest.raises(NotImplementedError, match="padding mask"):
-        model(ids, attention_mask=torch.ones_like(ids))
+@pytest.mark.parametrize("name", PRESETS)
+def test_left_padded_rows_equal_each_row_alone(name):
+    """Padding adds nothing to a recurrent state (nor to a token shift, a convolution's history or a memory's
+    segments): a left-padded batch gives each row's own logits, in one full pass and through the cache."""
+    model = _model(name)
+    a, b = _ids(1, 11), _ids(1, 6)
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 5, dtype=torch.long), b], 1)])
+    mask = torch.tensor([[1] * 11, [0] * 5 + [1] * 6])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        alone = [model(a)[0], model(b)[0]]
+        full = model(batch, attention_mask=mask, position_ids=positions)
+        cache = model.new_cache(2)
+        pieces = [model(batch[:, :8], cache, attention_mask=mask[:, :8], position_ids=positions[:, :8])]
+        pieces += [model(batch[:, t:t + 1], cache, attention_mask=mask[:, :t + 1], position_ids=positions[:, t:t + 1])
+                   for t in range(8, 11)]
+    for got in (full, torch.cat(pieces, 1)):
+        torch.testing.assert_close(got[0], alone[0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(got[1, 5:], alone[1], rtol=0, atol=1e-10)
 
 
 def test_unknown_mixer_is_refused():
@@ -234,6 +249,13 @@ def test_generate_over_the_recurrent_state_equals_greedy_by_full_recomputation(n
     assert torch.equal(qkv.generate(model, prompt, max_new_tokens=6, num_beams=1), expected)
     beams = qkv.generate(model, prompt, max_new_tokens=6, num_beams=3, num_return_sequences=2)
     assert beams.shape == (4, 13) and torch.equal(beams[:, :7], prompt.repeat_interleave(2, dim=0))
+    # a left-padded batch: each row decodes as it does alone
+    short = prompt[1:, 3:]
+    padded = torch.cat([prompt[:1], torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)])
+    mask = torch.tensor([[1] * 7, [0] * 3 + [1] * 4])
+    out = qkv.generate(model, padded, attention_mask=mask, max_new_tokens=6, eos_token_id=())
+    assert torch.equal(out[0], expected[0])
+    assert torch.equal(out[1, 3:], qkv.generate(model, short, max_new_tokens=6, eos_token_id=())[0])
 
 
 @pytest.mark.parametrize("name", ["retnet-tiny", "rwkv4-tiny"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qkv import MultiHeadAttention
-from qkv.cache import CrossKVCache, KVCache
+from qkv.nn.cache import CrossKVCache, KVCache
 from qkv.nn import RotaryEmbedding
 from qkv.ops import attention
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from qkv.cache import LayerCache, RecurrentCache
+from qkv.nn.cache import LayerCache, RecurrentCache
 from qkv.nn import (DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiHeadAttention,
                     MultiScaleRetention, RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix, RWKV7ChannelMix, RWKV7TimeMix,
                     RWKVBlock, RWKVChannelMix, RWKVTimeMix, retention_decays)

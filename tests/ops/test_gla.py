@@ -3,7 +3,7 @@ with a bonus), at lengths no block size divides, with gradients; the implicit we
 import pytest
 import torch
 
-from qkv.ops._checks import trusted_values
+from qkv.ops.checks import trusted_values
 from qkv.ops.gla import GLAState, gla, segment_sums, wkv5, wkv6
 
 MODES = ("parallel", "recurrent", "chunk")

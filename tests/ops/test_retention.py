@@ -172,7 +172,7 @@ def test_weights_are_scaled_scores_times_the_decay_mask_and_give_the_output(mode
 
 
 def test_decay_value_check_is_skipped_for_trusted_values():
-    from qkv.ops._checks import trusted_values
+    from qkv.ops.checks import trusted_values
     q, k, v = _qkv(dtype=torch.float32)
     bad = torch.tensor([0.9, 1.5, 0.5])
     with pytest.raises(ValueError, match="inside"):

@@ -156,7 +156,7 @@ def test_per_channel_weights_are_a_softmax_that_gives_the_output(mode):
 
 
 def test_decay_value_check_is_skipped_for_trusted_values():
-    from qkv.ops._checks import trusted_values
+    from qkv.ops.checks import trusted_values
     w, u, k, v = _inputs()
     with pytest.raises(ValueError, match="positive decay rate"):
         wkv4(-w, u, k, v)

@@ -1,0 +1,91 @@
+"""The one registry of families: for each ``ModelConfig.family``, the record everything above ``qkv/models`` looks
+up instead of testing the family's name.
+
+    record = family_of(config)          # or family_of(model)
+    record.model(config)                # the model class (``qkv.build``)
+    record.tasks                        # its training tasks, by the names qkv/tasks.py defines them
+    record.decoding                     # its decode adapter (qkv/models/decoding.py), None if it does not generate
+    record.continues, record.has_source # a prompt continued (a language model) / a source conditioned on
+    record.flops(model, seq_len)        # forward FLOPs per token
+
+The records are listed here, explicitly (nothing registers itself on import); the family's own behaviour lives in
+its module (decoder.py, encoder.py, encoder_decoder.py, vit.py). The names are ``qkv.config.FAMILIES``, and this
+table covers exactly them (checked at import).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import FAMILIES as FAMILY_NAMES
+from ..config import ModelConfig
+from .common import QKVModel
+from .decoder import CausalDecoding, DecoderLM
+from .decoding import Decoding
+from .encoder import Encoder
+from .encoder_decoder import EncoderDecoder, Seq2SeqDecoding
+from .vit import ViT
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family. model: the class built for it. tasks: its training tasks (qkv/tasks.py: loss, batches, data,
+    metrics), the first the default. decoding: its decode adapter, or None (it reads its input at once and
+    generates nothing). text: it reads token ids (False: pixels). causal: its self-attention is masked (a token
+    sees no later one). stacks: the config fields counting its blocks, one per stack. flops: (model, seq_len) ->
+    forward FLOPs per token."""
+    name: str
+    model: type[QKVModel]
+    tasks: tuple[str, ...]
+    decoding: Decoding | None
+    text: bool
+    causal: bool
+    stacks: tuple[str, ...]
+    flops: Callable[[QKVModel, int | None], int]
+
+    @property
+    def continues(self) -> bool:
+        """It generates by continuing a prompt (a language model: ``qkv generate``, loss on a text)."""
+        return self.decoding is not None and not self.decoding.has_source
+
+    @property
+    def has_source(self) -> bool:
+        """It generates an output conditioned on a source it does not return (translation: ``qkv translate``)."""
+        return self.decoding is not None and self.decoding.has_source
+
+    def layer_counts(self, config: ModelConfig) -> dict[str, int]:
+        """{field: blocks} of each stack, e.g. {"n_layers": 6, "n_decoder_layers": 6}."""
+        return {name: getattr(config, name) for name in self.stacks}
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("decoder", DecoderLM, ("lm",), CausalDecoding(), text=True, causal=True, stacks=("n_layers",),
+           flops=DecoderLM.flops_per_token),
+    Family("encoder", Encoder, ("mlm",), None, text=True, causal=False, stacks=("n_layers",),
+           flops=Encoder.flops_per_token),
+    Family("encoder_decoder", EncoderDecoder, ("seq2seq",), Seq2SeqDecoding(), text=True, causal=True,
+           stacks=("n_layers", "n_decoder_layers"), flops=EncoderDecoder.flops_per_token),
+    Family("vit", ViT, ("image",), None, text=False, causal=False, stacks=("n_layers",), flops=ViT.flops_per_token),
+)}
+if set(FAMILIES) != set(FAMILY_NAMES):  # one list: the config's names, each with its record here
+    raise ImportError(f"qkv.models.registry has families {sorted(FAMILIES)}, but qkv.config.FAMILIES names "
+                      f"{sorted(FAMILY_NAMES)}")
+
+
+def family_of(config_or_model) -> Family:
+    """The record of a ModelConfig's family, or of a model's (anything with a ``config``)."""
+    config = getattr(config_or_model, "config", config_or_model)
+    name = getattr(config, "family", None)
+    if name not in FAMILIES:
+        raise ValueError(f"family {name!r} has no model class; available: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def decoding_of(model) -> Decoding:
+    """The decode adapter of a model's family; ValueError when the family does not generate tokens."""
+    record = family_of(model)
+    if record.decoding is None:
+        raise ValueError(f"a {record.name!r} model reads its input at once and generates no tokens; decoding needs "
+                         f"a family with a decode adapter: "
+                         f"{sorted(name for name, f in FAMILIES.items() if f.decoding is not None)}")
+    return record.decoding
