@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .logits_controls import LogitsControls, make_controls
+from .logits_controls import LogitsControls, make_controls, top_k_top_p
 from .models import decodable_positions, decoding_of
 from .nn.cache import KVCache
 from .ops.checks import trusted_values
@@ -97,7 +97,7 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
              typical_p: float | None = None, decoder_input_ids: torch.Tensor | None = None,
              return_scores: bool = False, draft_model=None, num_draft_tokens: int = 4,
              adaptive_draft: bool = False, prompt_lookup_num_tokens: int | None = None,
-             prompt_lookup_max_ngram: int = 3):
+             prompt_lookup_max_ngram: int = 3, speculative_stats=None):
     """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
 
     Args:
@@ -143,7 +143,8 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
             is accepted and shrinks on a rejection.
         prompt_lookup_num_tokens, prompt_lookup_max_ngram: prompt-lookup decoding: the draft is the continuation
             of the last n-gram's (n <= max_ngram) latest earlier occurrence in the sequence, up to that many
-            tokens; no second model.
+            tokens; no second model. speculative_stats: a ``qkv.speculative.SpeculativeStats`` to fill (rounds,
+            proposed and accepted guesses).
 
     Returns:
         (B * num_return_sequences, T + L) token ids for a decoder-only model (prompt included, padding kept), or
@@ -165,7 +166,7 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
                                     prompt_lookup_num_tokens=prompt_lookup_num_tokens,
                                     prompt_lookup_max_ngram=prompt_lookup_max_ngram,
                                     decoder_input_ids=decoder_input_ids, return_scores=return_scores,
-                                    static_cache=static_cache, compile=compile)
+                                    static_cache=static_cache, compile=compile, stats=speculative_stats)
     with torch.inference_mode():
         run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile, decoder_input_ids,
                       return_scores)
@@ -564,18 +565,7 @@ def _penalise(logits, seen, penalty):
 
 
 def _filter(logits, top_k, top_p):
-    """Mask (-inf) all but the top_k logits and the nucleus: the smallest set of tokens, best first, whose
-    probability reaches top_p (Holtzman et al. 2020, sec. 3.1)."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (N, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        before = probs.cumsum(-1) - probs  # mass of the better tokens; the best token always stays (0 < top_p)
-        drop = (before >= top_p).scatter(-1, order, before >= top_p)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    return top_k_top_p(logits, top_k, top_p)  # shared with speculative decoding (qkv/logits_controls.py)
 
 
 def _control(scores, sequences, run, opts: _Options, step: int):

@@ -95,6 +95,22 @@ def _force(scores: torch.Tensor, tokens: list[int]) -> torch.Tensor:
     return forced
 
 
+def top_k_top_p(logits, top_k, top_p):
+    """Sampling's first filters, on (N, V) logits already divided by the temperature. Mask (-inf) all but the
+    top_k logits and the nucleus: the smallest set of tokens, best first, whose probability reaches top_p
+    (Holtzman et al. 2020, sec. 3.1)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the better tokens; the best token always stays (0 < top_p)
+        drop = (before >= top_p).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
 def _typical(scores: torch.Tensor, mass: float) -> torch.Tensor:
     """Locally typical sampling (Meister et al. 2023, eq. 6): rank tokens by |surprisal - entropy|, keep the most
     typical ones until their probability reaches ``mass`` (ties with the last kept one stay)."""
