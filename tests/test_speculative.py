@@ -15,6 +15,8 @@ from qkv.speculative import SpeculativeStats
 
 def _model(name, seed=0, **overrides):
     torch.manual_seed(seed)
+    if name == "llama-window":  # sliding-window attention: a rolling KV cache, cropped within its rewind margin
+        name, overrides = "llama-tiny", dict(overrides, window=3)
     return qkv.build(qkv.preset(name, **overrides)).double().eval()
 
 
@@ -30,7 +32,7 @@ def _near(model, noise, seed=1):
 
 PAIRS = [("gpt2-tiny", "near"), ("llama-tiny", "near"), ("gpt2-tiny", "rwkv4-tiny"), ("llama-tiny", "retnet-tiny"),
          ("retnet-tiny", "near"), ("rwkv6-tiny", "near"), ("rwkv6-tiny", "gpt2-tiny"), ("hybrid-tiny", "near"),
-         ("llama-tiny", "self")]
+         ("llama-window", "near"), ("llama-tiny", "self")]
 
 
 @pytest.mark.parametrize("target_name, draft_name", PAIRS)
