@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .logits_controls import top_k_top_p
-from .models import decoding_of
+from .models import decodable_positions, decoding_of
 from .nn.cache import RecurrentCache
 
 
@@ -94,10 +94,12 @@ def speculative_generate(model, input_ids: torch.Tensor, opts, *, attention_mask
         raise ValueError(f"prompt_lookup_num_tokens must be None or an int >= 1, got {prompt_lookup_num_tokens!r}")
     if not _is_int(prompt_lookup_max_ngram) or prompt_lookup_max_ngram < 1:
         raise ValueError(f"prompt_lookup_max_ngram must be an int >= 1, got {prompt_lookup_max_ngram!r}")
-    limit = getattr(model.config, "max_positions", None)
-    if limit is not None and input_ids.shape[1] > limit:
-        raise ValueError(f"input_ids has {input_ids.shape[1]} positions, more than the model's context: "
-                         f"max_positions={limit}")
+    needed = input_ids.shape[1] + opts.max_new_tokens
+    for name, m in (("model", model), ("draft_model", draft_model)):
+        bound = None if m is None else decodable_positions(m.config)
+        if bound is not None and needed > bound:
+            raise ValueError(f"max_new_tokens={opts.max_new_tokens} with a {input_ids.shape[1]}-token prompt needs "
+                             f"{needed} positions, more than {name}'s {bound} learned positions (max_positions)")
     K = prompt_lookup_num_tokens if prompt_lookup_num_tokens is not None else num_draft_tokens
     with torch.inference_mode():
         run = _Speculation(model, draft_model, input_ids.long(), opts, K, adaptive,
