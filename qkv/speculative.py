@@ -219,6 +219,15 @@ class _Speculation:
 
     def _accept(self, logits: torch.Tensor, guesses: list[int], dists: list) -> tuple[int, list[int], list[float]]:
         """(accepted guesses, the round's new tokens, their log-probabilities under the target's scores)."""
+        if not self.opts.do_sample and not self.opts.controls.active:
+            # plain greedy: every position's choice at once, one read back to the host
+            scores = logits.float()  # (1 + k, V)
+            best = scores.argmax(-1)
+            agree = (best[: len(guesses)] == torch.tensor(guesses, dtype=torch.long, device=best.device)).tolist()
+            accepted = agree.index(False) if False in agree else len(guesses)
+            new = best[: accepted + 1]
+            chosen = scores[: accepted + 1].log_softmax(-1).gather(1, new[:, None]).squeeze(1)
+            return accepted, new.tolist(), chosen.tolist()
         new, chosen = [], []
         for i in range(len(guesses) + 1):
             scores = self._scores(logits[i], self.seq + new)
