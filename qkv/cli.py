@@ -244,6 +244,17 @@ def _decoding_args(p, *, beams_default, tokens_default):
     p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability")
     p.add_argument("--repetition-penalty", type=float, help=f"> 1 discourages repeats (default: 1.0{hf})")
     p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
+    p.add_argument("--no-repeat-ngram-size", type=int,
+                   help=f"no n-gram of this size appears twice (transformers' no_repeat_ngram_size){hf}")
+    p.add_argument("--min-new-tokens", type=int, help=f"no end-of-sequence before this many new tokens{hf}")
+    p.add_argument("--show-scores", action="store_true",
+                   help="after each output, a tab and its score: the beam score (sum log p / length ** "
+                        "length_penalty), or the summed log-probability of the generated tokens")
+    p.add_argument("--stream", action="store_true",
+                   help="--file: decode one line at a time, printing tokens as they come (default: batches of "
+                        "similar length, printed in the file's order)")
+    p.add_argument("--tokens-per-batch", type=int, default=8192,
+                   help="--file: rows x (longest input + max new tokens) x beams per batch (default: 8192)")
     p.set_defaults(qkv_defaults=dict(max_new_tokens=tokens_default, num_beams=beams_default))
 
 
@@ -259,6 +270,9 @@ def _check_decoding(args) -> None:
     _positive_flag(args.max_new_tokens, "--max-new-tokens")
     _positive_flag(args.num_beams, "--num-beams")
     _positive_flag(args.top_k, "--top-k")
+    _positive_flag(args.no_repeat_ngram_size, "--no-repeat-ngram-size", zero_ok=True)
+    _positive_flag(args.min_new_tokens, "--min-new-tokens", zero_ok=True)
+    _positive_flag(args.tokens_per_batch, "--tokens-per-batch")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise CLIError(f"--temperature {args.temperature}: expected a number > 0")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -280,7 +294,8 @@ def _decoding_kwargs(args):
     return dict(max_new_tokens=given("max_new_tokens", args.qkv_defaults["max_new_tokens"]),
                 num_beams=given("num_beams", args.qkv_defaults["num_beams"]), do_sample=bool(args.sample),
                 temperature=given("temperature", 1.0), top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=given("repetition_penalty", 1.0), generator=generator)
+                repetition_penalty=given("repetition_penalty", 1.0), generator=generator,
+                no_repeat_ngram_size=given("no_repeat_ngram_size", 0), min_new_tokens=given("min_new_tokens", 0))
 
 
 def _hf_decoding_kwargs(args, folder, model, prompt_length: int) -> dict:
@@ -291,7 +306,8 @@ def _hf_decoding_kwargs(args, folder, model, prompt_length: int) -> dict:
     gen = generation_defaults(folder)
     flags = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.sample,
                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 repetition_penalty=args.repetition_penalty)
+                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                 min_new_tokens=args.min_new_tokens)
     gen.update({k: v for k, v in flags.items() if v is not None})
     gen["max_new_tokens"] = new_tokens(gen, prompt_length, _hf_max_positions(folder))
     if gen["max_new_tokens"] < 1:
@@ -354,17 +370,77 @@ def _source_args(p):
 
 def _generate_args(p):
     _source_args(p)
-    p.add_argument("--prompt", default="", help="text to continue (default: the empty prompt, from BOS)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default="", help="text to continue (default: the empty prompt, from BOS)")
+    g.add_argument("--file", help="a file of prompts, one a line: each prompt and its continuation printed on one "
+                                  "line, in the file's order (newlines inside written as \\n; blank lines stay blank)")
     _decoding_args(p, beams_default=1, tokens_default=100)
     _compile_arg(p)
+    p.add_argument("--draft", help="speculative decoding: a smaller qkv model folder with the same vocabulary guesses "
+                                   "--num-draft-tokens tokens, the model checks them in one pass (greedy: the same "
+                                   "tokens; sampling: the same distribution)")
+    p.add_argument("--num-draft-tokens", type=int, default=4, help="--draft: tokens guessed per round (default: 4)")
+    p.add_argument("--prompt-lookup", type=int, metavar="N",
+                   help="prompt-lookup decoding: guess up to N tokens by copying what followed the text's last "
+                        "n-gram earlier in it (no draft model; the same tokens)")
+
+
+def _speculative_kwargs(args) -> dict:
+    """generate's speculative arguments from --draft / --num-draft-tokens / --prompt-lookup."""
+    import qkv
+    _positive_flag(args.num_draft_tokens, "--num-draft-tokens")
+    _positive_flag(args.prompt_lookup, "--prompt-lookup")
+    if args.draft and args.prompt_lookup:
+        raise CLIError("--draft and --prompt-lookup: pass one (prompt lookup is the draft)")
+    if args.prompt_lookup:
+        return dict(prompt_lookup_num_tokens=args.prompt_lookup)
+    if not args.draft:
+        return {}
+    try:
+        folder = _model_folder(args.draft)
+    except CLIError as e:
+        raise CLIError(str(e).replace("--checkpoint", "--draft", 1)) from None
+    return dict(draft_model=qkv.load(folder), num_draft_tokens=args.num_draft_tokens)
+
+
+def _on_one_line(text: str) -> str:
+    """A file's answer on one line: its newlines written as \\n, so output line i answers input line i."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _decode_lines(model, inputs, kwargs, args, show):
+    """--file without --stream: every non-blank line decoded in batches of similar length (qkv.batching), progress
+    on stderr, then ``show(line index, tokens, score)`` for each line in the file's order (None: a blank line)."""
+    from tqdm.auto import tqdm
+    from .batching import generate_many
+    kwargs = dict(kwargs)
+    if kwargs.get("num_return_sequences", 1) > 1:
+        raise CLIError(f"num_return_sequences={kwargs['num_return_sequences']} (generation_config.json): --file "
+                       f"prints one answer per line; add --stream to print them all")
+    present = [i for i, x in enumerate(inputs) if x is not None]
+    pad = kwargs.pop("pad_token_id", None)
+    if pad is None:
+        pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    with tqdm(total=len(present), file=sys.stderr, unit="line", dynamic_ncols=True, desc="decode") as bar:
+        answers = generate_many(model, [inputs[i] for i in present], tokens_per_batch=args.tokens_per_batch,
+                                pad_token_id=pad, return_scores=args.show_scores, progress=bar.update,
+                                compile=args.compile, **kwargs)
+    by_line = dict(zip(present, answers))
+    for i in range(len(inputs)):
+        answer = by_line.get(i)
+        show(i, None if answer is None else answer.tokens, None if answer is None else answer.score)
 
 
 def _generate(args):
-    import torch
-    from .generate import generate, stream
     _check_decoding(args)
     if args.sample and (args.num_beams or 1) > 1:
         raise CLIError(f"--sample with --num-beams {args.num_beams}: sampling draws one sequence; use one of them")
+    lines = None
+    if args.file is not None:
+        from .data import read_lines
+        lines = read_lines(args.file, "--file")
+        if not any(line.strip() for line in lines):
+            raise CLIError(f"--file {args.file}: holds no prompts (every line is blank)")
     model, tok = _model_and_tokenizer(args)
     from .models import family_of
     record = family_of(model)
@@ -373,8 +449,34 @@ def _generate(args):
         raise CLIError(f"generate continues text with a decoder-only language model, but this checkpoint holds an "
                        f"{record.name!r} model{hint}")
     hf = bool(getattr(args, "hf", None))
+    spec = _speculative_kwargs(args)
+    if lines is not None and not args.stream:
+        inputs = [_encode(tok, line, f"--file {args.file}", add_special=hf) if line.strip() else None
+                  for line in lines]
+        length = max(len(x) for x in inputs if x is not None)
+        kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, length) if hf else _decoding_kwargs(args)
+        if spec:
+            raise CLIError("--draft / --prompt-lookup decode one prompt at a time: add --stream to --file")
+
+        def show(i, tokens, score):
+            text = "" if tokens is None else tok.decode(inputs[i] + tokens) if hf else lines[i] + tok.decode(tokens)
+            print(_on_one_line(text) + (f"\t{score:.4f}" if score is not None else ""), flush=True)
+        _decode_lines(model, inputs, kwargs, args, show)
+        return 0
+    for line in (lines if lines is not None else [args.prompt]):
+        if lines is not None and not line.strip():
+            print()
+            continue
+        _generate_one(args, model, tok, line, hf, spec)
+    return 0
+
+
+def _generate_one(args, model, tok, prompt, hf, spec):
+    """One prompt: streamed token by token (greedy, sampling), or printed at once (beams, speculative, scores)."""
+    import torch
+    from .generate import generate, stream
     # --hf: the tokenizer's own template (Llama 3's BOS), as transformers' tokenizer(prompt) does
-    ids = _encode(tok, args.prompt, "--prompt", add_special=hf)
+    ids = _encode(tok, prompt, "--prompt", add_special=hf)
     if not ids:
         if tok.bos_id is None:
             raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
@@ -382,16 +484,19 @@ def _generate(args):
     input_ids = torch.tensor([ids])
     kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, len(ids)) if hf else _decoding_kwargs(args)
     num_beams = kwargs.pop("num_beams")
-    if num_beams > 1 or kwargs.get("num_return_sequences", 1) > 1:
-        out = generate(model, input_ids, num_beams=num_beams, compile=args.compile, **kwargs)
-        for row in out.tolist():
+    if num_beams > 1 or kwargs.get("num_return_sequences", 1) > 1 or spec or args.show_scores:
+        out = generate(model, input_ids, num_beams=num_beams, compile=args.compile, return_scores=args.show_scores,
+                       **spec, **kwargs)
+        rows, scores = (out.sequences, out.sequences_scores.tolist()) if args.show_scores else (out, None)
+        for r, row in enumerate(rows.tolist()):
             # --hf: transformers' batch_decode(skip_special_tokens=True) of prompt + continuation
-            print(tok.decode(row) if hf else args.prompt + tok.decode(row[len(ids):]))
+            text = tok.decode(row) if hf else prompt + tok.decode(row[len(ids):])
+            print(text + (f"\t{scores[r]:.4f}" if scores else ""))
         return 0
     for name in ("length_penalty", "early_stopping"):  # beam search's
         kwargs.pop(name, None)
     if not hf:
-        print(args.prompt, end="", flush=True)
+        print(prompt, end="", flush=True)
     shown, generated = "", []
     decode = (lambda new: tok.decode(ids + new)) if hf else tok.decode
     for chunk in stream(model, input_ids, decode=decode, compile=args.compile, **kwargs):
@@ -421,7 +526,6 @@ def _translate(args):
     import torch
     from .data import read_lines
     from .generate import generate, stream
-    from .generate import translate
     _check_decoding(args)
     if args.text is not None:
         for t in args.text:
@@ -451,7 +555,29 @@ def _translate(args):
             tok.set_src_lang(args.src_lang)
         if args.tgt_lang:
             forced_bos = tok.token_to_id(args.tgt_lang)
-    if getattr(args, "hf", None):
+    hf = bool(getattr(args, "hf", None))
+    hf_kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, 1) if hf else None
+    beams = (hf_kwargs if hf else _decoding_kwargs(args))["num_beams"]
+    # a person watches --text (greedy and sampling stream); files decode in batches unless --stream
+    batched = (args.file is not None and not args.stream) or args.show_scores or (beams > 1 and not args.sample)
+    if batched and not (hf and hf_kwargs.get("num_return_sequences", 1) > 1):
+        if hf:
+            inputs = [tok.encode(s, add_special=True) if s.strip() else None for s in sentences]
+            kwargs = dict(hf_kwargs)
+        else:
+            inputs = [tok.encode(s) + [tok.eos_id] if s.strip() else None for s in sentences]
+            kwargs = _decoding_kwargs(args)
+            kwargs.update(eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
+                          max_new_tokens=min(kwargs["max_new_tokens"], model.config.max_positions - 1))
+        if forced_bos is not None:
+            kwargs["forced_bos_token_id"] = forced_bos
+
+        def show(i, tokens, score):
+            text = "" if tokens is None else tok.decode(tokens)
+            print(_on_one_line(text) + (f"\t{score:.4f}" if score is not None else ""), flush=True)
+        _decode_lines(model, inputs, kwargs, args, show)
+        return 0
+    if hf:
         # transformers' way: the tokenizer's template, the folder's generation defaults, batch_decode of the output
         for s in sentences:
             if not s.strip():
@@ -468,12 +594,7 @@ def _translate(args):
     kwargs = _decoding_kwargs(args)
     if args.tgt_lang:
         kwargs["forced_bos_token_id"] = forced_bos
-    num_beams = kwargs.pop("num_beams")
-    if num_beams > 1 and not args.sample:
-        for s in sentences:  # one line per sentence as soon as its beam search ends; a blank line stays blank
-            print(translate(model, tok, [s], num_beams=num_beams, max_new_tokens=kwargs["max_new_tokens"],
-                            compile=args.compile)[0] if s.strip() else "", flush=True)
-        return 0
+    kwargs.pop("num_beams")  # 1 here, or sampling (refused with beams by generate)
     for s in sentences:  # greedy or sampling: token by token
         if not s.strip():
             print()

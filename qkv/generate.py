@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .logits_controls import LogitsControls, make_controls
+from .logits_controls import LogitsControls, make_controls, top_k_top_p
 from .models import decodable_positions, decoding_of
 from .nn.cache import KVCache
 from .ops.checks import trusted_values
@@ -43,6 +43,20 @@ class StreamChunk:
     ``decode`` function was given, the new text of every row ("" while a multi-byte character is incomplete)."""
     tokens: torch.Tensor
     text: list[str] | None = None
+
+
+@dataclass
+class GenerateOutput:
+    """``generate(..., return_scores=True)``'s answer. sequences: what ``generate`` returns otherwise, (N, P + L).
+    token_logprobs: (N, L) the log-probability of each generated token as the search chose it: greedy and sampling,
+    ``log_softmax`` of the processed scores (controls, temperature and filters applied: transformers'
+    ``compute_transition_scores(..., normalize_logits=True)``); beam search, the processed log-probability the beam
+    score summed (transformers' with ``beam_indices``). 0.0 after a row finished. sequences_scores: (N,) beam
+    search's final score ``sum log p / L ** length_penalty`` (transformers' ``sequences_scores``); greedy and
+    sampling: the sum of ``token_logprobs``."""
+    sequences: torch.Tensor
+    token_logprobs: torch.Tensor
+    sequences_scores: torch.Tensor
 
 
 @dataclass
@@ -79,7 +93,11 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
              max_len: int | None = None, compile: bool = False, no_repeat_ngram_size: int = 0,
              bad_words_ids: Sequence[Sequence[int]] | None = None, min_length: int = 0, min_new_tokens: int = 0,
              forced_bos_token_id: int | None = None, forced_eos_token_id=None,
-             renormalize_logits: bool = False) -> torch.Tensor:
+             renormalize_logits: bool = False, logits_processor=None, min_p: float | None = None,
+             typical_p: float | None = None, decoder_input_ids: torch.Tensor | None = None,
+             return_scores: bool = False, draft_model=None, num_draft_tokens: int = 4,
+             adaptive_draft: bool = False, prompt_lookup_num_tokens: int | None = None,
+             prompt_lookup_max_ngram: int = 3, speculative_stats=None):
     """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
 
     Args:
@@ -110,8 +128,23 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
             family that generates, recurrent layers included; CUDA graphs on a GPU). The first call for a model
             and batch size compiles (seconds to a minute); later ones reuse it. Same tokens as without.
         no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, forced_bos_token_id,
-            forced_eos_token_id, renormalize_logits: transformers' controls of the same names
-            (``qkv/logits_controls.py``), applied to the logits (greedy, sampling) or log-probabilities (beams).
+            forced_eos_token_id, renormalize_logits, min_p, typical_p: transformers' controls of the same names
+            (``qkv/logits_controls.py``), applied to the logits (greedy, sampling) or log-probabilities (beams);
+            min_p and typical_p narrow sampling.
+        logits_processor: a function ``f(input_ids (N, L), scores (N, V)) -> scores`` or a list of them, applied
+            after the controls above (input_ids: the sequence so far, prompt or decoder prefix included).
+        decoder_input_ids: (B, P) or (1, P) encoder-decoder only: the decoder's first tokens (a language code, a
+            prefix to continue); the decoder-start token is put in front when they do not begin with it, as in
+            transformers. The output starts with them.
+        return_scores: return a ``GenerateOutput`` (sequences, per-token log-probabilities, sequence scores).
+        draft_model, num_draft_tokens, adaptive_draft: speculative decoding (``qkv/speculative.py``): the draft
+            proposes ``num_draft_tokens`` tokens, this model checks them in one pass; greedy gives exactly this
+            model's greedy tokens, sampling exactly its distribution. adaptive_draft: K grows while every guess
+            is accepted and shrinks on a rejection.
+        prompt_lookup_num_tokens, prompt_lookup_max_ngram: prompt-lookup decoding: the draft is the continuation
+            of the last n-gram's (n <= max_ngram) latest earlier occurrence in the sequence, up to that many
+            tokens; no second model. speculative_stats: a ``qkv.speculative.SpeculativeStats`` to fill (rounds,
+            proposed and accepted guesses).
 
     Returns:
         (B * num_return_sequences, T + L) token ids for a decoder-only model (prompt included, padding kept), or
@@ -124,13 +157,32 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
                     controls=dict(no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
                                   min_length=min_length, min_new_tokens=min_new_tokens,
                                   forced_bos_token_id=forced_bos_token_id, forced_eos_token_id=forced_eos_token_id,
-                                  renormalize_logits=renormalize_logits))
+                                  renormalize_logits=renormalize_logits, logits_processor=logits_processor,
+                                  min_p=min_p, typical_p=typical_p))
+    if draft_model is not None or prompt_lookup_num_tokens is not None:
+        from .speculative import speculative_generate
+        return speculative_generate(model, input_ids, opts, attention_mask=attention_mask, draft_model=draft_model,
+                                    num_draft_tokens=num_draft_tokens, adaptive=adaptive_draft,
+                                    prompt_lookup_num_tokens=prompt_lookup_num_tokens,
+                                    prompt_lookup_max_ngram=prompt_lookup_max_ngram,
+                                    decoder_input_ids=decoder_input_ids, return_scores=return_scores,
+                                    static_cache=static_cache, compile=compile, stats=speculative_stats)
     with torch.inference_mode():
-        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile)
+        run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile, decoder_input_ids,
+                      return_scores)
         if opts.num_beams > 1:
-            return _beam_search(run, opts)
+            sequences = _beam_search(run, opts)
+            if not return_scores:
+                return sequences
+            scores, logprobs = run.beam_scores
+            return GenerateOutput(sequences, logprobs, scores)
         steps = sum(1 for _ in _sample_loop(run, opts))
-        return torch.cat([run.prefix, run.out[:, :run.trimmed_length(steps)]], dim=1)
+        length = run.trimmed_length(steps)
+        sequences = torch.cat([run.prefix, run.out[:, :length]], dim=1)
+        if not return_scores:
+            return sequences
+        logprobs = run.logprobs[:, :length]
+        return GenerateOutput(sequences, logprobs, logprobs.sum(-1))
 
 
 def stream(model, input_ids: torch.Tensor, *, max_new_tokens: int, decode: Callable | None = None,
@@ -302,7 +354,7 @@ def _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, to
         raise ValueError(f"pad_token_id must be an int, got {pad_token_id!r}")
     eos = torch.tensor(eos_ids, dtype=torch.long) if eos_ids else None
     known = {"no_repeat_ngram_size", "bad_words_ids", "min_length", "min_new_tokens", "forced_bos_token_id",
-             "forced_eos_token_id", "renormalize_logits"}
+             "forced_eos_token_id", "renormalize_logits", "logits_processor", "min_p", "typical_p"}
     if set(controls or {}) - known:
         raise TypeError(f"unknown decoding arguments {sorted(set(controls) - known)}; known controls: {sorted(known)}")
     logits_controls = make_controls(**(controls or {}), vocab_size=config.vocab_size, eos_ids=eos_ids)
@@ -347,12 +399,15 @@ class _Runner:
     generated ids; ``logits``: (N, V) next-token logits after prefill / each step."""
 
     def __init__(self, model, input_ids, attention_mask, opts: _Options, static_cache: bool, max_len: int | None,
-                 compile: bool = False):
+                 compile: bool = False, decoder_input_ids: torch.Tensor | None = None, return_scores: bool = False):
         self.model, self.opts = model, opts
         self.decoding = decoding_of(model)
         _check_inputs(model, input_ids, attention_mask, opts.max_new_tokens, self.decoding)
         B, T = input_ids.shape
+        decoder_input_ids = _decoder_prefix(model, self.decoding, decoder_input_ids, B, input_ids.device)
         prompt = self.decoding.prompt_length(input_ids)
+        if decoder_input_ids is not None:
+            prompt = decoder_input_ids.shape[1]
         needed = prompt + opts.max_new_tokens
         if max_len is not None and (not isinstance(max_len, int) or max_len < needed):
             raise ValueError(f"max_len must be an int >= {needed} (prompt + max_new_tokens), got {max_len!r}")
@@ -373,6 +428,13 @@ class _Runner:
         self.finished_at = None  # (N,) step at which each row finished, when rows can finish
         self.compile = compile
         self._pinned = False  # CUDA graphs: the cache's buffers marked as static addresses (first compiled step)
+        if decoder_input_ids is not None and decoder_input_ids.shape[1] > 1:
+            for column in decoder_input_ids[:, 1:].unbind(1):  # the rest of the decoder prefix, token by token
+                self.step(column)
+            self.prefix = decoder_input_ids
+        # return_scores: (N, max_new) log-probability of each chosen token (greedy, sampling)
+        self.logprobs = torch.zeros(B, opts.max_new_tokens, device=device) if return_scores else None
+        self.beam_scores = None  # beam search with return_scores: ((N,) final scores, (N, L) token log-probs)
 
     def expand(self, n: int) -> None:
         """Repeat every row n times (beams, samples): cache, encoder state, masks, positions, logits."""
@@ -381,6 +443,8 @@ class _Runner:
         index = torch.arange(self.prefix.shape[0], device=self.prefix.device).repeat_interleave(n)
         self.state = self.decoding.expand(self.cache, self.state, index)
         self.prefix, self.logits, self.out = self.prefix[index], self.logits[index], self.out[index]
+        if self.logprobs is not None:
+            self.logprobs = self.logprobs[index]
         self.prefix_mask = None if self.prefix_mask is None else self.prefix_mask[index]
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -413,6 +477,27 @@ class _Runner:
         if self.finished_at is None or steps == 0:
             return steps
         return min(steps, int(self.finished_at.max()) + 1)
+
+
+def _decoder_prefix(model, decoding, ids, B: int, device) -> torch.Tensor | None:
+    """decoder_input_ids checked and completed: (B, P) with the decoder-start token first (transformers' rule)."""
+    if ids is None:
+        return None
+    if not decoding.has_source:
+        raise ValueError("decoder_input_ids is for encoder-decoder models (a decoder prefix); a decoder-only model "
+                         "continues input_ids: put the prefix there")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] not in (1, B) or \
+            ids.dtype not in (torch.long, torch.int) or ids.shape[1] < 1:
+        raise ValueError(f"decoder_input_ids must be an integer tensor (B, P) or (1, P) with B = {B}, P >= 1, got "
+                         f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    V = model.config.vocab_size
+    if bool(((ids < 0) | (ids >= V)).any()):
+        raise ValueError(f"decoder_input_ids must hold token ids in [0, {V})")
+    ids = ids.to(device=device, dtype=torch.long).expand(B, -1)
+    start = model.config.decoder_start_token_id
+    if not bool((ids[:, 0] == start).all()):
+        ids = torch.cat([torch.full((B, 1), start, dtype=torch.long, device=device), ids], 1)
+    return ids
 
 
 def _check_memory(model, input_ids, opts: _Options, positions: int, decoding) -> None:
@@ -480,18 +565,7 @@ def _penalise(logits, seen, penalty):
 
 
 def _filter(logits, top_k, top_p):
-    """Mask (-inf) all but the top_k logits and the nucleus: the smallest set of tokens, best first, whose
-    probability reaches top_p (Holtzman et al. 2020, sec. 3.1)."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (N, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        before = probs.cumsum(-1) - probs  # mass of the better tokens; the best token always stays (0 < top_p)
-        drop = (before >= top_p).scatter(-1, order, before >= top_p)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    return top_k_top_p(logits, top_k, top_p)  # shared with speculative decoding (qkv/logits_controls.py)
 
 
 def _control(scores, sequences, run, opts: _Options, step: int):
@@ -528,13 +602,16 @@ def _sample_loop(run: _Runner, opts: _Options) -> Iterator[torch.Tensor]:
             so_far = torch.cat([run.prefix, run.out[:, :step]], 1) if opts.controls.needs_sequences else None
             scores = _control(scores, so_far, run, opts, step)
         if opts.do_sample:
-            scores = _filter(scores / opts.temperature, opts.top_k, opts.top_p)
+            scores = opts.controls.warp(_filter(scores / opts.temperature, opts.top_k, opts.top_p))
             tokens = torch.multinomial(scores.softmax(-1), 1, generator=opts.generator).squeeze(1)
         else:
             tokens = scores.argmax(-1)  # (N,)
         if can_finish:
             tokens = tokens.masked_fill(~unfinished, opts.pad)
         run.out[:, step] = tokens
+        if run.logprobs is not None:
+            chosen = scores.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
+            run.logprobs[:, step] = chosen.masked_fill(~unfinished, 0.0) if can_finish else chosen
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
         if can_finish:
@@ -598,7 +675,8 @@ def _beam_search(run: _Runner, opts: _Options, trace: _TraceLog | None = None) -
                        best=torch.full((B, K), neg_inf, device=device),  # finished scores, -inf = empty slot
                        best_tokens=torch.full((B, K, M), opts.pad, dtype=torch.long, device=device),
                        best_len=torch.zeros(B, K, dtype=torch.long, device=device),
-                       done=torch.zeros(B, dtype=torch.bool, device=device))
+                       done=torch.zeros(B, dtype=torch.bool, device=device),
+                       logps=torch.zeros(B, K, M, device=device), best_logps=torch.zeros(B, K, M, device=device))
     select = _compiled_select(device.type) if run.compile else _beam_select
     fixed = dict(length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
                  in_top_k=torch.arange(2 * K, device=device) < K,  # (2K,): candidates that may finish
@@ -638,6 +716,10 @@ def _beam_search(run: _Runner, opts: _Options, trace: _TraceLog | None = None) -
         trace.best, trace.lengths = state.best[:, :n], state.best_len[:, :n]
     length = int(state.best_len[:, :n].max())
     tokens = state.best_tokens[:, :n, :length].reshape(B * n, length)
+    if run.logprobs is not None:  # return_scores: the final scores and each chosen token's log-probability
+        ended = torch.arange(length, device=device) >= state.best_len[:, :n, None]  # (B, n, length) padding
+        run.beam_scores = (state.best[:, :n].reshape(B * n),
+                           state.best_logps[:, :n, :length].masked_fill(ended, 0.0).reshape(B * n, length))
     prefix = run.prefix.view(B, K, -1)[:, :n].reshape(B * n, -1)
     return torch.cat([prefix, tokens], dim=1)
 
@@ -652,6 +734,8 @@ class _BeamState:
     best_tokens: torch.Tensor
     best_len: torch.Tensor
     done: torch.Tensor
+    logps: torch.Tensor  # (B, K, M): each running beam's tokens' log-probabilities (return_scores)
+    best_logps: torch.Tensor  # (B, K, M): the same for the finished hypotheses
 
 
 torch.utils._pytree.register_dataclass(_BeamState)  # a pytree, so torch.compile takes and returns it whole
@@ -693,6 +777,8 @@ def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float,
     beam, token = cand // V, cand % V
     cand_tokens = state.tokens.gather(1, beam[..., None].expand(B, 2 * K, M))  # (B, 2K, M)
     cand_tokens = cand_tokens.index_copy(2, step, token[..., None])
+    token_logp = scores.float().view(B, K * V).gather(1, cand)  # (B, 2K): the new token's log-probability
+    cand_logps = state.logps.gather(1, beam[..., None].expand(B, 2 * K, M)).index_copy(2, step, token_logp[..., None])
     if last:
         ended = torch.ones_like(token, dtype=torch.bool)
     elif eos is None:
@@ -705,16 +791,19 @@ def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float,
     best, keep = torch.cat([state.best, new_score], dim=1).topk(K, dim=-1)  # of (B, 3K)
     best_tokens = torch.cat([state.best_tokens, cand_tokens], dim=1).gather(1, keep[..., None].expand(B, K, M))
     best_len = torch.cat([state.best_len, (step + 1).expand(B, 2 * K)], dim=1).gather(1, keep)
+    best_logps = torch.cat([state.best_logps, cand_logps], dim=1).gather(1, keep[..., None].expand(B, K, M))
     candidates = None
     if trace:  # which new hypotheses made it into the K best finished ones (kept slots K.. are this step's)
         entered = torch.zeros(B, 3 * K, dtype=torch.bool, device=keep.device).scatter(1, keep, True)[:, K:]
         candidates = _BeamCandidates(cand_score, beam, token, ended, entered & new, None)
     if last:
-        return _BeamState(state.running, state.tokens, best, best_tokens, best_len, state.done), None, None, candidates
+        return _BeamState(state.running, state.tokens, best, best_tokens, best_len, state.done, state.logps,
+                          best_logps), None, None, candidates
     # Running beams: the best K candidates that did not end.
     survivors = cand_score.masked_fill(ended, neg_inf).topk(K, dim=-1).indices  # (B, K)
     running = cand_score.gather(1, survivors)
     tokens = cand_tokens.gather(1, survivors[..., None].expand(B, K, M))
+    logps = cand_logps.gather(1, survivors[..., None].expand(B, K, M))
     parent = (beam.gather(1, survivors) + offsets).view(-1)  # (B * K,) rows they continue
     full = (best > neg_inf).all(-1)
     if early_stopping is True:
@@ -727,7 +816,8 @@ def _beam_select(scores, state: _BeamState, step, eos, *, length_penalty: float,
     new_tokens = tokens.index_select(2, step).view(-1)  # (B * K,)
     if candidates is not None:
         candidates.survivors = survivors
-    return _BeamState(running, tokens, best, best_tokens, best_len, done), parent, new_tokens, candidates
+    return _BeamState(running, tokens, best, best_tokens, best_len, done, logps, best_logps), parent, new_tokens, \
+        candidates
 
 
 _COMPILED_SELECT: dict[str, Callable] = {}

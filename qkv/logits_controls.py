@@ -9,10 +9,14 @@ Each sets scores to -inf (a token is forbidden) or forces one token (its score 0
   min_new_tokens         no EOS before this many new tokens
   forced_bos_token_id    the first generated token of a sequence of length 1 (mBART-50: the target language)
   forced_eos_token_id    EOS as the last token the length limit allows (Marian, mBART)
+  logits_processor       the caller's functions ``f(input_ids (N, L), scores (N, V)) -> scores``, in order
   renormalize_logits     log-softmax again after the others (transformers' LogitNormalization)
 
 They apply in that order (transformers' order); greedy decoding and sampling apply them to the logits, beam search
-to the log-probabilities, as transformers does. Lengths count the whole sequence: prompt (decoder-only) or
+to the log-probabilities, as transformers does. Sampling then narrows the distribution (``warp``, after the
+temperature, top-k and top-p): ``min_p`` keeps the tokens at least ``min_p`` times as likely as the best one
+(Nguyen et al. 2024), ``typical_p`` the tokens whose surprisal is closest to the entropy, up to that mass (locally
+typical sampling, Meister et al. 2023, sec. 4). Lengths count the whole sequence: prompt (decoder-only) or
 decoder-start token (encoder-decoder) plus the tokens generated so far.
 """
 from __future__ import annotations
@@ -31,15 +35,32 @@ class LogitsControls:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: tuple[int, ...] = ()
     renormalize_logits: bool = False
+    processors: tuple = ()  # the caller's logits_processor functions
+    min_p: float | None = None  # sampling only (``warp``)
+    typical_p: float | None = None  # sampling only (``warp``)
 
     @property
     def active(self) -> bool:
-        return self != LogitsControls()
+        """Whether ``apply`` changes anything (the sampling warpers are ``warp``'s)."""
+        return self.no_repeat_ngram_size > 0 or bool(self.bad_words_ids) or self.min_length > 0 or \
+            self.min_new_tokens > 0 or self.forced_bos_token_id is not None or bool(self.forced_eos_token_id) or \
+            self.renormalize_logits or bool(self.processors)
 
     @property
     def needs_sequences(self) -> bool:
-        """Whether ``apply`` reads the tokens so far (n-gram and multi-token bans do)."""
-        return bool(self.no_repeat_ngram_size) or any(len(w) > 1 for w in self.bad_words_ids)
+        """Whether ``apply`` reads the tokens so far (n-gram and multi-token bans, the caller's processors do)."""
+        return bool(self.no_repeat_ngram_size) or any(len(w) > 1 for w in self.bad_words_ids) or \
+            bool(self.processors)
+
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        """Sampling's min-p and typical filters on (N, V) scores (already divided by the temperature): -inf
+        outside the kept set; the best token (min-p) or the most typical one (typical) always stays."""
+        if self.min_p is not None:
+            probs = scores.softmax(-1)
+            scores = scores.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), float("-inf"))
+        if self.typical_p is not None and self.typical_p < 1.0:
+            scores = _typical(scores, self.typical_p)
+        return scores
 
     def apply(self, scores: torch.Tensor, sequences: torch.Tensor | None, *, length: int, prompt_length: int,
               max_length: int, eos: torch.Tensor | None) -> torch.Tensor:
@@ -57,6 +78,12 @@ class LogitsControls:
             scores = _force(scores, [self.forced_bos_token_id])
         if self.forced_eos_token_id and length == max_length - 1:
             scores = _force(scores, list(self.forced_eos_token_id))
+        for f in self.processors:
+            out = f(sequences, scores)
+            if not isinstance(out, torch.Tensor) or out.shape != scores.shape:
+                raise ValueError(f"logits_processor {f!r} must return scores of shape {tuple(scores.shape)}, got "
+                                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+            scores = out
         if self.renormalize_logits:
             scores = scores.log_softmax(-1)
         return scores
@@ -66,6 +93,36 @@ def _force(scores: torch.Tensor, tokens: list[int]) -> torch.Tensor:
     forced = torch.full_like(scores, float("-inf"))
     forced[:, tokens] = 0.0
     return forced
+
+
+def top_k_top_p(logits, top_k, top_p):
+    """Sampling's first filters, on (N, V) logits already divided by the temperature. Mask (-inf) all but the
+    top_k logits and the nucleus: the smallest set of tokens, best first, whose probability reaches top_p
+    (Holtzman et al. 2020, sec. 3.1)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the better tokens; the best token always stays (0 < top_p)
+        drop = (before >= top_p).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _typical(scores: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling (Meister et al. 2023, eq. 6): rank tokens by |surprisal - entropy|, keep the most
+    typical ones until their probability reaches ``mass`` (ties with the last kept one stay)."""
+    logp = scores.log_softmax(-1)  # (N, V)
+    entropy = -(logp.exp() * logp).nansum(-1, keepdim=True)  # (N, 1); nansum: -inf * 0 is no mass
+    distance = (-logp - entropy).abs()
+    sorted_distance, order = distance.sort(-1)
+    cumulative = logp.gather(-1, order).exp().cumsum(-1)
+    last = (cumulative < mass).sum(-1, keepdim=True).clamp(max=scores.shape[-1] - 1)  # (N, 1): last kept rank
+    drop = sorted_distance > sorted_distance.gather(-1, last)
+    drop[:, 0] = False  # the most typical token always stays
+    return scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
 def _repeated_ngrams(sequences: torch.Tensor, n: int, V: int) -> torch.Tensor:
@@ -98,8 +155,8 @@ def _bad_words(bad_words, sequences, scores) -> torch.Tensor:
 
 
 def make_controls(*, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, min_new_tokens=0,
-                  forced_bos_token_id=None, forced_eos_token_id=None, renormalize_logits=False, vocab_size: int,
-                  eos_ids=()) -> LogitsControls:
+                  forced_bos_token_id=None, forced_eos_token_id=None, renormalize_logits=False,
+                  logits_processor=None, min_p=None, typical_p=None, vocab_size: int, eos_ids=()) -> LogitsControls:
     """Validated controls; ValueError names the argument, its value and what it should be. As in transformers,
     bad words that are just an EOS id are dropped (a sequence must be able to end)."""
     def is_int(x):
@@ -127,5 +184,19 @@ def make_controls(*, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, m
     if forced_eos_token_id is not None:
         forced_eos = tuple(token("forced_eos_token_id", t) for t in
                            ([forced_eos_token_id] if is_int(forced_eos_token_id) else forced_eos_token_id))
+    if logits_processor is None:
+        processors = ()
+    elif callable(logits_processor):
+        processors = (logits_processor,)
+    elif isinstance(logits_processor, (list, tuple)) and all(callable(f) for f in logits_processor):
+        processors = tuple(logits_processor)
+    else:
+        raise TypeError(f"logits_processor must be a function (input_ids, scores) -> scores or a list of them, got "
+                        f"{logits_processor!r}")
+    for name, value in (("min_p", min_p), ("typical_p", typical_p)):
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and 0 <= value <= 1):
+            raise ValueError(f"{name} must be None or a number in [0, 1], got {value!r}")
     return LogitsControls(no_repeat_ngram_size, words, min_length, min_new_tokens, forced_bos_token_id, forced_eos,
-                          bool(renormalize_logits))
+                          bool(renormalize_logits), processors, None if min_p is None else float(min_p),
+                          None if typical_p is None else float(typical_p))

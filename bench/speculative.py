@@ -1,0 +1,199 @@
+"""Speculative decoding's speed-up: plain greedy, a draft model, prompt lookup, and transformers' assisted
+generation with the same pair, on character-level tinyshakespeare.
+
+A target (default 6 layers x 384, GPT-2 shaped) and a draft (default 1 layer x 128) are trained briefly on the same
+text (a few hundred AdamW steps each), so the draft agrees with the target as often as a real pair does; with
+``--weights DIR`` they are saved there on the first run and read back on later ones (``--retrain`` to redo). Each
+method then continues the same held-out prompts greedily; the script asserts that every qkv method prints the
+target's greedy tokens, counts how many of transformers' outputs agree, and prints per method: tokens/s, the ratio
+to qkv's plain greedy, acceptance rate (accepted / proposed guesses) and tokens per target forward pass. The
+ratio to transformers' assisted generation (its default, adaptive number of assistant tokens) is printed last.
+
+Timings depend on the machine and its load: run on a quiet machine (``--threads`` pins torch's threads).
+
+    python bench/speculative.py [--weights runs/bench-speculative] [--quick] [--num-draft-tokens 4]
+        [--target-layers 6 --target-width 384 --draft-layers 1 --draft-width 128 --steps 600 --new 200]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import qkv  # noqa: E402
+from qkv.speculative import SpeculativeStats  # noqa: E402
+
+DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(DATA), help="tinyshakespeare input.txt (skipped when absent)")
+    p.add_argument("--weights", help="folder for the trained pair: read when present, written otherwise")
+    p.add_argument("--retrain", action="store_true", help="train again even when --weights holds a pair")
+    p.add_argument("--quick", action="store_true", help="a small pair, short training, few prompts (< 2 minutes)")
+    p.add_argument("--target-layers", type=int, default=6)
+    p.add_argument("--target-width", type=int, default=384)
+    p.add_argument("--draft-layers", type=int, default=1)
+    p.add_argument("--draft-width", type=int, default=128)
+    p.add_argument("--steps", type=int, default=600, help="AdamW steps for each model")
+    p.add_argument("--block", type=int, default=128, help="training window (characters)")
+    p.add_argument("--prompts", type=int, default=6)
+    p.add_argument("--prompt-length", type=int, default=96)
+    p.add_argument("--new", type=int, default=200, help="new tokens per prompt")
+    p.add_argument("--num-draft-tokens", type=int, default=4)
+    p.add_argument("--prompt-lookup", type=int, default=8, help="prompt_lookup_num_tokens")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-hf", action="store_true", help="leave transformers' assisted generation out")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.target_layers, args.target_width, args.draft_layers, args.draft_width = 4, 128, 1, 64
+        args.steps, args.block, args.prompts, args.new = 150, 64, 3, 64
+    return args
+
+
+def config(vocab: int, layers: int, width: int, max_positions: int):
+    return qkv.preset("gpt2-tiny", vocab_size=vocab, d_model=width, n_layers=layers, n_heads=max(width // 64, 2),
+                      max_positions=max_positions, dropout=0.0, bos_token_id=None, eos_token_id=None,
+                      pad_token_id=None)  # no EOS: every method writes --new tokens
+
+
+def train(model, data: torch.Tensor, steps: int, block: int, seed: int, label: str):
+    """AdamW on random windows (warm-up, then cosine decay): enough for the pair to agree as real pairs do."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(steps):
+        lr = 1e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        start = torch.randint(0, len(data) - block - 1, (16,), generator=g)
+        x = torch.stack([data[i: i + block] for i in start])  # (16, block)
+        y = torch.stack([data[i + 1: i + block + 1] for i in start])
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(steps // 5, 1) == 0:
+            print(f"  {label}: step {step + 1}/{steps}, loss {loss.item():.3f}", file=sys.stderr, flush=True)
+    return model.eval()
+
+
+def pair(args, text: str):
+    """(target, draft, vocabulary) trained now, or read from --weights."""
+    folder = Path(args.weights) if args.weights else None
+    if folder is not None and not args.retrain and (folder / "vocab.json").is_file():
+        vocab = json.loads((folder / "vocab.json").read_text())
+        print(f"pair read from {folder} (--retrain to train again)", file=sys.stderr)
+        return qkv.load(folder / "target").eval(), qkv.load(folder / "draft").eval(), vocab
+    vocab = sorted(set(text))
+    data = torch.tensor([vocab.index(c) for c in text], dtype=torch.long)
+    positions = max(args.block, args.prompt_length + args.new + args.num_draft_tokens + 8)
+    torch.manual_seed(0)
+    target = train(qkv.build(config(len(vocab), args.target_layers, args.target_width, positions)), data,
+                   args.steps, args.block, 0, "target")
+    draft = train(qkv.build(config(len(vocab), args.draft_layers, args.draft_width, positions)), data,
+                  args.steps, args.block, 1, "draft")
+    if folder is not None:
+        target.save(folder / "target")
+        draft.save(folder / "draft")
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+    return target, draft, vocab
+
+
+def timed(run, prompts):
+    """(tokens/s over all prompts, outputs) after one warm-up run on the first prompt."""
+    run(prompts[0])
+    outputs, new, start = [], 0, time.perf_counter()
+    for ids in prompts:
+        out = run(ids)
+        outputs.append(out[0, ids.shape[1]:].tolist())
+        new += out.shape[1] - ids.shape[1]
+    return new / (time.perf_counter() - start), outputs
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not Path(args.data).is_file():
+        print(f"skipped: {args.data} is absent (tinyshakespeare)")
+        return 0
+    torch.set_num_threads(args.threads)
+    text = Path(args.data).read_text(encoding="utf-8")
+    held_out = text[int(0.9 * len(text)):]
+    target, draft, vocab = pair(args, text[: int(0.9 * len(text))])
+    step = len(held_out) // (args.prompts + 1)
+    prompts = [torch.tensor([[vocab.index(c) for c in held_out[i * step: i * step + args.prompt_length]]])
+               for i in range(args.prompts)]
+    common = dict(max_new_tokens=args.new, eos_token_id=())
+    rows = []
+
+    def qkv_method(name, **kwargs):
+        stats = SpeculativeStats()
+        rate, outputs = timed(lambda ids: qkv.generate(target, ids, speculative_stats=stats, **common, **kwargs)
+                              if kwargs else qkv.generate(target, ids, **common), prompts)
+        rows.append((name, rate, stats if kwargs else None))
+        return outputs
+
+    with torch.inference_mode():
+        greedy = qkv_method("qkv greedy")
+        for name, kwargs in ((f"qkv draft (K={args.num_draft_tokens})",
+                              dict(draft_model=draft, num_draft_tokens=args.num_draft_tokens)),
+                             (f"qkv draft (adaptive K from {args.num_draft_tokens})",
+                              dict(draft_model=draft, num_draft_tokens=args.num_draft_tokens, adaptive_draft=True)),
+                             (f"qkv prompt lookup ({args.prompt_lookup})",
+                              dict(prompt_lookup_num_tokens=args.prompt_lookup))):
+            outputs = qkv_method(name, **kwargs)
+            assert outputs == greedy, f"{name} changed the greedy tokens"
+        hf_rows = hf_methods(args, target, draft, prompts, greedy) if not args.skip_hf else []
+    base = rows[0][1]
+    print(f"\ntarget {args.target_layers}x{args.target_width}, draft {args.draft_layers}x{args.draft_width}, "
+          f"{args.prompts} prompts of {args.prompt_length} characters, {args.new} new tokens each, greedy, "
+          f"{args.threads} threads")
+    print(f"{'method':44s} {'tokens/s':>9s} {'vs greedy':>9s} {'accepted':>9s} {'tok/pass':>9s}")
+    for name, rate, stats in rows + hf_rows:
+        accepted = f"{stats.acceptance_rate:9.2f}" if stats else f"{'':9s}"
+        per_pass = f"{stats.tokens_per_round:9.2f}" if stats else f"{'':9s}"
+        print(f"{name:44s} {rate:9.1f} {rate / base:8.2f}x {accepted} {per_pass}")
+    print("every qkv method printed the target's greedy tokens (asserted)")
+    if hf_rows:
+        assisted = [r for r in hf_rows if r[0].startswith("transformers assisted")][0][1]
+        best = max(rate for name, rate, stats in rows[1:])
+        print(f"best qkv speculative / transformers assisted: {best / assisted:.2f}x")
+    print("reproduce: python bench/speculative.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+def hf_methods(args, target, draft, prompts, greedy):
+    """transformers' greedy and assisted generation on the same pair (exported with qkv.to_hf); [] if absent."""
+    try:
+        import transformers
+    except ImportError:
+        print("transformers absent: its assisted generation is left out", file=sys.stderr)
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        qkv.to_hf(target, Path(tmp) / "t")
+        qkv.to_hf(draft, Path(tmp) / "d")
+        hf_t = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "t").eval()
+        hf_d = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "d").eval()
+    kwargs = dict(max_new_tokens=args.new, do_sample=False, pad_token_id=0)
+    rows = []
+    for name, extra in (("transformers greedy", {}), ("transformers assisted (same draft)", dict(assistant_model=hf_d)),
+                        (f"transformers prompt lookup ({args.prompt_lookup})",
+                         dict(prompt_lookup_num_tokens=args.prompt_lookup))):
+        rate, outputs = timed(lambda ids: hf_t.generate(ids, attention_mask=torch.ones_like(ids), **kwargs, **extra),
+                              prompts)
+        same = sum(o == g for o, g in zip(outputs, greedy))
+        rows.append((f"{name} [{same}/{len(greedy)} = qkv]", rate, None))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
