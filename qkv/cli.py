@@ -190,12 +190,8 @@ def _convert(args):
 # -- train ------------------------------------------------------------------------------------------------------
 
 def _train_args(p):
-    from .config import TrainConfig, add_dataclass_arguments
-    p.add_argument("--preset", help="model preset name (see `qkv info --list`), e.g. gpt-char-tiny")
-    p.add_argument("--config", help="a YAML/JSON file with 'model' (or 'preset') and 'train' sections; flags "
-                                    "override it")
-    add_dataclass_arguments(p.add_argument_group("training (every TrainConfig field)"), TrainConfig,
-                            defaults_to_none=True)
+    from .train.args import add_arguments  # the same flags as ``python -m qkv.train`` (torchrun's entry)
+    add_arguments(p)
 
 
 def _train(args):

@@ -238,7 +238,7 @@ def _finite(name, value, *, low=None):
 
 
 SCHEDULES = ("cosine", "inverse_sqrt", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZER_TYPES = ("auto", "bpe", "char", "wordpiece")
 
 
@@ -271,7 +271,7 @@ class TrainConfig(_Serializable):
     schedule: str = "cosine"  # cosine (to min_lr at max_steps) | inverse_sqrt (Vaswani et al. 2017, sec. 5.3) | constant
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
     label_smoothing: float = 0.0  # epsilon of label smoothing (0.1 in Vaswani et al. 2017, sec. 5.4)
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a GradScaler)
+    precision: str = "auto"  # auto (bf16 where the device multiplies bf16 in hardware: a CUDA GPU from Ampere on, a CPU with AVX512-BF16 or AMX; fp32 elsewhere) | fp32 | bf16 (autocast, float32 weights) | fp16 (autocast with a GradScaler); train_config.json records the one used
     compile: bool = False  # torch.compile the model
     seed: int = 1337  # seeds weights, data order, dropout
     eval_every: int = 250  # evaluate every this many steps (0: only at the end)

@@ -31,8 +31,9 @@ def tiny(**kw):
 
 
 def cfg_for(tmp_path, data, **kw):
+    # float32 unless a test says otherwise: exact comparisons across runs, processes and compilation
     base = dict(data=str(data), out_dir=str(tmp_path / "run"), max_steps=6, batch_size=4, block_size=16,
-                warmup_steps=2, eval_every=3, eval_steps=2, log_every=1, progress=False, seed=7)
+                warmup_steps=2, eval_every=3, eval_steps=2, log_every=1, progress=False, seed=7, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
