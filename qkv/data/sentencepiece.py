@@ -240,11 +240,12 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def _from_meta(cls, directory: Path, meta: dict) -> "SentencePieceTokenizer":
-        decode = directory / "sentencepiece.decode.model"
         fields = {k: meta[k] for k in ("vocab", "fixed", "offset", "added", "lstrip", "rstrip", "prefix", "suffix",
                                        "src_lang", "keep_trailing_space", "language_prefix", "strip_decoded")}
-        return cls((directory / "sentencepiece.model").read_bytes(),
-                   decode_model=decode.read_bytes() if decode.is_file() else None, specials=meta["specials"], **fields)
+        decode = "sentencepiece.decode.model"
+        return cls(_read_bytes(directory, "sentencepiece.model"),
+                   decode_model=_read_bytes(directory, decode) if (directory / decode).is_file() else None,
+                   specials=meta["specials"], **fields)
 
     def _identity(self) -> str:
         digest = hashlib.sha256(self._model + (self._decode_model or b"")).hexdigest()
@@ -258,22 +259,24 @@ def _token(value) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+def _read_json(folder: Path, name: str) -> dict:
+    """A folder's optional JSON file (tokenizer_config.json, ...): {} when absent, errors naming the file; a link
+    leading out of the folder is refused (``qkv.safety.inside``)."""
+    from ..safety import inside, read_json
+    path = folder / name
+    return read_json(inside(folder, path, what=name)) if path.is_file() else {}
+
+
+def _read_bytes(folder: Path, name: str) -> bytes:
+    """A SentencePiece model file of the folder, refusing links that lead out of it."""
+    from ..safety import inside
+    return inside(folder, folder / name, what=name).read_bytes()
 
 
 def folder_settings(folder: Path) -> dict:
     """tokenizer_config.json with special_tokens_map.json's entries filled in where the config lacks them."""
-    config = _read_json(folder / "tokenizer_config.json")
-    for key, value in _read_json(folder / "special_tokens_map.json").items():
+    config = _read_json(folder, "tokenizer_config.json")
+    for key, value in _read_json(folder, "special_tokens_map.json").items():
         config.setdefault(key, value)
     return config
 
@@ -322,7 +325,7 @@ def _added_from_config(config: dict) -> tuple[dict[str, int], set[str], set[str]
 
 
 def _t5(folder: Path, config: dict) -> SentencePieceTokenizer:
-    model = (folder / "spiece.model").read_bytes()
+    model = _read_bytes(folder, "spiece.model")
     sp = _processor(model)
     roles = _roles(config, {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"})
     n_extra = int(config.get("extra_ids", 100))
@@ -339,20 +342,26 @@ def _t5(folder: Path, config: dict) -> SentencePieceTokenizer:
 
 
 def _marian(folder: Path, config: dict) -> SentencePieceTokenizer:
-    vocab = _read_json(folder / "vocab.json")
+    vocab = _read_json(folder, "vocab.json")
     if not vocab:
         raise FileNotFoundError(f"{folder}: Marian's vocab.json is missing or empty")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(vocab) for i in vocab.values()):
+        raise ValueError(f"{folder / 'vocab.json'}: expected token -> id with ids in [0, {len(vocab)}) "
+                         f"(one per entry)")
     if config.get("separate_vocabs"):
         raise ValueError(f"{folder}: separate source and target vocabularies (separate_vocabs) are not supported")
     roles = _roles(config, {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"})
+    missing = [t for t in roles.values() if t not in vocab]
+    if missing:
+        raise ValueError(f"{folder / 'vocab.json'}: the special tokens {missing} are not in it")
     added = {t: vocab[t] for t in roles.values()}
-    return SentencePieceTokenizer((folder / "source.spm").read_bytes(), decode_model=(folder / "target.spm").read_bytes(),
+    return SentencePieceTokenizer(_read_bytes(folder, "source.spm"), decode_model=_read_bytes(folder, "target.spm"),
                                   vocab=vocab, added=added, specials=roles, suffix=[roles["eos"]],
                                   language_prefix=True, strip_decoded=True)
 
 
 def _mbart(folder: Path, config: dict) -> SentencePieceTokenizer:
-    model = (folder / "sentencepiece.bpe.model").read_bytes()
+    model = _read_bytes(folder, "sentencepiece.bpe.model")
     sp = _processor(model)
     fifty = config.get("tokenizer_class", "").startswith("MBart50")
     roles = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>", "cls": "<s>", "sep": "</s>"}
@@ -392,5 +401,9 @@ def load_sentencepiece(folder) -> SentencePieceTokenizer:
             except ImportError:
                 raise ImportError(f"{folder / name}: reading SentencePiece models needs the sentencepiece package "
                                   f"(pip install sentencepiece)") from None
-            return reader(folder, folder_settings(folder))
+            try:
+                return reader(folder, folder_settings(folder))
+            except (KeyError, TypeError, AttributeError, RuntimeError) as e:  # a malformed file or entry
+                detail = f"missing entry {e}" if isinstance(e, KeyError) else str(e).strip().splitlines()[0]
+                raise ValueError(f"{folder}: not a readable {name} tokenizer folder ({detail})") from None
     raise FileNotFoundError(f"{folder}: no SentencePiece files (looked for {', '.join(READERS)})")

@@ -173,7 +173,9 @@ class Tokenizer:
                                  f"{' and vocab (a list of strings)' if meta['kind'] == 'char' else ''}")
             return kinds[meta["kind"]]._from_meta(p, meta)
         if (p / HF_FILE).is_file():  # what transformers reads first too
-            return HFTokenizer.from_file(p / HF_FILE, spm_folders.folder_roles(p, p / HF_FILE))
+            from qkv.safety import inside
+            path = inside(p, p / HF_FILE, what=HF_FILE)
+            return HFTokenizer.from_file(path, spm_folders.folder_roles(p, path))
         if spm_folders.has_sentencepiece_files(p):
             return spm_folders.load_sentencepiece(p)
         raise FileNotFoundError(f"path={str(p)!r}: the folder has neither {META_FILE}, {HF_FILE} nor SentencePiece "
@@ -293,7 +295,8 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def _from_meta(cls, directory: Path, meta: dict) -> "HFTokenizer":
-        return cls.from_file(directory / HF_FILE, meta["specials"])
+        from qkv.safety import inside
+        return cls.from_file(inside(directory, directory / HF_FILE, what=HF_FILE), meta["specials"])
 
     def _save_files(self, directory: Path) -> dict:
         self.hf.save(str(directory / HF_FILE))

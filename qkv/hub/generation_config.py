@@ -8,8 +8,9 @@ on without them would print something else than transformers does.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..safety import inside, read_json
 
 # transformers' GenerationConfig defaults for what qkv honours (max_length None: 20 new tokens, see new_tokens)
 DEFAULTS = dict(max_length=None, max_new_tokens=None, min_length=0, min_new_tokens=None, do_sample=False, num_beams=1,
@@ -26,14 +27,6 @@ UNSUPPORTED = dict(num_beam_groups=1, diversity_penalty=0.0, typical_p=1.0, epsi
                    remove_invalid_values=False)
 
 
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def new_tokens(settings: dict, prompt_length: int, max_positions: int | None) -> int:
@@ -53,10 +46,11 @@ def generation_defaults(folder) -> dict:
     folder = Path(folder)
     source = folder / "generation_config.json"
     if source.is_file():
-        settings = _json(source)
+        settings = read_json(inside(folder, source, what=source.name))
     else:  # older folders keep them in config.json
         source = folder / "config.json"
-        settings = {k: v for k, v in _json(source).items() if k in DEFAULTS or k in UNSUPPORTED}
+        settings = read_json(inside(folder, source, what=source.name))
+        settings = {k: v for k, v in settings.items() if k in DEFAULTS or k in UNSUPPORTED}
     used = sorted(k for k, neutral in UNSUPPORTED.items() if k in settings and settings[k] not in (neutral, None))
     if used:
         raise ValueError(f"{source}: sets {used}, which qkv's decoding does not implement; its output would differ "
