@@ -220,6 +220,34 @@ def test_compiled_training_follows_the_eager_loss_curve(tmp_path, corpus):
     assert compiled.val_loss == pytest.approx(eager.val_loss, abs=1e-4)
 
 
+def test_blocks_that_fail_to_compile_train_eagerly_with_the_eager_losses(tmp_path, corpus, monkeypatch):
+    import qkv.train.compiling as compiling
+
+    def broken_compile(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return call
+    kw = dict(max_steps=3, eval_every=3, log_every=1)
+    eager = train(tiny(), cfg_for(tmp_path / "eager", corpus, **kw))
+    monkeypatch.setattr(compiling.torch, "compile", broken_compile)
+    fell_back = train(tiny(), cfg_for(tmp_path / "broken", corpus, compile=True, **kw))
+    assert [r["train_loss"] for r in metrics(tmp_path / "broken/run")] == \
+        [r["train_loss"] for r in metrics(tmp_path / "eager/run")]
+    assert fell_back.val_loss == eager.val_loss
+
+
+def test_auto_compile_only_for_long_fixed_shape_runs_on_one_process():
+    from qkv.train.compiling import COMPILE_MIN_STEPS, compiler_available, resolve_compile
+    cpu = torch.device("cpu")
+    kw = dict(fixed_shapes=True, device=cpu, world=1)
+    assert resolve_compile(None, max_steps=COMPILE_MIN_STEPS - 1, **kw) is False
+    assert resolve_compile(None, max_steps=COMPILE_MIN_STEPS, **kw) is compiler_available(cpu)
+    assert resolve_compile(None, max_steps=10 ** 6, fixed_shapes=False, device=cpu, world=1) is False
+    assert resolve_compile(None, max_steps=10 ** 6, fixed_shapes=True, device=cpu, world=2) is False
+    assert resolve_compile(True, max_steps=1, fixed_shapes=False, device=cpu, world=2) is True
+    assert resolve_compile(False, max_steps=10 ** 6, **kw) is False
+
+
 def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
     import errno
     import safetensors.torch

@@ -22,6 +22,7 @@ class ImageClassification(Task):
     tokenizer_kinds = ()
     special_ids = ()
     data_folders = True
+    fixed_shapes = True  # (B, C, H, W) at the model's image size
 
     def load(self, model_config, cfg, tokenizer):
         from .. import data as qd

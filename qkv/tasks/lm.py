@@ -40,6 +40,7 @@ class CausalLM(Task):
     tokenizer = "char"
     specials = False
     special_ids = ()  # a language model has no padding, and any text may start or end anywhere
+    fixed_shapes = True  # (B, T) windows of block_size
 
     def load(self, model_config, cfg, tokenizer):
         splits, block = _token_splits(model_config, cfg, tokenizer)

@@ -44,6 +44,7 @@ class Task:
     special_ids: tuple[str, ...] = ("pad_token_id", "bos_token_id", "eos_token_id")  # config fields following it
     row_batches: bool = True  # batch_size counts rows, split over the processes (False: a token budget)
     data_folders: bool = False  # --data / --val-data may be folders
+    fixed_shapes: bool = False  # every training batch has the same shape (so compiled code is compiled once)
 
     # -- data --------------------------------------------------------------------------------------------------
     def prepare(self, model_config, cfg, tokenizer=None) -> TaskData:

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ..tasks import shard_rows, to_device
+from .compiling import eager
 
 log = logging.getLogger("qkv.train")
 
@@ -26,7 +27,7 @@ def _validation(run) -> dict:
     procs = run.procs
     totals: dict[str, torch.Tensor] = {}
     run.task_loss.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eager():  # compiled blocks run eagerly here: a no-grad graph would be another compile
         for batch in run.data.val():
             local, weight = shard_rows(batch, procs.rank, procs.world)
             with run.autocast():

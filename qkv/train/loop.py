@@ -15,7 +15,7 @@ import torch.nn as nn
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig
 from ..tasks import TaskData, count_targets, shard_rows, task_for, to_device
-from . import checkpointing, processes
+from . import checkpointing, compiling, processes
 from .evaluation import evaluate
 from .log import MetricsLog
 from .optim import make_optimizer
@@ -54,7 +54,7 @@ class Run:
     data: TaskData
     model: nn.Module  # the qkv model: checkpoints hold its weights
     task_loss: nn.Module  # the model with its task's loss (batch -> sums); DDP / FSDP wrap or shard this
-    runner: nn.Module  # what a micro-step calls: task_loss, compiled and / or under DDP
+    runner: nn.Module  # what a micro-step calls: task_loss, or task_loss under DDP
     shadow: nn.Module | None  # FSDP: an unsharded CPU copy of the model to save through
     opt: torch.optim.Optimizer
     sched: object
@@ -67,6 +67,7 @@ class Run:
     best_val: float | None = None
     history: list = field(default_factory=list)  # config changes at each resume
     checkpoint: Path | None = None  # the last one written
+    compile_untried: bool = False  # blocks compiled and not yet run: the first step falls back to eager on failure
 
 
 def _loop(run: Run) -> TrainSummary:
@@ -77,7 +78,8 @@ def _loop(run: Run) -> TrainSummary:
     while run.step < cfg.max_steps:
         batches = [next(run.data.train) for _ in range(cfg.grad_accum)]
         n = sum(count_targets(b) for b in batches)  # every process sees the whole global batch
-        loss_sum, nll_sum = _forward_backward(run, batches, n)
+        loss_sum, nll_sum = _first_compiled_step(run, batches, n) if run.compile_untried else \
+            _forward_backward(run, batches, n)
         train_loss = procs.mean_per(loss_sum, n)
         if not math.isfinite(train_loss):
             raise _non_finite(run, train_loss)
@@ -129,6 +131,20 @@ def _forward_backward(run: Run, batches: list, n: int) -> tuple[torch.Tensor, to
     return loss_sum, nll_sum
 
 
+def _first_compiled_step(run: Run, batches: list, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first step of a run with compiled blocks: where compiling fails (no C++ compiler, an op the compiler
+    does not take), the blocks go back to eager and the step runs again from clean gradients."""
+    run.compile_untried = False
+    try:
+        return _forward_backward(run, batches, n)
+    except Exception as e:  # noqa: BLE001 - a real error in the model shows again in the eager step
+        log.warning("compiling the blocks failed (%s: %s); training eagerly", type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "")
+        compiling.uncompile_blocks(run.model)
+        run.opt.zero_grad(set_to_none=True)
+        return _forward_backward(run, batches, n)
+
+
 def _update(run: Run) -> tuple[float, torch.Tensor]:
     """Unscale (fp16), clip the global gradient norm, AdamW step at this step's learning rate, next schedule step.
     Returns (the learning rate used, the gradient norm before clipping)."""
@@ -176,7 +192,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *, model: nn.Mod
         raise ValueError(f"out_dir={str(out)!r} (--out-dir): is a file; expected a folder for the run's checkpoints "
                          f"and logs")
     procs, device = processes.setup(train_config.device, train_config.fsdp)
-    cfg = resolve(train_config, task, device)
+    cfg = resolve(train_config, task, device, procs.world)
     try:
         with checkpointing.run_lock(out, procs, device):
             return _loop(_start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback))
@@ -184,10 +200,12 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *, model: nn.Mod
         procs.close()
 
 
-def resolve(cfg: TrainConfig, task, device: torch.device) -> TrainConfig:
+def resolve(cfg: TrainConfig, task, device: torch.device, world: int = 1) -> TrainConfig:
     """``cfg`` with its "auto" fields made concrete, so the run's saved config says what ran: the tokenizer type the
-    task trains (when it trains one) and the precision for ``device``."""
-    changes = {"precision": resolve_precision(cfg.precision, device)}
+    task trains (when it trains one), the precision for ``device``, and whether the blocks are compiled."""
+    compile = compiling.resolve_compile(cfg.compile, max_steps=cfg.max_steps, fixed_shapes=task.fixed_shapes,
+                                        device=device, world=world)
+    changes = {"precision": resolve_precision(cfg.precision, device), "compile": compile}
     if cfg.tokenizer_type == "auto" and not cfg.tokenizer and task.tokenizer is not None:
         changes["tokenizer_type"] = task.tokenizer
     return dataclasses.replace(cfg, **changes)
@@ -218,7 +236,9 @@ def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_
         ckpt.check_model_config(resume_from, model.config)
         ckpt.load_weights(resume_from, model)
     task_loss = task.loss(model, cfg.label_smoothing)
-    runner, shadow = processes.wrap(task_loss, procs, device, compile=cfg.compile)
+    runner, shadow = processes.wrap(task_loss, procs, device)
+    if cfg.compile:
+        compiling.compile_blocks(model)
     opt, sched = make_optimizer(task_loss, cfg, device, sharded=shadow is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     run = Run(cfg, procs, device, data, model, task_loss, runner, shadow, opt, sched, scaler,
@@ -233,7 +253,7 @@ def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_
             log.info("resumed from %s at step %d", resume_from, run.step)
     if run.step >= cfg.max_steps:
         log.info("the run is already at max_steps=%d (checkpoint %s): nothing to train", cfg.max_steps, resume_from)
-    run.checkpoint = resume_from
+    run.checkpoint, run.compile_untried = resume_from, cfg.compile
     run.log = MetricsLog(cfg, procs.main, run.step, run.tokens)
     run.task_loss.train()
     return run

@@ -99,10 +99,10 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def wrap(task_loss: nn.Module, procs: Processes, device: torch.device, *, compile: bool):
+def wrap(task_loss: nn.Module, procs: Processes, device: torch.device):
     """(the module each micro-step calls, an unsharded CPU copy of the model to save and load through or None).
 
-    FSDP2 shards every block and the root; DDP wraps the (compiled) task loss; one process calls it directly."""
+    FSDP2 shards every block and the root; DDP wraps the task loss; one process calls it directly."""
     shadow = None
     if procs.world > 1 and procs.fsdp:
         from torch.distributed.fsdp import fully_shard
@@ -112,7 +112,7 @@ def wrap(task_loss: nn.Module, procs: Processes, device: torch.device, *, compil
             if isinstance(m, Block):
                 fully_shard(m)
         fully_shard(task_loss)
-    runner = torch.compile(task_loss) if compile else task_loss
+    runner = task_loss
     if procs.world > 1 and not procs.fsdp:
         runner = nn.parallel.DistributedDataParallel(runner, device_ids=[device] if device.type == "cuda" else None)
     return runner, shadow
