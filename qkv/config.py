@@ -272,7 +272,7 @@ class TrainConfig(_Serializable):
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
     label_smoothing: float = 0.0  # epsilon of label smoothing (0.1 in Vaswani et al. 2017, sec. 5.4)
     precision: str = "auto"  # auto (bf16 where the device multiplies bf16 in hardware: a CUDA GPU from Ampere on, a CPU with AVX512-BF16 or AMX; fp32 elsewhere) | fp32 | bf16 (autocast, float32 weights) | fp16 (autocast with a GradScaler); train_config.json records the one used
-    compile: bool | None = None  # torch.compile each residual block (one graph every layer reuses; evaluation stays eager); default (auto): when the run has 1000+ steps of fixed-shape batches on one process and a compiler is at hand, else eager; falls back to eager if compiling fails; train_config.json records the one used
+    compile: bool | None = None  # torch.compile each residual block (one graph every layer reuses; evaluation stays eager); default (auto): when the run has 6000+ steps of fixed-shape batches on one process and a compiler is at hand, else eager; falls back to eager if compiling fails; train_config.json records the one used
     seed: int = 1337  # seeds weights, data order, dropout
     eval_every: int = 250  # evaluate every this many steps (0: only at the end)
     eval_steps: int = 20  # validation batches per evaluation

@@ -15,7 +15,8 @@ One optimizer step (step s = 1 .. max_steps):
 
 Where things are: ``loop`` (the loop, and setting a run up), ``processes`` (distributed set-up), ``checkpointing``
 (the run folder, resume, save), ``evaluation``, ``log`` (metrics.jsonl, progress bar, plot), ``optim`` (AdamW,
-schedules), ``precision`` (what "auto" means, autocast), ``args`` (the flags); what is trained: ``qkv.tasks``.
+schedules), ``precision`` (what "auto" means, autocast), ``compiling`` (regional compile of the blocks, and when),
+``args`` (the flags of ``qkv train`` and ``python -m qkv.train``); what is trained: ``qkv.tasks``.
 """
 from ..tasks import bleu_callback, prepare_data
 from .args import add_arguments, build_parser, configs_from_args, main

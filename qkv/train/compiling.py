@@ -21,10 +21,11 @@ import torch.nn as nn
 
 log = logging.getLogger("qkv.train")
 
-# Steps from which "auto" compiles. Compiling the block on a 2-core CPU costs the time of some hundreds of eager
-# steps of a small model (bench/shakespeare.py measures both: its "--compile" and "--no-compile" rows); below this
-# the compile is not repaid.
-COMPILE_MIN_STEPS = 1000
+# Steps from which "auto" compiles. gpt-char-tiny (4 x 128, batch 12 x 64) with bf16 autocast, one thread, in CPU
+# seconds (less sensitive to a loaded machine than wall time, still noisy): a cold compile of the block cost ~26 s,
+# and the compiled step saved ~4.6 ms of ~56 ms (8%), so it repays itself after ~5,700 steps; a 2,000-step run is
+# faster eager. Larger models save more per step for a similar compile, so this errs towards eager for them.
+COMPILE_MIN_STEPS = 6000
 
 
 def resolve_compile(setting: bool | None, *, max_steps: int, fixed_shapes: bool, device: torch.device,
