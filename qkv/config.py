@@ -360,6 +360,8 @@ def add_dataclass_arguments(parser, cls, *, skip=(), defaults_to_none: bool = Fa
             continue
         default = None if defaults_to_none else (f.default if f.default is not dataclasses.MISSING else None)
         shown = f.default if f.default is not dataclasses.MISSING else None
+        if shown is None and base == "bool":  # a switch left unset is decided by the run ("auto")
+            shown = "auto"
         kw = dict(default=default, help=f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%"))
         flag = "--" + f.name.replace("_", "-")
         if base == "bool":
