@@ -436,6 +436,21 @@ def test_the_torchrun_entry_builds_configs_from_flags(tmp_path, corpus):
     assert json.loads((tmp_path / "run/config.json").read_text())["vocab_size"] == len(set(TEXT))
 
 
+@pytest.mark.parametrize("argv, status, named", [
+    (["--lr", "-1e-3"], 2, "--lr -0.001: need lr > 0"),  # a bad value, its flag named
+    (["--presett", "x"], 2, "unrecognized arguments: --presett x"),  # argparse's own errors are one line too
+    (["--data", "no/such/file.txt"], 1, "data='no/such/file.txt': no such file"),  # the run refuses it
+])
+def test_the_torchrun_entry_reports_bad_input_in_one_line_like_qkv_train(tmp_path, capsys, argv, status, named):
+    from qkv.train import main
+    base = ["--preset", "gpt-char-tiny", "--data", str(tmp_path / "absent.txt"), "--out-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_:
+        main(base + argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == status and err.startswith("qkv train: error: ") and named in err
+    assert "\n" not in err and "Traceback" not in err
+
+
 # -- the tokenizer a run trains by default, and what its log compares ---------------------------------------------
 
 def test_translation_trains_a_shared_bpe_by_default_and_the_run_config_says_so(tmp_path):
