@@ -1,9 +1,8 @@
 """Compiling a run's model: regional compilation of its residual blocks, and what "auto" means.
 
-A stack repeats one block, so compiling the block (not the whole model) compiles one graph that every layer reuses:
-the cold compile costs about one layer's worth instead of the whole model's train and eval graphs, and the step still
-gets the fusions that matter (norms, GELU, residual adds and casts around each matrix product). Embeddings, head and
-loss stay eager. Evaluation runs the blocks eagerly (``eager``): a no-grad forward is another graph, and twenty
+A stack repeats one block, so compiling the block (not the whole model) compiles one graph that every layer reuses,
+instead of the whole model's train and eval graphs, and the step still gets the fusions around each matrix product
+(norms, GELU, residual adds, casts). Embeddings, head and loss stay eager. Evaluation runs the blocks eagerly (``eager``): a no-grad forward is another graph, and twenty
 batches every few hundred steps do not repay its compile.
 
 "auto" (``compile=None``) compiles when the run is long enough to repay the cold compile, on one process, for a
