@@ -477,3 +477,24 @@ def test_language_models_keep_the_character_vocabulary_and_log_no_train_nll_with
     assert all("train_nll" not in r for r in metrics(tmp_path / "run"))
     with pytest.raises(ValueError, match="tokenizer_type"):
         TrainConfig(tokenizer_type="sentencepiece")
+
+
+# -- start-up ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gpt-char-tiny", "transformer-tiny", "vit-tiny"])
+def test_the_memory_check_counts_parameters_without_building_or_initialising(name):
+    from qkv.safety import model_bytes
+    counted, _ = model_bytes(qkv.preset(name))  # parameters and buffers (position tables) alike
+    model = qkv.build(qkv.preset(name))
+    assert counted == sum({id(t): t.numel() for t in (*model.parameters(), *model.buffers())}.values())
+
+
+def test_the_memory_check_of_a_run_does_not_import_the_compiler():
+    # a random init on the meta device imports torch._dynamo (over a second at every `qkv train`'s start)
+    import subprocess
+    import sys
+    code = ("import sys, qkv; from qkv.safety import model_bytes; model_bytes(qkv.preset('gpt-char-tiny')); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert out.stdout.strip() == "False"
