@@ -190,43 +190,23 @@ def _convert(args):
 # -- train ------------------------------------------------------------------------------------------------------
 
 def _train_args(p):
-    from .config import TrainConfig, add_dataclass_arguments
-    p.add_argument("--preset", help="model preset name (see `qkv info --list`), e.g. gpt-char-tiny")
-    p.add_argument("--config", help="a YAML/JSON file with 'model' (or 'preset') and 'train' sections; flags "
-                                    "override it")
-    add_dataclass_arguments(p.add_argument_group("training (every TrainConfig field)"), TrainConfig,
-                            defaults_to_none=True)
+    from .train.args import add_arguments  # the same flags as ``python -m qkv.train`` (torchrun's entry)
+    add_arguments(p)
 
 
 def _train(args):
     import dataclasses
     import json
     import logging
-    from .config import TrainConfig
     from .train import configs_from_args, train
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        model_config, train_config = configs_from_args(args)
+        model_config, train_config = configs_from_args(args)  # its errors name the flags already
     except (TypeError, ValueError) as e:
-        raise CLIError(_name_flags(str(e), args, TrainConfig)) from None
+        raise CLIError(str(e)) from None
     summary = train(model_config, train_config)
     print(json.dumps(dataclasses.asdict(summary), indent=1))
     return 0
-
-
-def _name_flags(message: str, args, cls) -> str:
-    """Put the flags (and their values) a config check names in front of its message: "--lr inf: lr must be ..."."""
-    import dataclasses
-    given = [f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None
-             and re.search(rf"(?<![\w-]){f.name}(?![\w-])", message)]
-    if not given:
-        return message
-    flags = ", ".join(f"--{n.replace('_', '-')} {_shown(getattr(args, n))}" for n in given)
-    return f"{flags}: {message}"
-
-
-def _shown(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # -- generate / translate -------------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def _finite(name, value, *, low=None):
 
 
 SCHEDULES = ("cosine", "inverse_sqrt", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZER_TYPES = ("auto", "bpe", "char", "wordpiece")
 
 
@@ -268,8 +268,8 @@ class TrainConfig(_Serializable):
     schedule: str = "cosine"  # cosine (to min_lr at max_steps) | inverse_sqrt (Vaswani et al. 2017, sec. 5.3) | constant
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
     label_smoothing: float = 0.0  # epsilon of label smoothing (0.1 in Vaswani et al. 2017, sec. 5.4)
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with a GradScaler)
-    compile: bool = False  # torch.compile the model
+    precision: str = "auto"  # auto (bf16 where the device multiplies bf16 in hardware: a CUDA GPU from Ampere on, a CPU with AVX512-BF16 or AMX; fp32 elsewhere) | fp32 | bf16 (autocast, float32 weights) | fp16 (autocast with a GradScaler); train_config.json records the one used
+    compile: bool | None = None  # torch.compile each residual block (one graph every layer reuses; evaluation stays eager); default (auto): when the run has 6000+ steps of fixed-shape batches on one process and a compiler is at hand, else eager; falls back to eager if compiling fails; train_config.json records the one used
     seed: int = 1337  # seeds weights, data order, dropout
     eval_every: int = 250  # evaluate every this many steps (0: only at the end)
     eval_steps: int = 20  # validation batches per evaluation
@@ -357,6 +357,8 @@ def add_dataclass_arguments(parser, cls, *, skip=(), defaults_to_none: bool = Fa
             continue
         default = None if defaults_to_none else (f.default if f.default is not dataclasses.MISSING else None)
         shown = f.default if f.default is not dataclasses.MISSING else None
+        if shown is None and base == "bool":  # a switch left unset is decided by the run ("auto")
+            shown = "auto"
         kw = dict(default=default, help=f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%"))
         flag = "--" + f.name.replace("_", "-")
         if base == "bool":

@@ -30,9 +30,10 @@ PRESETS: dict[str, dict] = {
     "gpt2-medium": dict(_GPT2, d_model=1024, n_layers=24, n_heads=16),
     "gpt2-large": dict(_GPT2, d_model=1280, n_layers=36, n_heads=20),
     "gpt2-tiny": dict(_GPT2, vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_positions=128),
-    # nanoGPT's CPU-sized Shakespeare run: characters, 4 layers, 4 heads, 128 wide, block 64
+    # nanoGPT's CPU-sized Shakespeare run: characters, 4 layers, 4 heads, 128 wide, block 64, and nanoGPT's model:
+    # no biases (LayerNorm's included), exact (erf) GELU, tied embeddings
     "gpt-char-tiny": dict(_GPT2, vocab_size=65, d_model=128, n_layers=4, n_heads=4, max_positions=64,
-                          bos_token_id=None, eos_token_id=None),
+                          bias=False, norm_bias=False, activation="gelu", bos_token_id=None, eos_token_id=None),
     "llama-tiny": dict(_LLAMA, vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=172,
                        max_positions=256),
     "llama-1b": dict(_LLAMA, vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,

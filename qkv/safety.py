@@ -424,7 +424,7 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
 
     def measure(k: int):
         small = config.replace(n_layers=k * period, n_decoder_layers=k * period)
-        with torch.device("meta"):
+        with torch.device("meta"), _NoInit():
             m = cls(small)
         tensors = {id(t): t.numel() for t in (*m.parameters(), *m.buffers())}
         return sum(tensors.values()), sum(1 for _ in m.modules()) + len(tensors)
@@ -435,6 +435,21 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
     params = p1 + (p2 - p1) * (repeats - 1)
     objects = o1 + (o2 - o1) * (repeats - 1)
     return int(params), int(params * dtype_bytes + objects * _OBJECT_BYTES)
+
+
+class _NoInit(torch.overrides.TorchFunctionMode):
+    """Skips in-place operations on meta tensors while a model is built to be measured: initialising weights that
+    hold no data changes no shape, and a random init on the meta device would import the compiler stack (about a
+    second and a half at every ``qkv train``'s start)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")
+        name = getattr(func, "__name__", "")
+        in_place = name.endswith("_") and not name.endswith("__")  # normal_, uniform_, zero_ ... (not __get__)
+        if in_place and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
 
 
 def model_sizes(config) -> str:

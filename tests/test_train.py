@@ -31,8 +31,9 @@ def tiny(**kw):
 
 
 def cfg_for(tmp_path, data, **kw):
+    # float32 unless a test says otherwise: exact comparisons across runs, processes and compilation
     base = dict(data=str(data), out_dir=str(tmp_path / "run"), max_steps=6, batch_size=4, block_size=16,
-                warmup_steps=2, eval_every=3, eval_steps=2, log_every=1, progress=False, seed=7)
+                warmup_steps=2, eval_every=3, eval_steps=2, log_every=1, progress=False, seed=7, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -217,6 +218,34 @@ def test_compiled_training_follows_the_eager_loss_curve(tmp_path, corpus):
     for ra, rb in zip(a, b):  # fused kernels reorder float32 sums: close, not equal
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-4)
     assert compiled.val_loss == pytest.approx(eager.val_loss, abs=1e-4)
+
+
+def test_blocks_that_fail_to_compile_train_eagerly_with_the_eager_losses(tmp_path, corpus, monkeypatch):
+    import qkv.train.compiling as compiling
+
+    def broken_compile(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return call
+    kw = dict(max_steps=3, eval_every=3, log_every=1)
+    eager = train(tiny(), cfg_for(tmp_path / "eager", corpus, **kw))
+    monkeypatch.setattr(compiling.torch, "compile", broken_compile)
+    fell_back = train(tiny(), cfg_for(tmp_path / "broken", corpus, compile=True, **kw))
+    assert [r["train_loss"] for r in metrics(tmp_path / "broken/run")] == \
+        [r["train_loss"] for r in metrics(tmp_path / "eager/run")]
+    assert fell_back.val_loss == eager.val_loss
+
+
+def test_auto_compile_only_for_long_fixed_shape_runs_on_one_process():
+    from qkv.train.compiling import COMPILE_MIN_STEPS, compiler_available, resolve_compile
+    cpu = torch.device("cpu")
+    kw = dict(fixed_shapes=True, device=cpu, world=1)
+    assert resolve_compile(None, max_steps=COMPILE_MIN_STEPS - 1, **kw) is False
+    assert resolve_compile(None, max_steps=COMPILE_MIN_STEPS, **kw) is compiler_available(cpu)
+    assert resolve_compile(None, max_steps=10 ** 6, fixed_shapes=False, device=cpu, world=1) is False
+    assert resolve_compile(None, max_steps=10 ** 6, fixed_shapes=True, device=cpu, world=2) is False
+    assert resolve_compile(True, max_steps=1, fixed_shapes=False, device=cpu, world=2) is True
+    assert resolve_compile(False, max_steps=10 ** 6, **kw) is False
 
 
 def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
@@ -407,6 +436,21 @@ def test_the_torchrun_entry_builds_configs_from_flags(tmp_path, corpus):
     assert json.loads((tmp_path / "run/config.json").read_text())["vocab_size"] == len(set(TEXT))
 
 
+@pytest.mark.parametrize("argv, status, named", [
+    (["--lr", "-1e-3"], 2, "--lr -0.001: need lr > 0"),  # a bad value, its flag named
+    (["--presett", "x"], 2, "unrecognized arguments: --presett x"),  # argparse's own errors are one line too
+    (["--data", "no/such/file.txt"], 1, "data='no/such/file.txt': no such file"),  # the run refuses it
+])
+def test_the_torchrun_entry_reports_bad_input_in_one_line_like_qkv_train(tmp_path, capsys, argv, status, named):
+    from qkv.train import main
+    base = ["--preset", "gpt-char-tiny", "--data", str(tmp_path / "absent.txt"), "--out-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_:
+        main(base + argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == status and err.startswith("qkv train: error: ") and named in err
+    assert "\n" not in err and "Traceback" not in err
+
+
 # -- the tokenizer a run trains by default, and what its log compares ---------------------------------------------
 
 def test_translation_trains_a_shared_bpe_by_default_and_the_run_config_says_so(tmp_path):
@@ -433,3 +477,24 @@ def test_language_models_keep_the_character_vocabulary_and_log_no_train_nll_with
     assert all("train_nll" not in r for r in metrics(tmp_path / "run"))
     with pytest.raises(ValueError, match="tokenizer_type"):
         TrainConfig(tokenizer_type="sentencepiece")
+
+
+# -- start-up ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gpt-char-tiny", "transformer-tiny", "vit-tiny"])
+def test_the_memory_check_counts_parameters_without_building_or_initialising(name):
+    from qkv.safety import model_bytes
+    counted, _ = model_bytes(qkv.preset(name))  # parameters and buffers (position tables) alike
+    model = qkv.build(qkv.preset(name))
+    assert counted == sum({id(t): t.numel() for t in (*model.parameters(), *model.buffers())}.values())
+
+
+def test_the_memory_check_of_a_run_does_not_import_the_compiler():
+    # a random init on the meta device imports torch._dynamo (over a second at every `qkv train`'s start)
+    import subprocess
+    import sys
+    code = ("import sys, qkv; from qkv.safety import model_bytes; model_bytes(qkv.preset('gpt-char-tiny')); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert out.stdout.strip() == "False"

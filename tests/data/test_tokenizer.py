@@ -209,7 +209,7 @@ MULTI30K = Path("/work/shared/data/multi30k")
 @pytest.mark.skipif(not (MULTI30K / "val.fr").exists(), reason="Multi30k not present")
 def test_the_translation_default_tokenizer_gives_multi30k_back_in_de_fr_en():
     from qkv.config import TrainConfig
-    from qkv.train import train_tokenizer
+    from qkv.tasks import train_tokenizer
     for lang in ("de", "fr"):
         cfg = TrainConfig(data=str(MULTI30K / f"val.{lang}"), data_tgt=str(MULTI30K / "val.en"))
         tok = train_tokenizer(cfg, "seq2seq")  # what `qkv train` trains for translation without --tokenizer
@@ -220,7 +220,7 @@ def test_the_translation_default_tokenizer_gives_multi30k_back_in_de_fr_en():
 
 def test_language_model_and_translation_defaults_round_trip_their_corpus(tmp_path):
     from qkv.config import TrainConfig
-    from qkv.train import train_tokenizer
+    from qkv.tasks import train_tokenizer
     text = tmp_path / "t.txt"
     text.write_text("\n".join(SCRIPTS) + "\n", encoding="utf-8")
     for task in ("lm", "seq2seq"):

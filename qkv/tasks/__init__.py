@@ -1,0 +1,57 @@
+"""What the training loop trains on: one record per task (``Task``), holding its loss, data loading and batches,
+default tokenizer, memory footprint and metrics. The loop looks a task up by name and never branches on it.
+
+Tasks:
+  lm        causal LM (decoder)              x (B, T) -> logits (B, T, V) vs the next tokens y (B, T)
+  seq2seq   translation (encoder_decoder)    teacher forcing: (source, BOS + target) -> logits vs target + EOS
+  mlm       masked LM (encoder)              BERT's 15% masked tokens -> MLM-head logits vs the original ids
+  image     image classification (vit)       pixels (B, C, H, W) -> logits (B, classes) vs labels (B,)
+"""
+from __future__ import annotations
+
+from .batches import (EndlessBatches, ImageBatches, LMBatches, MLMBatches, TaskData, batch_rows, count_targets,
+                      shard_rows, take, to_device)
+from .image import ImageClassification, ImageLoss
+from .lm import CausalLM, CausalLMLoss, MaskedLM, MaskedLMLoss
+from .loss import IGNORE_INDEX, LossSums, TaskLoss, label_smoothed_nll, token_sums
+from .seq2seq import Seq2SeqLoss, Translation, bleu_callback
+from .task import Footprint, Task, perplexity
+
+TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Translation(), MaskedLM(), ImageClassification())}
+
+# The task a family trains when none is named. Until the family registry (qkv.models) names each family's tasks,
+# this small table stands in for it; it is the only place a family name meets a task.
+FAMILY_TASKS = {"decoder": "lm", "encoder_decoder": "seq2seq", "encoder": "mlm", "vit": "image"}
+
+
+def get_task(name_or_task) -> Task:
+    """The Task record of a name in TASKS (a Task is returned as it is)."""
+    if isinstance(name_or_task, Task):
+        return name_or_task
+    if name_or_task not in TASKS:
+        raise ValueError(f"task={name_or_task!r}: unknown; expected one of {', '.join(TASKS)}")
+    return TASKS[name_or_task]
+
+
+def task_for(family: str) -> Task:
+    """The task a model of ``family`` trains by default."""
+    if family not in FAMILY_TASKS:
+        raise ValueError(f"family={family!r}: no training task for it; expected one of {', '.join(FAMILY_TASKS)}")
+    return TASKS[FAMILY_TASKS[family]]
+
+
+def prepare_data(model_config, cfg, tokenizer=None) -> TaskData:
+    """The data of ``model_config``'s task for ``cfg`` (see ``Task.prepare``)."""
+    return task_for(model_config.family).prepare(model_config, cfg, tokenizer)
+
+
+def train_tokenizer(cfg, task):
+    """The tokenizer ``task`` (a name or a Task) trains on ``cfg.data`` when none is given."""
+    return get_task(task).train_tokenizer(cfg)
+
+
+__all__ = ["TASKS", "FAMILY_TASKS", "Task", "Footprint", "TaskData", "get_task", "task_for", "prepare_data",
+           "train_tokenizer", "TaskLoss", "LossSums", "token_sums", "label_smoothed_nll", "IGNORE_INDEX", "perplexity",
+           "CausalLM", "MaskedLM", "Translation", "ImageClassification", "CausalLMLoss", "MaskedLMLoss",
+           "Seq2SeqLoss", "ImageLoss", "bleu_callback", "LMBatches", "MLMBatches", "EndlessBatches", "ImageBatches",
+           "shard_rows", "to_device", "count_targets", "batch_rows", "take"]

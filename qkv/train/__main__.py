@@ -1,0 +1,3 @@
+from .args import main
+
+main()

@@ -1,0 +1,129 @@
+"""The command line of training, generated from TrainConfig in one place: ``qkv train`` (the CLI's subcommand) and
+``python -m qkv.train`` (the entry ``torchrun`` starts on every process) both take these flags."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+
+from ..config import ModelConfig, TrainConfig, add_dataclass_arguments, dataclass_from_args, load_config_file
+
+log = logging.getLogger("qkv.train")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--preset, --config and one flag per TrainConfig field (help from the field's comment)."""
+    p.add_argument("--preset", help="model preset name (see `qkv info --list`), e.g. gpt-char-tiny")
+    p.add_argument("--config", help="a YAML/JSON file with 'model' (or 'preset') and 'train' sections; flags "
+                                    "override it")
+    add_dataclass_arguments(p.add_argument_group("training (every TrainConfig field)"), TrainConfig,
+                            defaults_to_none=True)
+    return p
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``qkv train: error: ...``), like every other qkv error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m qkv.train``: the flags of ``qkv train``, and its name in errors."""
+    p = add_arguments(OneLineParser(
+        prog="qkv train", description="Train a qkv model. The same flags as `qkv train`; this module is the entry "
+                                      "torchrun starts on every process: torchrun --nproc_per_node N -m qkv.train ..."))
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs the flags (over the config file, over the preset) describe. A ValueError /
+    TypeError names the flags (and their values) behind it: "--lr inf: lr must be ..."."""
+    try:
+        return _configs(args)
+    except (TypeError, ValueError) as e:
+        raise type(e)(name_flags(str(e), args, TrainConfig)) from None
+
+
+def _configs(args) -> tuple[ModelConfig, TrainConfig]:
+    from ..presets import preset
+    file = load_config_file(args.config) if args.config else {}
+    unknown = sorted(set(file) - {"model", "preset", "train"})
+    if unknown:
+        raise ValueError(f"config file {args.config!r}: unknown sections {unknown}; expected model, preset, train")
+    for section, kind in (("model", dict), ("train", dict), ("preset", str)):
+        if section in file and not isinstance(file[section], kind):
+            raise ValueError(f"config file {args.config!r}: section {section!r} is a {type(file[section]).__name__}; "
+                             f"expected {'a mapping of field names to values' if kind is dict else 'a preset name'}")
+    name = args.preset or file.get("preset")
+    if name is None and "model" not in file:
+        raise ValueError("no model given: pass --preset NAME or a config file with a 'model' or 'preset' section")
+    model = preset(name, **file.get("model", {})) if name else ModelConfig.from_dict(file["model"])
+    return model, dataclass_from_args(TrainConfig, args, file.get("train", {}))
+
+
+def name_flags(message: str, args, cls) -> str:
+    """Put the flags (and their values) a config check names in front of its message: "--lr inf: lr must be ..."."""
+    given = [f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None
+             and re.search(rf"(?<![\w-]){f.name}(?![\w-])", message)]
+    if not given:
+        return message
+    shown = (lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+    return ", ".join(f"--{n.replace('_', '-')} {shown(getattr(args, n))}" for n in given) + f": {message}"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its message with any line breaks joined; one that is not a user's mistake (bad
+    flags, files or data) also says its type."""
+    msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+    msg = "; ".join(line.strip() for line in msg.splitlines() if line.strip()) or type(e).__name__
+    if isinstance(e, (ValueError, TypeError, OSError)):
+        return msg
+    return f"{type(e).__name__}: {msg} (--debug shows the traceback)"
+
+
+def main(argv=None):
+    """``python -m qkv.train FLAGS``: train, then log the summary (on rank 0) as JSON; returns the summary. A bad
+    flag, file or value ends the process with one line on stderr (status 2 for flags, 1 for the run), as `qkv
+    train` does; ``--debug`` shows the traceback instead."""
+    from .loop import train
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(join_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))
+    try:
+        model_config, train_config = configs_from_args(args)
+    except (TypeError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {one_line(e)}\n")
+    try:
+        summary = train(model_config, train_config)
+    except Exception as e:  # a bad file or value, a run that diverged: one line, as from `qkv train`
+        if args.debug:
+            raise
+        parser.exit(1, f"{parser.prog}: error: {one_line(e)}\n")
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info(json.dumps(dataclasses.asdict(summary), indent=1))
+    return summary
+
+
+# A negative number: "-1e-3", "-.5", "-inf". argparse takes "-1e-3" for an option (its rule knows no exponents).
+NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3`` for flags that take one value, so the value reaches the check that names
+    the flag and says what it expects, instead of argparse's "expected one argument"."""
+    takes_one = {o for a in parser._actions if a.nargs is None for o in a.option_strings}
+    out: list[str] = []
+    for a in argv:
+        if out and NEGATIVE.match(a) and out[-1] in takes_one:
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out

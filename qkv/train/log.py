@@ -1,0 +1,123 @@
+"""What a run reports: metrics.jsonl (one JSON record per logged step), TensorBoard when it is installed, the
+progress bar, and the loss plot at the end. Only the main process writes; the others keep nothing."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .. import checkpoint as ckpt
+from .. import safety
+
+log = logging.getLogger("qkv.train")
+
+
+class MetricsLog:
+    def __init__(self, cfg, main: bool, step: int, tokens: int):
+        out = Path(cfg.out_dir)
+        self.path, self.png, self.label_smoothing = out / ckpt.METRICS, out / "loss.png", cfg.label_smoothing
+        self.main, self.writer, self.bar = main, None, None
+        if main:
+            truncate(self.path, step)
+            self.writer = _tensorboard(out)
+            if cfg.progress:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=cfg.max_steps, initial=step, file=sys.stderr, unit="step", dynamic_ncols=True,
+                                desc="train")
+        self.t_start = self.t_last = time.perf_counter()
+        self.tokens_last = tokens
+
+    def train_record(self, step: int, tokens: int, **values) -> dict:
+        """The record of a logged step: ``values`` (train_loss, lr, grad_norm...), the tokens per second since the
+        last logged step and the seconds since the start."""
+        now = time.perf_counter()
+        record = {"step": step, **values, "tokens_per_s": (tokens - self.tokens_last) / max(now - self.t_last, 1e-9),
+                  "elapsed_s": now - self.t_start}
+        self.t_last, self.tokens_last = now, tokens
+        return record
+
+    def write(self, record: dict, train_loss: float, last_eval: dict) -> None:
+        """Append ``record`` (when not empty) and move the progress bar one step."""
+        if record and self.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.writer is not None:
+                for k, v in record.items():
+                    if k != "step":
+                        self.writer.add_scalar(k, v, record["step"])
+        if self.bar is not None:
+            self.bar.update(1)
+            if record:
+                self.bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}",
+                                     **({"val": f"{last_eval['val_loss']:.4f}"} if "val_loss" in last_eval else {}))
+
+    def close(self) -> float:
+        """Close the bar and TensorBoard; returns the seconds since the start. (``plot`` draws the curves after.)"""
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return time.perf_counter() - self.t_start
+
+    def plot(self) -> None:
+        if self.main and self.path.is_file():
+            _plot(self.path, self.png, self.label_smoothing)
+
+
+def truncate(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint (a crashed run's tail), so steps never repeat; a line cut
+    short by the crash is dropped with a warning."""
+    if not path.is_file():
+        return
+    keep, broken = [], 0
+    for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(ln)
+        except ValueError:
+            broken += bool(ln.strip())
+            continue
+        at = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(at, (int, float)) and at <= step:
+            keep.append(ln)
+    if broken:
+        log.warning("%s: dropped %d line(s) that are not whole JSON records (cut short by a crash?)", path, broken)
+    safety.write_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _plot(metrics: Path, png: Path, label_smoothing: float | None = None) -> None:
+    try:
+        from ..viz import plot_curves
+    except ImportError:
+        plot_curves = None
+    try:
+        if plot_curves is not None:
+            plot_curves(metrics, png, label_smoothing=label_smoothing)
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no loss plot")
+        return
+    records = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("train_loss", "val_loss"):
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), label=key, marker="o" if key == "val_loss" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
