@@ -3,7 +3,7 @@ up instead of testing the family's name.
 
     record = family_of(config)          # or family_of(model)
     record.model(config)                # the model class (``qkv.build``)
-    record.tasks                        # its training tasks, by the names qkv/tasks.py defines them
+    record.tasks                        # its training tasks, by the names qkv/tasks/ defines them
     record.decoding                     # its decode adapter (qkv/models/decoding.py), None if it does not generate
     record.continues, record.has_source # a prompt continued (a language model) / a source conditioned on
     record.flops(model, seq_len)        # forward FLOPs per token
@@ -29,7 +29,7 @@ from .vit import ViT
 
 @dataclass(frozen=True)
 class Family:
-    """One family. model: the class built for it. tasks: its training tasks (qkv/tasks.py: loss, batches, data,
+    """One family. model: the class built for it. tasks: its training tasks (qkv/tasks/: loss, batches, data,
     metrics), the first the default. decoding: its decode adapter, or None (it reads its input at once and
     generates nothing). text: it reads token ids (False: pixels). causal: its self-attention is masked (a token
     sees no later one). stacks: the config fields counting its blocks, one per stack. flops: (model, seq_len) ->

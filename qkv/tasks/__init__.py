@@ -19,9 +19,6 @@ from .task import Footprint, Task, perplexity
 
 TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Translation(), MaskedLM(), ImageClassification())}
 
-# The task a family trains when none is named. Until the family registry (qkv.models) names each family's tasks,
-# this small table stands in for it; it is the only place a family name meets a task.
-FAMILY_TASKS = {"decoder": "lm", "encoder_decoder": "seq2seq", "encoder": "mlm", "vit": "image"}
 
 
 def get_task(name_or_task) -> Task:
@@ -34,10 +31,11 @@ def get_task(name_or_task) -> Task:
 
 
 def task_for(family: str) -> Task:
-    """The task a model of ``family`` trains by default."""
-    if family not in FAMILY_TASKS:
-        raise ValueError(f"family={family!r}: no training task for it; expected one of {', '.join(FAMILY_TASKS)}")
-    return TASKS[FAMILY_TASKS[family]]
+    """The task a model of ``family`` trains by default: the first its registry record names."""
+    from ..models.registry import FAMILIES
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}: no training task for it; expected one of {', '.join(FAMILIES)}")
+    return TASKS[FAMILIES[family].tasks[0]]
 
 
 def prepare_data(model_config, cfg, tokenizer=None) -> TaskData:
@@ -50,7 +48,7 @@ def train_tokenizer(cfg, task):
     return get_task(task).train_tokenizer(cfg)
 
 
-__all__ = ["TASKS", "FAMILY_TASKS", "Task", "Footprint", "TaskData", "get_task", "task_for", "prepare_data",
+__all__ = ["TASKS", "Task", "Footprint", "TaskData", "get_task", "task_for", "prepare_data",
            "train_tokenizer", "TaskLoss", "LossSums", "token_sums", "label_smoothed_nll", "IGNORE_INDEX", "perplexity",
            "CausalLM", "MaskedLM", "Translation", "ImageClassification", "CausalLMLoss", "MaskedLMLoss",
            "Seq2SeqLoss", "ImageLoss", "bleu_callback", "LMBatches", "MLMBatches", "EndlessBatches", "ImageBatches",

@@ -47,3 +47,11 @@ def test_every_converter_names_a_family_and_llama_likes_have_their_facts():
     llama_like = {t for t, c in CONVERTERS.items() if c.config_from_hf in (hf_decoder._llama_config,
                                                                             hf_decoder._gemma_config)}
     assert llama_like == set(hf_decoder.LLAMA_LIKE)
+
+
+def test_every_family_task_is_a_task_the_trainer_knows():
+    from qkv.tasks import TASKS, task_for
+    for name, record in FAMILIES.items():
+        assert record.tasks, name
+        assert set(record.tasks) <= set(TASKS), (name, record.tasks)
+        assert task_for(name).name == record.tasks[0]
