@@ -89,9 +89,12 @@ def _bert_body_pairs(cfg: ModelConfig) -> list[Pair]:
                   *_linear(o + "ffn.w_in", t + "intermediate.dense"),
                   *_linear(o + "ffn.w_out", t + "output.dense"),
                   *_linear(o + "norm_ffn", t + "output.LayerNorm")]
-    if cfg.num_labels:
-        pairs += _linear("cls.pooler", "pooler.dense")
-    return pairs
+    return pairs + _bert_pooler_pairs(cfg)
+
+
+def _bert_pooler_pairs(cfg: ModelConfig) -> list[Pair]:
+    """The pooler (inside ``bert.``), part of qkv's classification head."""
+    return _linear("cls.pooler", "pooler.dense") if cfg.num_labels else []
 
 
 def _bert_head_pairs(cfg: ModelConfig) -> list[Pair]:
@@ -114,10 +117,21 @@ def _old_norm_names(state):
             for k, v in state.items()}
 
 
+def _held(pairs: list[Pair], weights: Weights) -> list[Pair]:
+    return [p for p in pairs if all(n in weights for n in ((p.theirs,) if isinstance(p.theirs, str) else p.theirs))]
+
+
 def _bert_from_hf(state, cfg):
+    """The classification head's weights (pooler, classifier) are mapped when the folder holds them: a head asked of
+    a base model (``from_hf(path, num_labels=N)``) starts fresh where the folder has none. The MLM head, which a
+    config never adds, must be there."""
     state = _old_norm_names(state)
-    out = map_from_hf(_bert_body_pairs(cfg), Weights(state, prefixes=("bert.",)))
-    out.update(map_from_hf(_bert_head_pairs(cfg), Weights(state)))
+    body = Weights(state, prefixes=("bert.",))
+    pooler = _bert_pooler_pairs(cfg)
+    out = map_from_hf([p for p in _bert_body_pairs(cfg) if p not in pooler] + _held(pooler, body), body)
+    classifier = _linear("cls.classifier", "classifier") if cfg.num_labels else []
+    head = Weights(state)
+    out.update(map_from_hf([p for p in _bert_head_pairs(cfg) if p not in classifier] + _held(classifier, head), head))
     if cfg.mlm_head and cfg.tie_embeddings:
         out["mlm.decoder.weight"] = out["embed.tokens.weight"]  # the decoder is the embedding matrix
     return out
@@ -195,8 +209,8 @@ def _vit_body_pairs(cfg: ModelConfig) -> list[Pair]:
 
 def _vit_from_hf(state, cfg):
     out = map_from_hf(_vit_body_pairs(cfg), Weights(state, prefixes=("vit.",)))
-    if cfg.num_labels:
-        out.update(map_from_hf(_linear("head", "classifier"), Weights(state)))
+    if cfg.num_labels:  # a base ViTModel folder has no classifier: from_hf(path, num_labels=N) starts it fresh
+        out.update(map_from_hf(_held(_linear("head", "classifier"), Weights(state)), Weights(state)))
     return out
 
 
