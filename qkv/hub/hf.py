@@ -8,6 +8,7 @@ this file, one per family (hf_decoder.py, hf_encoder.py, hf_seq2seq.py).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from .. import safety
 from ..config import ModelConfig
 
 StateDict = dict[str, torch.Tensor]
+log = logging.getLogger("qkv.hub")
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,8 @@ def from_hf(path, *, dtype: torch.dtype | None = None, num_labels: int | None = 
         raise ValueError(f"{path}: {e.args[0]}") from None
     missing, unexpected = model.load_state_dict(ours, strict=False)
     tied = {"head.weight"} if config.tie_embeddings else set()
+    if fresh & set(missing):
+        log.info("%s: new weights, not in the folder: %s", path, ", ".join(sorted(fresh & set(missing))))
     missing = [k for k in missing if k not in tied | fresh]
     if missing or unexpected:
         raise ValueError(f"{path}: the {model_type} map left qkv weights {missing} unset and produced unknown "

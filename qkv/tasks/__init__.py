@@ -6,18 +6,21 @@ Tasks:
   seq2seq   translation (encoder_decoder)    teacher forcing: (source, BOS + target) -> logits vs target + EOS
   mlm       masked LM (encoder)              BERT's 15% masked tokens -> MLM-head logits vs the original ids
   image     image classification (vit)       pixels (B, C, H, W) -> logits (B, classes) vs labels (B,)
+  classify  text classification (encoder)    text<TAB>label lines -> [CLS] pooler + classifier (B, C) vs labels (B,)
 """
 from __future__ import annotations
 
 from .batches import (EndlessBatches, ImageBatches, LMBatches, MLMBatches, TaskData, batch_rows, count_targets,
                       shard_rows, take, to_device)
+from .classify import Classification, ClassifyLoss
 from .image import ImageClassification, ImageLoss
 from .lm import CausalLM, CausalLMLoss, MaskedLM, MaskedLMLoss
 from .loss import IGNORE_INDEX, LossSums, TaskLoss, label_smoothed_nll, token_sums
 from .seq2seq import Seq2SeqLoss, Translation, bleu_callback
 from .task import Footprint, Task, perplexity
 
-TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Translation(), MaskedLM(), ImageClassification())}
+TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Translation(), MaskedLM(), ImageClassification(),
+                                               Classification())}
 
 # The task a family trains when none is named. Until the family registry (qkv.models) names each family's tasks,
 # this small table stands in for it; it is the only place a family name meets a task.
@@ -53,5 +56,5 @@ def train_tokenizer(cfg, task):
 __all__ = ["TASKS", "FAMILY_TASKS", "Task", "Footprint", "TaskData", "get_task", "task_for", "prepare_data",
            "train_tokenizer", "TaskLoss", "LossSums", "token_sums", "label_smoothed_nll", "IGNORE_INDEX", "perplexity",
            "CausalLM", "MaskedLM", "Translation", "ImageClassification", "CausalLMLoss", "MaskedLMLoss",
-           "Seq2SeqLoss", "ImageLoss", "bleu_callback", "LMBatches", "MLMBatches", "EndlessBatches", "ImageBatches",
+           "Classification", "ClassifyLoss", "Seq2SeqLoss", "ImageLoss", "bleu_callback", "LMBatches", "MLMBatches", "EndlessBatches", "ImageBatches",
            "shard_rows", "to_device", "count_targets", "batch_rows", "take"]

@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m qkv.train", description="Train a qkv model (under torchrun: on every process)."))
 
 
-def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training configs the flags (over the config file, over the preset) describe."""
+def configs_from_args(args) -> tuple[ModelConfig | None, TrainConfig]:
+    """The model and training configs the flags (over the config file, over the preset) describe; with --init the
+    model config is None (the checkpoint's is used) and a preset or model section is refused."""
     from ..presets import preset
     file = load_config_file(args.config) if args.config else {}
     unknown = sorted(set(file) - {"model", "preset", "train"})
@@ -39,6 +40,13 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
         if section in file and not isinstance(file[section], kind):
             raise ValueError(f"config file {args.config!r}: section {section!r} is a {type(file[section]).__name__}; "
                              f"expected {'a mapping of field names to values' if kind is dict else 'a preset name'}")
+    if getattr(args, "init", None) or file.get("train", {}).get("init"):  # the architecture is the checkpoint's
+        given = [flag for flag, on in (("--preset", args.preset), ("a 'model' section in --config", "model" in file),
+                                       ("a 'preset' section in --config", "preset" in file)) if on]
+        if given:
+            raise ValueError(f"{given[0]}: the model comes from --init (its config.json), so flags that set the "
+                             f"architecture do not apply when fine-tuning; drop {given[0]}")
+        return None, dataclass_from_args(TrainConfig, args, file.get("train", {}))
     name = args.preset or file.get("preset")
     if name is None and "model" not in file:
         raise ValueError("no model given: pass --preset NAME or a config file with a 'model' or 'preset' section")
