@@ -482,7 +482,8 @@ def _translate(args):
 
 def _eval_args(p):
     _source_args(p)
-    p.add_argument("--data", help="language models: a text file; translation: the source file")
+    p.add_argument("--data", help="language models: a text file; translation: the source file; classifiers: a .tsv "
+                                  "of text<TAB>label lines")
     p.add_argument("--tgt", help="translation: the reference file aligned with --data")
     p.add_argument("--block-size", type=int, help="language models: window length (default: max_positions)")
     p.add_argument("--num-beams", type=int, default=1, help="translation: beam width for BLEU (default: 1)")
@@ -518,8 +519,11 @@ def _eval(args):
         print(f"sentences {len(refs)}  exact match {100 * exact:.1f}%  BLEU "
               f"{'n/a (pip install sacrebleu)' if bleu is None else f'{bleu:.2f}'}")
         return 0
+    if model.config.family == "encoder" and model.config.num_labels:
+        return _eval_classifier(model, tok, args)
     if model.config.family != "decoder":
-        raise CLIError(f"eval supports language and translation models; this one is {model.config.family!r}")
+        raise CLIError(f"eval supports language, translation and classification models; this one is "
+                       f"{model.config.family!r}")
     ids = torch.tensor(_encode(tok, read_text(args.data, "--data"), f"--data {args.data}"))
     block = args.block_size or model.config.max_positions
     if block > model.config.max_positions:
@@ -541,6 +545,23 @@ def _eval(args):
     loss = total / (n * block)
     print(f"tokens {n * block}  loss {loss:.4f}  perplexity {math.exp(loss):.2f}  "
           f"accuracy {100 * correct / (n * block):.1f}%")
+    return 0
+
+
+def _eval_classifier(model, tok, args):
+    """Accuracy, each class's F1 and macro-F1 of a classifier on a .tsv of text<TAB>label lines."""
+    from .tasks.classify import classification_metrics, confusion_matrix, load_classifier_data, model_labels, predict
+    labels = model_labels(model)
+    texts, gold = load_classifier_data(args.data, labels)
+    if args.max_batches:
+        texts, gold = texts[: 32 * args.max_batches], gold[: 32 * args.max_batches]
+    for t in texts:
+        _encode(tok, t, f"--data {args.data}")
+    confusion = confusion_matrix(predict(model, tok, texts), gold, len(labels))
+    m = classification_metrics(confusion, labels, prefix="")
+    print(f"lines {len(texts)}  accuracy {100 * m['acc']:.1f}%  macro-F1 {m['macro_f1']:.4f}")
+    for i, name in enumerate(labels):
+        print(f"  {name}: F1 {m[f'f1/{name}']:.4f}  (support {int(confusion[i].sum())})")
     return 0
 
 
@@ -714,7 +735,8 @@ COMMANDS: dict[str, Command] = {
     "translate": Command("translate sentences with an encoder-decoder model (beam search, or streaming greedy)",
                          "qkv translate --checkpoint runs/demo --text 'three hundred twenty-one'",
                          _translate_args, _translate),
-    "eval": Command("loss, perplexity and accuracy on a text file; BLEU and exact match on parallel files",
+    "eval": Command("loss, perplexity and accuracy on a text file; BLEU and exact match on parallel files; "
+                    "accuracy and per-class F1 of a classifier on a .tsv",
                     "qkv eval --checkpoint runs/demo --data test.en --tgt test.es --num-beams 4",
                     _eval_args, _eval),
     "demo": Command("the main job: train a small Transformer to translate, then show where it attends",

@@ -39,7 +39,7 @@ def read_labelled(path, arg: str = "data") -> list[tuple[str, str]]:
         cols = line.split("\t")
         if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
             what = f"{len(cols)} tab-separated columns" if len(cols) != 2 else "an empty column"
-            raise ValueError(f"{path}:{n}: {what} in {line[:60]!r}; expected text<TAB>label ({arg}=)")
+            raise ValueError(f"{path}:{n}: {what} in {line[:60]!r}; expected text<TAB>label")
         rows.append((n, cols[0], cols[1].strip()))
     if rows and rows[0][2].lower() in HEADER_LABELS and all(r[2] != rows[0][2] for r in rows[1:]):
         rows = rows[1:]

@@ -41,11 +41,12 @@ def configs_from_args(args) -> tuple[ModelConfig | None, TrainConfig]:
             raise ValueError(f"config file {args.config!r}: section {section!r} is a {type(file[section]).__name__}; "
                              f"expected {'a mapping of field names to values' if kind is dict else 'a preset name'}")
     if getattr(args, "init", None) or file.get("train", {}).get("init"):  # the architecture is the checkpoint's
-        given = [flag for flag, on in (("--preset", args.preset), ("a 'model' section in --config", "model" in file),
+        given = [flag for flag, on in ((f"--preset {args.preset}", args.preset),
+                                       ("a 'model' section in --config", "model" in file),
                                        ("a 'preset' section in --config", "preset" in file)) if on]
         if given:
             raise ValueError(f"{given[0]}: the model comes from --init (its config.json), so flags that set the "
-                             f"architecture do not apply when fine-tuning; drop {given[0]}")
+                             f"architecture do not apply when fine-tuning; drop it")
         return None, dataclass_from_args(TrainConfig, args, file.get("train", {}))
     name = args.preset or file.get("preset")
     if name is None and "model" not in file:
