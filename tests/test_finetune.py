@@ -3,6 +3,7 @@ text<TAB>label lines): its F1 against a hand count, its file format and errors, 
 that reloads and predicts the same, and the real all-MiniLM-L6-v2 (when its package is installed) learning a task."""
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,6 +167,31 @@ def test_init_refuses_flags_that_change_the_architecture_in_one_line(tmp_path, b
         err = capsys.readouterr().err.strip()
         assert says in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_init_continues_pretraining_a_language_model_from_a_qkv_run(tmp_path):
+    """LM, --init a qkv run folder: every weight is the run's latest checkpoint's (nothing new, nothing left out),
+    the tokenizer is the run's, and the new run trains from there."""
+    from qkv.models import build
+    from qkv.train import train
+    from qkv.train.init import load_into, pretrained
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(40)))
+    common = dict(data=str(text), max_steps=2, batch_size=4, eval_every=0, progress=False, device="cpu",
+                  precision="fp32")
+    first = train(qkv.preset("gpt-char-tiny", n_layers=1, d_model=32, n_heads=2, max_positions=16),
+                  TrainConfig(out_dir=str(tmp_path / "a"), **common))
+    pre = pretrained(tmp_path / "a")
+    assert pre.format == "qkv" and pre.path == Path(first.checkpoint)
+    model = build(pre.config)
+    load_into(model, pre)
+    trained = qkv.load(first.checkpoint).state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    second = train(None, TrainConfig(init=str(tmp_path / "a"), out_dir=str(tmp_path / "b"), **common))
+    assert second.steps == 2 and json.loads((tmp_path / "b" / "config.json").read_text())["extra"]["init"]["format"] \
+        == "qkv"
+    tok_a = qkv.data.Tokenizer.load(tmp_path / "a" / "tokenizer")
+    assert qkv.data.Tokenizer.load(tmp_path / "b" / "tokenizer").fingerprint() == tok_a.fingerprint()
 
 
 def test_classify_needs_an_encoder(tmp_path):
