@@ -194,6 +194,26 @@ def test_init_continues_pretraining_a_language_model_from_a_qkv_run(tmp_path):
     assert qkv.data.Tokenizer.load(tmp_path / "b" / "tokenizer").fingerprint() == tok_a.fingerprint()
 
 
+def test_init_from_an_rwkv_file_takes_its_weights_and_the_named_tokenizer(tmp_path):
+    """An RWKV-LM .pth carries no tokenizer: --tokenizer names one (of the model's vocabulary size); without it the
+    refusal says so."""
+    from qkv.data import CharTokenizer
+    from qkv.train import train
+    from tests.hub.test_rwkv import V, _checkpoint
+    _checkpoint(tmp_path / "rwkv.pth")
+    alphabet = "".join(chr(ord("A") + i) for i in range(V))  # exactly V characters, no specials
+    CharTokenizer.train(iter([alphabet]), specials=()).save(tmp_path / "tok")
+    text = tmp_path / "text.txt"
+    text.write_text(alphabet * 20)
+    common = dict(init=str(tmp_path / "rwkv.pth"), data=str(text), max_steps=1, batch_size=2, block_size=8,
+                  eval_every=0, progress=False, device="cpu", precision="fp32")
+    with pytest.raises(ValueError, match="carries no tokenizer; pass --tokenizer"):
+        train(None, TrainConfig(out_dir=str(tmp_path / "r0"), **common))
+    summary = train(None, TrainConfig(out_dir=str(tmp_path / "r"), tokenizer=str(tmp_path / "tok"), **common))
+    assert summary.steps == 1
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["extra"]["init"]["format"] == "rwkv"
+
+
 def test_classify_needs_an_encoder(tmp_path):
     from qkv.train import train
     train_file, _ = _data(tmp_path)

@@ -242,8 +242,8 @@ def from_hf(path, *, dtype: torch.dtype | None = None, num_labels: int | None = 
     fresh: set[str] = set()
     if num_labels is not None and num_labels != config.num_labels:
         if config.family not in ("encoder", "vit") or not isinstance(num_labels, int) or num_labels < 1:
-            raise ValueError(f"num_labels={num_labels!r}: a classification head needs an encoder or ViT checkpoint and "
-                             f"num_labels >= 1; {path} is a {config.family!r} model")
+            raise ValueError(f"num_labels={num_labels!r}: a classification head needs an encoder or ViT checkpoint "
+                             f"and num_labels >= 1; {path} is a {config.family!r} model")
         if config.num_labels:
             raise ValueError(f"num_labels={num_labels}: {path} already has a classification head of "
                              f"{config.num_labels} classes; expected num_labels={config.num_labels}")

@@ -44,8 +44,9 @@ def task_for(family: str) -> Task:
 
 
 def prepare_data(model_config, cfg, tokenizer=None) -> TaskData:
-    """The data of ``model_config``'s task for ``cfg`` (see ``Task.prepare``)."""
-    return task_for(model_config.family).prepare(model_config, cfg, tokenizer)
+    """The data of ``cfg.task`` ("auto": ``model_config``'s family's task) for ``cfg`` (see ``Task.prepare``)."""
+    task = task_for(model_config.family) if getattr(cfg, "task", "auto") == "auto" else get_task(cfg.task)
+    return task.prepare(model_config, cfg, tokenizer)
 
 
 def train_tokenizer(cfg, task):

@@ -94,8 +94,9 @@ def _locate(p: Path, source, flag: str):
 def check_config(pre: Pretrained, config: ModelConfig) -> None:
     """Refuse a run whose model config differs from the checkpoint's beyond MAY_CHANGE, naming the fields (e.g. a
     tokenizer of another size would change vocab_size)."""
-    diff = [f"{f.name}: {getattr(pre.config, f.name)!r} (checkpoint) != {getattr(config, f.name)!r} (this run)"
-            for f in fields(config) if f.name not in MAY_CHANGE and getattr(pre.config, f.name) != getattr(config, f.name)]
+    changed = [f.name for f in fields(config)
+               if f.name not in MAY_CHANGE and getattr(pre.config, f.name) != getattr(config, f.name)]
+    diff = [f"{n}: {getattr(pre.config, n)!r} (checkpoint) != {getattr(config, n)!r} (this run)" for n in changed]
     if diff:
         raise ValueError(f"init={pre.source!r} (--init): the run would change the checkpoint's architecture: "
                          + "; ".join(diff))

@@ -159,8 +159,10 @@ def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model:
     """Train a model of ``model_config`` as ``train_config`` says; returns a TrainSummary.
 
     With ``train_config.init`` (fine-tuning) ``model_config`` is None: the config, weights and tokenizer are the
-    checkpoint's (``qkv.train.init``), the task may add its head. model: an already built qkv model to train instead of ``qkv.build(model_config)`` (its config is the one
-    checked on resume). tokenizer: instead of ``train_config.tokenizer`` or one trained on the data (the task's
+    checkpoint's (``qkv.train.init``), the task may add its head.
+
+    model: an already built qkv model to train instead of ``qkv.build(model_config)`` (its config is the one checked
+    on resume). tokenizer: instead of ``train_config.tokenizer`` or one trained on the data (the task's
     default kind). data: a prepared TaskData (``qkv.tasks.prepare_data``) instead of reading ``train_config.data``.
     eval_callback(model, step) -> dict of extra metrics (e.g. ``bleu_callback``), called on every process at each
     evaluation; rank 0's dict is logged. Without one, the task's own (translation: greedy BLEU on the held-out
