@@ -214,6 +214,14 @@ def test_init_from_an_rwkv_file_takes_its_weights_and_the_named_tokenizer(tmp_pa
     assert json.loads((tmp_path / "r" / "config.json").read_text())["extra"]["init"]["format"] == "rwkv"
 
 
+def test_init_from_a_hugging_face_translation_model_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("transformers")
+    from tests.peer_folders import marian_folder
+    from qkv.train.init import pretrained
+    with pytest.raises(ValueError, match="encoder-decoder .* not supported yet"):
+        pretrained(marian_folder(tmp_path / "marian"))
+
+
 def test_classify_needs_an_encoder(tmp_path):
     from qkv.train import train
     train_file, _ = _data(tmp_path)

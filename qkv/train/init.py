@@ -59,6 +59,10 @@ def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "a
                              f"RWKV release's tokenizer, e.g. its 20B_tokenizer.json)")
         return Pretrained(str(source), "rwkv", p, model.config, Tokenizer.load(tokenizer), model)
     fmt, folder, config = _locate(p, source, flag)
+    if fmt == "hf" and config.family == "encoder_decoder":
+        raise ValueError(f"{flag}: fine-tuning a Hugging Face encoder-decoder (Marian, T5, mBART) is not supported "
+                         f"yet: its training targets start with the folder's decoder_start_token_id and are encoded "
+                         f"by its target-side tokenizer, while qkv's translation batches are BOS + target")
     if tokenizer is not None:
         raise ValueError(f"tokenizer={tokenizer!r} (--tokenizer): with {flag} the tokenizer is the checkpoint's "
                          f"(its ids are the ones the weights learned); drop --tokenizer")
