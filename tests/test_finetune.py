@@ -253,3 +253,13 @@ def test_real_minilm_fine_tunes_to_high_held_out_accuracy_and_reloads_to_the_sam
     acc_before = (predict(before, tok, texts) == gold).double().mean().item()
     assert acc_before < 0.8 and summary.val_acc >= 0.9, (acc_before, summary.val_acc)  # chance is about 0.5
     assert losses[-1] < losses[0]
+
+
+def test_class_names_survive_the_export_to_hugging_face_and_back(tmp_path, bert_folder):
+    """A fine-tuned classifier's label names become transformers' id2label, and come back as config.extra labels."""
+    transformers = pytest.importorskip("transformers")
+    model = qkv.from_hf(bert_folder, num_labels=2)
+    model.config = model.config.replace(extra={**model.config.extra, "labels": ["bad", "good"]})
+    qkv.to_hf(model, tmp_path / "out")
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "out").id2label == {0: "bad", 1: "good"}
+    assert qkv.from_hf(tmp_path / "out").config.extra["labels"] == ["bad", "good"]
