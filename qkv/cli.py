@@ -726,7 +726,8 @@ def _bench(args):
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train any model on your data: text (LM), parallel files (translation), images (ViT)",
+    "train": Command("train any model on your data: text (LM), parallel files (translation), images (ViT), "
+                     "text<TAB>label lines (--task classify); --init fine-tunes a pretrained checkpoint",
                      "qkv train --preset gpt-char-tiny --data input.txt --max-steps 2000 --out-dir runs/shk",
                      _train_args, _train),
     "generate": Command("continue a prompt with a language model, printing tokens as they come",

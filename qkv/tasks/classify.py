@@ -238,12 +238,10 @@ def predict(model, tokenizer, texts: list[str], *, batch_size: int = 32) -> torc
     """Class ids (N,) an encoder with a classification head gives ``texts`` (its config's max_positions)."""
     rows = encode_texts(tokenizer, texts, model.config.max_positions, "texts")
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    out = []
-    was_training = model.training
+    out, dev, was_training = [], next(model.parameters()).device, model.training
     model.eval()
     with torch.no_grad():
         for b in in_order(rows, [0] * len(rows), batch_size, pad):
-            dev = next(model.parameters()).device
             out.append(model.classify(model(b.input_ids.to(dev), b.attention_mask.to(dev))).argmax(-1).cpu())
     model.train(was_training)
     return torch.cat(out)
