@@ -591,7 +591,8 @@ def _translate(args):
 
 def _eval_args(p):
     _source_args(p)
-    p.add_argument("--data", help="language models: a text file; translation: the source file")
+    p.add_argument("--data", help="language models: a text file; translation: the source file; classifiers: a .tsv "
+                                  "of text<TAB>label lines")
     p.add_argument("--tgt", help="translation: the reference file aligned with --data")
     p.add_argument("--block-size", type=int, help="language models: window length (default: max_positions)")
     p.add_argument("--num-beams", type=int, default=1, help="translation: beam width for BLEU (default: 1)")
@@ -613,8 +614,11 @@ def _eval(args):
     record = family_of(model)
     if record.has_source:
         return _eval_translation(args, model, tok)
+    if record.text and not record.continues and model.config.num_labels:
+        return _eval_classifier(model, tok, args)
     if not record.continues:
-        raise CLIError(f"eval supports language and translation models; this one is {record.name!r}")
+        raise CLIError(f"eval supports language, translation and classification models; this one is "
+                       f"{record.name!r}")
     ids = torch.tensor(_encode(tok, read_text(args.data, "--data"), f"--data {args.data}"))
     block = args.block_size or model.config.max_positions
     if block > model.config.max_positions:
@@ -657,6 +661,23 @@ def _eval_translation(args, model, tok):
     score = bleu(hyps, refs)
     print(f"sentences {len(refs)}  exact match {100 * exact:.1f}%  BLEU "
           f"{'n/a (pip install sacrebleu)' if score is None else f'{score:.2f}'}")
+    return 0
+
+
+def _eval_classifier(model, tok, args):
+    """Accuracy, each class's F1 and macro-F1 of a classifier on a .tsv of text<TAB>label lines."""
+    from .tasks.classify import classification_metrics, confusion_matrix, load_classifier_data, model_labels, predict
+    labels = model_labels(model)
+    texts, gold = load_classifier_data(args.data, labels)
+    if args.max_batches:
+        texts, gold = texts[: 32 * args.max_batches], gold[: 32 * args.max_batches]
+    for t in texts:
+        _encode(tok, t, f"--data {args.data}")
+    confusion = confusion_matrix(predict(model, tok, texts), gold, len(labels))
+    m = classification_metrics(confusion, labels, prefix="")
+    print(f"lines {len(texts)}  accuracy {100 * m['acc']:.1f}%  macro-F1 {m['macro_f1']:.4f}")
+    for i, name in enumerate(labels):
+        print(f"  {name}: F1 {m[f'f1/{name}']:.4f}  (support {int(confusion[i].sum())})")
     return 0
 
 
@@ -824,7 +845,8 @@ def _bench(args):
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train any model on your data: text (LM), parallel files (translation), images (ViT)",
+    "train": Command("train any model on your data: text (LM), parallel files (translation), images (ViT), "
+                     "text<TAB>label lines (--task classify); --init fine-tunes a pretrained checkpoint",
                      "qkv train --preset gpt-char-tiny --data input.txt --max-steps 2000 --out-dir runs/shk",
                      _train_args, _train),
     "generate": Command("continue a prompt with a language model, printing tokens as they come",
@@ -833,7 +855,8 @@ COMMANDS: dict[str, Command] = {
     "translate": Command("translate sentences with an encoder-decoder model (beam search, or streaming greedy)",
                          "qkv translate --checkpoint runs/demo --text 'three hundred twenty-one'",
                          _translate_args, _translate),
-    "eval": Command("loss, perplexity and accuracy on a text file; BLEU and exact match on parallel files",
+    "eval": Command("loss, perplexity and accuracy on a text file; BLEU and exact match on parallel files; "
+                    "accuracy and per-class F1 of a classifier on a .tsv",
                     "qkv eval --checkpoint runs/demo --data test.en --tgt test.es --num-beams 4",
                     _eval_args, _eval),
     "demo": Command("the main job: train a small Transformer to translate, then show where it attends",

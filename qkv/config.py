@@ -282,6 +282,8 @@ class TrainConfig(_Serializable):
     device: str | None = None  # cpu | cuda | cuda:N ...; default cuda when available (the local rank's under torchrun)
     progress: bool = True  # show a progress bar on stderr
     mlm_probability: float = 0.15  # MLM: share of tokens selected for prediction
+    init: str | None = None  # start from a pretrained checkpoint instead of random weights: a qkv model or run folder, a Hugging Face folder or hub id (org/name), or an RWKV-LM .pth file; its model config and tokenizer are used (unlike --resume, no optimizer state)
+    task: str = "auto"  # what to train: auto (the family's own: lm for decoders, seq2seq for encoder-decoders, mlm for encoders, image for ViT) | classify (an encoder's classification head on text<TAB>label lines of a .tsv) | lm | seq2seq | mlm | image
 
     def __post_init__(self):
         if isinstance(self.betas, list):

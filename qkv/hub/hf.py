@@ -8,6 +8,7 @@ maps live beside this file, one per family (hf_decoder.py, hf_encoder.py, hf_seq
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ from .. import safety
 from ..config import ModelConfig
 from . import hf_decoder, hf_encoder, hf_seq2seq
 from .hf_maps import Converter, StateDict
+
+log = logging.getLogger("qkv.hub")
 
 
 # One table of every architecture, each converter listed by the module that maps its family (nothing registers
@@ -91,10 +94,14 @@ def read_weights(folder: Path, *, shapes_only: bool = False) -> StateDict:
 
 # -- the two entry points ----------------------------------------------------------------------------------------
 
-def from_hf(path, *, dtype: torch.dtype | None = None):
-    """A qkv model with the weights of a Hugging Face folder (see the module docstring for what it reads): a local
-    path, or a hub id "org/name" resolved through huggingface_hub's cache (``qkv.hub.resolve``)."""
-    from ..models.build import build
+def hf_config(path) -> ModelConfig:
+    """The qkv config of a Hugging Face folder or hub id, reading no weights (``config.json`` translated by the
+    folder's converter). ValueError names an unsupported architecture or a missing or mistyped field."""
+    return _read_config(path)[3]
+
+
+def _read_config(path):
+    """(the resolved path, the folder holding config.json, its model_type, the qkv config)."""
     from .resolve import resolve
     path = resolve(path)
     folder = _resolve_folder(path)
@@ -104,12 +111,36 @@ def from_hf(path, *, dtype: torch.dtype | None = None):
         names = ", ".join(map(str, hf_config.get("architectures") or []))
         raise ValueError(f"{path}: architecture {model_type!r} ({names}) "
                          f"is not supported; supported model types: {', '.join(supported())}")
-    conv = CONVERTERS[model_type]
     try:
-        config = conv.config_from_hf(hf_config)
+        config = CONVERTERS[model_type].config_from_hf(hf_config)
     except (KeyError, TypeError) as e:
         raise ValueError(f"{folder / 'config.json'}: {model_type} config is missing or mistypes {e}") from None
-    check_against_weights(config, conv, folder)  # sizes claimed by config.json vs the files, before building
+    return path, folder, model_type, config
+
+
+def from_hf(path, *, dtype: torch.dtype | None = None, num_labels: int | None = None):
+    """A qkv model with the weights of a Hugging Face folder (see the module docstring for what it reads): a local
+    path, or a hub id "org/name" resolved through huggingface_hub's cache (``qkv.hub.resolve``).
+
+    num_labels: a sequence-classification head of this many classes (encoders, ViT), as transformers'
+    ``from_pretrained(path, num_labels=N)`` gives: the body and any pooler come from the folder, head weights the
+    folder lacks (a base model has no classifier) start from qkv's initialisation (seed torch first for a fixed one);
+    a head the folder holds must have N classes."""
+    from ..models.build import build, expected_shapes
+    path, folder, model_type, config = _read_config(path)
+    conv = CONVERTERS[model_type]
+    fresh: set[str] = set()
+    if num_labels is not None and num_labels != config.num_labels:
+        if config.family not in ("encoder", "vit") or not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels={num_labels!r}: a classification head needs an encoder or ViT checkpoint "
+                             f"and num_labels >= 1; {path} is a {config.family!r} model")
+        if config.num_labels:
+            raise ValueError(f"num_labels={num_labels}: {path} already has a classification head of "
+                             f"{config.num_labels} classes; expected num_labels={config.num_labels}")
+        without = set(expected_shapes(config)[0])
+        config = config.replace(num_labels=num_labels)
+        fresh = set(expected_shapes(config)[0]) - without  # the head's weights; those the folder holds are loaded
+    check_against_weights(config, conv, folder, optional=fresh)  # sizes config.json claims vs the files
     state = read_weights(folder)
     safety.check_finite(state, source=folder)
     model = build(config)
@@ -119,7 +150,9 @@ def from_hf(path, *, dtype: torch.dtype | None = None):
         raise ValueError(f"{path}: {e.args[0]}") from None
     missing, unexpected = model.load_state_dict(ours, strict=False)
     tied = {"head.weight"} if config.tie_embeddings else set()
-    missing = [k for k in missing if k not in tied]
+    if fresh & set(missing):
+        log.info("%s: new weights, not in the folder: %s", path, ", ".join(sorted(fresh & set(missing))))
+    missing = [k for k in missing if k not in tied | fresh]
     if missing or unexpected:
         raise ValueError(f"{path}: the {model_type} map left qkv weights {missing} unset and produced unknown "
                          f"names {unexpected}")
@@ -159,7 +192,8 @@ def hf_type_for(config: ModelConfig) -> str:
                      + "; ".join(f"{t}: {r}" for t, r in reasons.items()))
 
 
-def check_against_weights(config: ModelConfig, conv: Converter, folder: Path) -> None:
+def check_against_weights(config: ModelConfig, conv: Converter, folder: Path, *,
+                          optional: set[str] = frozenset()) -> None:
     """Check what config.json declares against the weights files' shapes, reading no tensor and building nothing:
     the layer count against the files' layer indices, the memory the model needs, and the converter's map run on
     shape-only (meta) tensors against the shapes qkv builds. ValueError names the field or tensor."""
@@ -180,7 +214,7 @@ def check_against_weights(config: ModelConfig, conv: Converter, folder: Path) ->
         expected, aliases = expected_shapes(config)
         tied = {"head.weight"} if config.tie_embeddings else set()
         safety.check_shapes(config, expected, {k: tuple(v.shape) for k, v in ours.items()}, source=folder,
-                            optional=aliases | tied)
+                            optional=aliases | tied | set(optional))
     safety.check_model_fits(config, source=str(folder / "config.json"))
 
 

@@ -25,8 +25,20 @@ def _num_labels(hf: dict) -> int:
     return len(hf["id2label"]) if hf.get("id2label") else int(hf.get("num_labels", 2))
 
 
-def _labels_to_hf(n: int) -> dict:
-    return {"id2label": {str(i): f"LABEL_{i}" for i in range(n)}, "label2id": {f"LABEL_{i}": i for i in range(n)}}
+def _labels_to_hf(n: int, names=None) -> dict:
+    """transformers' id2label / label2id: the class names a qkv run kept (``extra["labels"]``), else LABEL_i."""
+    names = list(names) if names and len(names) == n else [f"LABEL_{i}" for i in range(n)]
+    return {"id2label": {str(i): name for i, name in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def _labels_from_hf(hf: dict, n: int) -> dict:
+    """``{"labels": [...]}`` for config.extra when the folder names its classes (id2label), so ``qkv eval`` reads a
+    .tsv of those names; transformers' default names (LABEL_i) are left out."""
+    id2label = hf.get("id2label") or {}
+    names = [id2label.get(str(i), id2label.get(i)) for i in range(n)]
+    if n and all(isinstance(x, str) for x in names) and names != [f"LABEL_{i}" for i in range(n)]:
+        return {"labels": names}
+    return {}
 
 
 def _attention_pairs(o: str, t: str, d: int, *, bias: bool = True) -> list[Pair]:
@@ -63,6 +75,7 @@ def _bert_config(hf: dict) -> ModelConfig:
         raise ValueError("bert: decoder BERTs (is_decoder / add_cross_attention) are not supported; "
                          "qkv's encoder is bidirectional")
     architectures = hf.get("architectures") or []
+    num_labels = _num_labels(hf) if any(a in _BERT_CLASSIFIER for a in architectures) else 0
     return ModelConfig(
         family="encoder", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
         n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
@@ -71,8 +84,8 @@ def _bert_config(hf: dict) -> ModelConfig:
         bias=True, type_vocab_size=hf.get("type_vocab_size", 2), tie_embeddings=hf.get("tie_word_embeddings", True),
         dropout=hf.get("hidden_dropout_prob", 0.0), attn_dropout=hf.get("attention_probs_dropout_prob", 0.0),
         mlm_head=any(a in _BERT_MLM for a in architectures),
-        num_labels=_num_labels(hf) if any(a in _BERT_CLASSIFIER for a in architectures) else 0,
-        pad_token_id=hf.get("pad_token_id"), extra={"hf_model_type": "bert"})
+        num_labels=num_labels, pad_token_id=hf.get("pad_token_id"),
+        extra={"hf_model_type": "bert", **_labels_from_hf(hf, num_labels)})
 
 
 def _bert_body_pairs(cfg: ModelConfig) -> list[Pair]:
@@ -89,9 +102,12 @@ def _bert_body_pairs(cfg: ModelConfig) -> list[Pair]:
                   *_linear(o + "ffn.w_in", t + "intermediate.dense"),
                   *_linear(o + "ffn.w_out", t + "output.dense"),
                   *_linear(o + "norm_ffn", t + "output.LayerNorm")]
-    if cfg.num_labels:
-        pairs += _linear("cls.pooler", "pooler.dense")
-    return pairs
+    return pairs + _bert_pooler_pairs(cfg)
+
+
+def _bert_pooler_pairs(cfg: ModelConfig) -> list[Pair]:
+    """The pooler (inside ``bert.``), part of qkv's classification head."""
+    return _linear("cls.pooler", "pooler.dense") if cfg.num_labels else []
 
 
 def _bert_head_pairs(cfg: ModelConfig) -> list[Pair]:
@@ -114,10 +130,21 @@ def _old_norm_names(state):
             for k, v in state.items()}
 
 
+def _held(pairs: list[Pair], weights: Weights) -> list[Pair]:
+    return [p for p in pairs if all(n in weights for n in ((p.theirs,) if isinstance(p.theirs, str) else p.theirs))]
+
+
 def _bert_from_hf(state, cfg):
+    """The classification head's weights (pooler, classifier) are mapped when the folder holds them: a head asked of
+    a base model (``from_hf(path, num_labels=N)``) starts fresh where the folder has none. The MLM head, which a
+    config never adds, must be there."""
     state = _old_norm_names(state)
-    out = map_from_hf(_bert_body_pairs(cfg), Weights(state, prefixes=("bert.",)))
-    out.update(map_from_hf(_bert_head_pairs(cfg), Weights(state)))
+    body = Weights(state, prefixes=("bert.",))
+    pooler = _bert_pooler_pairs(cfg)
+    out = map_from_hf([p for p in _bert_body_pairs(cfg) if p not in pooler] + _held(pooler, body), body)
+    classifier = _linear("cls.classifier", "classifier") if cfg.num_labels else []
+    head = Weights(state)
+    out.update(map_from_hf([p for p in _bert_head_pairs(cfg) if p not in classifier] + _held(classifier, head), head))
     if cfg.mlm_head and cfg.tie_embeddings:
         out["mlm.decoder.weight"] = out["embed.tokens.weight"]  # the decoder is the embedding matrix
     return out
@@ -147,7 +174,8 @@ def _bert_config_to_hf(cfg: ModelConfig) -> dict:
                 layer_norm_eps=cfg.norm_eps, hidden_act=_ACT_TO_HF[cfg.activation],
                 hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attn_dropout,
                 position_embedding_type="absolute", tie_word_embeddings=cfg.tie_embeddings,
-                pad_token_id=cfg.pad_token_id, **(_labels_to_hf(cfg.num_labels) if cfg.num_labels else {}))
+                pad_token_id=cfg.pad_token_id,
+                **(_labels_to_hf(cfg.num_labels, cfg.extra.get("labels")) if cfg.num_labels else {}))
 
 
 _BERT = Converter("bert", "BertModel", "encoder", _bert_config, _bert_from_hf, _bert_config_to_hf, _bert_to_hf)
@@ -195,8 +223,8 @@ def _vit_body_pairs(cfg: ModelConfig) -> list[Pair]:
 
 def _vit_from_hf(state, cfg):
     out = map_from_hf(_vit_body_pairs(cfg), Weights(state, prefixes=("vit.",)))
-    if cfg.num_labels:
-        out.update(map_from_hf(_linear("head", "classifier"), Weights(state)))
+    if cfg.num_labels:  # a base ViTModel folder has no classifier: from_hf(path, num_labels=N) starts it fresh
+        out.update(map_from_hf(_held(_linear("head", "classifier"), Weights(state)), Weights(state)))
     return out
 
 

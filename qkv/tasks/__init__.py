@@ -6,18 +6,21 @@ Tasks:
   seq2seq   translation (encoder_decoder)    teacher forcing: (source, BOS + target) -> logits vs target + EOS
   mlm       masked LM (encoder)              BERT's 15% masked tokens -> MLM-head logits vs the original ids
   image     image classification (vit)       pixels (B, C, H, W) -> logits (B, classes) vs labels (B,)
+  classify  text classification (encoder)    text<TAB>label lines -> [CLS] pooler + classifier (B, C) vs labels (B,)
 """
 from __future__ import annotations
 
 from .batches import (EndlessBatches, ImageBatches, LMBatches, MLMBatches, TaskData, batch_rows, count_targets,
                       shard_rows, take, to_device)
+from .classify import Classification, ClassifyLoss
 from .image import ImageClassification, ImageLoss
 from .lm import CausalLM, CausalLMLoss, MaskedLM, MaskedLMLoss
 from .loss import IGNORE_INDEX, LossSums, TaskLoss, label_smoothed_nll, token_sums
 from .seq2seq import Seq2SeqLoss, Translation, bleu_callback
 from .task import Footprint, Task, perplexity
 
-TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Translation(), MaskedLM(), ImageClassification())}
+TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Translation(), MaskedLM(), ImageClassification(),
+                                               Classification())}
 
 
 
@@ -39,8 +42,9 @@ def task_for(family: str) -> Task:
 
 
 def prepare_data(model_config, cfg, tokenizer=None) -> TaskData:
-    """The data of ``model_config``'s task for ``cfg`` (see ``Task.prepare``)."""
-    return task_for(model_config.family).prepare(model_config, cfg, tokenizer)
+    """The data of ``cfg.task`` ("auto": ``model_config``'s family's task) for ``cfg`` (see ``Task.prepare``)."""
+    task = task_for(model_config.family) if getattr(cfg, "task", "auto") == "auto" else get_task(cfg.task)
+    return task.prepare(model_config, cfg, tokenizer)
 
 
 def train_tokenizer(cfg, task):
@@ -51,5 +55,5 @@ def train_tokenizer(cfg, task):
 __all__ = ["TASKS", "Task", "Footprint", "TaskData", "get_task", "task_for", "prepare_data",
            "train_tokenizer", "TaskLoss", "LossSums", "token_sums", "label_smoothed_nll", "IGNORE_INDEX", "perplexity",
            "CausalLM", "MaskedLM", "Translation", "ImageClassification", "CausalLMLoss", "MaskedLMLoss",
-           "Seq2SeqLoss", "ImageLoss", "bleu_callback", "LMBatches", "MLMBatches", "EndlessBatches", "ImageBatches",
+           "Classification", "ClassifyLoss", "Seq2SeqLoss", "ImageLoss", "bleu_callback", "LMBatches", "MLMBatches", "EndlessBatches", "ImageBatches",
            "shard_rows", "to_device", "count_targets", "batch_rows", "take"]

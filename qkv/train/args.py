@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training configs the flags (over the config file, over the preset) describe. A ValueError /
+def configs_from_args(args) -> tuple[ModelConfig | None, TrainConfig]:
+    """The model and training configs the flags (over the config file, over the preset) describe; with --init the
+    model config is None (the checkpoint's is used) and a preset or model section is refused. A ValueError /
     TypeError names the flags (and their values) behind it: "--lr inf: lr must be ..."."""
     try:
         return _configs(args)
@@ -50,7 +51,7 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
         raise type(e)(name_flags(str(e), args, TrainConfig)) from None
 
 
-def _configs(args) -> tuple[ModelConfig, TrainConfig]:
+def _configs(args) -> tuple[ModelConfig | None, TrainConfig]:
     from ..presets import preset
     file = load_config_file(args.config) if args.config else {}
     unknown = sorted(set(file) - {"model", "preset", "train"})
@@ -60,6 +61,14 @@ def _configs(args) -> tuple[ModelConfig, TrainConfig]:
         if section in file and not isinstance(file[section], kind):
             raise ValueError(f"config file {args.config!r}: section {section!r} is a {type(file[section]).__name__}; "
                              f"expected {'a mapping of field names to values' if kind is dict else 'a preset name'}")
+    if getattr(args, "init", None) or file.get("train", {}).get("init"):  # the architecture is the checkpoint's
+        given = [flag for flag, on in ((f"--preset {args.preset}", args.preset),
+                                       ("a 'model' section in --config", "model" in file),
+                                       ("a 'preset' section in --config", "preset" in file)) if on]
+        if given:
+            raise ValueError(f"{given[0]}: the model comes from --init (its config.json), so flags that set the "
+                             f"architecture do not apply when fine-tuning; drop it")
+        return None, dataclass_from_args(TrainConfig, args, file.get("train", {}))
     name = args.preset or file.get("preset")
     if name is None and "model" not in file:
         raise ValueError("no model given: pass --preset NAME or a config file with a 'model' or 'preset' section")

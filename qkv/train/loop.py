@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig
-from ..tasks import TaskData, count_targets, shard_rows, task_for, to_device
+from ..tasks import TaskData, count_targets, get_task, shard_rows, task_for, to_device
 from . import checkpointing, compiling, processes
 from .evaluation import evaluate
 from .log import MetricsLog
@@ -169,13 +169,16 @@ def _non_finite(run: Run, train_loss: float) -> NonFiniteLossError:
 
 # -- setting a run up ------------------------------------------------------------------------------------------
 
-def train(model_config: ModelConfig, train_config: TrainConfig, *, model: nn.Module | None = None,
+def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model: nn.Module | None = None,
           tokenizer=None, data: TaskData | None = None,
           eval_callback: Callable[[nn.Module, int], dict] | None = None) -> TrainSummary:
     """Train a model of ``model_config`` as ``train_config`` says; returns a TrainSummary.
 
-    model: an already built qkv model to train instead of ``qkv.build(model_config)`` (its config is the one
-    checked on resume). tokenizer: instead of ``train_config.tokenizer`` or one trained on the data (the task's
+    With ``train_config.init`` (fine-tuning) ``model_config`` is None: the config, weights and tokenizer are the
+    checkpoint's (``qkv.train.init``), the task may add its head.
+
+    model: an already built qkv model to train instead of ``qkv.build(model_config)`` (its config is the one checked
+    on resume). tokenizer: instead of ``train_config.tokenizer`` or one trained on the data (the task's
     default kind). data: a prepared TaskData (``qkv.tasks.prepare_data``) instead of reading ``train_config.data``.
     eval_callback(model, step) -> dict of extra metrics (e.g. ``bleu_callback``), called on every process at each
     evaluation; rank 0's dict is logged. Without one, the task's own (translation: greedy BLEU on the held-out
@@ -186,7 +189,18 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *, model: nn.Mod
     becomes NaN/inf (the last good checkpoint stays), ValueError for bad data or an incompatible resume, before
     anything in out_dir changes.
     """
-    task = data.task if data is not None else task_for((model_config if model is None else model.config).family)
+    pre = None
+    if train_config.init:  # fine-tuning: the checkpoint's config and tokenizer (qkv.train.init)
+        from .init import pretrained
+        if model is not None or model_config is not None:
+            raise ValueError(f"init={train_config.init!r}: the model and its config come from the checkpoint; pass "
+                             f"model_config=None and no model")
+        pre = pretrained(train_config.init, tokenizer=train_config.tokenizer,
+                         tokenizer_type=train_config.tokenizer_type)
+        model_config, tokenizer = pre.config, tokenizer if tokenizer is not None else pre.tokenizer
+    family = (model_config if model is None else model.config).family
+    task = data.task if data is not None else task_for(family) if train_config.task == "auto" else \
+        get_task(train_config.task)
     out = Path(train_config.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} (--out-dir): is a file; expected a folder for the run's checkpoints "
@@ -195,7 +209,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *, model: nn.Mod
     cfg = resolve(train_config, task, device, procs.world)
     try:
         with checkpointing.run_lock(out, procs, device):
-            return _loop(_start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback))
+            return _loop(_start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback, pre))
     finally:
         procs.close()
 
@@ -206,12 +220,12 @@ def resolve(cfg: TrainConfig, task, device: torch.device, world: int = 1) -> Tra
     compile = compiling.resolve_compile(cfg.compile, max_steps=cfg.max_steps, fixed_shapes=task.fixed_shapes,
                                         device=device, world=world)
     changes = {"precision": resolve_precision(cfg.precision, device), "compile": compile}
-    if cfg.tokenizer_type == "auto" and not cfg.tokenizer and task.tokenizer is not None:
+    if cfg.tokenizer_type == "auto" and not cfg.tokenizer and not cfg.init and task.tokenizer is not None:
         changes["tokenizer_type"] = task.tokenizer
     return dataclasses.replace(cfg, **changes)
 
 
-def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback) -> Run:
+def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback, pre=None) -> Run:
     """Everything before the first step, in the order that keeps a refused run from changing anything: the run
     folder's checks, the data, the memory check, the model (and its checkpoint's weights), the optimizer and the
     rest of the checkpoint's state, then the run folder's files and the log."""
@@ -219,6 +233,10 @@ def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_
     if data is None:
         data = task.prepare(model_config if model is None else model.config, cfg, tokenizer)
     model_config = data.model_config
+    if pre is not None:  # the task may add a head, nothing else; the run's config.json says where it started
+        from .init import check_config
+        check_config(pre, model_config)
+        model_config = data.model_config = model_config.replace(extra={**model_config.extra, "init": pre.record()})
     if model is not None and model.config.vocab_size != model_config.vocab_size:
         raise ValueError(f"model: its vocab_size is {model.config.vocab_size} but the tokenizer has "
                          f"{model_config.vocab_size} tokens; build the model with vocab_size={model_config.vocab_size}")
@@ -231,6 +249,9 @@ def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_
     if model is None:
         from ..models import build
         model = build(model_config)
+        if pre is not None and resume_from is None:
+            from .init import load_into
+            load_into(model, pre)
     model.to(device)
     if resume_from is not None:
         ckpt.check_model_config(resume_from, model.config)

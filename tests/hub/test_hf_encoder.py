@@ -233,3 +233,26 @@ def test_unsupported_bert_variant(tmp_path):
     _bert("BertModel", position_embedding_type="relative_key").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="position_embedding_type"):
         qkv.from_hf(tmp_path)
+
+
+def test_base_bert_with_num_labels_keeps_its_pooler_and_matches_transformers_in_float64(tmp_path, batch):
+    """``from_hf(base_folder, num_labels=N)`` = ``BertForSequenceClassification.from_pretrained(base_folder,
+    num_labels=N)``: the body and the pooler come from the folder; only the classifier is new (copied across here
+    so the logits can be compared), in float64."""
+    ids, mask, types = batch
+    _bert("BertModel").save_pretrained(tmp_path)
+    ours = qkv.from_hf(tmp_path, num_labels=3, dtype=torch.float64)
+    ref = transformers.BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3).double().eval()
+    assert torch.equal(ours.cls.pooler.weight, ref.bert.pooler.dense.weight)  # the folder's pooler, not a fresh one
+    with torch.no_grad():
+        ours.cls.classifier.weight.copy_(ref.classifier.weight)
+        ours.cls.classifier.bias.copy_(ref.classifier.bias)
+        want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours.classify(ours(ids, mask, token_type_ids=types))
+    assert got.shape == (3, 3) and (want - got).abs().max().item() < 1e-10
+
+
+def test_num_labels_on_a_classifier_of_another_size_is_refused(tmp_path):
+    _bert("BertForSequenceClassification", num_labels=3).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_labels=2.*3 classes"):
+        qkv.from_hf(tmp_path, num_labels=2)
