@@ -226,7 +226,7 @@ def test_classify_needs_an_encoder(tmp_path):
     from qkv.train import train
     train_file, _ = _data(tmp_path)
     cfg = TrainConfig(task="classify", data=str(train_file), out_dir=str(tmp_path / "r"), progress=False)
-    with pytest.raises(ValueError, match="family is 'decoder'"):
+    with pytest.raises(ValueError, match="does not train a 'decoder' model"):
         train(qkv.preset("gpt-char-tiny"), cfg)
 
 

@@ -61,7 +61,7 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("decoder", DecoderLM, ("lm",), CausalDecoding(), text=True, causal=True, stacks=("n_layers",),
            flops=DecoderLM.flops_per_token),
-    Family("encoder", Encoder, ("mlm",), None, text=True, causal=False, stacks=("n_layers",),
+    Family("encoder", Encoder, ("mlm", "classify"), None, text=True, causal=False, stacks=("n_layers",),
            flops=Encoder.flops_per_token),
     Family("encoder_decoder", EncoderDecoder, ("seq2seq",), Seq2SeqDecoding(), text=True, causal=True,
            stacks=("n_layers", "n_decoder_layers"), flops=EncoderDecoder.flops_per_token),

@@ -33,18 +33,25 @@ def get_task(name_or_task) -> Task:
     return TASKS[name_or_task]
 
 
-def task_for(family: str) -> Task:
-    """The task a model of ``family`` trains by default: the first its registry record names."""
+def task_for(family: str, task: str = "auto") -> Task:
+    """The Task a model of ``family`` trains: ``task`` by name, or ("auto") the first its registry record names.
+    A task the family's record does not list is refused (a decoder has no classification head to train)."""
     from ..models.registry import FAMILIES
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}: no training task for it; expected one of {', '.join(FAMILIES)}")
-    return TASKS[FAMILIES[family].tasks[0]]
+    tasks = FAMILIES[family].tasks
+    if task == "auto":
+        return TASKS[tasks[0]]
+    record = get_task(task)
+    if record.name not in tasks:
+        raise ValueError(f"task={record.name!r} (--task) does not train a {family!r} model; its tasks: "
+                         f"{', '.join(tasks)}")
+    return record
 
 
 def prepare_data(model_config, cfg, tokenizer=None) -> TaskData:
     """The data of ``cfg.task`` ("auto": ``model_config``'s family's task) for ``cfg`` (see ``Task.prepare``)."""
-    task = task_for(model_config.family) if getattr(cfg, "task", "auto") == "auto" else get_task(cfg.task)
-    return task.prepare(model_config, cfg, tokenizer)
+    return task_for(model_config.family, getattr(cfg, "task", "auto")).prepare(model_config, cfg, tokenizer)
 
 
 def train_tokenizer(cfg, task):

@@ -187,9 +187,6 @@ class Classification(Task):
         return iter([t for t, _ in read_labelled(cfg.data)])
 
     def prepare(self, model_config, cfg, tokenizer=None):
-        if model_config.family != "encoder":
-            raise ValueError(f"task='classify' (--task) trains an encoder's classification head; this model's "
-                             f"family is {model_config.family!r} (expected 'encoder', e.g. --init a BERT / MiniLM)")
         data = super().prepare(model_config, cfg, tokenizer)
         labels = data.train.labels
         data.model_config = data.model_config.replace(

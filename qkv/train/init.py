@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..models.registry import family_of
 
 log = logging.getLogger("qkv.train")
 
@@ -59,7 +60,7 @@ def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "a
                              f"RWKV release's tokenizer, e.g. its 20B_tokenizer.json)")
         return Pretrained(str(source), "rwkv", p, model.config, Tokenizer.load(tokenizer), model)
     fmt, folder, config = _locate(p, source, flag)
-    if fmt == "hf" and config.family == "encoder_decoder":
+    if fmt == "hf" and family_of(config).has_source:
         raise ValueError(f"{flag}: fine-tuning a Hugging Face encoder-decoder (Marian, T5, mBART) is not supported "
                          f"yet: its training targets start with the folder's decoder_start_token_id and are encoded "
                          f"by its target-side tokenizer, while qkv's translation batches are BOS + target")

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig
-from ..tasks import TaskData, count_targets, get_task, shard_rows, task_for, to_device
+from ..tasks import TaskData, count_targets, shard_rows, task_for, to_device
 from . import checkpointing, compiling, processes
 from .evaluation import evaluate
 from .log import MetricsLog
@@ -199,8 +199,7 @@ def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model:
                          tokenizer_type=train_config.tokenizer_type)
         model_config, tokenizer = pre.config, tokenizer if tokenizer is not None else pre.tokenizer
     family = (model_config if model is None else model.config).family
-    task = data.task if data is not None else task_for(family) if train_config.task == "auto" else \
-        get_task(train_config.task)
+    task = data.task if data is not None else task_for(family, train_config.task)
     out = Path(train_config.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} (--out-dir): is a file; expected a folder for the run's checkpoints "
