@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -895,23 +894,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # A negative number: "-1e-3", "-.5", "-inf". argparse takes "-1e-3" for an option (its rule knows no exponents).
-_NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
-
-
 def _join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``--lr -1e-3`` -> ``--lr=-1e-3`` for flags that take one value, so the value reaches the check that names
-    the flag and says what it expects, instead of argparse's "expected one argument"."""
+    """``--lr -1e-3`` -> ``--lr=-1e-3`` for the flags of the subcommand in ``argv`` (see config.join_negative_values)."""
+    from .config import join_negative_values
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in getattr(parser, "subcommands", {}) or command == "bench":
         return argv
-    takes_one = {o for a in parser.subcommands[command]._actions if a.nargs is None for o in a.option_strings}
-    out: list[str] = []
-    for a in argv:
-        if out and _NEGATIVE.match(a) and out[-1] in takes_one:
-            out[-1] = f"{out[-1]}={a}"
-        else:
-            out.append(a)
-    return out
+    return join_negative_values(parser.subcommands[command], argv)
 
 
 def _one_line(e: BaseException) -> str:

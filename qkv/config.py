@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
@@ -331,13 +332,29 @@ class TrainConfig(_Serializable):
 def field_help(cls) -> dict[str, str]:
     """Field name -> the comment after it in the class body: the one place a field is documented."""
     import inspect
-    import re
     docs = {}
     for line in inspect.getsource(cls).splitlines():
         m = re.match(r"\s{4}(\w+)\s*:[^#]*#\s?(.*)$", line)
         if m:
             docs[m.group(1)] = m.group(2).strip()
     return docs
+
+
+# A negative number after a flag that takes one value ("--lr -1e-3"): argparse would read it as a flag.
+NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def join_negative_values(parser, argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3`` for flags that take one value, so the value reaches the check that names
+    the flag and says what it expects, instead of argparse's "expected one argument"."""
+    takes_one = {o for a in parser._actions if a.nargs is None for o in a.option_strings}
+    out: list[str] = []
+    for a in argv:
+        if out and NEGATIVE.match(a) and out[-1] in takes_one:
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
 
 
 def add_dataclass_arguments(parser, cls, *, skip=(), defaults_to_none: bool = False):

@@ -189,16 +189,20 @@ def eager_static(monkeypatch):
     monkeypatch.setattr(gen, "_compiled_select", lambda device_type: gen._beam_select)
 
 
+def _left_padding(ids):
+    """A (3, T) mask: row 0 whole, rows 1 and 2 left-padded by 2 and 5 tokens."""
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    mask[2, :5] = 0
+    return mask
+
+
 @pytest.mark.parametrize("name, overrides", STATIC)
 @pytest.mark.parametrize("padded", [False, True])
 def test_static_slot_steps_equal_full_pass(name, overrides, padded, eager_static):
     model = make(name, **overrides)
     ids = _prompt(model, B=3, T=6)
-    mask = None
-    if padded:
-        mask = torch.ones_like(ids)
-        mask[1, :2] = 0
-        mask[2, :5] = 0
+    mask = _left_padding(ids) if padded else None
     opts = _options(model, 6, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
     run = _Runner(model, ids, mask, opts, True, 20, compile=True)  # max_len 20: slots never reach the end
     generated = torch.zeros(3, 0, dtype=torch.long)
@@ -223,11 +227,7 @@ def test_static_recurrent_steps_equal_full_pass_and_keep_their_buffers(name, pad
     moves, as a CUDA graph needs), and gives the full pass's logits, a left-padded batch included."""
     model = make(name)
     ids = _prompt(model, B=3, T=6)
-    mask = None
-    if padded:
-        mask = torch.ones_like(ids)
-        mask[1, :2] = 0
-        mask[2, :5] = 0
+    mask = _left_padding(ids) if padded else None
     opts = _options(model, 5, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
     run = _Runner(model, ids, mask, opts, True, 16, compile=True)
     addresses = [t.data_ptr() for t in run.cache.tensors()]

@@ -10,7 +10,8 @@ import os
 import re
 import sys
 
-from ..config import ModelConfig, TrainConfig, add_dataclass_arguments, dataclass_from_args, load_config_file
+from ..config import (ModelConfig, TrainConfig, add_dataclass_arguments, dataclass_from_args, join_negative_values,
+                      load_config_file)
 
 log = logging.getLogger("qkv.train")
 
@@ -122,17 +123,3 @@ def main(argv=None):
 
 
 # A negative number: "-1e-3", "-.5", "-inf". argparse takes "-1e-3" for an option (its rule knows no exponents).
-NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
-
-
-def join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``--lr -1e-3`` -> ``--lr=-1e-3`` for flags that take one value, so the value reaches the check that names
-    the flag and says what it expects, instead of argparse's "expected one argument"."""
-    takes_one = {o for a in parser._actions if a.nargs is None for o in a.option_strings}
-    out: list[str] = []
-    for a in argv:
-        if out and NEGATIVE.match(a) and out[-1] in takes_one:
-            out[-1] = f"{out[-1]}={a}"
-        else:
-            out.append(a)
-    return out
