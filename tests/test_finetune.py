@@ -252,6 +252,42 @@ def test_hf_translation_loss_at_step_zero_equals_transformers_loss_with_its_own_
     assert ours == pytest.approx(_hf_loss(folder, model_class, _PAIRS), rel=1e-6, abs=1e-6)
 
 
+def test_marian_targets_and_decoder_inputs_equal_transformers_text_target_and_shift_tokens_right(tmp_path):
+    """Marian's target side has its own model (target.spm): the labels are its pieces, not the source side's, and the
+    decoder inputs are transformers' shift_tokens_right of them."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from transformers.models.marian.modeling_marian import shift_tokens_right
+    from qkv.data import ParallelDataset
+    from qkv.train.init import pretrained
+    from tests.peer_folders import marian_folder
+    folder = marian_folder(tmp_path / "marian")
+    pre, hf = pretrained(folder), transformers.AutoTokenizer.from_pretrained(folder)
+    targets = [t for _, t in _PAIRS]
+    want = hf(text_target=targets)["input_ids"]
+    assert [pre.tokenizer.encode_target(t) for t in targets] == want
+    assert want != [pre.tokenizer.encode(t, add_special=True) for t in targets]  # the two sides differ here
+    start = pre.config.decoder_start_token_id
+    batch = ParallelDataset(_PAIRS, pre.tokenizer, decoder_start_id=start).collate(range(len(_PAIRS)))
+    labels = hf(text_target=targets, padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(batch.labels, labels.masked_fill(labels == hf.pad_token_id, -100))
+    width = batch.decoder_input_ids.shape[1]
+    shifted = shift_tokens_right(labels, hf.pad_token_id, start)[:, :width]
+    assert torch.equal(batch.decoder_input_ids[batch.decoder_attention_mask],
+                       shifted[batch.decoder_attention_mask])
+
+
+def test_init_from_an_mbart_folder_is_refused_in_one_line(tmp_path):
+    """mBART's targets carry the target language code and its decoder starts from the last label token: not the
+    convention qkv trains, so --init says so rather than train on wrong targets."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from qkv.train.init import pretrained
+    from tests.peer_folders import mbart50_folder
+    with pytest.raises(ValueError, match="encoder-decoder is not supported: its tokenizer has no target-side"):
+        pretrained(mbart50_folder(tmp_path / "mbart"))
+
+
 def test_init_fine_tunes_a_hugging_face_marian_from_the_command_line_and_the_run_translates(tmp_path, capsys):
     """qkv train --init MARIAN_FOLDER --data src --data-tgt tgt: the first logged loss is transformers' loss on the
     whole (one-batch) data, the loss stays finite, and qkv translate works on the run folder."""

@@ -107,7 +107,8 @@ class ParallelDataset(torch.utils.data.Dataset):
         for name, tok in (("src_tokenizer", src_tokenizer), ("tgt_tokenizer", tgt_tokenizer)):
             missing = [r for r in needed if getattr(tok, f"{r}_id") is None]
             if missing:
-                raise ValueError(f"{name}: has no {missing} token(s); translation needs {', '.join(needed)}")
+                raise ValueError(f"{name}: has no {missing} token(s); translation needs "
+                                 f"{', '.join(needed[:-1])} and {needed[-1]}")
         if decoder_start_id is not None and not callable(getattr(tgt_tokenizer, "encode_target", None)):
             raise TypeError(f"decoder_start_id={decoder_start_id}: transformers' target convention needs a tokenizer "
                             f"with encode_target (a Hugging Face SentencePiece folder), not {type(tgt_tokenizer).__name__}")
