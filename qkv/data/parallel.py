@@ -111,7 +111,8 @@ class ParallelDataset(torch.utils.data.Dataset):
                                  f"{', '.join(needed[:-1])} and {needed[-1]}")
         if decoder_start_id is not None and not callable(getattr(tgt_tokenizer, "encode_target", None)):
             raise TypeError(f"decoder_start_id={decoder_start_id}: transformers' target convention needs a tokenizer "
-                            f"with encode_target (a Hugging Face SentencePiece folder), not {type(tgt_tokenizer).__name__}")
+                            f"with encode_target (a Hugging Face SentencePiece folder), not "
+                            f"{type(tgt_tokenizer).__name__}")
         if len(pairs) == 0:
             raise ValueError("pairs: empty; expected at least one (source, target) pair")
         self.pad_id = src_tokenizer.pad_id
