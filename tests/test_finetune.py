@@ -214,12 +214,101 @@ def test_init_from_an_rwkv_file_takes_its_weights_and_the_named_tokenizer(tmp_pa
     assert json.loads((tmp_path / "r" / "config.json").read_text())["extra"]["init"]["format"] == "rwkv"
 
 
-def test_init_from_a_hugging_face_translation_model_is_refused_in_one_line(tmp_path):
+# -- translation: a Hugging Face Marian / T5 trains as transformers trains it -------------------------------------
+
+_PAIRS = [("the cat sat on the mat", "die katze sass"), ("a dog", "ein hund lief nach hause und schlief"),
+          ("birds fly over the old bridge at night", "voegel"), ("ok", "gut so")]
+
+
+def _hf_loss(folder, model_class, pairs):
+    """transformers' own loss: its tokenizer encodes the targets (text_target=), padding in labels is -100."""
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    enc = tok([s for s, _ in pairs], text_target=[t for _, t in pairs], padding=True, return_tensors="pt")
+    labels = enc["labels"].masked_fill(enc["labels"] == tok.pad_token_id, -100)
+    model = getattr(transformers, model_class).from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss.item()
+
+
+@pytest.mark.parametrize("kind, model_class", [("marian", "MarianMTModel"), ("t5", "T5ForConditionalGeneration")])
+def test_hf_translation_loss_at_step_zero_equals_transformers_loss_with_its_own_target_encoding(tmp_path, kind,
+                                                                                                 model_class):
+    """Labels = the target encoded on the target side (Marian's target.spm) + EOS, decoder input = labels shifted
+    right after decoder_start_token_id: qkv's training loss on the batch is transformers' labels= loss."""
     pytest.importorskip("transformers")
-    from tests.peer_folders import marian_folder
+    pytest.importorskip("sentencepiece")
+    import tests.peer_folders as peer
+    from qkv.data import ParallelDataset
+    from qkv.hub import from_hf
+    from qkv.tasks.seq2seq import Seq2SeqLoss
     from qkv.train.init import pretrained
-    with pytest.raises(ValueError, match="encoder-decoder .* not supported yet"):
-        pretrained(marian_folder(tmp_path / "marian"))
+    folder = getattr(peer, f"{kind}_folder")(tmp_path / kind)
+    pre = pretrained(folder)
+    ds = ParallelDataset(_PAIRS, pre.tokenizer, decoder_start_id=pre.config.decoder_start_token_id)
+    batch = ds.collate(range(len(_PAIRS)))
+    sums = Seq2SeqLoss(from_hf(folder).train())(batch)
+    ours = (sums.loss / sums.count).item()
+    assert ours == pytest.approx(_hf_loss(folder, model_class, _PAIRS), rel=1e-6, abs=1e-6)
+
+
+def test_marian_targets_and_decoder_inputs_equal_transformers_text_target_and_shift_tokens_right(tmp_path):
+    """Marian's target side has its own model (target.spm): the labels are its pieces, not the source side's, and the
+    decoder inputs are transformers' shift_tokens_right of them."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from transformers.models.marian.modeling_marian import shift_tokens_right
+    from qkv.data import ParallelDataset
+    from qkv.train.init import pretrained
+    from tests.peer_folders import marian_folder
+    folder = marian_folder(tmp_path / "marian")
+    pre, hf = pretrained(folder), transformers.AutoTokenizer.from_pretrained(folder)
+    targets = [t for _, t in _PAIRS]
+    want = hf(text_target=targets)["input_ids"]
+    assert [pre.tokenizer.encode_target(t) for t in targets] == want
+    assert want != [pre.tokenizer.encode(t, add_special=True) for t in targets]  # the two sides differ here
+    start = pre.config.decoder_start_token_id
+    batch = ParallelDataset(_PAIRS, pre.tokenizer, decoder_start_id=start).collate(range(len(_PAIRS)))
+    labels = hf(text_target=targets, padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(batch.labels, labels.masked_fill(labels == hf.pad_token_id, -100))
+    width = batch.decoder_input_ids.shape[1]
+    shifted = shift_tokens_right(labels, hf.pad_token_id, start)[:, :width]
+    assert torch.equal(batch.decoder_input_ids[batch.decoder_attention_mask],
+                       shifted[batch.decoder_attention_mask])
+
+
+def test_init_from_an_mbart_folder_is_refused_in_one_line(tmp_path):
+    """mBART's targets carry the target language code and its decoder starts from the last label token: not the
+    convention qkv trains, so --init says so rather than train on wrong targets."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from qkv.train.init import pretrained
+    from tests.peer_folders import mbart50_folder
+    with pytest.raises(ValueError, match="encoder-decoder is not supported: its tokenizer has no target-side"):
+        pretrained(mbart50_folder(tmp_path / "mbart"))
+
+
+def test_init_fine_tunes_a_hugging_face_marian_from_the_command_line_and_the_run_translates(tmp_path, capsys):
+    """qkv train --init MARIAN_FOLDER --data src --data-tgt tgt: the first logged loss is transformers' loss on the
+    whole (one-batch) data, the loss stays finite, and qkv translate works on the run folder."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from tests.peer_folders import marian_folder
+    folder = marian_folder(tmp_path / "marian")
+    src, tgt = tmp_path / "src.txt", tmp_path / "tgt.txt"
+    src.write_text("".join(s + "\n" for s, _ in _PAIRS))
+    tgt.write_text("".join(t + "\n" for _, t in _PAIRS))
+    run = tmp_path / "run"
+    assert cli(["train", "--init", str(folder), "--data", str(src), "--data-tgt", str(tgt), "--max-steps", "3",
+                "--log-every", "1", "--eval-every", "0", "--max-tokens", "4096", "--out-dir", str(run),
+                "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
+    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in line]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[0] == pytest.approx(_hf_loss(folder, "MarianMTModel", _PAIRS), rel=1e-5)
+    capsys.readouterr()
+    assert cli(["translate", "--checkpoint", str(run), "--text", "the cat", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() != ""
 
 
 def test_classify_needs_an_encoder(tmp_path):

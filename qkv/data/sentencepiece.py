@@ -164,25 +164,37 @@ class SentencePieceTokenizer(Tokenizer):
             out.append((part, False))
         return out
 
-    def _encode_text(self, text: str) -> list[int]:
+    def _encode_text(self, text: str, sp=None) -> list[int]:
         unk = self.unk_id
         ids = []
-        for piece in self.sp.encode(text, out_type=str):
+        for piece in (sp or self.sp).encode(text, out_type=str):
             ids.append(self._piece_id(piece, unk))
         if self.keep_trailing_space and text[-1:].isspace():
             ids.append(self._piece_id(SPIECE_UNDERLINE, unk))
         return ids
 
-    def encode(self, text: str, add_special: bool = False) -> list[int]:
+    def encode(self, text: str, add_special: bool = False, *, target: bool = False) -> list[int]:
         ids = []
+        sp = self.sp_decode if target else self.sp
         if self.language_prefix and text.startswith(">>") and "<<" in text:
             code, text = text[: text.index("<<") + 2], text[text.index("<<") + 2:]
             ids.append(self._piece_id(code, self.unk_id))
         for segment, is_added in self._segments(text):
-            ids += [self.added[segment]] if is_added else (self._encode_text(segment) if segment else [])
+            ids += [self.added[segment]] if is_added else (self._encode_text(segment, sp) if segment else [])
         if add_special:
             ids = self._template(self.prefix) + ids + self._template(self.suffix)
         return ids
+
+    def encode_target(self, text: str) -> list[int]:
+        """``text`` as a translation target, the way transformers' ``tokenizer(text_target=text)`` encodes it: the
+        pieces of the target-side model (Marian's target.spm; T5's one model) followed by the template's EOS.
+
+        A template naming the source language (mBART) would need the target language there instead, and mBART's
+        decoder starts from the last label token rather than decoder_start_token_id: that is refused here."""
+        if "{src_lang}" in self.prefix + self.suffix:
+            raise ValueError("encode_target: this tokenizer's template names a language (mBART); encoding targets "
+                             "with the target language code is not supported")
+        return self.encode(text, add_special=True, target=True)
 
     def _template(self, tokens: list[str]) -> list[int]:
         out = []

@@ -49,11 +49,16 @@ class Translation(Task):
     def load(self, model_config, cfg, tokenizer):
         from .. import data as qd
         max_len = model_config.max_positions - 1  # room for the BOS / EOS the dataset adds
-        ds = qd.load_parallel(cfg.data, cfg.data_tgt, tokenizer, max_len=max_len)
+        # A tokenizer that encodes targets on their own side (a Hugging Face Marian / T5 folder) trains the way
+        # transformers does: labels = target + EOS, decoder input = decoder_start_token_id + labels[:-1].
+        start = model_config.decoder_start_token_id if callable(getattr(tokenizer, "encode_target", None)) else None
+        if start is not None:
+            log.info("targets as transformers trains them: encode_target, decoder_start_token_id=%d first", start)
+        ds = qd.load_parallel(cfg.data, cfg.data_tgt, tokenizer, max_len=max_len, decoder_start_id=start)
         train = EndlessBatches(qd.ParallelBatches(ds, cfg.max_tokens, seed=cfg.seed))
         if not cfg.val_data:
             return train, None
-        vds = qd.load_parallel(cfg.val_data, cfg.val_data_tgt, tokenizer, max_len=max_len)
+        vds = qd.load_parallel(cfg.val_data, cfg.val_data_tgt, tokenizer, max_len=max_len, decoder_start_id=start)
         return train, lambda: take(iter(qd.ParallelBatches(vds, cfg.max_tokens, shuffle=False)), cfg.eval_steps)
 
     def footprint(self, model_config, cfg):

@@ -60,10 +60,6 @@ def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "a
                              f"RWKV release's tokenizer, e.g. its 20B_tokenizer.json)")
         return Pretrained(str(source), "rwkv", p, model.config, Tokenizer.load(tokenizer), model)
     fmt, folder, config = _locate(p, source, flag)
-    if fmt == "hf" and family_of(config).has_source:
-        raise ValueError(f"{flag}: fine-tuning a Hugging Face encoder-decoder (Marian, T5, mBART) is not supported "
-                         f"yet: its training targets start with the folder's decoder_start_token_id and are encoded "
-                         f"by its target-side tokenizer, while qkv's translation batches are BOS + target")
     if tokenizer is not None:
         raise ValueError(f"tokenizer={tokenizer!r} (--tokenizer): with {flag} the tokenizer is the checkpoint's "
                          f"(its ids are the ones the weights learned); drop --tokenizer")
@@ -71,7 +67,24 @@ def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "a
         tok = Tokenizer.load(folder / "tokenizer" if fmt == "qkv" else folder)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{flag}: no tokenizer in the checkpoint ({e})") from None
+    if fmt == "hf" and family_of(config).has_source and not _trains_like_transformers(tok, config):
+        raise ValueError(f"{flag}: fine-tuning this Hugging Face encoder-decoder is not supported: its tokenizer "
+                         f"has no target-side encoding qkv can train with (supported: Marian, T5 folders; mBART's "
+                         f"decoder starts from the target language code)")
     return Pretrained(str(source), fmt, folder, config, tok)
+
+
+def _trains_like_transformers(tok, config: ModelConfig) -> bool:
+    """A Hugging Face encoder-decoder trains on its own convention (see qkv.data.parallel.ParallelDataset) when its
+    tokenizer encodes targets on their side and the config names the decoder's first token."""
+    encode_target = getattr(tok, "encode_target", None)
+    if not callable(encode_target) or config.decoder_start_token_id is None:
+        return False
+    try:
+        encode_target("a")
+    except ValueError:
+        return False
+    return True
 
 
 def _locate(p: Path, source, flag: str):
