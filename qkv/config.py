@@ -251,6 +251,8 @@ class TrainConfig(_Serializable):
     data_tgt: str | None = None  # translation: the target side, aligned line by line with --data
     val_data: str | None = None  # validation data in the same form; default: the last val_fraction of --data (LM) or none
     val_data_tgt: str | None = None  # translation: the target side of --val-data
+    src_lang: str | None = None  # translation with --init of a multilingual checkpoint (mBART): the source language code, e.g. en_XX (default: its tokenizer_config.json)
+    tgt_lang: str | None = None  # translation with --init of a multilingual checkpoint (mBART): the target language code its labels carry, e.g. es_XX (default: its tokenizer_config.json)
     val_fraction: float = 0.1  # LM without --val-data: the share of the corpus held out (its tail)
     tokenizer: str | None = None  # a saved tokenizer folder or tokenizer.json; default: one trained on --data, of --tokenizer-type
     tokenizer_type: str = "auto"  # the tokenizer trained on --data without --tokenizer: auto (byte-level BPE shared by both sides for translation, characters for language models and MLM) | bpe | char | wordpiece (MLM only: lowercases, strips accents, does not round-trip); train_config.json records the one used
@@ -292,6 +294,10 @@ class TrainConfig(_Serializable):
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("tokenizer_type", self.tokenizer_type, TOKENIZER_TYPES)
+        for name in ("src_lang", "tgt_lang"):
+            if getattr(self, name) is not None and not self.init:
+                raise ValueError(f"{name}={getattr(self, name)!r}: the language codes apply to fine-tuning a "
+                                 f"multilingual checkpoint (mBART); pass init too, or drop {name}")
         for name in ("max_steps", "batch_size", "grad_accum", "max_tokens"):
             _positive(name, getattr(self, name))
         if self.block_size is not None:

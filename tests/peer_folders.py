@@ -168,11 +168,18 @@ def t5_folder(folder: Path) -> Path:
     return folder
 
 
-def mbart50_folder(folder: Path) -> Path:
+def mbart_folder(folder: Path) -> Path:
+    """An mbart-large-cc25-shaped folder (mBART-25: the language code after </s>), the model as mbart50_folder's."""
+    mbart_tokenizer_files(folder)
+    return mbart50_folder(folder, tokenizer_files=False)
+
+
+def mbart50_folder(folder: Path, *, tokenizer_files: bool = True) -> Path:
     """An mbart-large-50-many-to-many-mmt-shaped folder: sentencepiece.bpe.model, a random MBart model and its
     generation settings (beams, early stopping, EOS forced at the limit); the target language comes at run time."""
     import transformers
-    mbart50_tokenizer_files(folder)
+    if tokenizer_files:
+        mbart50_tokenizer_files(folder)
     size = len(transformers.AutoTokenizer.from_pretrained(folder))
     config = transformers.MBartConfig(vocab_size=size, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                                       decoder_start_token_id=2, forced_eos_token_id=2, scale_embedding=True,

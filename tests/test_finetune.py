@@ -220,10 +220,10 @@ _PAIRS = [("the cat sat on the mat", "die katze sass"), ("a dog", "ein hund lief
           ("birds fly over the old bridge at night", "voegel"), ("ok", "gut so")]
 
 
-def _hf_loss(folder, model_class, pairs):
+def _hf_loss(folder, model_class, pairs, **tok_kwargs):
     """transformers' own loss: its tokenizer encodes the targets (text_target=), padding in labels is -100."""
     transformers = pytest.importorskip("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    tok = transformers.AutoTokenizer.from_pretrained(folder, **tok_kwargs)
     enc = tok([s for s, _ in pairs], text_target=[t for _, t in pairs], padding=True, return_tensors="pt")
     labels = enc["labels"].masked_fill(enc["labels"] == tok.pad_token_id, -100)
     model = getattr(transformers, model_class).from_pretrained(folder).eval()
@@ -277,15 +277,79 @@ def test_marian_targets_and_decoder_inputs_equal_transformers_text_target_and_sh
                        shifted[batch.decoder_attention_mask])
 
 
-def test_init_from_an_mbart_folder_is_refused_in_one_line(tmp_path):
-    """mBART's targets carry the target language code and its decoder starts from the last label token: not the
-    convention qkv trains, so --init says so rather than train on wrong targets."""
+@pytest.mark.parametrize("kind", ["mbart50", "mbart"])
+def test_mbart_loss_labels_and_decoder_inputs_equal_transformers_with_the_target_language(tmp_path, kind):
+    """mBART: the source carries src_lang and the labels tgt_lang (mBART-50 [lang] x </s>, mBART-25 x </s> [lang]),
+    the decoder input is transformers' MBart shift_tokens_right (the last label first), and the step-0 loss on the
+    batch is transformers' labels= loss."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from transformers.models.mbart.modeling_mbart import shift_tokens_right
+    import tests.peer_folders as peer
+    from qkv.data import ParallelDataset
+    from qkv.hub import from_hf
+    from qkv.tasks.seq2seq import Seq2SeqLoss
+    from qkv.train.init import pretrained
+    folder = getattr(peer, f"{kind}_folder")(tmp_path / kind)
+    pre = pretrained(folder, src_lang="de_DE", tgt_lang="fr_XX")
+    assert pre.tokenizer.decoder_starts_from_last_label
+    hf = transformers.AutoTokenizer.from_pretrained(folder, src_lang="de_DE", tgt_lang="fr_XX")
+    enc = hf([s for s, _ in _PAIRS], text_target=[t for _, t in _PAIRS], padding=True, return_tensors="pt")
+    fr = hf.convert_tokens_to_ids("fr_XX")
+    assert fr in enc["labels"][0].tolist() and hf.convert_tokens_to_ids("de_DE") in enc["input_ids"][0].tolist()
+    batch = ParallelDataset(_PAIRS, pre.tokenizer, start_from_last_label=True).collate(range(len(_PAIRS)))
+    labels = enc["labels"].masked_fill(enc["labels"] == hf.pad_token_id, -100)
+    assert torch.equal(batch.labels, labels)
+    assert torch.equal(batch.input_ids, enc["input_ids"])
+    shifted = shift_tokens_right(enc["labels"], hf.pad_token_id)
+    mask = batch.decoder_attention_mask
+    assert torch.equal(batch.decoder_input_ids[mask], shifted[:, :mask.shape[1]][mask])
+    assert set(shifted[:, 0].tolist()) == {fr if kind == "mbart" else hf.eos_token_id}
+    sums = Seq2SeqLoss(from_hf(folder).train())(batch)
+    ours = (sums.loss / sums.count).item()
+    theirs = _hf_loss(folder, "MBartForConditionalGeneration", _PAIRS, src_lang="de_DE", tgt_lang="fr_XX")
+    print(f"{kind} step-0 loss qkv={ours:.8f} transformers={theirs:.8f} diff={abs(ours - theirs):.2e}")
+    assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6)
+
+
+def test_init_refuses_a_language_the_mbart_tokenizer_lacks_in_one_line(tmp_path, capsys):
     pytest.importorskip("transformers")
     pytest.importorskip("sentencepiece")
-    from qkv.train.init import pretrained
     from tests.peer_folders import mbart50_folder
-    with pytest.raises(ValueError, match="encoder-decoder is not supported: its tokenizer has no target-side"):
-        pretrained(mbart50_folder(tmp_path / "mbart"))
+    folder = mbart50_folder(tmp_path / "mbart")
+    src = tmp_path / "src.txt"
+    src.write_text("a\n")
+    assert cli(["train", "--init", str(folder), "--data", str(src), "--data-tgt", str(src), "--tgt-lang", "xx_YY",
+                "--out-dir", str(tmp_path / "run"), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the lines above: the fixture's progress bar
+    assert err.startswith("qkv train: error: tgt_lang='xx_YY' (--tgt-lang): not a language")
+
+
+def test_init_fine_tunes_an_mbart50_from_the_command_line_with_the_language_flags(tmp_path, capsys):
+    """qkv train --init MBART50 --src-lang de_DE --tgt-lang fr_XX: the first logged loss is transformers' loss with
+    those languages (not the folder's en_XX / es_XX), the loss stays finite, and the run translates."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from tests.peer_folders import mbart50_folder
+    folder = mbart50_folder(tmp_path / "mbart")
+    src, tgt = tmp_path / "src.txt", tmp_path / "tgt.txt"
+    src.write_text("".join(s + "\n" for s, _ in _PAIRS))
+    tgt.write_text("".join(t + "\n" for _, t in _PAIRS))
+    run = tmp_path / "run"
+    assert cli(["train", "--init", str(folder), "--data", str(src), "--data-tgt", str(tgt), "--max-steps", "3",
+                "--src-lang", "de_DE", "--tgt-lang", "fr_XX", "--log-every", "1", "--eval-every", "0",
+                "--max-tokens", "4096", "--out-dir", str(run), "--device", "cpu", "--precision", "fp32",
+                "--no-progress"]) == 0
+    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in line]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    theirs = _hf_loss(folder, "MBartForConditionalGeneration", _PAIRS, src_lang="de_DE", tgt_lang="fr_XX")
+    assert losses[0] == pytest.approx(theirs, rel=1e-5)
+    assert losses[0] != pytest.approx(_hf_loss(folder, "MBartForConditionalGeneration", _PAIRS), rel=1e-5)
+    capsys.readouterr()
+    assert cli(["translate", "--checkpoint", str(run), "--text", "the cat", "--tgt-lang", "fr_XX",
+                "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() != ""
 
 
 def test_init_fine_tunes_a_hugging_face_marian_from_the_command_line_and_the_run_translates(tmp_path, capsys):

@@ -89,48 +89,55 @@ class TranslationBatch:
 class ParallelDataset(torch.utils.data.Dataset):
     """Tokenized pairs. Item i is (input_ids, decoder_input_ids, labels), 1-D int64 tensors.
 
-    Two conventions for the target side:
+    Conventions for the target side:
       - qkv's (``decoder_start_id=None``): decoder input BOS + target, labels target + EOS.
-      - transformers' (``decoder_start_id`` given, as a Hugging Face Marian / T5 is trained): labels are the target
-        as ``tgt_tokenizer.encode_target`` encodes it (its target-side model, then EOS), and the decoder input is
-        the labels shifted right one place with ``decoder_start_id`` first (transformers' shift_tokens_right).
+      - transformers' (``decoder_start_id`` given, as a Hugging Face Marian / T5 is trained): the source is
+        ``src_tokenizer.encode_source``, labels are the target as ``tgt_tokenizer.encode_target`` encodes it (its
+        target-side model, then EOS), and the decoder input is the labels shifted right one place with
+        ``decoder_start_id`` first (transformers' shift_tokens_right).
+      - mBART's (``start_from_last_label``): the same encodings (its targets carry the target language code), and
+        the decoder input is the labels rotated right, the last label first (transformers' MBart
+        shift_tokens_right: mBART-50 [lang] x </s> -> </s> [lang] x; mBART-25 x </s> [lang] -> [lang] x </s>).
 
     max_len truncates each side's ids (before the added BOS/EOS) so no example outgrows a batch; in transformers'
-    convention the labels keep their final EOS.
+    conventions the template's tokens stay and each side holds at most max_len + 1 ids.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], src_tokenizer: Tokenizer,
                  tgt_tokenizer: Tokenizer | None = None, *, max_len: int | None = None,
-                 decoder_start_id: int | None = None):
+                 decoder_start_id: int | None = None, start_from_last_label: bool = False):
         tgt_tokenizer = tgt_tokenizer or src_tokenizer
-        needed = ("pad", "eos") if decoder_start_id is not None else ("pad", "bos", "eos")
+        hf = decoder_start_id is not None or start_from_last_label
+        needed = ("pad", "eos") if hf else ("pad", "bos", "eos")
         for name, tok in (("src_tokenizer", src_tokenizer), ("tgt_tokenizer", tgt_tokenizer)):
             missing = [r for r in needed if getattr(tok, f"{r}_id") is None]
             if missing:
                 raise ValueError(f"{name}: has no {missing} token(s); translation needs "
                                  f"{', '.join(needed[:-1])} and {needed[-1]}")
-        if decoder_start_id is not None and not callable(getattr(tgt_tokenizer, "encode_target", None)):
-            raise TypeError(f"decoder_start_id={decoder_start_id}: transformers' target convention needs a tokenizer "
-                            f"with encode_target (a Hugging Face SentencePiece folder), not "
-                            f"{type(tgt_tokenizer).__name__}")
+        for name, tok, method in (("src_tokenizer", src_tokenizer, "encode_source"),
+                                  ("tgt_tokenizer", tgt_tokenizer, "encode_target")):
+            if hf and not callable(getattr(tok, method, None)):
+                raise TypeError(f"{name}: decoder_start_id={decoder_start_id}, start_from_last_label="
+                                f"{start_from_last_label}: transformers' target convention needs a tokenizer with "
+                                f"{method} (a Hugging Face SentencePiece folder), not {type(tok).__name__}")
         if len(pairs) == 0:
             raise ValueError("pairs: empty; expected at least one (source, target) pair")
         self.pad_id = src_tokenizer.pad_id
         if tgt_tokenizer.pad_id != self.pad_id:
             raise ValueError(f"tgt_tokenizer.pad_id={tgt_tokenizer.pad_id} differs from src_tokenizer.pad_id="
                              f"{self.pad_id}; one pad id is needed to pad both sides")
-        src_ids = src_tokenizer.encode_batch([s for s, _ in pairs])
-        if decoder_start_id is not None:
+        if hf:
+            total = None if max_len is None else max_len + 1  # the template's tokens stay, as transformers truncates
             self.src, self.tgt_in, self.tgt_out = [], [], []
-            for s, (_, text) in zip(src_ids, pairs):
-                labels = tgt_tokenizer.encode_target(text)
-                if max_len is not None and len(labels) > max_len + 1:
-                    labels = labels[:max_len] + labels[-1:]  # the EOS stays, as transformers truncates
-                self.src.append(np.asarray(s[:max_len] + [src_tokenizer.eos_id], np.int64))
-                self.tgt_in.append(np.asarray([decoder_start_id] + labels[:-1], np.int64))
+            for text_src, text in pairs:
+                labels = tgt_tokenizer.encode_target(text, max_len=total)
+                first = labels[-1] if start_from_last_label else decoder_start_id
+                self.src.append(np.asarray(src_tokenizer.encode_source(text_src, max_len=total), np.int64))
+                self.tgt_in.append(np.asarray([first] + labels[:-1], np.int64))
                 self.tgt_out.append(np.asarray(labels, np.int64))
             self.lengths = np.asarray([max(len(s), len(t)) for s, t in zip(self.src, self.tgt_in)])
             return
+        src_ids = src_tokenizer.encode_batch([s for s, _ in pairs])
         tgt_ids = tgt_tokenizer.encode_batch([t for _, t in pairs])
         s_eos, t_bos, t_eos = src_tokenizer.eos_id, tgt_tokenizer.bos_id, tgt_tokenizer.eos_id
         self.src, self.tgt_in, self.tgt_out = [], [], []
@@ -253,8 +260,9 @@ class ParallelBatches:
 
 def load_parallel(src: PathLike, tgt: PathLike | None, src_tokenizer: Tokenizer,
                   tgt_tokenizer: Tokenizer | None = None, *, fields: tuple[str, str] = ("src", "tgt"),
-                  max_len: int | None = None, decoder_start_id: int | None = None) -> ParallelDataset:
+                  max_len: int | None = None, decoder_start_id: int | None = None,
+                  start_from_last_label: bool = False) -> ParallelDataset:
     """read_pairs + ParallelDataset in one call."""
     check_file(src, "src")
     return ParallelDataset(read_pairs(src, tgt, fields=fields), src_tokenizer, tgt_tokenizer, max_len=max_len,
-                           decoder_start_id=decoder_start_id)
+                           decoder_start_id=decoder_start_id, start_from_last_label=start_from_last_label)

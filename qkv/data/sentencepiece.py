@@ -69,7 +69,8 @@ class SentencePieceTokenizer(Tokenizer):
             language codes); ``lstrip`` / ``rstrip`` name those that swallow the spaces beside them (mBART's <mask>).
         specials: role -> token (pad, bos, eos, unk, mask, cls, sep), as the folder names them.
         prefix, suffix: tokens put before / after the text by ``encode(add_special=True)``; "{src_lang}" stands for
-            the current source language (``src_lang``).
+            the current source language (``src_lang``), or the target language (``tgt_lang``, default
+            ``src_lang`` as in transformers) in ``encode_target``.
         keep_trailing_space: a text (or a piece between added tokens) ending in whitespace keeps a final "▁" token,
             as transformers' mBART-50 tokenizer does.
         language_prefix: a text starting ">>xx<<" puts that token first (Marian's multilingual targets).
@@ -82,7 +83,7 @@ class SentencePieceTokenizer(Tokenizer):
                  fixed: Mapping[str, int] | None = None, offset: int = 0, added: Mapping[str, int] | None = None,
                  lstrip: Iterable[str] = (), rstrip: Iterable[str] = (), specials: Mapping[str, str],
                  prefix: Iterable[str] = (), suffix: Iterable[str] = (), src_lang: str | None = None,
-                 keep_trailing_space: bool = False, language_prefix: bool = False, strip_decoded: bool = False):
+                 tgt_lang: str | None = None, keep_trailing_space: bool = False, language_prefix: bool = False, strip_decoded: bool = False):
         super().__init__(specials)
         self._model, self._decode_model = model, decode_model
         self.sp = _processor(model)
@@ -92,7 +93,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.added = dict(added or {})
         self.lstrip, self.rstrip = set(lstrip), set(rstrip)
         self.prefix, self.suffix = list(prefix), list(suffix)
-        self.src_lang = src_lang
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.keep_trailing_space, self.language_prefix = keep_trailing_space, language_prefix
         self.strip_decoded = strip_decoded
         missing = [t for t in self.specials.values() if self.token_to_id(t) is None]
@@ -173,7 +174,10 @@ class SentencePieceTokenizer(Tokenizer):
             ids.append(self._piece_id(SPIECE_UNDERLINE, unk))
         return ids
 
-    def encode(self, text: str, add_special: bool = False, *, target: bool = False) -> list[int]:
+    def encode(self, text: str, add_special: bool = False, *, target: bool = False,
+               max_len: int | None = None) -> list[int]:
+        """``target``: the target side (its model, and ``tgt_lang`` in the template). ``max_len``: at most this many
+        ids in all, the text's ids cut and the template's kept (transformers' truncation)."""
         ids = []
         sp = self.sp_decode if target else self.sp
         if self.language_prefix and text.startswith(">>") and "<<" in text:
@@ -182,28 +186,39 @@ class SentencePieceTokenizer(Tokenizer):
         for segment, is_added in self._segments(text):
             ids += [self.added[segment]] if is_added else (self._encode_text(segment, sp) if segment else [])
         if add_special:
-            ids = self._template(self.prefix) + ids + self._template(self.suffix)
-        return ids
+            lang = (self.tgt_lang or self.src_lang) if target else self.src_lang
+            prefix, suffix = self._template(self.prefix, lang), self._template(self.suffix, lang)
+            if max_len is not None:
+                ids = ids[:max(0, max_len - len(prefix) - len(suffix))]
+            return prefix + ids + suffix
+        return ids if max_len is None else ids[:max_len]
 
-    def encode_target(self, text: str) -> list[int]:
+    def encode_source(self, text: str, max_len: int | None = None) -> list[int]:
+        """``text`` as a translation source, as transformers' ``tokenizer(text)`` encodes it (the template with
+        ``src_lang``), at most ``max_len`` ids."""
+        return self.encode(text, add_special=True, max_len=max_len)
+
+    def encode_target(self, text: str, max_len: int | None = None) -> list[int]:
         """``text`` as a translation target, the way transformers' ``tokenizer(text_target=text)`` encodes it: the
-        pieces of the target-side model (Marian's target.spm; T5's one model) followed by the template's EOS.
+        pieces of the target-side model (Marian's target.spm; T5's one model) in the template, which names the
+        target language where it names one (mBART-50: [tgt_lang] text </s>; mBART-25: text </s> [tgt_lang])."""
+        return self.encode(text, add_special=True, target=True, max_len=max_len)
 
-        A template naming the source language (mBART) would need the target language there instead, and mBART's
-        decoder starts from the last label token rather than decoder_start_token_id: that is refused here."""
-        if "{src_lang}" in self.prefix + self.suffix:
-            raise ValueError("encode_target: this tokenizer's template names a language (mBART); encoding targets "
-                             "with the target language code is not supported")
-        return self.encode(text, add_special=True, target=True)
+    @property
+    def decoder_starts_from_last_label(self) -> bool:
+        """Whether the decoder's first input is the last token of the labels (mBART: its template carries the
+        language, and transformers' MBart shift_tokens_right wraps the last non-pad label to the front) rather than
+        the config's decoder_start_token_id (Marian, T5)."""
+        return "{src_lang}" in self.prefix + self.suffix
 
-    def _template(self, tokens: list[str]) -> list[int]:
+    def _template(self, tokens: list[str], lang: str | None) -> list[int]:
         out = []
         for t in tokens:
             if t == "{src_lang}":
-                if self.src_lang is None:
-                    raise ValueError("this tokenizer puts the source language in its template: set src_lang "
+                if lang is None:
+                    raise ValueError("this tokenizer puts the language in its template: set src_lang / tgt_lang "
                                      f"(one of {self.languages[:6]}...)")
-                t = self.src_lang
+                t = lang
             i = self.token_to_id(t)
             if i is None:
                 raise ValueError(f"template token {t!r} is not in the vocabulary")
@@ -215,6 +230,12 @@ class SentencePieceTokenizer(Tokenizer):
         if code not in self.added:
             raise ValueError(f"src_lang {code!r} is not a language of this tokenizer; known: {self.languages}")
         self.src_lang = code
+
+    def set_tgt_lang(self, code: str) -> None:
+        """The target language of ``encode_target`` (mBART: the code its labels carry)."""
+        if code not in self.added:
+            raise ValueError(f"tgt_lang {code!r} is not a language of this tokenizer; known: {self.languages}")
+        self.tgt_lang = code
 
     # -- ids -> text -------------------------------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
@@ -241,7 +262,7 @@ class SentencePieceTokenizer(Tokenizer):
     def _fields(self) -> dict:
         return {"vocab": self.vocab, "fixed": self.fixed, "offset": self.offset, "added": self.added,
                 "lstrip": sorted(self.lstrip), "rstrip": sorted(self.rstrip), "prefix": self.prefix,
-                "suffix": self.suffix, "src_lang": self.src_lang, "keep_trailing_space": self.keep_trailing_space,
+                "suffix": self.suffix, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang, "keep_trailing_space": self.keep_trailing_space,
                 "language_prefix": self.language_prefix, "strip_decoded": self.strip_decoded}
 
     def _save_files(self, directory: Path) -> dict:
@@ -254,6 +275,7 @@ class SentencePieceTokenizer(Tokenizer):
     def _from_meta(cls, directory: Path, meta: dict) -> "SentencePieceTokenizer":
         fields = {k: meta[k] for k in ("vocab", "fixed", "offset", "added", "lstrip", "rstrip", "prefix", "suffix",
                                        "src_lang", "keep_trailing_space", "language_prefix", "strip_decoded")}
+        fields["tgt_lang"] = meta.get("tgt_lang")  # absent in tokenizers saved before targets named their language
         decode = "sentencepiece.decode.model"
         return cls(_read_bytes(directory, "sentencepiece.model"),
                    decode_model=_read_bytes(directory, decode) if (directory / decode).is_file() else None,
@@ -392,7 +414,7 @@ def _mbart(folder: Path, config: dict) -> SentencePieceTokenizer:
     template = dict(prefix=["{src_lang}"], suffix=[roles["eos"]]) if fifty else \
         dict(prefix=[], suffix=[roles["eos"], "{src_lang}"])
     return SentencePieceTokenizer(model, fixed=_FAIRSEQ, offset=1, added=added, lstrip=lstrip, rstrip=rstrip,
-                                  specials=roles, src_lang=src_lang, keep_trailing_space=fifty, **template)
+                                  specials=roles, src_lang=src_lang, tgt_lang=config.get("tgt_lang"), keep_trailing_space=fifty, **template)
 
 
 # file that identifies the layout -> reader

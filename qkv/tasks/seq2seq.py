@@ -49,16 +49,22 @@ class Translation(Task):
     def load(self, model_config, cfg, tokenizer):
         from .. import data as qd
         max_len = model_config.max_positions - 1  # room for the BOS / EOS the dataset adds
-        # A tokenizer that encodes targets on their own side (a Hugging Face Marian / T5 folder) trains the way
-        # transformers does: labels = target + EOS, decoder input = decoder_start_token_id + labels[:-1].
-        start = model_config.decoder_start_token_id if callable(getattr(tokenizer, "encode_target", None)) else None
-        if start is not None:
+        # A tokenizer that encodes targets on their own side (a Hugging Face Marian / T5 / mBART folder) trains the
+        # way transformers does: labels = encode_target(target), decoder input = decoder_start_token_id +
+        # labels[:-1], or (mBART, whose labels carry the language) labels[-1] + labels[:-1].
+        hf = callable(getattr(tokenizer, "encode_target", None))
+        wrap = hf and bool(getattr(tokenizer, "decoder_starts_from_last_label", False))
+        start = model_config.decoder_start_token_id if hf and not wrap else None
+        if wrap:
+            log.info("targets as transformers trains mBART: encode_target, the last label first")
+        elif start is not None:
             log.info("targets as transformers trains them: encode_target, decoder_start_token_id=%d first", start)
-        ds = qd.load_parallel(cfg.data, cfg.data_tgt, tokenizer, max_len=max_len, decoder_start_id=start)
+        kw = dict(max_len=max_len, decoder_start_id=start, start_from_last_label=wrap)
+        ds = qd.load_parallel(cfg.data, cfg.data_tgt, tokenizer, **kw)
         train = EndlessBatches(qd.ParallelBatches(ds, cfg.max_tokens, seed=cfg.seed))
         if not cfg.val_data:
             return train, None
-        vds = qd.load_parallel(cfg.val_data, cfg.val_data_tgt, tokenizer, max_len=max_len, decoder_start_id=start)
+        vds = qd.load_parallel(cfg.val_data, cfg.val_data_tgt, tokenizer, **kw)
         return train, lambda: take(iter(qd.ParallelBatches(vds, cfg.max_tokens, shuffle=False)), cfg.eval_steps)
 
     def footprint(self, model_config, cfg):

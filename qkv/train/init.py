@@ -43,9 +43,12 @@ class Pretrained:
         return {"source": self.source, "format": self.format}
 
 
-def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "auto") -> Pretrained:
+def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "auto", src_lang: str | None = None,
+               tgt_lang: str | None = None) -> Pretrained:
     """Read the config and tokenizer of ``source`` (weights later, by ``load_into``). ``tokenizer``: a tokenizer
-    folder, allowed only for a checkpoint that carries none (RWKV); ``tokenizer_type`` must stay "auto"."""
+    folder, allowed only for a checkpoint that carries none (RWKV); ``tokenizer_type`` must stay "auto".
+    ``src_lang`` / ``tgt_lang``: the language codes a multilingual tokenizer (mBART) puts around the source and
+    target (default: the folder's tokenizer_config.json)."""
     from ..data import Tokenizer
     flag = f"init={str(source)!r} (--init)"
     if tokenizer_type != "auto":
@@ -67,18 +70,28 @@ def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "a
         tok = Tokenizer.load(folder / "tokenizer" if fmt == "qkv" else folder)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{flag}: no tokenizer in the checkpoint ({e})") from None
+    for name, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+        if code is None:
+            continue
+        languages = getattr(tok, "languages", [])
+        if code not in languages:
+            raise ValueError(f"{name}={code!r} (--{name.replace('_', '-')}): not a language of the {flag} "
+                             f"tokenizer; known: {', '.join(languages) or 'none'}")
+        getattr(tok, f"set_{name}")(code)
     if fmt == "hf" and family_of(config).has_source and not _trains_like_transformers(tok, config):
         raise ValueError(f"{flag}: fine-tuning this Hugging Face encoder-decoder is not supported: its tokenizer "
-                         f"has no target-side encoding qkv can train with (supported: Marian, T5 folders; mBART's "
-                         f"decoder starts from the target language code)")
+                         f"has no target-side encoding qkv can train with (supported: Marian, T5, mBART folders)")
     return Pretrained(str(source), fmt, folder, config, tok)
 
 
 def _trains_like_transformers(tok, config: ModelConfig) -> bool:
     """A Hugging Face encoder-decoder trains on its own convention (see qkv.data.parallel.ParallelDataset) when its
-    tokenizer encodes targets on their side and the config names the decoder's first token."""
+    tokenizer encodes targets on their side and the decoder's first token is known: the config's
+    decoder_start_token_id, or (mBART) the last label token."""
     encode_target = getattr(tok, "encode_target", None)
-    if not callable(encode_target) or config.decoder_start_token_id is None:
+    if not callable(encode_target):
+        return False
+    if config.decoder_start_token_id is None and not getattr(tok, "decoder_starts_from_last_label", False):
         return False
     try:
         encode_target("a")

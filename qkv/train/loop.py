@@ -196,7 +196,8 @@ def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model:
             raise ValueError(f"init={train_config.init!r}: the model and its config come from the checkpoint; pass "
                              f"model_config=None and no model")
         pre = pretrained(train_config.init, tokenizer=train_config.tokenizer,
-                         tokenizer_type=train_config.tokenizer_type)
+                         tokenizer_type=train_config.tokenizer_type, src_lang=train_config.src_lang,
+                         tgt_lang=train_config.tgt_lang)
         model_config, tokenizer = pre.config, tokenizer if tokenizer is not None else pre.tokenizer
     family = (model_config if model is None else model.config).family
     task = data.task if data is not None else task_for(family, train_config.task)
