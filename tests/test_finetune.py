@@ -325,6 +325,20 @@ def test_init_refuses_a_language_the_mbart_tokenizer_lacks_in_one_line(tmp_path,
     assert err.startswith("qkv train: error: tgt_lang='xx_YY' (--tgt-lang): not a language")
 
 
+def _fine_tune_pairs_from_cli(tmp_path, folder, *flags):
+    """`qkv train --init FOLDER` for 3 steps on _PAIRS (one batch) with ``flags``: the run folder and its losses."""
+    src, tgt = tmp_path / "src.txt", tmp_path / "tgt.txt"
+    src.write_text("".join(s + "\n" for s, _ in _PAIRS))
+    tgt.write_text("".join(t + "\n" for _, t in _PAIRS))
+    run = tmp_path / "run"
+    assert cli(["train", "--init", str(folder), "--data", str(src), "--data-tgt", str(tgt), "--max-steps", "3",
+                *flags, "--log-every", "1", "--eval-every", "0", "--max-tokens", "4096", "--out-dir", str(run),
+                "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
+    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in line]
+    return run, losses
+
+
 def test_init_fine_tunes_an_mbart50_from_the_command_line_with_the_language_flags(tmp_path, capsys):
     """qkv train --init MBART50 --src-lang de_DE --tgt-lang fr_XX: the first logged loss is transformers' loss with
     those languages (not the folder's en_XX / es_XX), the loss stays finite, and the run translates."""
@@ -332,16 +346,7 @@ def test_init_fine_tunes_an_mbart50_from_the_command_line_with_the_language_flag
     pytest.importorskip("sentencepiece")
     from tests.peer_folders import mbart50_folder
     folder = mbart50_folder(tmp_path / "mbart")
-    src, tgt = tmp_path / "src.txt", tmp_path / "tgt.txt"
-    src.write_text("".join(s + "\n" for s, _ in _PAIRS))
-    tgt.write_text("".join(t + "\n" for _, t in _PAIRS))
-    run = tmp_path / "run"
-    assert cli(["train", "--init", str(folder), "--data", str(src), "--data-tgt", str(tgt), "--max-steps", "3",
-                "--src-lang", "de_DE", "--tgt-lang", "fr_XX", "--log-every", "1", "--eval-every", "0",
-                "--max-tokens", "4096", "--out-dir", str(run), "--device", "cpu", "--precision", "fp32",
-                "--no-progress"]) == 0
-    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-              if "train_loss" in line]
+    run, losses = _fine_tune_pairs_from_cli(tmp_path, folder, "--src-lang", "de_DE", "--tgt-lang", "fr_XX")
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     theirs = _hf_loss(folder, "MBartForConditionalGeneration", _PAIRS, src_lang="de_DE", tgt_lang="fr_XX")
     assert losses[0] == pytest.approx(theirs, rel=1e-5)
@@ -359,15 +364,7 @@ def test_init_fine_tunes_a_hugging_face_marian_from_the_command_line_and_the_run
     pytest.importorskip("sentencepiece")
     from tests.peer_folders import marian_folder
     folder = marian_folder(tmp_path / "marian")
-    src, tgt = tmp_path / "src.txt", tmp_path / "tgt.txt"
-    src.write_text("".join(s + "\n" for s, _ in _PAIRS))
-    tgt.write_text("".join(t + "\n" for _, t in _PAIRS))
-    run = tmp_path / "run"
-    assert cli(["train", "--init", str(folder), "--data", str(src), "--data-tgt", str(tgt), "--max-steps", "3",
-                "--log-every", "1", "--eval-every", "0", "--max-tokens", "4096", "--out-dir", str(run),
-                "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
-    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-              if "train_loss" in line]
+    run, losses = _fine_tune_pairs_from_cli(tmp_path, folder)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[0] == pytest.approx(_hf_loss(folder, "MarianMTModel", _PAIRS), rel=1e-5)
     capsys.readouterr()
