@@ -424,7 +424,7 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
 
     def measure(k: int):
         small = config.replace(n_layers=k * period, n_decoder_layers=k * period)
-        with torch.device("meta"), _NoInit():
+        with torch.device("meta"), SkipMetaInit():
             m = cls(small)
         tensors = {id(t): t.numel() for t in (*m.parameters(), *m.buffers())}
         return sum(tensors.values()), sum(1 for _ in m.modules()) + len(tensors)
@@ -437,7 +437,7 @@ def model_bytes(config, *, dtype_bytes: int = 4) -> tuple[int, int]:
     return int(params), int(params * dtype_bytes + objects * _OBJECT_BYTES)
 
 
-class _NoInit(torch.overrides.TorchFunctionMode):
+class SkipMetaInit(torch.overrides.TorchFunctionMode):
     """Skips in-place operations on meta tensors while a model is built to be measured: initialising weights that
     hold no data changes no shape, and a random init on the meta device would import the compiler stack (about a
     second and a half at every ``qkv train``'s start)."""

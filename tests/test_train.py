@@ -489,12 +489,17 @@ def test_the_memory_check_counts_parameters_without_building_or_initialising(nam
     assert counted == sum({id(t): t.numel() for t in (*model.parameters(), *model.buffers())}.values())
 
 
-def test_the_memory_check_of_a_run_does_not_import_the_compiler():
-    # a random init on the meta device imports torch._dynamo (over a second at every `qkv train`'s start)
+@pytest.mark.parametrize("call", [
+    "from qkv.safety import model_bytes; model_bytes(qkv.preset('gpt-char-tiny'))",
+    "m = qkv.build(qkv.preset('gpt-char-tiny')); m.save(sys.argv[1]); qkv.load(sys.argv[1])",
+])
+def test_the_memory_check_and_loading_do_not_import_the_compiler(call, tmp_path):
+    # a random init on the meta device imports torch._dynamo (seconds at every `qkv train` or `qkv.load`), and
+    # eager steps run slower once it is imported
     import subprocess
     import sys
-    code = ("import sys, qkv; from qkv.safety import model_bytes; model_bytes(qkv.preset('gpt-char-tiny')); "
-            "print('torch._dynamo' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    code = f"import sys, qkv; {call}; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True,
+                         check=True,
                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
     assert out.stdout.strip() == "False"

@@ -27,7 +27,7 @@ def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple], set[str]]:
     """The weights a model of ``config`` holds, name -> shape, and the names that alias another (tied weights,
     stored once), from a build on the meta device: nothing is allocated. Check ``safety.check_model_fits`` first:
     the module objects themselves take memory."""
-    with torch.device("meta"):
+    with torch.device("meta"), safety.SkipMetaInit():  # no init on meta: it would import the compiler stack
         model = family_of(config).model(config)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     groups: dict[int, list[str]] = {}
