@@ -410,16 +410,22 @@ def _decode_lines(model, inputs, kwargs, args, show):
         show(i, None if answer is None else answer.tokens, None if answer is None else answer.score)
 
 
+def _file_lines(path, what: str) -> list[str]:
+    """The lines of --file (read_lines' checks: exists, UTF-8, not empty); refused when every line is blank."""
+    from .data import read_lines
+    lines = read_lines(path, "--file")
+    if not any(line.strip() for line in lines):
+        raise CLIError(f"--file {path}: holds no {what} (every line is blank)")
+    return lines
+
+
 def _generate(args):
     _check_decoding(args)
     if args.sample and (args.num_beams or 1) > 1:
         raise CLIError(f"--sample with --num-beams {args.num_beams}: sampling draws one sequence; use one of them")
     lines = None
     if args.file is not None:
-        from .data import read_lines
-        lines = read_lines(args.file, "--file")
-        if not any(line.strip() for line in lines):
-            raise CLIError(f"--file {args.file}: holds no prompts (every line is blank)")
+        lines = _file_lines(args.file, "prompts")
     model, tok = _model_and_tokenizer(args)
     from .models import family_of
     record = family_of(model)
@@ -503,7 +509,6 @@ def _translate_args(p):
 
 def _translate(args):
     import torch
-    from .data import read_lines
     from .generate import generate, stream
     _check_decoding(args)
     if args.text is not None:
@@ -512,9 +517,7 @@ def _translate(args):
                 raise CLIError(f"--text {t!r}: empty; expected a sentence to translate")
         sentences = args.text
     else:
-        sentences = read_lines(args.file, "--file")
-        if not any(s.strip() for s in sentences):
-            raise CLIError(f"--file {args.file}: holds no sentences (every line is blank)")
+        sentences = _file_lines(args.file, "sentences")
     model, tok = _model_and_tokenizer(args)
     from .models import family_of
     record = family_of(model)

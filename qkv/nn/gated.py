@@ -36,7 +36,7 @@ from ..ops.delta_rule import DeltaRuleState, delta_rule
 from ..ops.gla import GLAState, gla, ssd
 from .cache import RecurrentCache
 from .layers import RMSNorm
-from .mixers import check_mixer_call, check_weights_call, real_heads, real_tokens
+from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_heads, real_tokens
 from .rwkv6 import at_least_float32, to_heads
 
 
@@ -61,7 +61,7 @@ def _head_rms_norm(y: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
     return norm(y)  # y (B, T, H, D): RMSNorm acts on the last dimension
 
 
-class GatedLinearAttention(nn.Module):
+class GatedLinearAttention(RecurrentMixer):
     """GLA (module docstring). gate_rank: rank of the gate's low-rank map (the paper's 16); gate_temperature: the
     1/16 that keeps alpha near 1 at initialisation, so early training remembers long (Sec. 4.4)."""
 
@@ -77,9 +77,6 @@ class GatedLinearAttention(nn.Module):
         self.out_gate = nn.Linear(d_model, A, bias=False)
         self.norm = RMSNorm(D, eps=norm_eps)
         self.out = nn.Linear(A, d_model, bias=False)
-
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
@@ -104,7 +101,7 @@ class GatedLinearAttention(nn.Module):
         return (out, weights[0]) if return_weights else out
 
 
-class DeltaNet(nn.Module):
+class DeltaNet(RecurrentMixer):
     """DeltaNet, or Gated DeltaNet with ``gated=True`` (module docstring). conv_size: kernel of the short
     convolution on q, k, v (0: none)."""
 
@@ -125,9 +122,6 @@ class DeltaNet(nn.Module):
             self.out_gate = nn.Linear(d_model, A, bias=False)
         self.norm = RMSNorm(D, eps=norm_eps)
         self.out = nn.Linear(A, d_model, bias=False)
-
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
@@ -162,7 +156,7 @@ class DeltaNet(nn.Module):
         return (out, weights[0]) if return_weights else out
 
 
-class Mamba2(nn.Module):
+class Mamba2(RecurrentMixer):
     """Mamba-2 (module docstring): n_heads heads of expand * d_model / n_heads channels, a state of state_size x
     head channels per head. Parameters follow the paper's names (in_proj, conv, dt_bias, A_log, D, norm, out_proj)."""
 
@@ -184,9 +178,6 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.ones(n_heads))
         self.norm = RMSNorm(inner, eps=norm_eps)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
-
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):

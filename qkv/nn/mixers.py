@@ -33,6 +33,14 @@ from ..ops.rope import apply_rope
 from .cache import RecurrentCache
 
 
+class RecurrentMixer(nn.Module):
+    """A mixer whose decoding state is a fixed-size recurrent state (no per-token history): its cache is an empty
+    RecurrentCache, filled on first use; max_len is accepted for the common interface."""
+
+    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
+        return RecurrentCache(static=static)
+
+
 def check_mixer_call(layer: str, *, context=None, mask=None, bias=None, window=None, rope=None, causal=True,
                      rope_ok: bool = False, noncausal_ok: bool = False, cache=None, token_mask=None) -> None:
     """Raise on the MultiHeadAttention arguments a recurrent layer cannot honour (shared by every mixer here). Beside

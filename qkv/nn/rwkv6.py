@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..ops.gla import GLAState, gla
 from .cache import RecurrentCache
-from .mixers import check_mixer_call, check_weights_call, real_tokens
+from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_tokens
 from .rwkv import token_shift
 
 
@@ -56,6 +56,15 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def _add_projections(mix: nn.Module, d_model: int, n_heads: int, A: int) -> None:
+    """The projections RWKV-5 and RWKV-6 time mixing share, under RWKV-LM's names: receptance, key, value and gate
+    (d_model -> A), output (A -> d_model), and ln_x, the per-head GroupNorm of the read-out."""
+    for name in ("receptance", "key", "value", "gate"):
+        setattr(mix, name, nn.Linear(d_model, A, bias=False))
+    mix.output = nn.Linear(A, d_model, bias=False)
+    mix.ln_x = nn.GroupNorm(n_heads, A, eps=64e-5)
+
+
 def _ramp(n: int, power: float) -> torch.Tensor:
     """0 .. 1 over n channels, bent by ``power``: the initial share of each channel taken from the current token."""
     return torch.linspace(0, 1, n) ** power
@@ -76,7 +85,7 @@ def _wkv(module, r, k, v, log_w, cache, return_weights):
     return from_heads(y), (weights[0] if weights else None)
 
 
-class RWKV5TimeMix(nn.Module):
+class RWKV5TimeMix(RecurrentMixer):
     """RWKV-5.2 time mixing (module docstring). d_att = n_heads * head_size (RWKV-LM: head_size 64)."""
 
     def __init__(self, d_model: int, n_heads: int, head_size: int, *, layer: int = 0, n_layers: int = 1,
@@ -95,15 +104,7 @@ class RWKV5TimeMix(nn.Module):
         self.time_mix_v = nn.Parameter((ramp + 0.1 * depth).clamp(max=1))
         self.time_mix_r = nn.Parameter(ramp.sqrt())
         self.time_mix_g = nn.Parameter(ramp.sqrt())
-        self.receptance = nn.Linear(d_model, A, bias=False)
-        self.key = nn.Linear(d_model, A, bias=False)
-        self.value = nn.Linear(d_model, A, bias=False)
-        self.gate = nn.Linear(d_model, A, bias=False)
-        self.output = nn.Linear(A, d_model, bias=False)
-        self.ln_x = nn.GroupNorm(n_heads, A, eps=64e-5)
-
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        return RecurrentCache(static=static)
+        _add_projections(self, d_model, n_heads, A)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
@@ -122,7 +123,7 @@ class RWKV5TimeMix(nn.Module):
         return (out, weights) if return_weights else out
 
 
-class RWKV6TimeMix(nn.Module):
+class RWKV6TimeMix(RecurrentMixer):
     """RWKV-6 time mixing (module docstring): data-dependent token shift ("ddlerp") and decay, both through
     low-rank maps of sizes mix_rank (RWKV-LM: 32) and decay_rank (64)."""
 
@@ -148,15 +149,7 @@ class RWKV6TimeMix(nn.Module):
         self.time_decay_w1 = nn.Parameter(torch.randn(d_model, decay_rank) * 0.01)
         self.time_decay_w2 = nn.Parameter(torch.randn(decay_rank, A) * 0.01)
         self.time_faaaa = nn.Parameter((depth * (1 - c) + 0.1 * torch.cos(7 * c)).view(n_heads, head_size))
-        self.receptance = nn.Linear(d_model, A, bias=False)
-        self.key = nn.Linear(d_model, A, bias=False)
-        self.value = nn.Linear(d_model, A, bias=False)
-        self.gate = nn.Linear(d_model, A, bias=False)
-        self.output = nn.Linear(A, d_model, bias=False)
-        self.ln_x = nn.GroupNorm(n_heads, A, eps=64e-5)
-
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        return RecurrentCache(static=static)
+        _add_projections(self, d_model, n_heads, A)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 
 from ..ops.delta_rule import DeltaRuleState, wkv7
 from .cache import RecurrentCache
-from .mixers import check_mixer_call, check_weights_call, real_tokens
+from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_tokens
 from .rwkv import token_shift
 from .rwkv6 import at_least_float32, from_heads, head_group_norm, to_heads
 
 _MAX_LOG_DECAY = math.exp(-0.5)  # -log w <= e^-0.5: every step keeps at least 54.5% of the state
 
 
-class RWKV7TimeMix(nn.Module):
+class RWKV7TimeMix(RecurrentMixer):
     """RWKV-7 time mixing (module docstring). first: this block's v is the stack's v_first (and it has no v0-v2).
     ranks: sizes of the low-rank maps, {"decay", "a", "v", "gate"} (RWKV-LM derives them from d_model)."""
 
@@ -78,9 +78,6 @@ class RWKV7TimeMix(nn.Module):
     @staticmethod
     def _lora(C: int, rank: int):
         return nn.Parameter(torch.randn(C, rank) * 0.02), nn.Parameter(torch.randn(rank, C) * 0.1 / rank ** 0.5)
-
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        return RecurrentCache(static=static)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, shared: dict | None = None,
