@@ -484,10 +484,14 @@ def _generate_one(args, model, tok, prompt, hf, spec):
         print(prompt, end="", flush=True)
     shown, generated = "", []
     decode = (lambda new: tok.decode(ids + new)) if hf else tok.decode
-    for chunk in stream(model, input_ids, decode=decode, compile=args.compile, **kwargs):
-        generated.append(int(chunk.tokens[0]))
-        shown += chunk.text[0]
-        print(chunk.text[0], end="", flush=True)  # streaming: each piece as soon as it is decoded
+    try:
+        for chunk in stream(model, input_ids, decode=decode, compile=args.compile, **kwargs):
+            generated.append(int(chunk.tokens[0]))
+            shown += chunk.text[0]
+            print(chunk.text[0], end="", flush=True)  # streaming: each piece as soon as it is decoded
+    except BaseException:
+        print(flush=True)  # end the echoed line: an error (or ^C) then starts on a line of its own
+        raise
     if hf:  # what the stream held back (an unfinished character), so the line ends as transformers' text does
         final = tok.decode(ids + generated)
         print(final[len(shown):] if final.startswith(shown) else "\n" + final, end="")

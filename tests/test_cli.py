@@ -74,6 +74,10 @@ def test_train_then_generate_eval_and_plot_a_language_model(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "5",
                  "--compile"]) == 0
     assert capsys.readouterr().out == out  # compiled decoding prints the same text
+    # an error once the prompt is echoed: the echoed line is ended, so the error line on stderr stands alone
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "100000"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "to be\n" and "max_new_tokens=100000" in captured.err
     assert main(["eval", "--checkpoint", str(run), "--data", str(text), "--block-size", "16",
                  "--max-batches", "1"]) == 0
     assert "perplexity" in capsys.readouterr().out
