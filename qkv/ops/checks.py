@@ -1,5 +1,5 @@
-"""Input checks shared by the linear-time ops (one message per mistake, naming the argument and the value), and the
-switch for checks that read tensor values."""
+"""Input checks shared by the linear-time ops (one message per mistake, naming the argument and the value), the
+switch for checks that read tensor values, and the plumbing every entry point shares (state in, results out)."""
 from __future__ import annotations
 
 import contextlib
@@ -43,3 +43,31 @@ def check_qkv_mode(q, k, v, mode, modes, chunk_size) -> None:
         raise ValueError(f"mode={mode!r} is not supported; expected one of {modes}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is invalid; expected an int >= 1")
+
+
+# -- the plumbing every linear-time entry point shares (gla, generalized_delta_rule, retention, linear_attention,
+# -- wkv4): one refusal, one compute dtype, one way of starting from a state, one shape of result
+def refuse_weights_with_state(return_weights: bool, state, name: str = "initial_state") -> None:
+    if return_weights and state is not None:
+        raise ValueError(f"return_weights=True needs {name}=None: the weights cover the tokens of this call, and a "
+                         f"carried state holds earlier tokens only as a sum")
+
+
+def compute_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    """float32, or wider when the inputs are: running sums over T lose too much in half precision."""
+    return torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+
+
+def start_state(initial_state, state_type, q: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The matrix state S0 (B, H, D, Dv) in ``dtype``: zeros, or ``initial_state`` (a ``state_type`` record with
+    field S, or the tensor itself)."""
+    if initial_state is None:
+        B, H, _, D = q.shape
+        return q.new_zeros(B, H, D, v.shape[-1], dtype=dtype)
+    return (initial_state.S if isinstance(initial_state, state_type) else initial_state).to(dtype)
+
+
+def outputs(out: torch.Tensor, weights: torch.Tensor | None = None, state=None):
+    """``out`` alone, or the tuple (out, weights, state) of those asked for (None: not asked), in that order."""
+    result = (out,) + tuple(x for x in (weights, state) if x is not None)
+    return result if len(result) > 1 else out

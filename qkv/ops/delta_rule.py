@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_qkv_mode, checks_values
+from .checks import check_qkv_mode, checks_values, compute_dtype, outputs, refuse_weights_with_state, start_state
 from .gla import blocks, decayed_scores, prefix_sums, suffix_sums
 
 MODES = ("parallel", "recurrent", "chunk")
@@ -163,29 +163,22 @@ def generalized_delta_rule(
         (out, weights, state) of the ones asked for. The state is float32 (float64 for float64 inputs).
     """
     _check(q, k, v, a, b, g, mode, chunk_size, initial_state)
-    if return_weights and initial_state is not None:
-        raise ValueError("return_weights=True needs initial_state=None: the weights cover the tokens of this call, "
-                         "and a carried state holds earlier tokens only as a sum")
-    cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+    refuse_weights_with_state(return_weights, initial_state)
+    cdt = compute_dtype(q, v)
     B, H, T, D = q.shape
     scale = D**-0.5 if scale is None else scale
     qq, kk, vv, aa, bb = (x.to(cdt) for x in (q, k, v, a, b))
     gg = q.new_zeros((), dtype=cdt).expand(B, H, T, D) if g is None else g.to(cdt).expand(B, H, T, D)
-    if initial_state is None:
-        S0 = q.new_zeros(B, H, D, v.shape[-1], dtype=cdt)
-    else:
-        S0 = (initial_state.S if isinstance(initial_state, DeltaRuleState) else initial_state).to(cdt)
+    S0 = start_state(initial_state, DeltaRuleState, q, v, cdt)  # (B, H, D, Dv)
     if mode == "recurrent":
         out, S = _recurrent(qq, kk, vv, aa, bb, gg, S0)
     else:  # parallel: the whole sequence as one block
         out, S = _chunk(qq, kk, vv, aa, bb, gg, S0, max(T, 1) if mode == "parallel" else chunk_size)
-    result = ((scale * out).to(v.dtype),)
+    weights = None
     if return_weights:
         A_qk, A_qb, M, A_ak = _system(qq, kk, aa, bb, gg)
-        result += ((scale * (A_qk + A_qb @ _solve(M, A_ak))).to(v.dtype),)  # (B, H, T, T)
-    if return_state:
-        result += (DeltaRuleState(S),)
-    return result if len(result) > 1 else result[0]
+        weights = (scale * (A_qk + A_qb @ _solve(M, A_ak))).to(v.dtype)  # (B, H, T, T)
+    return outputs((scale * out).to(v.dtype), weights, DeltaRuleState(S) if return_state else None)
 
 
 def delta_rule(q, k, v, beta, *, g=None, **kwargs):

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_qkv_mode, checks_values
+from .checks import check_qkv_mode, checks_values, compute_dtype, outputs, refuse_weights_with_state, start_state
 
 MODES = ("parallel", "recurrent", "chunk")
 
@@ -206,29 +206,20 @@ def gla(
         (out, weights, state) of the ones asked for. The state is float32 (float64 for float64 inputs).
     """
     _check(q, k, v, g, bonus, mode, chunk_size, initial_state)
-    if return_weights and initial_state is not None:
-        raise ValueError("return_weights=True needs initial_state=None: the weights cover the tokens of this call, "
-                         "and a carried state holds earlier tokens only as a sum")
-    cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+    refuse_weights_with_state(return_weights, initial_state)
+    cdt = compute_dtype(q, v)
     B, H, T, D = q.shape
     scale = D**-0.5 if scale is None else scale
     qq, kk, vv = q.to(cdt), k.to(cdt), v.to(cdt)
     gg = g.to(cdt).expand(B, H, T, D)
     uu = None if bonus is None else bonus.to(cdt)
-    if initial_state is None:
-        S0 = q.new_zeros(B, H, D, v.shape[-1], dtype=cdt)  # (B, H, D, Dv)
-    else:
-        S0 = (initial_state.S if isinstance(initial_state, GLAState) else initial_state).to(cdt)
+    S0 = start_state(initial_state, GLAState, q, v, cdt)  # (B, H, D, Dv)
     if mode == "recurrent":
         out, S = _recurrent(qq, kk, vv, gg, uu, S0)
     else:  # parallel: the whole sequence as one block
         out, S = _chunk(qq, kk, vv, gg, uu, S0, max(T, 1) if mode == "parallel" else chunk_size)
-    result = ((scale * out).to(v.dtype),)
-    if return_weights:
-        result += ((scale * _weights(qq, kk, gg, uu)).to(v.dtype),)  # (B, H, T, T)
-    if return_state:
-        result += (GLAState(S),)
-    return result if len(result) > 1 else result[0]
+    weights = (scale * _weights(qq, kk, gg, uu)).to(v.dtype) if return_weights else None  # (B, H, T, T)
+    return outputs((scale * out).to(v.dtype), weights, GLAState(S) if return_state else None)
 
 
 def wkv5(r, k, v, w, u, **kwargs):

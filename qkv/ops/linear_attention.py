@@ -32,7 +32,7 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-from .checks import check_qkv_mode
+from .checks import check_qkv_mode, compute_dtype, outputs, refuse_weights_with_state
 
 FeatureMap = Union[str, None, Callable[[torch.Tensor], torch.Tensor]]
 MODES = ("parallel", "recurrent", "chunk")
@@ -201,11 +201,9 @@ def linear_attention(
     Half-precision inputs are computed in float32 and cast back: the running sums grow with T.
     """
     initial_state = _check(q, k, v, causal, mode, chunk_size, initial_state)
-    if return_weights and initial_state is not None:
-        raise ValueError("return_weights=True needs initial_state=None: the weights cover the tokens of this call, "
-                         "and a carried state holds earlier tokens only as a sum")
+    refuse_weights_with_state(return_weights, initial_state)
     phi = feature_map_fn(feature_map)
-    cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)  # compute dtype
+    cdt = compute_dtype(q, v)
     fq, fk, vv = phi(q.to(cdt)), phi(k.to(cdt)), v.to(cdt)
     B, H, T, D = q.shape
     if initial_state is None:
@@ -222,12 +220,8 @@ def linear_attention(
     else:
         num, den, S, z = _chunk(fq, fk, vv, S0, z0, chunk_size)
     out = num / (den + eps).unsqueeze(-1) if normalize else num
-    result = (out.to(v.dtype),)
-    if return_weights:
-        result += (implicit_weights(fq, fk, causal, normalize, eps).to(v.dtype),)
-    if return_state:
-        result += (LinearAttentionState(S, z),)
-    return result if len(result) > 1 else result[0]
+    weights = implicit_weights(fq, fk, causal, normalize, eps).to(v.dtype) if return_weights else None
+    return outputs(out.to(v.dtype), weights, LinearAttentionState(S, z) if return_state else None)
 
 
 def implicit_weights(fq: torch.Tensor, fk: torch.Tensor, causal: bool, normalize: bool, eps: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_qkv_mode, checks_values
+from .checks import check_qkv_mode, checks_values, compute_dtype, outputs, refuse_weights_with_state, start_state
 
 MODES = ("parallel", "recurrent", "chunk")
 
@@ -170,18 +170,13 @@ def retention(
         whatever the input dtype.
     """
     decay = _check(q, k, v, decay, mode, chunk_size, initial_state)
-    if return_weights and initial_state is not None:
-        raise ValueError("return_weights=True needs initial_state=None: the weights cover the tokens of this call, "
-                         "and a carried state holds earlier tokens only as a sum")
-    cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+    refuse_weights_with_state(return_weights, initial_state)
+    cdt = compute_dtype(q, v)
     log_g = decay.to(cdt).log()  # (H,); decay powers in float32 or higher
     B, H, T, D = q.shape
     scale = D**-0.5 if scale is None else scale
     qq, kk, vv = q.to(cdt), k.to(cdt), v.to(cdt)
-    if initial_state is None:
-        S0 = q.new_zeros(B, H, D, v.shape[-1], dtype=cdt)  # (B, H, D, Dv)
-    else:
-        S0 = (initial_state.S if isinstance(initial_state, RetentionState) else initial_state).to(cdt)
+    S0 = start_state(initial_state, RetentionState, q, v, cdt)  # (B, H, D, Dv)
     if mode == "parallel":
         out, S = _parallel(qq, kk, vv, S0, log_g)
     elif mode == "recurrent":
@@ -189,9 +184,7 @@ def retention(
     else:
         out, S = _chunk(qq, kk, vv, S0, log_g, chunk_size)
     # Scale applied once at the end: the state stays unscaled, so pieces with the same scale chain exactly.
-    result = ((scale * out).to(v.dtype),)
-    if return_weights:
-        result += ((scale * (qq @ kk.transpose(-1, -2)) * _decay_mask(log_g, T)).to(v.dtype),)  # (B, H, T, T)
-    if return_state:
-        result += (RetentionState(S),)
-    return result if len(result) > 1 else result[0]
+    weights = None
+    if return_weights:  # (B, H, T, T)
+        weights = (scale * (qq @ kk.transpose(-1, -2)) * _decay_mask(log_g, T)).to(v.dtype)
+    return outputs((scale * out).to(v.dtype), weights, RetentionState(S) if return_state else None)

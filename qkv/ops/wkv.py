@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import checks_values
+from .checks import checks_values, compute_dtype, outputs, refuse_weights_with_state
 
 MODES = ("parallel", "recurrent", "chunk")
 _NEGLIGIBLE = 60.0  # log-space cut below the row maximum (see _parallel)
@@ -199,10 +199,8 @@ def wkv4(
         float64 inputs).
     """
     _check(w, u, k, v, mode, chunk_size, state)
-    if return_weights and state is not None:
-        raise ValueError("return_weights=True needs state=None: the weights cover the tokens of this call, and a "
-                         "carried state holds earlier tokens only as sums")
-    cdt = torch.promote_types(torch.promote_types(k.dtype, v.dtype), torch.float32)
+    refuse_weights_with_state(return_weights, state, "state")
+    cdt = compute_dtype(k, v)
     ww, uu, kk, vv = (x.to(cdt) for x in (w, u, k, v))
     if state is None:
         state = WKVState.zeros(k.shape[0], k.shape[-1], device=k.device, dtype=cdt)
@@ -214,10 +212,8 @@ def wkv4(
         out, state = _parallel(ww, uu, kk, vv, state)
     else:
         out, state = _chunk(ww, uu, kk, vv, state, chunk_size)
-    result = (out.to(v.dtype),)
+    weights = None
     if return_weights:
         empty = WKVState.zeros(k.shape[0], k.shape[-1], device=k.device, dtype=cdt)
-        result += (_parallel(ww, uu, kk, vv, empty, weights=True)[2].to(v.dtype),)
-    if return_state:
-        result += (state,)
-    return result if len(result) > 1 else result[0]
+        weights = _parallel(ww, uu, kk, vv, empty, weights=True)[2].to(v.dtype)
+    return outputs(out.to(v.dtype), weights, state if return_state else None)
