@@ -1,9 +1,10 @@
 """Speculative decoding's speed-up: plain greedy, a draft model, prompt lookup, and transformers' assisted
 generation with the same pair, on character-level tinyshakespeare.
 
-A target (default 6 layers x 384, GPT-2 shaped) and a draft (default 1 layer x 128) are trained briefly on the same
-text (a few hundred AdamW steps each), so the draft agrees with the target as often as a real pair does; with
-``--weights DIR`` they are saved there on the first run and read back on later ones (``--retrain`` to redo). Each
+A target (default 6 layers x 384, GPT-2 shaped) and a draft (default DRAFT_SHAPE) are trained on the same text
+(--steps AdamW steps each, bf16 autocast where the CPU computes bf16 natively), so the draft agrees with the
+target as a real pair does: both have learned the text, the target better. With ``--weights DIR`` they are saved
+there on the first run and read back on later ones (``--retrain`` to redo). Each
 method then continues the same held-out prompts greedily; the script asserts that every qkv method prints the
 target's greedy tokens, counts how many of transformers' outputs agree, and prints per method: tokens/s, the ratio
 to qkv's plain greedy, acceptance rate (accepted / proposed guesses) and tokens per target forward pass. The
@@ -17,6 +18,7 @@ Timings depend on the machine and its load: run on a quiet machine (``--threads`
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import qkv  # noqa: E402
 from qkv.speculative import SpeculativeStats  # noqa: E402
+from qkv.train import native_bf16  # noqa: E402
 
 DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
 
@@ -44,19 +47,27 @@ def parse_args(argv=None):
     p.add_argument("--target-width", type=int, default=384)
     p.add_argument("--draft-layers", type=int, default=1)
     p.add_argument("--draft-width", type=int, default=128)
-    p.add_argument("--steps", type=int, default=600, help="AdamW steps for each model")
-    p.add_argument("--block", type=int, default=128, help="training window (characters)")
+    p.add_argument("--steps", type=int, default=3000, help="AdamW steps for the target (and the draft)")
+    p.add_argument("--draft-steps", type=int, help="AdamW steps for the draft (default: --steps)")
+    p.add_argument("--block", type=int, default=256,
+                   help="training window (characters) = the models' positions: prompt + new tokens must fit in it")
+    p.add_argument("--batch", type=int, default=8, help="training windows per step")
     p.add_argument("--prompts", type=int, default=6)
-    p.add_argument("--prompt-length", type=int, default=96)
-    p.add_argument("--new", type=int, default=200, help="new tokens per prompt")
+    p.add_argument("--prompt-length", type=int, default=64)
+    p.add_argument("--new", type=int, default=192, help="new tokens per prompt")
     p.add_argument("--num-draft-tokens", type=int, default=4)
     p.add_argument("--prompt-lookup", type=int, default=8, help="prompt_lookup_num_tokens")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where to train and decode (cuda on a GPU machine)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="decoding weights' dtype")
     p.add_argument("--skip-hf", action="store_true", help="leave transformers' assisted generation out")
     args = p.parse_args(argv)
     if args.quick:
         args.target_layers, args.target_width, args.draft_layers, args.draft_width = 4, 128, 1, 64
-        args.steps, args.block, args.prompts, args.new = 150, 64, 3, 64
+        args.steps, args.block, args.prompts, args.prompt_length, args.new = 150, 128, 3, 32, 64
+    if args.prompt_length + args.new > args.block:  # learned positions past the training window are untrained
+        p.error(f"--prompt-length {args.prompt_length} + --new {args.new} = {args.prompt_length + args.new} "
+                f"positions; expected at most --block {args.block}, the window the pair is trained on")
     return args
 
 
@@ -66,19 +77,24 @@ def config(vocab: int, layers: int, width: int, max_positions: int):
                       pad_token_id=None)  # no EOS: every method writes --new tokens
 
 
-def train(model, data: torch.Tensor, steps: int, block: int, seed: int, label: str):
-    """AdamW on random windows (warm-up, then cosine decay): enough for the pair to agree as real pairs do."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+def train(model, data: torch.Tensor, steps: int, block: int, batch: int, seed: int, label: str,
+          device: torch.device):
+    """AdamW on random windows (warm-up, then cosine decay), bf16 autocast where the device computes bf16
+    natively; the weights stay float32."""
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
     g = torch.Generator().manual_seed(seed)
-    model.train()
+    bf16 = native_bf16(device)
     for step in range(steps):
         lr = 1e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        start = torch.randint(0, len(data) - block - 1, (16,), generator=g)
-        x = torch.stack([data[i: i + block] for i in start])  # (16, block)
-        y = torch.stack([data[i + 1: i + block + 1] for i in start])
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        start = torch.randint(0, len(data) - block - 1, (batch,), generator=g)
+        x = torch.stack([data[i: i + block] for i in start]).to(device)  # (batch, block)
+        y = torch.stack([data[i + 1: i + block + 1] for i in start]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -88,24 +104,29 @@ def train(model, data: torch.Tensor, steps: int, block: int, seed: int, label: s
 
 
 def pair(args, text: str):
-    """(target, draft, vocabulary) trained now, or read from --weights."""
+    """(target, draft, vocabulary) trained now, or read from --weights (whose recipe.json says how they were made)."""
     folder = Path(args.weights) if args.weights else None
     if folder is not None and not args.retrain and (folder / "vocab.json").is_file():
         vocab = json.loads((folder / "vocab.json").read_text())
-        print(f"pair read from {folder} (--retrain to train again)", file=sys.stderr)
+        recipe = folder / "recipe.json"
+        print(f"pair read from {folder} (--retrain to train again)"
+              + (f": {recipe.read_text().strip()}" if recipe.is_file() else ""), file=sys.stderr)
         return qkv.load(folder / "target").eval(), qkv.load(folder / "draft").eval(), vocab
     vocab = sorted(set(text))
     data = torch.tensor([vocab.index(c) for c in text], dtype=torch.long)
-    positions = max(args.block, args.prompt_length + args.new + args.num_draft_tokens + 8)
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    target = train(qkv.build(config(len(vocab), args.target_layers, args.target_width, positions)), data,
-                   args.steps, args.block, 0, "target")
-    draft = train(qkv.build(config(len(vocab), args.draft_layers, args.draft_width, positions)), data,
-                  args.steps, args.block, 1, "draft")
+    target = train(qkv.build(config(len(vocab), args.target_layers, args.target_width, args.block)), data,
+                   args.steps, args.block, args.batch, 0, "target", device)
+    draft = train(qkv.build(config(len(vocab), args.draft_layers, args.draft_width, args.block)), data,
+                  args.draft_steps or args.steps, args.block, args.batch, 1, "draft", device)
     if folder is not None:
         target.save(folder / "target")
         draft.save(folder / "draft")
         (folder / "vocab.json").write_text(json.dumps(vocab))
+        recipe = {k: getattr(args, k) for k in ("target_layers", "target_width", "draft_layers", "draft_width",
+                                                 "steps", "draft_steps", "block", "batch", "device")}
+        (folder / "recipe.json").write_text(json.dumps(recipe) + "\n")
     return target, draft, vocab
 
 
@@ -129,9 +150,11 @@ def main(argv=None):
     text = Path(args.data).read_text(encoding="utf-8")
     held_out = text[int(0.9 * len(text)):]
     target, draft, vocab = pair(args, text[: int(0.9 * len(text))])
+    dtype = getattr(torch, args.dtype)
+    target, draft = target.to(args.device, dtype), draft.to(args.device, dtype)
     step = len(held_out) // (args.prompts + 1)
-    prompts = [torch.tensor([[vocab.index(c) for c in held_out[i * step: i * step + args.prompt_length]]])
-               for i in range(args.prompts)]
+    prompts = [torch.tensor([[vocab.index(c) for c in held_out[i * step: i * step + args.prompt_length]]],
+                            device=args.device) for i in range(args.prompts)]
     common = dict(max_new_tokens=args.new, eos_token_id=())
     rows = []
 
@@ -156,7 +179,7 @@ def main(argv=None):
     base = rows[0][1]
     print(f"\ntarget {args.target_layers}x{args.target_width}, draft {args.draft_layers}x{args.draft_width}, "
           f"{args.prompts} prompts of {args.prompt_length} characters, {args.new} new tokens each, greedy, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, {args.device}, {args.dtype}")
     print(f"{'method':44s} {'tokens/s':>9s} {'vs greedy':>9s} {'accepted':>9s} {'tok/pass':>9s}")
     for name, rate, stats in rows + hf_rows:
         accepted = f"{stats.acceptance_rate:9.2f}" if stats else f"{'':9s}"
@@ -179,10 +202,11 @@ def hf_methods(args, target, draft, prompts, greedy):
         print("transformers absent: its assisted generation is left out", file=sys.stderr)
         return []
     with tempfile.TemporaryDirectory() as tmp:
-        qkv.to_hf(target, Path(tmp) / "t")
-        qkv.to_hf(draft, Path(tmp) / "d")
-        hf_t = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "t").eval()
-        hf_d = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "d").eval()
+        qkv.to_hf(copy.deepcopy(target).cpu().float(), Path(tmp) / "t")  # exported in float32 from the host
+        qkv.to_hf(copy.deepcopy(draft).cpu().float(), Path(tmp) / "d")
+        dtype = getattr(torch, args.dtype)
+        hf_t = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "t", dtype=dtype).to(args.device).eval()
+        hf_d = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "d", dtype=dtype).to(args.device).eval()
     kwargs = dict(max_new_tokens=args.new, do_sample=False, pad_token_id=0)
     rows = []
     for name, extra in (("transformers greedy", {}), ("transformers assisted (same draft)", dict(assistant_model=hf_d)),
