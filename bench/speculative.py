@@ -115,9 +115,10 @@ def pair(args, text: str):
     vocab = sorted(set(text))
     data = torch.tensor([vocab.index(c) for c in text], dtype=torch.long)
     device = torch.device(args.device)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # each model's initialisation and batches come from its own seed
     target = train(qkv.build(config(len(vocab), args.target_layers, args.target_width, args.block)), data,
                    args.steps, args.block, args.batch, 0, "target", device)
+    torch.manual_seed(1)
     draft = train(qkv.build(config(len(vocab), args.draft_layers, args.draft_width, args.block)), data,
                   args.draft_steps or args.steps, args.block, args.batch, 1, "draft", device)
     if folder is not None:
