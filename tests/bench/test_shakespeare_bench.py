@@ -1,30 +1,23 @@
 """bench/shakespeare.py, smoke-tested tiny: it runs the default `qkv train` command, the bare loop over the same
 model and batches, transformers' GPT-2 and (a stand-in for) nanoGPT, and prints one table. No timing is asserted."""
 import importlib.util
-import random
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "shakespeare.py"
+from . import load_bench, word_corpus
+
 WORDS = ("the of and to in is was he that it for on with as his by at be this had not are but from or have an they "
-         "which one you were her all she there would their we him been has when who will more no if out so").split()
+         "which one you were her all she there would their we him been has when who will more no if out so")
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_shakespeare", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("shakespeare")
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    rng = random.Random(3)
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(11)) for _ in range(300)))
-    return path
+    return word_corpus(tmp_path / "corpus.txt", WORDS, lines=300, per_line=11, seed=3)
 
 
 @pytest.fixture

@@ -1,31 +1,22 @@
 """bench/speculative.py, smoke-tested tiny on a made-up corpus: it trains a pair, saves and reads it back with its
 recipe, decodes by every method with the identical-output assertion, and prints the table; a prompt and
 continuation longer than the training window (untrained positions) are refused. No timing is asserted."""
-import importlib.util
 import json
-import random
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "speculative.py"
+from . import load_bench, word_corpus
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_speculative", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("speculative")
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    rng = random.Random(5)
-    words = "to be or not that is the question whether tis nobler in mind suffer".split()
-    path = tmp_path / "input.txt"
-    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(9)) for _ in range(400)))
-    return path
+    words = "to be or not that is the question whether tis nobler in mind suffer"
+    return word_corpus(tmp_path / "input.txt", words, lines=400, per_line=9, seed=5)
 
 
 TINY = ["--target-layers", "1", "--target-width", "32", "--draft-layers", "1", "--draft-width", "16", "--steps", "4",
