@@ -195,6 +195,20 @@ def main(argv=None):
     return 0
 
 
+def room_past_the_end(hf_model, extra: int):
+    """transformers' assisted generation lets the assistant guess past max_length and has the model check those
+    guesses, which reads positions past the trained window; zero rows appended to the position table give those
+    positions a place. They only ever shape guesses past the end, which are thrown away: no kept token changes."""
+    wpe = hf_model.transformer.wpe
+    grown = torch.nn.Embedding(wpe.num_embeddings + extra, wpe.embedding_dim, dtype=wpe.weight.dtype)
+    with torch.no_grad():
+        grown.weight.zero_()
+        grown.weight[: wpe.num_embeddings] = wpe.weight
+    hf_model.transformer.wpe = grown
+    hf_model.config.n_positions += extra
+    return hf_model
+
+
 def hf_methods(args, target, draft, prompts, greedy):
     """transformers' greedy and assisted generation on the same pair (exported with qkv.to_hf); [] if absent."""
     try:
@@ -206,8 +220,8 @@ def hf_methods(args, target, draft, prompts, greedy):
         qkv.to_hf(copy.deepcopy(target).cpu().float(), Path(tmp) / "t")  # exported in float32 from the host
         qkv.to_hf(copy.deepcopy(draft).cpu().float(), Path(tmp) / "d")
         dtype = getattr(torch, args.dtype)
-        hf_t = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "t", dtype=dtype).to(args.device).eval()
-        hf_d = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "d", dtype=dtype).to(args.device).eval()
+        hf_t, hf_d = (room_past_the_end(transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / name, dtype=dtype),
+                                        64).to(args.device).eval() for name in ("t", "d"))
     kwargs = dict(max_new_tokens=args.new, do_sample=False, pad_token_id=0)
     rows = []
     for name, extra in (("transformers greedy", {}), ("transformers assisted (same draft)", dict(assistant_model=hf_d)),
