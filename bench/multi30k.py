@@ -85,10 +85,10 @@ def main(argv=None) -> int:
     refs = files["test_2016_flickr"][1].read_text(encoding="utf-8").splitlines()
     started = time.time()
     hyps = translate(model.cpu() if cpu else model, tok, sources, num_beams=args.beams, max_new_tokens=80)
-    bleu = bleu(hyps, refs)
+    score = bleu(hyps, refs)
     result = dict(device=args.device, model=sizes, steps=summary.steps, train_minutes=round(summary.wall_s / 60, 2),
                   val_loss=summary.val_loss, test_sentences=len(refs), beams=args.beams,
-                  bleu=None if bleu is None else round(bleu, 2), decode_s=round(time.time() - started, 1))
+                  bleu=None if score is None else round(score, 2), decode_s=round(time.time() - started, 1))
     print(json.dumps(result, indent=1))
     for s, r, h in list(zip(sources, refs, hyps))[:3]:
         print(f"  {s}\n    reference: {r}\n    qkv:       {h}")
