@@ -47,7 +47,7 @@ def length_batches(lengths: Sequence[int], tokens_per_batch: int, *, extra: int 
     return batches
 
 
-def generate_many(model, inputs: Sequence[Sequence[int]], *, max_new_tokens: int, tokens_per_batch: int = 8192,
+def generate_many(model, inputs: Sequence[Sequence[int]], *, max_new_tokens: int, tokens_per_batch: int = 32768,
                   pad_token_id: int, eos_token_id=None, num_beams: int = 1, return_scores: bool = False,
                   progress: Callable[[int], None] | None = None, **generate_kwargs) -> list[Decoded]:
     """``qkv.generate`` over many inputs (lists of token ids: prompts, or sources of an encoder-decoder), batched

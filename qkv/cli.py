@@ -232,8 +232,10 @@ def _decoding_args(p, *, beams_default, tokens_default):
     p.add_argument("--stream", action="store_true",
                    help="--file: decode one line at a time, printing tokens as they come (default: batches of "
                         "similar length, printed in the file's order)")
-    p.add_argument("--tokens-per-batch", type=int, default=8192,
-                   help="--file: rows x (longest input + max new tokens) x beams per batch (default: 8192)")
+    p.add_argument("--tokens-per-batch", type=int, default=32768,
+                   help="--file: rows x (longest input + max new tokens) x beams per batch (default: 32768, about "
+                        "the padded size of the library's translate batches of 64 sentences with 4 beams; lower it "
+                        "for a large model on a small machine)")
     p.set_defaults(qkv_defaults=dict(max_new_tokens=tokens_default, num_beams=beams_default))
 
 
