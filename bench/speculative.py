@@ -68,6 +68,12 @@ def parse_args(argv=None):
     if args.quick:
         args.target_layers, args.target_width, args.draft_layers, args.draft_width = 4, 128, 1, 64
         args.steps, args.block, args.prompts, args.prompt_length, args.new = 150, 128, 3, 32, 64
+    counts = ("target_layers", "target_width", "draft_layers", "draft_width", "block", "batch", "prompts",
+              "prompt_length", "new", "num_draft_tokens", "prompt_lookup", "threads")
+    for name in counts + ("steps", "draft_steps"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name in counts else 0):
+            p.error(f"--{name.replace('_', '-')} {value}: expected an int >= {1 if name in counts else 0}")
     if args.prompt_length + args.new > args.block:  # learned positions past the training window are untrained
         p.error(f"--prompt-length {args.prompt_length} + --new {args.new} = {args.prompt_length + args.new} "
                 f"positions; expected at most --block {args.block}, the window the pair is trained on")
@@ -110,6 +116,10 @@ def pair(args, text: str):
     """(target, draft, vocabulary) trained now, or read from --weights (whose recipe.json says how they were made)."""
     folder = Path(args.weights) if args.weights else None
     if folder is not None and not args.retrain and (folder / "vocab.json").is_file():
+        for part in ("target", "draft"):
+            if not (folder / part / "config.json").is_file():
+                raise SystemExit(f"--weights {folder}: holds vocab.json but no {part}/ model; pass --retrain to "
+                                 f"train the pair there, or another folder")
         vocab = json.loads((folder / "vocab.json").read_text())
         recipe = folder / "recipe.json"
         print(f"pair read from {folder} (--retrain to train again)"
@@ -148,15 +158,30 @@ def timed(run, prompts):
 def main(argv=None):
     args = parse_args(argv)
     if not Path(args.data).is_file():
-        print(f"skipped: {args.data} is absent (tinyshakespeare)")
+        print(f"skipped: {args.data} is not a file (tinyshakespeare's input.txt)")
         return 0
     torch.set_num_threads(args.threads)
-    text = Path(args.data).read_text(encoding="utf-8")
+    try:
+        text = Path(args.data).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"--data {args.data}: cannot be read as UTF-8 text ({e})", file=sys.stderr)
+        return 2
     held_out = text[int(0.9 * len(text)):]
+    step = len(held_out) // (args.prompts + 1)
+    if int(0.9 * len(text)) <= args.block + 1 or step < args.prompt_length:
+        print(f"--data {args.data}: {len(text)} characters; expected enough for training windows of --block "
+              f"{args.block} in its first 90% and {args.prompts} prompts of {args.prompt_length} in the rest",
+              file=sys.stderr)
+        return 2
     target, draft, vocab = pair(args, text[: int(0.9 * len(text))])
+    unknown = sorted(set(held_out) - set(vocab))
+    if unknown:
+        source = f"--weights {args.weights}" if args.weights else "the first 90% of --data"
+        print(f"the pair's vocabulary (from {source}) lacks {''.join(unknown[:10])!r}, which the held-out prompts "
+              f"of --data {args.data} use", file=sys.stderr)
+        return 2
     dtype = getattr(torch, args.dtype)
     target, draft = target.to(args.device, dtype), draft.to(args.device, dtype)
-    step = len(held_out) // (args.prompts + 1)
     prompts = [torch.tensor([[vocab.index(c) for c in held_out[i * step: i * step + args.prompt_length]]],
                             device=args.device) for i in range(args.prompts)]
     common = dict(max_new_tokens=args.new, eos_token_id=())

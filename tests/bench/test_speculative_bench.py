@@ -41,3 +41,27 @@ def test_a_decode_longer_than_the_training_window_is_refused(bench, corpus, caps
         bench.parse_args(["--data", str(corpus), "--block", "64", "--prompt-length", "40", "--new", "30"])
     assert e.value.code == 2
     assert "--prompt-length 40 + --new 30 = 70 positions; expected at most --block 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [(["--prompts", "0"], "--prompts 0: expected an int >= 1"),
+                                           (["--steps", "-1"], "--steps -1: expected an int >= 0")])
+def test_counts_out_of_range_are_refused_by_name(bench, corpus, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", str(corpus), *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_unusable_data_and_weights_end_in_one_line(bench, corpus, tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9 " * 400)
+    assert bench.main(["--data", str(bad), *TINY]) == 2
+    assert "cannot be read as UTF-8 text" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("to be")
+    assert bench.main(["--data", str(short), *TINY]) == 2
+    assert "expected enough for training windows of --block 32" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "vocab.json").write_text('["a"]')
+    with pytest.raises(SystemExit, match="holds vocab.json but no target/ model"):
+        bench.main(["--data", str(corpus), "--weights", str(other), *TINY])
