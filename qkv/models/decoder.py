@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..nn.cache import Cache
+from ..nn.layers import Linear
 from .common import (Embeddings, QKVModel, check_ids, count_flops, final_norm, init_weights,
                      make_block, run_blocks)
 from .decoding import Decoding, Prefilled
@@ -36,7 +37,7 @@ class DecoderLM(QKVModel):
         self.relative = RelativePositions(config, bidirectional=False)
         self.blocks = nn.ModuleList(make_block(config, layer=i) for i in range(config.n_layers))
         self.norm = final_norm(config)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.tokens.weight
         self.apply(init_weights)

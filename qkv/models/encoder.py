@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..nn import make_norm
-from ..nn.layers import PLAIN_ACTIVATIONS
+from ..nn.layers import PLAIN_ACTIVATIONS, Linear
+from ..ops.linear import linear
 from ..ops.masks import padding_mask
 from .common import Embeddings, QKVModel, check_ids, count_flops, final_norm, init_weights, make_block, run_blocks
 from .positions import position_kind
@@ -33,15 +33,15 @@ class MaskedLMHead(nn.Module):
         if activation not in PLAIN_ACTIVATIONS:
             raise ValueError(f"the masked-LM head needs an ungated activation {tuple(PLAIN_ACTIVATIONS)}, got "
                              f"{activation!r}")
-        self.dense = nn.Linear(d_model, d_model)
+        self.dense = Linear(d_model, d_model)
         self.act = PLAIN_ACTIVATIONS[activation]
         self.norm = make_norm(norm, d_model, eps=eps)
-        self.decoder = nn.Linear(d_model, vocab_size, bias=False)
+        self.decoder = Linear(d_model, vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(vocab_size))  # per-token output bias, never tied
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         h = self.norm(self.act(self.dense(hidden)))
-        return F.linear(h, self.decoder.weight, self.bias)  # bias inside the matmul: no extra (B, T, V) pass
+        return linear(h, self.decoder.weight, self.bias)  # bias inside the matmul: no extra (B, T, V) pass
 
 
 class ClassificationHead(nn.Module):
@@ -50,9 +50,9 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, d_model: int, num_labels: int, *, dropout: float = 0.0):
         super().__init__()
-        self.pooler = nn.Linear(d_model, d_model)
+        self.pooler = Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(d_model, num_labels)
+        self.classifier = Linear(d_model, num_labels)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pooler(hidden[:, 0]))  # (B, d)

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..nn.cache import Cache
+from ..nn.layers import Linear
 from ..ops.masks import padding_mask
 from .common import Embeddings, QKVModel, check_ids, count_flops, final_norm, make_block, pattern_letters, run_blocks
 from .decoding import Decoding, Prefilled
@@ -91,7 +92,7 @@ class EncoderDecoder(QKVModel):
         tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = Stack(config, config.n_layers, tokens=tokens, decoder=False)
         self.decoder = Stack(config, config.n_decoder_layers, tokens=tokens, decoder=True)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=config.head_bias)
+        self.head = Linear(config.d_model, config.vocab_size, bias=config.head_bias)
         if config.tie_embeddings:  # Press & Wolf 2017; Vaswani et al. 2017, sec. 3.4
             self.head.weight = tokens.weight
         # T5 keeps the tied head's logits small by scaling the decoder output (Mesh TensorFlow's convention).

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..nn.layers import Linear
 from .common import QKVModel, count_flops, final_norm, init_weights, make_block, run_blocks
 
 
@@ -48,7 +49,7 @@ class ViT(QKVModel):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(make_block(config, layer=i) for i in range(config.n_layers))
         self.norm = final_norm(config)
-        self.head = nn.Linear(config.d_model, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.head = Linear(config.d_model, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.apply(init_weights)
         nn.init.trunc_normal_(self.positions, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)

@@ -3,7 +3,7 @@ from .attention import MultiHeadAttention
 from .block import Block, BlockWeights
 from .cache import Cache, CacheSnapshot, CrossKVCache, KVCache, LayerCache, RecurrentCache
 from .gated import DeltaNet, GatedLinearAttention, Mamba2, short_conv
-from .layers import ACTIVATIONS, NORMS, FeedForward, LayerNorm, RMSNorm, make_norm
+from .layers import ACTIVATIONS, NORMS, FeedForward, LayerNorm, Linear, RMSNorm, make_norm, packed_weights
 from .mixers import LinearAttention, MemoryAttention, MultiScaleRetention, retention_decays
 from .position import ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_slopes
 from .rwkv import RWKVBlock, RWKVChannelMix, RWKVTimeMix
@@ -11,7 +11,7 @@ from .rwkv6 import RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix
 from .rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 
 __all__ = ["MultiHeadAttention", "Block", "BlockWeights", "Cache", "CacheSnapshot", "CrossKVCache", "KVCache",
-           "LayerCache", "RecurrentCache", "FeedForward", "LayerNorm", "RMSNorm", "make_norm",
+           "LayerCache", "RecurrentCache", "FeedForward", "LayerNorm", "Linear", "RMSNorm", "make_norm", "packed_weights",
            "ACTIVATIONS", "NORMS", "ALiBi", "LearnedPositions", "RotaryEmbedding", "SinusoidalPositions",
            "T5RelativeBias", "alibi_slopes", "LinearAttention", "MultiScaleRetention", "MemoryAttention",
            "retention_decays", "RWKVBlock", "RWKVTimeMix", "RWKVChannelMix", "RWKV5TimeMix", "RWKV6TimeMix",

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..ops.attention import SCORES, attention
+from ..ops.linear import linear
 from ..ops.rope import apply_rope
 from .cache import CrossKVCache, KVCache
+from .layers import Linear
 
 
 class MultiHeadAttention(nn.Module):
@@ -47,8 +48,8 @@ class MultiHeadAttention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.score, self.scale, self.dropout, self.softcap = score, scale, dropout, softcap
         self.q_norm, self.k_norm = q_norm, k_norm
-        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
-        self.out = nn.Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
+        self.qkv = Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.out = Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
         # Learned score parameters, shared by the heads (Luong's W; Bahdanau's W_q, W_k, v with A = D).
         if score == "bilinear":
             self.W = nn.Parameter(torch.randn(n_heads, head_dim, head_dim) * head_dim ** -0.5)
@@ -107,13 +108,13 @@ class MultiHeadAttention(nn.Module):
                 if bias is not None and bias.shape[-1] > S:
                     bias = bias[..., -S:]
         else:
-            q = self._heads(F.linear(x, W[: H * D], None if b is None else b[: H * D]), H)
+            q = self._heads(linear(x, W[: H * D], None if b is None else b[: H * D]), H)
             if self.q_norm is not None:
                 q = self.q_norm(q)
             if cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v  # the encoder's keys and values, computed at the first step
             else:
-                kv = F.linear(context, W[H * D:], None if b is None else b[H * D:])
+                kv = linear(context, W[H * D:], None if b is None else b[H * D:])
                 k, v = (self._heads(t, G) for t in kv.split([G * D, G * D], dim=-1))
                 if self.k_norm is not None:
                     k = self.k_norm(k)

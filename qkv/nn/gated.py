@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..ops.delta_rule import DeltaRuleState, delta_rule
 from ..ops.gla import GLAState, gla, ssd
 from .cache import RecurrentCache
-from .layers import RMSNorm
+from .layers import Linear, RMSNorm
 from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_heads, real_tokens
 from .rwkv6 import at_least_float32, to_heads
 
@@ -71,12 +71,12 @@ class GatedLinearAttention(RecurrentMixer):
         D = head_dim or d_model // n_heads
         self.n_heads, self.head_dim, self.chunk_size, self.gate_temperature = n_heads, D, chunk_size, gate_temperature
         A = n_heads * D
-        self.q, self.k, self.v = (nn.Linear(d_model, A, bias=False) for _ in range(3))
-        self.gate_down = nn.Linear(d_model, gate_rank, bias=False)
-        self.gate_up = nn.Linear(gate_rank, A, bias=True)
-        self.out_gate = nn.Linear(d_model, A, bias=False)
+        self.q, self.k, self.v = (Linear(d_model, A, bias=False) for _ in range(3))
+        self.gate_down = Linear(d_model, gate_rank, bias=False)
+        self.gate_up = Linear(gate_rank, A, bias=True)
+        self.out_gate = Linear(d_model, A, bias=False)
         self.norm = RMSNorm(D, eps=norm_eps)
-        self.out = nn.Linear(A, d_model, bias=False)
+        self.out = Linear(A, d_model, bias=False)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
@@ -111,17 +111,17 @@ class DeltaNet(RecurrentMixer):
         D = head_dim or d_model // n_heads
         self.n_heads, self.head_dim, self.gated, self.chunk_size = n_heads, D, gated, chunk_size
         A = n_heads * D
-        self.qkv = nn.Linear(d_model, 3 * A, bias=False)
+        self.qkv = Linear(d_model, 3 * A, bias=False)
         self.conv = nn.Parameter(torch.randn(3 * A, conv_size) / conv_size ** 0.5) if conv_size else None
-        self.beta = nn.Linear(d_model, n_heads, bias=False)
+        self.beta = Linear(d_model, n_heads, bias=False)
         if gated:
             # Mamba-2's gate: log alpha = -e^A softplus(x W + dt_bias), A and dt_bias per head (Gated DeltaNet Sec. 3.3)
-            self.alpha = nn.Linear(d_model, n_heads, bias=False)
+            self.alpha = Linear(d_model, n_heads, bias=False)
             self.A_log = nn.Parameter(torch.log(torch.linspace(1, 16, n_heads)))
             self.dt_bias = nn.Parameter(torch.log(torch.expm1(torch.linspace(1e-3, 0.1, n_heads))))
-            self.out_gate = nn.Linear(d_model, A, bias=False)
+            self.out_gate = Linear(d_model, A, bias=False)
         self.norm = RMSNorm(D, eps=norm_eps)
-        self.out = nn.Linear(A, d_model, bias=False)
+        self.out = Linear(A, d_model, bias=False)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
@@ -168,7 +168,7 @@ class Mamba2(RecurrentMixer):
             raise ValueError(f"n_heads ({n_heads}) must divide expand * d_model ({inner})")
         self.n_heads, self.state_size, self.inner, self.chunk_size = n_heads, state_size, inner, chunk_size
         N = state_size
-        self.in_proj = nn.Linear(d_model, 2 * inner + 2 * N + n_heads, bias=False)  # z, x, B, C, dt
+        self.in_proj = Linear(d_model, 2 * inner + 2 * N + n_heads, bias=False)  # z, x, B, C, dt
         self.conv = nn.Parameter(torch.randn(inner + 2 * N, conv_size) / conv_size ** 0.5)
         self.conv_bias = nn.Parameter(torch.zeros(inner + 2 * N))
         # step sizes start log-uniform in [1e-3, 0.1] (the paper's initialisation), A in -[1, 16]
@@ -177,7 +177,7 @@ class Mamba2(RecurrentMixer):
         self.A_log = nn.Parameter(torch.log(torch.linspace(1, 16, n_heads)))
         self.D = nn.Parameter(torch.ones(n_heads))
         self.norm = RMSNorm(inner, eps=norm_eps)
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.out_proj = Linear(inner, d_model, bias=False)
 
     def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
                 return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):

@@ -31,6 +31,7 @@ from ..ops.linear_attention import LinearAttentionState, feature_map_fn, linear_
 from ..ops.retention import RetentionState, retention
 from ..ops.rope import apply_rope
 from .cache import RecurrentCache
+from .layers import Linear
 
 
 class RecurrentMixer(nn.Module):
@@ -121,8 +122,8 @@ class LinearAttention(nn.Module):
         feature_map_fn(feature_map)  # validate early
         self.n_heads, self.head_dim = n_heads, _head_dim(d_model, n_heads, head_dim)
         self.feature_map, self.chunk_size, self.eps = feature_map, chunk_size, eps
-        self.qkv = nn.Linear(d_model, 3 * n_heads * self.head_dim, bias=bias)
-        self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.qkv = Linear(d_model, 3 * n_heads * self.head_dim, bias=bias)
+        self.out = Linear(n_heads * self.head_dim, d_model, bias=bias)
 
     def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
         """An empty state (S, z), allocated on first use; max_len is accepted for the common interface."""
@@ -181,10 +182,10 @@ class MultiScaleRetention(nn.Module):
         self.value_dim = value_factor * self.head_dim
         self.chunk_size = chunk_size
         H, D, Dv = n_heads, self.head_dim, self.value_dim
-        self.qkv = nn.Linear(d_model, 2 * H * D + H * Dv, bias=bias)
-        self.gate = nn.Linear(d_model, H * Dv, bias=bias)
+        self.qkv = Linear(d_model, 2 * H * D + H * Dv, bias=bias)
+        self.gate = Linear(d_model, H * Dv, bias=bias)
         self.norm = nn.GroupNorm(H, H * Dv, eps=norm_eps)
-        self.out = nn.Linear(H * Dv, d_model, bias=bias)
+        self.out = Linear(H * Dv, d_model, bias=bias)
         # The gammas, made once per device: not a buffer, so that model.to(bfloat16) cannot round 1 - 2^-9 to 1.
         self._decays: dict[torch.device, torch.Tensor] = {}
 
@@ -251,8 +252,8 @@ class MemoryAttention(nn.Module):
             raise ValueError(f"segment={segment!r} is invalid; expected an int >= 1 (tokens per local segment)")
         self.n_heads, self.head_dim = n_heads, _head_dim(d_model, n_heads, head_dim)
         self.segment, self.eps = segment, eps
-        self.qkv = nn.Linear(d_model, 3 * n_heads * self.head_dim, bias=bias)
-        self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.qkv = Linear(d_model, 3 * n_heads * self.head_dim, bias=bias)
+        self.out = Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.beta = nn.Parameter(torch.zeros(n_heads))  # sigmoid(0) = 1/2: local and memory mixed evenly
 
     def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..ops.wkv import WKVState, wkv4
 from .block import BlockWeights
 from .cache import RecurrentCache
-from .layers import LayerNorm
+from .layers import LayerNorm, Linear
 from .mixers import check_mixer_call, check_weights_call, real_tokens
 
 
@@ -72,10 +72,10 @@ class RWKVTimeMix(nn.Module):
         self.time_mix_k = nn.Parameter(ramp.clone())
         self.time_mix_v = nn.Parameter((ramp + 0.1 * depth).clamp(max=1))
         self.time_mix_r = nn.Parameter(ramp.sqrt())
-        self.key = nn.Linear(d_model, d_att, bias=False)
-        self.value = nn.Linear(d_model, d_att, bias=False)
-        self.receptance = nn.Linear(d_model, d_att, bias=False)
-        self.output = nn.Linear(d_att, d_model, bias=False)
+        self.key = Linear(d_model, d_att, bias=False)
+        self.value = Linear(d_model, d_att, bias=False)
+        self.receptance = Linear(d_model, d_att, bias=False)
+        self.output = Linear(d_att, d_model, bias=False)
 
     def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
         """One state for the whole RWKV block (time mix and channel mix), allocated on first use."""
@@ -116,9 +116,9 @@ class RWKVChannelMix(nn.Module):
         ramp = torch.linspace(0, 1, d_model) ** (1 - 0.5 * layer / max(n_layers - 1, 1))
         self.time_mix_k = nn.Parameter(ramp.clone())
         self.time_mix_r = nn.Parameter(ramp.clone())
-        self.key = nn.Linear(d_model, d_ff, bias=False)
-        self.receptance = nn.Linear(d_model, d_model, bias=False)
-        self.value = nn.Linear(d_ff, d_model, bias=False)
+        self.key = Linear(d_model, d_ff, bias=False)
+        self.receptance = Linear(d_model, d_model, bias=False)
+        self.value = Linear(d_ff, d_model, bias=False)
 
     def forward(self, x, cache: RecurrentCache | None = None, token_mask=None):
         """x: ln2 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""

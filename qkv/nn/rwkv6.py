@@ -28,6 +28,7 @@ from ..ops.gla import GLAState, gla
 from .cache import RecurrentCache
 from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_tokens
 from .rwkv import token_shift
+from .layers import Linear
 
 
 def to_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -60,8 +61,8 @@ def _add_projections(mix: nn.Module, d_model: int, n_heads: int, A: int) -> None
     """The projections RWKV-5 and RWKV-6 time mixing share, under RWKV-LM's names: receptance, key, value and gate
     (d_model -> A), output (A -> d_model), and ln_x, the per-head GroupNorm of the read-out."""
     for name in ("receptance", "key", "value", "gate"):
-        setattr(mix, name, nn.Linear(d_model, A, bias=False))
-    mix.output = nn.Linear(A, d_model, bias=False)
+        setattr(mix, name, Linear(d_model, A, bias=False))
+    mix.output = Linear(A, d_model, bias=False)
     mix.ln_x = nn.GroupNorm(n_heads, A, eps=64e-5)
 
 
@@ -181,9 +182,9 @@ class RWKV6ChannelMix(nn.Module):
         ramp = _ramp(d_model, 1 - 0.5 * layer / max(n_layers - 1, 1))
         self.time_maa_k = nn.Parameter(1 - ramp)
         self.time_maa_r = nn.Parameter(1 - ramp)
-        self.key = nn.Linear(d_model, d_ff, bias=False)
-        self.receptance = nn.Linear(d_model, d_model, bias=False)
-        self.value = nn.Linear(d_ff, d_model, bias=False)
+        self.key = Linear(d_model, d_ff, bias=False)
+        self.receptance = Linear(d_model, d_model, bias=False)
+        self.value = Linear(d_ff, d_model, bias=False)
 
     def forward(self, x, cache: RecurrentCache | None = None, token_mask=None):
         """x: ln2 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""

@@ -34,6 +34,7 @@ from .cache import RecurrentCache
 from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_tokens
 from .rwkv import token_shift
 from .rwkv6 import at_least_float32, from_heads, head_group_norm, to_heads
+from .layers import Linear
 
 _MAX_LOG_DECAY = math.exp(-0.5)  # -log w <= e^-0.5: every step keeps at least 54.5% of the state
 
@@ -69,10 +70,10 @@ class RWKV7TimeMix(RecurrentMixer):
         self.k_k = nn.Parameter(torch.zeros(C) + 0.71 - 0.1 * (ramp - 0.5))
         self.k_a = nn.Parameter(torch.zeros(C) + 1.02)
         self.r_k = nn.Parameter(torch.zeros(H, N) - 0.04)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
+        self.receptance = Linear(C, C, bias=False)
+        self.key = Linear(C, C, bias=False)
+        self.value = Linear(C, C, bias=False)
+        self.output = Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=64e-5)
 
     @staticmethod
@@ -135,8 +136,8 @@ class RWKV7ChannelMix(nn.Module):
     def __init__(self, d_model: int, d_ff: int, *, layer: int = 0, n_layers: int = 1):
         super().__init__()
         self.x_k = nn.Parameter(1 - torch.linspace(0, 1, d_model) ** (1 - 0.5 * layer / max(n_layers - 1, 1)))
-        self.key = nn.Linear(d_model, d_ff, bias=False)
-        self.value = nn.Linear(d_ff, d_model, bias=False)
+        self.key = Linear(d_model, d_ff, bias=False)
+        self.value = Linear(d_ff, d_model, bias=False)
 
     def forward(self, x, cache: RecurrentCache | None = None, token_mask=None):
         """x: ln2 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
