@@ -304,6 +304,8 @@ def _options(model, max_new_tokens, num_beams, do_sample, temperature, top_k, to
     def is_int(x):
         return isinstance(x, int) and not isinstance(x, bool)
 
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a qkv model (qkv.build, qkv.load, qkv.from_hf), got {type(model).__name__}")
     if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if not is_int(num_beams) or num_beams < 1:

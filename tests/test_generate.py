@@ -651,6 +651,12 @@ def test_bad_prompts():
         generate(gpt2, torch.zeros(1, 3), max_new_tokens=2)
 
 
+@pytest.mark.parametrize("model", ["gpt2-tiny", None, torch.nn.Linear(2, 2)])
+def test_a_model_that_is_not_a_qkv_model_is_named(model):
+    with pytest.raises(TypeError, match=f"model must be a qkv model .*got {type(model).__name__}"):
+        generate(model, torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parity with Hugging Face transformers, through the production converter
 
