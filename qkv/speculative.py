@@ -31,6 +31,7 @@ import torch
 from .logits_controls import top_k_top_p
 from .models import decodable_positions, decoding_of
 from .nn.cache import RecurrentCache
+from .ops.checks import trusted_values
 
 
 @dataclass
@@ -70,6 +71,10 @@ def speculative_generate(model, input_ids: torch.Tensor, opts, *, attention_mask
         raise ValueError(f"speculative decoding takes one sequence, input_ids of shape (1, T) (as transformers' "
                          f"assisted generation), got "
                          f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    V = model.config.vocab_size
+    if input_ids.dtype not in (torch.long, torch.int, torch.int16) or bool(((input_ids < 0) | (input_ids >= V)).any()):
+        raise ValueError(f"input_ids must be integer token ids in [0, {V}) (vocab_size), got {input_ids.dtype} "
+                         f"values in [{input_ids.min().item()}, {input_ids.max().item()}]")
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         raise ValueError("speculative decoding takes one unpadded sequence: attention_mask must be all ones or None")
     refused = [(opts.num_beams > 1, f"num_beams={opts.num_beams}"),
@@ -105,7 +110,8 @@ def speculative_generate(model, input_ids: torch.Tensor, opts, *, attention_mask
         run = _Speculation(model, draft_model, input_ids.long(), opts, K, adaptive,
                            prompt_lookup_max_ngram if prompt_lookup_num_tokens is not None else None,
                            stats if stats is not None else SpeculativeStats())
-        tokens, logprobs = run.decode()
+        with trusted_values():  # rounds feed ids checked above or chosen from the shared vocabulary, at positions
+            tokens, logprobs = run.decode()  # checked against max_positions: no host reads to re-check them
     sequences = torch.cat([input_ids.long(), torch.tensor([tokens], dtype=torch.long, device=input_ids.device)], 1)
     if not return_scores:
         return sequences

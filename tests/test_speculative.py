@@ -146,3 +146,8 @@ def test_speculative_refusals_are_named():
         generate(target, ids, max_new_tokens=30, draft_model=_model("gpt2-tiny", max_positions=20))
     with pytest.raises(ValueError, match="must be a decoder-only model"):
         generate(target, ids, max_new_tokens=3, draft_model=_model("transformer-tiny"))
+    V = target.config.vocab_size
+    for bad in (torch.tensor([[4, 5, V]]), torch.tensor([[-1, 5, 6]])):  # the last id too: no round reads it unchecked
+        for kwargs in (dict(draft_model=target), dict(prompt_lookup_num_tokens=2)):
+            with pytest.raises(ValueError, match=rf"input_ids must be integer token ids in \[0, {V}\)"):
+                generate(target, bad, max_new_tokens=3, **kwargs)
