@@ -106,3 +106,32 @@ def test_pack_weight_refuses_other_dtypes_and_shapes():
         pack_weight(torch.randn(8, 8, dtype=f64))
     with pytest.raises(ValueError, match=r"of shape \(8,\)"):
         pack_weight(torch.randn(8))
+
+
+@needs_onednn
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(BIG[1]),                                   # one vector
+    lambda: torch.randn(2, 9, BIG[1])[:, -1:],                     # the last position of each row (last_only)
+    lambda: torch.randn(9, 2, BIG[1]).transpose(0, 1),             # batch and time swapped
+    lambda: torch.randn(2, 3, 4, BIG[1]),                          # 4-D
+    lambda: torch.randn(1, 1, BIG[1]).expand(3, 5, BIG[1]),        # stride 0
+    lambda: torch.zeros(0, BIG[1]),                                # empty
+], ids=["1-D", "last-position", "transposed", "4-D", "expanded", "empty"])
+def test_odd_input_layouts_give_f_linear_shapes_and_values(make):
+    torch.manual_seed(5)
+    w, b = torch.randn(*BIG), torch.randn(BIG[0])
+    x, packed = make(), pack_weight(w)
+    with torch.no_grad():
+        for got in (linear(x, w, b), linear(x, w, b, packed=packed)):
+            assert got.shape == F.linear(x, w, b).shape
+            close_to_float64(got, x, w, b)
+
+
+@needs_onednn
+def test_inf_and_nan_inputs_propagate_as_in_f_linear():
+    w = torch.randn(*BIG)
+    x = torch.zeros(2, BIG[1])
+    x[0, 0], x[1, 0] = float("inf"), float("nan")
+    with torch.no_grad():
+        got, ref = linear(x, w, packed=pack_weight(w)), F.linear(x, w)
+    assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.isinf(), ref.isinf())
