@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.linear import ONEDNN_MIN_WEIGHTS, linear, onednn_available, pack_weight
+from ..ops.linear import ONEDNN_DTYPES, ONEDNN_MIN_WEIGHTS, linear, onednn_available, pack_weight
 
 
 class Linear(nn.Linear):
@@ -35,13 +35,13 @@ def _identity(weight: torch.Tensor) -> tuple[int, int]:
 
 @contextmanager
 def packed_weights(model: nn.Module, *, max_bytes: int | None = None):
-    """Inside, every ``Linear`` of ``model`` whose weight takes the oneDNN path (float32 on CPU, at least
-    ``ONEDNN_MIN_WEIGHTS``) multiplies from a packed copy made on entering and dropped on leaving: about twice the
-    speed of a decode step, for one more copy of those weights in memory. Nothing is packed (plain weights, the
-    same results up to rounding) where the copies would take more than ``max_bytes``. Nested use packs nothing
-    twice."""
+    """Inside, every ``Linear`` of ``model`` with a large weight on CPU (float32 or bfloat16, at least
+    ``ONEDNN_MIN_WEIGHTS``) multiplies through oneDNN from a packed copy made on entering and dropped on leaving:
+    about twice the speed of a decode step, for one more copy of those weights in memory. Nothing is packed (plain
+    weights, the same results up to rounding) where the copies would take more than ``max_bytes``. Nested use
+    packs nothing twice."""
     layers = [m for m in model.modules() if isinstance(m, Linear) and m.packed is None
-              and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+              and m.weight.device.type == "cpu" and m.weight.dtype in ONEDNN_DTYPES
               and m.weight.numel() >= ONEDNN_MIN_WEIGHTS]
     nbytes = sum({id(m.weight): m.weight.nbytes for m in layers}.values())
     if not layers or not onednn_available() or (max_bytes is not None and nbytes > max_bytes):

@@ -1,5 +1,6 @@
 """qkv.nn.Linear is nn.Linear to its state dict; ``packed_weights`` gives the same outputs from packed copies, only
 inside the context, never stale, once per tied weight; decoding takes the oneDNN path and keeps its tokens."""
+import contextlib
 import importlib
 
 import pytest
@@ -104,3 +105,16 @@ def test_compiled_decoding_of_wide_weights_gives_the_eager_tokens_also_inside_a_
     with packed_weights(model):  # a compiled graph traces the plain product, not the packed copies
         compiled_inside = qkv.generate(model, prompt, max_new_tokens=4, eos_token_id=(), compile=True)
     assert torch.equal(compiled, eager) and torch.equal(compiled_inside, eager)
+
+
+@needs_onednn
+def test_a_bfloat16_model_decodes_from_packed_weights_with_the_same_tokens(monkeypatch):
+    model = wide_gpt().to(torch.bfloat16)
+    prompt = torch.randint(0, 97, (1, 7))
+    with torch.no_grad(), packed_weights(model):
+        assert len(packed_layers(model)) == 8
+    packed = qkv.generate(model, prompt, max_new_tokens=12, eos_token_id=())
+    monkeypatch.setattr(importlib.import_module("qkv.generate"), "_packed",
+                        lambda model, compile=False: contextlib.nullcontext())
+    plain = qkv.generate(model, prompt, max_new_tokens=12, eos_token_id=())
+    assert torch.equal(packed, plain)

@@ -102,7 +102,7 @@ def test_onednn_backend_refuses_what_it_cannot_compute():
 
 @needs_onednn
 def test_pack_weight_refuses_other_dtypes_and_shapes():
-    with pytest.raises(ValueError, match="2-D float32 CPU weight, got torch.float64"):
+    with pytest.raises(ValueError, match="2-D float32 or bfloat16 CPU weight, got torch.float64"):
         pack_weight(torch.randn(8, 8, dtype=f64))
     with pytest.raises(ValueError, match=r"of shape \(8,\)"):
         pack_weight(torch.randn(8))
@@ -135,3 +135,16 @@ def test_inf_and_nan_inputs_propagate_as_in_f_linear():
     with torch.no_grad():
         got, ref = linear(x, w, packed=pack_weight(w)), F.linear(x, w)
     assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.isinf(), ref.isinf())
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 5, 17])
+def test_a_packed_bfloat16_weight_gives_f_linears_bfloat16_product(rows):
+    torch.manual_seed(6)
+    w, b = torch.randn(*BIG, dtype=torch.bfloat16), torch.randn(BIG[0], dtype=torch.bfloat16)
+    x = torch.randn(1, rows, BIG[1], dtype=torch.bfloat16)
+    with torch.no_grad():
+        got, ref = linear(x, w, b, packed=pack_weight(w)), F.linear(x, w, b)
+        assert linear(x, w, b).dtype == torch.bfloat16
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref.float(), rtol=1.6e-2, atol=1e-1)  # bfloat16 rounding at most
