@@ -531,8 +531,8 @@ def _check_memory(model, input_ids, opts: _Options, positions: int, decoding) ->
 
 
 def _packed(model, compile: bool = False):
-    """Decode from packed copies of the large float32 CPU weights (``qkv.nn.packed_weights``: about twice the speed
-    of a step on CPU) where the copies take at most half the memory available. Compiled steps choose their own
+    """Decode from packed copies of the large float32 and bfloat16 CPU weights (``qkv.nn.packed_weights``: up to
+    about twice the speed of a step on CPU) where the copies take at most half the memory available. Compiled steps choose their own
     kernels: nothing to pack for them."""
     from .safety import available_bytes
     return contextlib.nullcontext() if compile else packed_weights(model, max_bytes=available_bytes() // 2)

@@ -11,8 +11,9 @@ from ..ops.linear import ONEDNN_DTYPES, ONEDNN_MIN_WEIGHTS, linear, onednn_avail
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state-dict keys) computed by ``qkv.ops.linear``: without autograd on CPU
-    in float32, large weights take oneDNN's kernel, from a packed copy inside ``packed_weights``."""
+    """``nn.Linear`` (same parameters, same state-dict keys) computed by ``qkv.ops.linear``: without autograd on CPU,
+    large float32 weights take oneDNN's kernel, and inside ``packed_weights`` float32 and bfloat16 ones take it from
+    a packed copy."""
 
     packed: tuple | None = None  # (the weight's identity when packed, pack_weight(weight)), set by packed_weights
 

@@ -2,8 +2,8 @@
 
 On CPU, ``F.linear`` in float32 goes to MKL's GEMM. When a decoder reads a few tokens per step (M = 1 to ~20
 rows: greedy, beams, a speculative check), the weights are read cold from memory on every step, and there MKL is
-slow: on a 2-core AMD EPYC, the 24 weight matrices of a 6 x 384 GPT took 3.8 ms for one token and 4.8 ms for five
-with F.linear, 2.0 ms and 3.2 ms through oneDNN's linear (PyTorch's ``mkldnn._linear_pointwise``, the kernel
+slow: on a 2-core AMD EPYC, the 24 weight matrices of a 6 x 384 GPT took 3.9 ms for one token and 4.9 ms for five
+with F.linear, 2.2 ms and 3.1 ms through oneDNN's linear (PyTorch's ``mkldnn._linear_pointwise``, the kernel
 inductor itself uses on CPU). oneDNN costs about 15 us more per call, so small weights that sit in cache (a draft
 model's) stay faster with MKL; the fast path is taken from ``ONEDNN_MIN_WEIGHTS`` weights up.
 
