@@ -41,6 +41,10 @@ def packed_weights(model: nn.Module, *, max_bytes: int | None = None):
     about twice the speed of a decode step, for one more copy of those weights in memory. Nothing is packed (plain
     weights, the same results up to rounding) where the copies would take more than ``max_bytes``. Nested use
     packs nothing twice."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"packed_weights takes a model (an nn.Module), got {type(model).__name__}")
+    if max_bytes is not None and (not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0):
+        raise ValueError(f"max_bytes must be None or an int >= 0, got {max_bytes!r}")
     layers = [m for m in model.modules() if isinstance(m, Linear) and m.packed is None
               and m.weight.device.type == "cpu" and m.weight.dtype in ONEDNN_DTYPES
               and m.weight.numel() >= ONEDNN_MIN_WEIGHTS]

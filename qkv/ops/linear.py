@@ -61,6 +61,8 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """oneDNN's blocked copy of a float32 or bfloat16 CPU ``weight`` (out, in), for ``linear(..., packed=...)``. An
     opaque tensor: it can be multiplied with, not read, copied or saved. The caller keeps it in step with ``weight``."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"pack_weight takes a weight tensor (out, in), got {type(weight).__name__}")
     if not (weight.device.type == "cpu" and weight.dtype in ONEDNN_DTYPES and weight.dim() == 2):
         raise ValueError(f"pack_weight takes a 2-D float32 or bfloat16 CPU weight, got {weight.dtype} on "
                          f"{weight.device.type} of shape {tuple(weight.shape)}")

@@ -83,6 +83,16 @@ def test_max_bytes_below_the_copies_packs_nothing():
         assert packed_layers(model) == []
 
 
+def test_packed_weights_names_a_bad_model_or_budget():
+    with pytest.raises(TypeError, match="takes a model .*got str"):
+        with packed_weights("runs/model"):
+            pass
+    for bad in (-1, 1.5, "1GB", True):
+        with pytest.raises(ValueError, match=f"max_bytes must be None or an int >= 0, got {bad!r}"):
+            with packed_weights(wide_gpt(n_layers=1), max_bytes=bad):
+                pass
+
+
 @needs_onednn
 def test_generate_decodes_through_packed_onednn_weights_and_keeps_the_tokens(monkeypatch):
     model = wide_gpt()

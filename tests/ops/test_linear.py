@@ -106,6 +106,8 @@ def test_pack_weight_refuses_other_dtypes_and_shapes():
         pack_weight(torch.randn(8, 8, dtype=f64))
     with pytest.raises(ValueError, match=r"of shape \(8,\)"):
         pack_weight(torch.randn(8))
+    with pytest.raises(TypeError, match="got list"):
+        pack_weight([[1.0, 2.0]])
 
 
 @needs_onednn
