@@ -35,6 +35,23 @@ PAIRS = [("gpt2-tiny", "near"), ("llama-tiny", "near"), ("gpt2-tiny", "rwkv4-tin
          ("llama-window", "near"), ("llama-tiny", "self")]
 
 
+def test_a_float32_target_checked_through_packed_onednn_weights_keeps_its_greedy_tokens():
+    """A target wide enough for the packed CPU product (384 x 1152 weights): the check pass reads 1 to 5 rows where
+    greedy reads 1, and the tokens must not move."""
+    torch.manual_seed(0)
+    target = qkv.build(qkv.ModelConfig(family="decoder", vocab_size=97, d_model=384, n_layers=2, n_heads=6,
+                                       d_ff=1536, max_positions=64)).eval()
+    draft = _near(target, 0.01)
+    ids = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(3))
+    expected = generate(target, ids, max_new_tokens=30, eos_token_id=())
+    for kwargs in (dict(draft_model=draft), dict(draft_model=draft, adaptive_draft=True),
+                   dict(prompt_lookup_num_tokens=3)):
+        stats = SpeculativeStats()
+        assert torch.equal(generate(target, ids, max_new_tokens=30, eos_token_id=(), speculative_stats=stats,
+                                    **kwargs), expected), kwargs
+        assert stats.rounds < 30 or "prompt_lookup_num_tokens" in kwargs
+
+
 @pytest.mark.parametrize("target_name, draft_name", PAIRS)
 def test_greedy_speculative_gives_the_target_greedy_tokens(target_name, draft_name):
     target = _model(target_name)
