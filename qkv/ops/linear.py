@@ -76,6 +76,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            backend: str = "auto", packed: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., in) @ weight (out, in)^T + bias (out,) -> (..., out). ``backend`` as the module docstring says;
     ``packed``: ``pack_weight(weight)``, multiplied from instead of ``weight`` whenever the oneDNN path runs."""
+    if packed is not None and (packed.shape != weight.shape or packed.dtype != weight.dtype):
+        raise ValueError(f"packed is the copy of a {packed.dtype} weight of shape {tuple(packed.shape)}, not of this "
+                         f"{weight.dtype} weight of shape {tuple(weight.shape)}: expected pack_weight(weight)")
     if backend == "auto":  # bfloat16's F.linear is oneDNN already: only its packed form differs
         if (packed is not None or (weight.dtype == torch.float32 and weight.numel() >= ONEDNN_MIN_WEIGHTS)) \
                 and _onednn_applies(x, weight, bias):

@@ -164,3 +164,11 @@ def test_a_packed_product_gives_each_row_the_same_bits_whatever_the_number_of_ro
         full = linear(x, w, packed=packed)
         for rows in (1, 2, 3, 4, 5, 8, 17, 64, 100):
             assert torch.equal(linear(x[:rows], w, packed=packed), full[:rows]), rows
+
+
+@needs_onednn
+def test_a_packed_copy_of_another_weight_is_refused_not_multiplied():
+    w = torch.randn(*BIG)
+    for other in (torch.randn(768, BIG[1]), w.bfloat16()):
+        with torch.no_grad(), pytest.raises(ValueError, match="packed is the copy of a .* not of this"):
+            linear(torch.randn(2, BIG[1]), w, packed=pack_weight(other))
