@@ -25,6 +25,12 @@ class Linear(nn.Linear):
             packed = None  # the weight was replaced or changed in place since: multiply from the weight itself
         return linear(x, self.weight, self.bias, packed=None if packed is None else packed[1])
 
+    def __getstate__(self):
+        """Copies and pickles leave the packed copy behind (an opaque oneDNN tensor has no storage to copy)."""
+        state = self.__dict__.copy()
+        state.pop("packed", None)
+        return state
+
 
 def _identity(weight: torch.Tensor) -> tuple[int, int]:
     """Where the weight lives and how often it was written in place (inference tensors keep no count)."""

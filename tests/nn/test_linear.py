@@ -1,6 +1,7 @@
 """qkv.nn.Linear is nn.Linear to its state dict; ``packed_weights`` gives the same outputs from packed copies, only
 inside the context, never stale, once per tied weight; decoding takes the oneDNN path and keeps its tokens."""
 import contextlib
+import copy
 import importlib
 
 import pytest
@@ -128,3 +129,13 @@ def test_a_bfloat16_model_decodes_from_packed_weights_with_the_same_tokens(monke
                         lambda model, compile=False: contextlib.nullcontext())
     plain = qkv.generate(model, prompt, max_new_tokens=12, eos_token_id=())
     assert torch.equal(packed, plain)
+
+
+@needs_onednn
+def test_a_model_copied_inside_the_context_leaves_the_packed_copies_behind():
+    model = wide_gpt(n_layers=1)
+    ids = torch.randint(0, 97, (1, 5))
+    with torch.no_grad(), packed_weights(model):
+        twin = copy.deepcopy(model)  # an opaque oneDNN tensor has no storage to copy: it must not come along
+        assert packed_layers(twin) == [] and len(packed_layers(model)) == 4
+        torch.testing.assert_close(twin(ids), model(ids), rtol=1e-4, atol=1e-4)
