@@ -53,7 +53,7 @@ def generate_many(model, inputs: Sequence[Sequence[int]], *, max_new_tokens: int
     """``qkv.generate`` over many inputs (lists of token ids: prompts, or sources of an encoder-decoder), batched
     by length; one ``Decoded`` per input, in order. ``progress(n)`` is called after each batch with the number of
     inputs it held. Other arguments as ``qkv.generate``'s (one sequence per input)."""
-    from .generate import generate
+    from .generate import generate, packed_for_decoding
     if any(len(x) == 0 for x in inputs):
         raise ValueError("inputs must be non-empty lists of token ids; got an empty one (leave blank lines out)")
     source = decoding_of(model).has_source
@@ -63,25 +63,26 @@ def generate_many(model, inputs: Sequence[Sequence[int]], *, max_new_tokens: int
     answers: list[Decoded | None] = [None] * len(inputs)
     batches = length_batches([len(x) for x in inputs], tokens_per_batch, extra=max_new_tokens,
                              rows_per_input=num_beams)
-    for batch in batches:
-        width = max(len(inputs[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, i in enumerate(batch):
-            x = torch.tensor(list(inputs[i]), dtype=torch.long)
-            span = slice(0, len(x)) if source else slice(width - len(x), width)  # sources right, prompts left
-            ids[row, span], mask[row, span] = x, 1
-        out = generate(model, ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                       num_beams=num_beams, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                       return_scores=return_scores, **generate_kwargs)
-        sequences, scores = (out.sequences, out.sequences_scores) if return_scores else (out, None)
-        start = 1 if source else ids.shape[1]  # the decoder-start token, or the (padded) prompt
-        for row, i in enumerate(batch):
-            tokens = sequences[row, start:].tolist()
-            cut = next((j for j, t in enumerate(tokens) if t in eos_ids), None)
-            tokens = tokens[:cut] if cut is not None else tokens
-            answers[i] = Decoded(tokens, None if scores is None else float(scores[row]))
-        if progress is not None:
-            progress(len(batch))
+    with packed_for_decoding(model, bool(generate_kwargs.get("compile"))):  # once for every batch
+        for batch in batches:
+            width = max(len(inputs[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, i in enumerate(batch):
+                x = torch.tensor(list(inputs[i]), dtype=torch.long)
+                span = slice(0, len(x)) if source else slice(width - len(x), width)  # sources right, prompts left
+                ids[row, span], mask[row, span] = x, 1
+            out = generate(model, ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                           num_beams=num_beams, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                           return_scores=return_scores, **generate_kwargs)
+            sequences, scores = (out.sequences, out.sequences_scores) if return_scores else (out, None)
+            start = 1 if source else ids.shape[1]  # the decoder-start token, or the (padded) prompt
+            for row, i in enumerate(batch):
+                tokens = sequences[row, start:].tolist()
+                cut = next((j for j, t in enumerate(tokens) if t in eos_ids), None)
+                tokens = tokens[:cut] if cut is not None else tokens
+                answers[i] = Decoded(tokens, None if scores is None else float(scores[row]))
+            if progress is not None:
+                progress(len(batch))
     return answers
 

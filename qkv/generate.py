@@ -163,14 +163,14 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
                                   min_p=min_p, typical_p=typical_p))
     if draft_model is not None or prompt_lookup_num_tokens is not None:
         from .speculative import speculative_generate
-        with _packed(model), _packed(draft_model or model):
+        with packed_for_decoding(model), packed_for_decoding(draft_model or model):
             return speculative_generate(model, input_ids, opts, attention_mask=attention_mask,
                                         draft_model=draft_model, num_draft_tokens=num_draft_tokens,
                                         adaptive=adaptive_draft, prompt_lookup_num_tokens=prompt_lookup_num_tokens,
                                         prompt_lookup_max_ngram=prompt_lookup_max_ngram,
                                         decoder_input_ids=decoder_input_ids, return_scores=return_scores,
                                         static_cache=static_cache, compile=compile, stats=speculative_stats)
-    with torch.inference_mode(), _packed(model, compile):
+    with torch.inference_mode(), packed_for_decoding(model, compile):
         run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile, decoder_input_ids,
                       return_scores)
         if opts.num_beams > 1:
@@ -201,7 +201,7 @@ def stream(model, input_ids: torch.Tensor, *, max_new_tokens: int, decode: Calla
     opts = _options(model, max_new_tokens, 1, do_sample, temperature, top_k, top_p, repetition_penalty, 1.0,
                     eos_token_id, pad_token_id, num_return_sequences, True, stop_strings, decode, stop, generator,
                     controls=controls)
-    with torch.inference_mode(), _packed(model, compile):
+    with torch.inference_mode(), packed_for_decoding(model, compile):
         run = _Runner(model, input_ids, attention_mask, opts, static_cache, max_len, compile)
         shown = [""] * run.out.shape[0]  # text already yielded, per row
         for step, tokens in enumerate(_sample_loop(run, opts)):
@@ -530,10 +530,11 @@ def _check_memory(model, input_ids, opts: _Options, positions: int, decoding) ->
                     f"{positions} positions)")
 
 
-def _packed(model, compile: bool = False):
+def packed_for_decoding(model, compile: bool = False):
     """Decode from packed copies of the large float32 and bfloat16 CPU weights (``qkv.nn.packed_weights``: up to
-    about twice the speed of a step on CPU) where the copies take at most half the memory available. Compiled steps choose their own
-    kernels: nothing to pack for them."""
+    about twice the speed of a step on CPU) where the copies take at most half the memory available. Compiled steps
+    choose their own kernels: nothing to pack for them. ``generate`` and ``stream`` enter it for their call; a loop
+    of calls (a file's batches) enters it once around them all, and the calls inside pack nothing again."""
     from .safety import available_bytes
     return contextlib.nullcontext() if compile else packed_weights(model, max_bytes=available_bytes() // 2)
 
@@ -851,22 +852,23 @@ def translate(model, tokenizer, sentences: list[str], *, num_beams: int = 1, max
     """Translate sentences with ``qkv.generate`` (greedy or beam search, ``compile`` as there), returning
     detokenized strings."""
     out = []
-    for i in range(0, len(sentences), batch_size):
-        chunk = sentences[i: i + batch_size]
-        ids = [tokenizer.encode(s) + [tokenizer.eos_id] for s in chunk]
-        width = max(len(x) for x in ids)
-        src = torch.full((len(ids), width), tokenizer.pad_id, dtype=torch.long)
-        for row, x in enumerate(ids):
-            src[row, : len(x)] = torch.tensor(x)
-        src = src.to(next(model.parameters()).device)
-        mask = src != tokenizer.pad_id
-        limit = min(max_new_tokens, model.config.max_positions - 1)
-        with torch.no_grad():
-            hyp = generate(model, src, attention_mask=mask, max_new_tokens=limit, num_beams=num_beams,
-                           eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, compile=compile)
-        for row in hyp.tolist():
-            row = [t for t in row if t != model.config.decoder_start_token_id] if row else row
-            if tokenizer.eos_id in row:
-                row = row[: row.index(tokenizer.eos_id)]
-            out.append(tokenizer.decode(row))
+    with packed_for_decoding(model, compile):  # once for every batch
+        for i in range(0, len(sentences), batch_size):
+            chunk = sentences[i: i + batch_size]
+            ids = [tokenizer.encode(s) + [tokenizer.eos_id] for s in chunk]
+            width = max(len(x) for x in ids)
+            src = torch.full((len(ids), width), tokenizer.pad_id, dtype=torch.long)
+            for row, x in enumerate(ids):
+                src[row, : len(x)] = torch.tensor(x)
+            src = src.to(next(model.parameters()).device)
+            mask = src != tokenizer.pad_id
+            limit = min(max_new_tokens, model.config.max_positions - 1)
+            with torch.no_grad():
+                hyp = generate(model, src, attention_mask=mask, max_new_tokens=limit, num_beams=num_beams,
+                               eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, compile=compile)
+            for row in hyp.tolist():
+                row = [t for t in row if t != model.config.decoder_start_token_id] if row else row
+                if tokenizer.eos_id in row:
+                    row = row[: row.index(tokenizer.eos_id)]
+                out.append(tokenizer.decode(row))
     return out

@@ -125,7 +125,7 @@ def test_a_bfloat16_model_decodes_from_packed_weights_with_the_same_tokens(monke
     with torch.no_grad(), packed_weights(model):
         assert len(packed_layers(model)) == 8
     packed = qkv.generate(model, prompt, max_new_tokens=12, eos_token_id=())
-    monkeypatch.setattr(importlib.import_module("qkv.generate"), "_packed",
+    monkeypatch.setattr(importlib.import_module("qkv.generate"), "packed_for_decoding",
                         lambda model, compile=False: contextlib.nullcontext())
     plain = qkv.generate(model, prompt, max_new_tokens=12, eos_token_id=())
     assert torch.equal(packed, plain)
@@ -139,3 +139,19 @@ def test_a_model_copied_inside_the_context_leaves_the_packed_copies_behind():
         twin = copy.deepcopy(model)  # an opaque oneDNN tensor has no storage to copy: it must not come along
         assert packed_layers(twin) == [] and len(packed_layers(model)) == 4
         torch.testing.assert_close(twin(ids), model(ids), rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_a_file_of_batches_packs_each_weight_once(monkeypatch):
+    from qkv.batching import generate_many
+    layers_module = importlib.import_module("qkv.nn.layers")
+    packed = []
+    real = layers_module.pack_weight
+    monkeypatch.setattr(layers_module, "pack_weight", lambda w: packed.append(w) or real(w))
+    model = wide_gpt(n_layers=1)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    answers = generate_many(model, prompts, max_new_tokens=3, tokens_per_batch=8, pad_token_id=0, eos_token_id=())
+    assert len(packed) == 4  # qkv, out, w_in, w_out: once for the run, not once per batch
+    one_by_one = [qkv.generate(model, torch.tensor([p]), max_new_tokens=3, eos_token_id=())[0, len(p):].tolist()
+                  for p in prompts]
+    assert [a.tokens for a in answers] == one_by_one
