@@ -63,14 +63,17 @@ def parse_args(argv=None):
     p.add_argument("--num-draft-tokens", type=int, default=4)
     p.add_argument("--prompt-lookup", type=int, default=8, help="prompt_lookup_num_tokens")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="passes over the prompts per method; the best is kept")
+    p.add_argument("--repeats", type=int, help="passes over the prompts per method; the best is kept (default 3, "
+                   "--quick 1)")
     p.add_argument("--device", default="cpu", help="where to train and decode (cuda on a GPU machine)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="decoding weights' dtype")
     p.add_argument("--skip-hf", action="store_true", help="leave transformers' assisted generation out")
     args = p.parse_args(argv)
     if args.quick:
         args.target_layers, args.target_width, args.draft_layers, args.draft_width = 4, 128, 1, 64
-        args.steps, args.block, args.prompts, args.prompt_length, args.new, args.repeats = 150, 128, 3, 32, 64, 1
+        args.steps, args.block, args.prompts, args.prompt_length, args.new = 150, 128, 3, 32, 64
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     counts = ("target_layers", "target_width", "draft_layers", "draft_width", "block", "batch", "prompts",
               "prompt_length", "new", "num_draft_tokens", "prompt_lookup", "threads", "repeats")
     for name in counts + ("steps", "draft_steps"):

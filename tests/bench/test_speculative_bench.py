@@ -44,7 +44,8 @@ def test_a_decode_longer_than_the_training_window_is_refused(bench, corpus, caps
 
 
 @pytest.mark.parametrize("argv, message", [(["--prompts", "0"], "--prompts 0: expected an int >= 1"),
-                                           (["--steps", "-1"], "--steps -1: expected an int >= 0")])
+                                           (["--steps", "-1"], "--steps -1: expected an int >= 0"),
+                                           (["--quick", "--repeats", "0"], "--repeats 0: expected an int >= 1")])
 def test_counts_out_of_range_are_refused_by_name(bench, corpus, argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--data", str(corpus), *argv])
@@ -65,3 +66,9 @@ def test_unusable_data_and_weights_end_in_one_line(bench, corpus, tmp_path, caps
     (other / "vocab.json").write_text('["a"]')
     with pytest.raises(SystemExit, match="holds vocab.json but no target/ model"):
         bench.main(["--data", str(corpus), "--weights", str(other), *TINY])
+
+
+def test_quick_keeps_a_repeats_the_user_gave(bench, corpus):
+    assert bench.parse_args(["--data", str(corpus), "--quick"]).repeats == 1
+    assert bench.parse_args(["--data", str(corpus), "--quick", "--repeats", "4"]).repeats == 4
+    assert bench.parse_args(["--data", str(corpus)]).repeats == 3
