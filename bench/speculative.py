@@ -261,8 +261,9 @@ def hf_methods(args, target, draft, prompts, greedy):
         qkv.to_hf(copy.deepcopy(target).cpu().float(), Path(tmp) / "t")  # exported in float32 from the host
         qkv.to_hf(copy.deepcopy(draft).cpu().float(), Path(tmp) / "d")
         dtype = getattr(torch, args.dtype)
-        hf_t, hf_d = (room_past_the_end(transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / name, dtype=dtype),
-                                        64).to(args.device).eval() for name in ("t", "d"))
+        load = transformers.AutoModelForCausalLM.from_pretrained
+        hf_t, hf_d = (room_past_the_end(load(Path(tmp) / name, dtype=dtype), 64).to(args.device).eval()
+                      for name in ("t", "d"))
     kwargs = dict(max_new_tokens=args.new, do_sample=False, pad_token_id=0)
     rows = []
     for name, extra in (("transformers greedy", {}), ("transformers assisted (same draft)", dict(assistant_model=hf_d)),

@@ -163,7 +163,8 @@ def generate(model, input_ids: torch.Tensor, *, max_new_tokens: int, num_beams: 
                                   min_p=min_p, typical_p=typical_p))
     if draft_model is not None or prompt_lookup_num_tokens is not None:
         from .speculative import speculative_generate
-        with packed_for_decoding(model), packed_for_decoding(draft_model or model):
+        draft_packs = contextlib.nullcontext() if draft_model is None else packed_for_decoding(draft_model)
+        with packed_for_decoding(model), draft_packs:
             return speculative_generate(model, input_ids, opts, attention_mask=attention_mask,
                                         draft_model=draft_model, num_draft_tokens=num_draft_tokens,
                                         adaptive=adaptive_draft, prompt_lookup_num_tokens=prompt_lookup_num_tokens,

@@ -11,7 +11,8 @@ from .rwkv6 import RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix
 from .rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 
 __all__ = ["MultiHeadAttention", "Block", "BlockWeights", "Cache", "CacheSnapshot", "CrossKVCache", "KVCache",
-           "LayerCache", "RecurrentCache", "FeedForward", "LayerNorm", "Linear", "RMSNorm", "make_norm", "packed_weights",
+           "LayerCache", "RecurrentCache", "FeedForward", "LayerNorm", "Linear", "RMSNorm", "make_norm",
+           "packed_weights",
            "ACTIVATIONS", "NORMS", "ALiBi", "LearnedPositions", "RotaryEmbedding", "SinusoidalPositions",
            "T5RelativeBias", "alibi_slopes", "LinearAttention", "MultiScaleRetention", "MemoryAttention",
            "retention_decays", "RWKVBlock", "RWKVTimeMix", "RWKVChannelMix", "RWKV5TimeMix", "RWKV6TimeMix",

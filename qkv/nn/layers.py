@@ -18,9 +18,7 @@ class Linear(nn.Linear):
     packed: tuple | None = None  # (the weight's identity when packed, pack_weight(weight)), set by packed_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self.packed
-        if torch.compiler.is_compiling():  # the compiler chooses its own kernels
-            return linear(x, self.weight, self.bias)
+        packed = None if torch.compiler.is_compiling() else self.packed  # a compiler chooses its own kernels
         if packed is not None and packed[0] != _identity(self.weight):
             packed = None  # the weight was replaced or changed in place since: multiply from the weight itself
         return linear(x, self.weight, self.bias, packed=None if packed is None else packed[1])

@@ -10,6 +10,7 @@ from .rope import apply_rope, rope_frequencies, rope_tables
 from .wkv import WKVState, wkv4
 
 __all__ = ["SCORES", "attention", "scores", "causal_mask", "global_mask", "padding_mask", "window_mask",
-           "apply_rope", "rope_frequencies", "rope_tables", "linear", "pack_weight", "linear_attention", "LinearAttentionState",
+           "apply_rope", "rope_frequencies", "rope_tables", "linear", "pack_weight", "linear_attention",
+           "LinearAttentionState",
            "retention", "RetentionState", "wkv4", "WKVState", "gla", "GLAState", "wkv5", "wkv6", "ssd",
            "delta_rule", "generalized_delta_rule", "wkv7", "DeltaRuleState"]
