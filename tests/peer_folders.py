@@ -108,13 +108,19 @@ def mbart_tokenizer_files(folder: Path, *, src_lang: str = "en_XX", tgt_lang: st
     return folder
 
 
-# Strings every format is tested on: accents, punctuation, spaces (runs, leading, trailing, tabs), characters
-# the models never saw (CJK, emoji, symbols), digits, capitals, the empty string.
-PROBES = ["", " ", "hola", "Hola, ¿qué tal?", "la canción del niño", "  two  spaces   here ", "tab\there",
-          "trailing space ", " leading", "naïve café — 3.5 €", "日本語 text", "emoji 🙂 here", "ÀÉÎÕÜ ñ Ñ",
-          "a.b,c!d?e;f:g", "(paréntesis) \"comillas\" 'simples'", "100 200 3000", "ß æ ø å œ", "x" * 40,
-          "new\nline", "ﬁ ligature ½ ①", "a </s> b", "<pad>x<unk>", "<extra_id_0> hueco <extra_id_3>",
-          "en_XX hola es_XX", "una <mask> más", ">>es<< hola", ">>xx<< nada", "end with tab\t"]
+# Strings every format is tested on: the empty string and whitespace alone (space, runs, tabs, newlines, CR LF,
+# no-break and zero-width spaces), leading / trailing / double spaces, accents composed (NFC) and decomposed (NFD),
+# punctuation, characters the models never saw (CJK, emoji, symbols), compatibility characters NFKC rewrites,
+# digits, capitals, very long words, and added tokens written in the text.
+PROBES = ["", " ", "  ", "\t", "\n", "\r\n", " \t\n ", "hola", "Hola, ¿qué tal?", "la canción del niño",
+          "la cancio\u0301n del nin\u0303o", "  two  spaces   here ", "tab\there", "\tleading tab", "a\tb\nc",
+          "trailing space ", " leading", "trailing newline\n", "a  ", "naïve café — 3.5 €", "nai\u0308ve cafe\u0301",
+          "日本語 text", "emoji 🙂 here", "🙂", "a🙂b", "ÀÉÎÕÜ ñ Ñ", "A\u0300E\u0301 n\u0303", "no\u00a0break\u00a0",
+          "zero\u200bwidth", "a.b,c!d?e;f:g", "¿¡...!?", "(paréntesis) \"comillas\" 'simples'", "100 200 3000",
+          "ß æ ø å œ", "x" * 40, "a" * 300, "superlargapalabrasinespaciosquenoterminanuncajamásdeveras" * 3,
+          "new\nline", "ﬁ ligature ½ ①", "ｆｕｌｌ ｗｉｄｔｈ", "a </s> b", "<pad>x<unk>",
+          "<extra_id_0> hueco <extra_id_3>", "en_XX hola es_XX", "una <mask> más", ">>es<< hola", ">>xx<< nada",
+          "end with tab\t"]
 
 
 # -- whole folders: tokenizer files + a tiny random transformers model + generation_config.json -------------------
