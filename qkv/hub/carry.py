@@ -101,11 +101,12 @@ def _unmapped(folder: Path, exported: StateDict) -> StateDict:
 
 
 def from_qkv_folder(folder) -> Kept:
-    """What a qkv model folder keeps for the way back (see the module docstring); empty for one that never came
-    from Hugging Face. A tokenizer/ qkv wrote (qkv_tokenizer.json) contributes the files transformers reads too."""
+    """What a qkv model folder keeps (see the module docstring): its tokenizer/ folder's files, whoever wrote them
+    (qkv's own qkv_tokenizer.json too: ``write_hf`` takes the ones transformers reads), and hf/."""
     folder = Path(folder)
     tok, hf = folder / TOKENIZER_DIR, folder / HF_DIR
-    kept = Kept(_files(tok, TOKENIZER_FILES) if tok.is_dir() else {})
+    kept = Kept(_files(safety.inside(folder, tok, what=f"{TOKENIZER_DIR}/ folder"),
+                       sorted(p.name for p in tok.iterdir())) if tok.is_dir() else {})
     if hf.is_dir():
         safety.inside(folder, hf, what=f"{HF_DIR}/ folder")
         kept.settings = _files(hf, SETTINGS_FILES)
@@ -144,7 +145,7 @@ def write_hf(kept: Kept, model, folder) -> tuple[Path, Kept]:
     same = kept.hf_config is not None and describes(kept.hf_config, model.config)
     path = to_hf(model, folder, source_config=kept.hf_config if same else None,
                  unmapped=kept.unmapped if same else None)
-    for name, src in {**kept.tokenizer, **kept.settings}.items():
+    tokenizer = {name: src for name, src in kept.tokenizer.items() if name in TOKENIZER_FILES}
+    for name, src in {**tokenizer, **kept.settings}.items():
         shutil.copyfile(src, path / name)
-    return path, Kept(kept.tokenizer, kept.settings, kept.hf_config if same else None,
-                      kept.unmapped if same else {})
+    return path, Kept(tokenizer, kept.settings, kept.hf_config if same else None, kept.unmapped if same else {})

@@ -138,3 +138,18 @@ def test_hugging_face_to_hugging_face_keeps_everything_too(tmp_path):
     read, written = _tensors(src), _tensors(tmp_path / "out")
     assert read.keys() == written.keys() and all(torch.equal(read[k], written[k]) for k in read)
     assert _side_files(tmp_path / "out") == _side_files(src)
+
+
+def test_qkv_to_qkv_keeps_the_tokenizer_folder_whole_and_to_hf_takes_what_transformers_reads(tmp_path):
+    """A qkv run's tokenizer/ (qkv_tokenizer.json: a character vocabulary) is copied as it is by a qkv -> qkv
+    conversion; --to-hf takes only Hugging Face tokenizer files, of which it has none."""
+    model = qkv.build(qkv.preset("gpt2-tiny"))
+    model.save(tmp_path / "run")
+    tok = qkv.data.CharTokenizer.train(iter(["to be or not to be"]))
+    tok.save(tmp_path / "run" / "tokenizer")
+    assert _cli("convert", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "copy"))[0] == 0
+    again = qkv.data.Tokenizer.load(tmp_path / "copy" / "tokenizer")
+    assert again.fingerprint() == tok.fingerprint()
+    rc, said = _cli("convert", "--checkpoint", str(tmp_path / "copy"), "--to-hf", "--out", str(tmp_path / "hf"))
+    assert rc == 0 and "kept: nothing besides the weights" in said
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
