@@ -70,8 +70,9 @@ def main(command: str, path: str) -> int:
               or f"{lock}: the newest releases are the locked ones")
         return 0
     if differ or unpinned:  # check
-        print(f"{lock} does not describe this venv: {'; '.join(differ + unpinned)}. "
-              f"Run `make lock` to update the lock on purpose.", file=sys.stderr)
+        print(f"{lock} does not describe this venv: {'; '.join(differ + unpinned)}. Installed by hand? "
+              f"`make clean test` starts from a fresh venv. A new dependency? `make lock` updates the lock on purpose.",
+              file=sys.stderr)
         return 1
     print(f"{lock}: all {len(have)} installed packages are the locked versions")
     return 0
