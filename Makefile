@@ -4,18 +4,24 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# The test lock: exact versions of everything the test extra installs. Tests run against it, never the day's
+# releases; `make lock` rewrites it on purpose, `make test-latest` shows what the newest releases would change.
+LOCK   := requirements/test.txt
+# The suites that compare qkv with a peer library (transformers, tokenizers, sentencepiece, rwkv, num2words)
+PARITY_TESTS = $(shell grep -rlE 'importorskip.{2}(transformers|tokenizers|sentencepiece|rwkv|num2words)' tests | sort)
 # e.g. make demo DEMO_ARGS="--src my.en --tgt my.es"
 DEMO_ARGS ?=
 # e.g. make explore EXPLORE_ARGS="--port 8001"
 EXPLORE_ARGS ?=
 
-.PHONY: test demo explore install clean
+.PHONY: test test-latest lock demo explore install clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]" "$(TORCH)"
+	$(PY) -m pip install -q -c $(LOCK) pip
+	$(PY) -m pip install -q -c $(LOCK) "$(TORCH)"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[test]" "$(TORCH)"
+	$(PY) requirements/lock.py check $(LOCK)
 	@$(PY) -c "import torch; print('torch', torch.__version__)"
 	touch $@
 
@@ -23,6 +29,26 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 tests
+
+# Not in CI: the newest releases of the test extra's peers (torch stays pinned) in a venv of their own, then the
+# parity suites, so a peer's change shows here before users see it. What differs from the lock is printed first.
+test-latest:
+	$(PYTHON) -m venv $(VENV)-latest
+	$(VENV)-latest/bin/python -m pip install -q --upgrade pip
+	$(VENV)-latest/bin/python -m pip install -q "$(TORCH)"
+	$(VENV)-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]" "$(TORCH)"
+	$(VENV)-latest/bin/python requirements/lock.py diff $(LOCK)
+	$(VENV)-latest/bin/python -m pytest -q -n 2 $(PARITY_TESTS)
+
+# Rewrite the lock from a clean venv with the newest releases (torch pinned); review the diff, run make test, commit.
+lock:
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install -q --upgrade pip
+	$(VENV)-lock/bin/python -m pip install -q "$(TORCH)"
+	$(VENV)-lock/bin/python -m pip install -q -e ".[test]" "$(TORCH)"
+	$(VENV)-lock/bin/python requirements/lock.py write $(LOCK)
+	rm -rf $(VENV)-lock
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/qkv demo --out runs/demo $(DEMO_ARGS)
@@ -32,4 +58,4 @@ explore: $(VENV)/.installed
 	$(VENV)/bin/qkv explore --checkpoint runs/demo $(EXPLORE_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV)-latest $(VENV)-lock runs .pytest_cache

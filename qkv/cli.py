@@ -173,16 +173,26 @@ def _convert(args):
     if out.is_dir() and any(out.iterdir()):
         raise CLIError(f"--out {out}: the folder exists and is not empty; expected a new (or empty) folder (qkv "
                        f"never writes over files)")
+    from .hub import carry  # what a round trip keeps besides the weights: tokenizer, settings, unmapped tensors
+    kept = carry.Kept()
     if args.from_hf:
         model = qkv.from_hf(args.from_hf)
+        kept = carry.from_hf_folder(args.from_hf, model)
     elif args.from_rwkv:
         if not hasattr(qkv, "from_rwkv"):
             raise CLIError("RWKV checkpoints are not supported in this build")
         model = qkv.from_rwkv(args.from_rwkv)
     else:
-        model = qkv.load(_model_folder(args.checkpoint))
-    path = qkv.to_hf(model, args.out) if args.to_hf else model.save(args.out)
-    print(f"wrote {path} ({model.num_parameters():,} parameters, {'Hugging Face' if args.to_hf else 'qkv'} format)")
+        folder = _model_folder(args.checkpoint)
+        model = qkv.load(folder)
+        kept = carry.from_qkv_folder(folder)
+    if args.to_hf:
+        path, kept = carry.write_hf(kept, model, args.out)
+    else:
+        path = model.save(args.out)
+        carry.write_qkv(kept, path)
+    print(f"wrote {path} ({model.num_parameters():,} parameters, {'Hugging Face' if args.to_hf else 'qkv'} format); "
+          f"kept: {kept.summary()}")
     return 0
 
 

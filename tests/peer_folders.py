@@ -108,13 +108,19 @@ def mbart_tokenizer_files(folder: Path, *, src_lang: str = "en_XX", tgt_lang: st
     return folder
 
 
-# Strings every format is tested on: accents, punctuation, spaces (runs, leading, trailing, tabs), characters
-# the models never saw (CJK, emoji, symbols), digits, capitals, the empty string.
-PROBES = ["", " ", "hola", "Hola, ¿qué tal?", "la canción del niño", "  two  spaces   here ", "tab\there",
-          "trailing space ", " leading", "naïve café — 3.5 €", "日本語 text", "emoji 🙂 here", "ÀÉÎÕÜ ñ Ñ",
-          "a.b,c!d?e;f:g", "(paréntesis) \"comillas\" 'simples'", "100 200 3000", "ß æ ø å œ", "x" * 40,
-          "new\nline", "ﬁ ligature ½ ①", "a </s> b", "<pad>x<unk>", "<extra_id_0> hueco <extra_id_3>",
-          "en_XX hola es_XX", "una <mask> más", ">>es<< hola", ">>xx<< nada", "end with tab\t"]
+# Strings every format is tested on: the empty string and whitespace alone (space, runs, tabs, newlines, CR LF,
+# no-break and zero-width spaces), leading / trailing / double spaces, accents composed (NFC) and decomposed (NFD),
+# punctuation, characters the models never saw (CJK, emoji, symbols), compatibility characters NFKC rewrites,
+# digits, capitals, very long words, and added tokens written in the text.
+PROBES = ["", " ", "  ", "\t", "\n", "\r\n", " \t\n ", "hola", "Hola, ¿qué tal?", "la canción del niño",
+          "la cancio\u0301n del nin\u0303o", "  two  spaces   here ", "tab\there", "\tleading tab", "a\tb\nc",
+          "trailing space ", " leading", "trailing newline\n", "a  ", "naïve café — 3.5 €", "nai\u0308ve cafe\u0301",
+          "日本語 text", "emoji 🙂 here", "🙂", "a🙂b", "ÀÉÎÕÜ ñ Ñ", "A\u0300E\u0301 n\u0303", "no\u00a0break\u00a0",
+          "zero\u200bwidth", "a.b,c!d?e;f:g", "¿¡...!?", "(paréntesis) \"comillas\" 'simples'", "100 200 3000",
+          "ß æ ø å œ", "x" * 40, "a" * 300, "superlargapalabrasinespaciosquenoterminanuncajamásdeveras" * 3,
+          "new\nline", "ﬁ ligature ½ ①", "ｆｕｌｌ ｗｉｄｔｈ", "a </s> b", "<pad>x<unk>",
+          "<extra_id_0> hueco <extra_id_3>", "en_XX hola es_XX", "una <mask> más", ">>es<< hola", ">>xx<< nada",
+          "end with tab\t"]
 
 
 # -- whole folders: tokenizer files + a tiny random transformers model + generation_config.json -------------------
@@ -242,4 +248,61 @@ def qwen3_folder(folder: Path) -> Path:
     config = transformers.Qwen3Config(vocab_size=size, eos_token_id=0, head_dim=8, tie_word_embeddings=True,
                                       **_DECODER)
     _randomize(transformers.Qwen3ForCausalLM(config), 0.3).save_pretrained(folder)
+    return folder
+
+
+def bert_tokenizer_files(folder: Path) -> int:
+    """A BERT-style WordPiece tokenizer trained on generated text: tokenizer.json ([CLS] text [SEP]), vocab.txt and
+    tokenizer_config.json, as bert-base-uncased ships them. Returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(corpus(seed=4), trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials,
+                                                                      show_progress=False))
+    tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
+                                                   ("[CLS]", tok.token_to_id("[CLS]")))
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    vocab = tok.get_vocab()
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")
+    _json(folder / "tokenizer_config.json", {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+                                             "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                                             "cls_token": "[CLS]", "mask_token": "[MASK]", "model_max_length": 64})
+    return tok.get_vocab_size()
+
+
+def bert_folder(folder: Path, architecture: str = "BertModel") -> Path:
+    """A bert-base-shaped folder: WordPiece tokenizer files and a random model of ``architecture`` (BertModel
+    holds a pooler; BertForPreTraining a pooler and the next-sentence head too)."""
+    import transformers
+    size = bert_tokenizer_files(folder)
+    config = transformers.BertConfig(vocab_size=size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=64, pad_token_id=0)
+    _randomize(getattr(transformers, architecture)(config), 0.3).save_pretrained(folder)
+    return folder
+
+
+def mistral_folder(folder: Path) -> Path:
+    """Mistral's shape: a sliding window narrower than the positions, untied embeddings."""
+    import transformers
+    size = _byte_bpe(folder, specials=["<s>", "</s>"], bos="<s>", eos="</s>")
+    config = transformers.MistralConfig(vocab_size=size, bos_token_id=0, eos_token_id=1, sliding_window=8,
+                                        tie_word_embeddings=False, **_DECODER)
+    _randomize(transformers.MistralForCausalLM(config), 0.3).save_pretrained(folder)
+    return folder
+
+
+def vit_folder(folder: Path) -> Path:
+    """A ViT image classifier with its image processor's preprocessor_config.json."""
+    import transformers
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                                    image_size=16, patch_size=4, num_labels=5)
+    _randomize(transformers.ViTForImageClassification(config), 0.3).save_pretrained(folder)
+    _json(folder / "preprocessor_config.json", {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+                                                "size": {"height": 16, "width": 16}, "do_normalize": True,
+                                                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                                                "do_rescale": True, "rescale_factor": 1 / 255, "resample": 2})
     return folder

@@ -15,9 +15,11 @@ template around the text, the added tokens), never a branch on the format's name
 tokenizer_config.json / special_tokens_map.json name the special tokens and the languages; added tokens (special
 tokens, sentinels, language codes) are matched in the text before SentencePiece sees it, as transformers does.
 
-One known difference from transformers 5 (tested): its mBART-25 tokenizer skips SentencePiece's NFKC normalisation,
-so compatibility characters (ligatures, fractions, circled digits) get other ids there; qkv keeps the model's own
-normalisation, as SentencePiece, fairseq and transformers 4 do.
+The reference is the library the models were trained with: between added tokens, ``encode`` gives exactly the ids
+of ``sentencepiece``'s own encoding (so " " encodes as nothing and a trailing space is dropped, in every format),
+and ``decode`` gives sentencepiece's own decoding of the model's pieces. Where transformers' tokenizers differ from
+sentencepiece, qkv follows sentencepiece; docs/tokenizers.md lists the differences seen, with the version, and
+tests/data/test_sentencepiece.py keeps that list true.
 """
 from __future__ import annotations
 
@@ -71,11 +73,9 @@ class SentencePieceTokenizer(Tokenizer):
         prefix, suffix: tokens put before / after the text by ``encode(add_special=True)``; "{src_lang}" stands for
             the current source language (``src_lang``), or the target language (``tgt_lang``, default
             ``src_lang`` as in transformers) in ``encode_target``.
-        keep_trailing_space: a text (or a piece between added tokens) ending in whitespace keeps a final "▁" token,
-            as transformers' mBART-50 tokenizer does.
         language_prefix: a text starting ">>xx<<" puts that token first (Marian's multilingual targets).
-        strip_decoded: the decoding model joins the pieces and the text loses its leading and trailing spaces
-            (Marian); otherwise "▁" becomes a space, except the one before the first piece.
+        strip_decoded: the decoded text loses its leading and trailing spaces, and a "▁" in a piece the decoding
+            model lacks (Marian's vocab.json is shared by both sides) is a space, as in Marian's output.
     """
     kind = "sentencepiece"
 
@@ -83,7 +83,7 @@ class SentencePieceTokenizer(Tokenizer):
                  fixed: Mapping[str, int] | None = None, offset: int = 0, added: Mapping[str, int] | None = None,
                  lstrip: Iterable[str] = (), rstrip: Iterable[str] = (), specials: Mapping[str, str],
                  prefix: Iterable[str] = (), suffix: Iterable[str] = (), src_lang: str | None = None,
-                 tgt_lang: str | None = None, keep_trailing_space: bool = False, language_prefix: bool = False, strip_decoded: bool = False):
+                 tgt_lang: str | None = None, language_prefix: bool = False, strip_decoded: bool = False):
         super().__init__(specials)
         self._model, self._decode_model = model, decode_model
         self.sp = _processor(model)
@@ -94,7 +94,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.lstrip, self.rstrip = set(lstrip), set(rstrip)
         self.prefix, self.suffix = list(prefix), list(suffix)
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
-        self.keep_trailing_space, self.language_prefix = keep_trailing_space, language_prefix
+        self.language_prefix = language_prefix
         self.strip_decoded = strip_decoded
         missing = [t for t in self.specials.values() if self.token_to_id(t) is None]
         if missing:
@@ -166,13 +166,10 @@ class SentencePieceTokenizer(Tokenizer):
         return out
 
     def _encode_text(self, text: str, sp=None) -> list[int]:
+        """SentencePiece's own pieces of ``text``, as this folder numbers them (whitespace the model's normaliser
+        removes, a lone or trailing space among it, gives no piece)."""
         unk = self.unk_id
-        ids = []
-        for piece in (sp or self.sp).encode(text, out_type=str):
-            ids.append(self._piece_id(piece, unk))
-        if self.keep_trailing_space and text[-1:].isspace():
-            ids.append(self._piece_id(SPIECE_UNDERLINE, unk))
-        return ids
+        return [self._piece_id(piece, unk) for piece in (sp or self.sp).encode(text, out_type=str)]
 
     def encode(self, text: str, add_special: bool = False, *, target: bool = False,
                max_len: int | None = None) -> list[int]:
@@ -239,8 +236,12 @@ class SentencePieceTokenizer(Tokenizer):
 
     # -- ids -> text -------------------------------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """The text of ``ids`` as sentencepiece decodes the model's pieces: "▁" is a space, and the spaces before
+        the first word are dropped (all of them, as sentencepiece does, where transformers keeps all but one).
+        ``skip_special=False`` keeps special and added tokens as their strings between the decoded runs."""
         skip = set(self.special_ids) | set(self.added.values()) if skip_special else set()
-        pieces = []
+        not_pieces = set(self.added.values()) | set(self.fixed.values())
+        runs: list[list[str] | str] = [[]]  # runs of the model's pieces, with kept special tokens between them
         for i in ids:
             i = int(i)
             if i in skip:
@@ -248,12 +249,24 @@ class SentencePieceTokenizer(Tokenizer):
             token = self.id_to_token(i)
             if token is None:
                 raise ValueError(f"ids: {i} is outside the vocabulary [0, {self.vocab_size})")
-            pieces.append(token)
-        if self.strip_decoded:  # Marian: the target model joins the pieces, the ends are trimmed
-            return self.sp_decode.decode_pieces(pieces).replace(SPIECE_UNDERLINE, " ").strip()
-        # "▁" is a space, except the one SentencePiece put before the first word (transformers' Metaspace decoder)
-        text = "".join(pieces)
-        return (text[1:] if text.startswith(SPIECE_UNDERLINE) else text).replace(SPIECE_UNDERLINE, " ")
+            if i in not_pieces:
+                runs += [token, []]
+            else:
+                runs[-1].append(token)
+        text = ""
+        for k, run in enumerate(runs):
+            if isinstance(run, str):
+                text += run
+            elif run:
+                piece_text = self._decode_pieces(run)
+                # sentencepiece drops a run's leading spaces as the start of a text; inside one they are words' own
+                text += (" " if k and run[0].startswith(SPIECE_UNDERLINE) else "") + piece_text
+        return text.strip() if self.strip_decoded else text
+
+    def _decode_pieces(self, pieces: list[str]) -> str:
+        text = self.sp_decode.decode_pieces(pieces)
+        # a piece the decoding model lacks comes back as it is written; its "▁" are spaces all the same (Marian)
+        return text.replace(SPIECE_UNDERLINE, " ") if self.strip_decoded else text
 
     def tokens(self, text: str) -> list[str]:
         return [(self.id_to_token(i) or "").replace(SPIECE_UNDERLINE, " ") for i in self.encode(text)]
@@ -262,7 +275,7 @@ class SentencePieceTokenizer(Tokenizer):
     def _fields(self) -> dict:
         return {"vocab": self.vocab, "fixed": self.fixed, "offset": self.offset, "added": self.added,
                 "lstrip": sorted(self.lstrip), "rstrip": sorted(self.rstrip), "prefix": self.prefix,
-                "suffix": self.suffix, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang, "keep_trailing_space": self.keep_trailing_space,
+                "suffix": self.suffix, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
                 "language_prefix": self.language_prefix, "strip_decoded": self.strip_decoded}
 
     def _save_files(self, directory: Path) -> dict:
@@ -274,8 +287,10 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def _from_meta(cls, directory: Path, meta: dict) -> "SentencePieceTokenizer":
         fields = {k: meta[k] for k in ("vocab", "fixed", "offset", "added", "lstrip", "rstrip", "prefix", "suffix",
-                                       "src_lang", "keep_trailing_space", "language_prefix", "strip_decoded")}
+                                       "src_lang", "language_prefix", "strip_decoded")}
         fields["tgt_lang"] = meta.get("tgt_lang")  # absent in tokenizers saved before targets named their language
+        # "keep_trailing_space" (mBART-50's extra "▁" after trailing whitespace, saved before qkv followed
+        # sentencepiece there) is ignored: the model's library never made that piece
         decode = "sentencepiece.decode.model"
         return cls(_read_bytes(directory, "sentencepiece.model"),
                    decode_model=_read_bytes(directory, decode) if (directory / decode).is_file() else None,
@@ -414,7 +429,7 @@ def _mbart(folder: Path, config: dict) -> SentencePieceTokenizer:
     template = dict(prefix=["{src_lang}"], suffix=[roles["eos"]]) if fifty else \
         dict(prefix=[], suffix=[roles["eos"], "{src_lang}"])
     return SentencePieceTokenizer(model, fixed=_FAIRSEQ, offset=1, added=added, lstrip=lstrip, rstrip=rstrip,
-                                  specials=roles, src_lang=src_lang, tgt_lang=config.get("tgt_lang"), keep_trailing_space=fifty, **template)
+                                  specials=roles, src_lang=src_lang, tgt_lang=config.get("tgt_lang"), **template)
 
 
 # file that identifies the layout -> reader

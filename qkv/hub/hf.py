@@ -94,6 +94,13 @@ def read_weights(folder: Path, *, shapes_only: bool = False) -> StateDict:
 
 # -- the two entry points ----------------------------------------------------------------------------------------
 
+def hf_folder(path) -> Path:
+    """The folder that holds config.json for a Hugging Face folder or hub id (a sentence-transformers folder may keep
+    it in a sub-folder)."""
+    from .resolve import resolve
+    return _resolve_folder(resolve(path))
+
+
 def hf_config(path) -> ModelConfig:
     """The qkv config of a Hugging Face folder or hub id, reading no weights (``config.json`` translated by the
     folder's converter). ValueError names an unsupported architecture or a missing or mistyped field."""
@@ -192,6 +199,22 @@ def hf_type_for(config: ModelConfig) -> str:
                      + "; ".join(f"{t}: {r}" for t, r in reasons.items()))
 
 
+def describes(hf_config: dict, config: ModelConfig) -> bool:
+    """Whether a config.json (a dict) describes exactly the model of ``config``: its converter reads it back as
+    ``config``, dropout rates, ``extra`` and the fields the architecture never reads aside."""
+    import dataclasses
+    conv = CONVERTERS.get(hf_config.get("model_type"))
+    if conv is None or config.extra.get("hf_model_type", hf_config.get("model_type")) != conv.model_type:
+        return False
+    try:
+        back = conv.config_from_hf(hf_config)
+    except (ValueError, KeyError, TypeError):
+        return False
+    ignored = _TRAINING_ONLY | conv.unused
+    return all(getattr(back, f.name) == getattr(config, f.name) for f in dataclasses.fields(config)
+               if f.name not in ignored)
+
+
 def check_against_weights(config: ModelConfig, conv: Converter, folder: Path, *,
                           optional: set[str] = frozenset()) -> None:
     """Check what config.json declares against the weights files' shapes, reading no tensor and building nothing:
@@ -218,10 +241,15 @@ def check_against_weights(config: ModelConfig, conv: Converter, folder: Path, *,
     safety.check_model_fits(config, source=str(folder / "config.json"))
 
 
-def to_hf(model, path) -> Path:
+def to_hf(model, path, *, source_config: dict | None = None, unmapped: StateDict | None = None) -> Path:
     """Write ``model`` as a Hugging Face folder (config.json + model.safetensors) that ``transformers`` loads.
     A model that did not come from Hugging Face (``config.extra['hf_model_type']`` unset, e.g. built from a
-    preset) goes out as the architecture that holds its config exactly (``hf_type_for``)."""
+    preset) goes out as the architecture that holds its config exactly (``hf_type_for``).
+
+    source_config: the config.json the model came from, when it still ``describes`` the model: its other fields
+    (its ``architectures``: BertForPreTraining rather than the BertForMaskedLM qkv would name) are kept, the ones
+    qkv writes win. unmapped: tensors no qkv weight holds (BERT's pooler without a classifier), written as they are
+    beside the mapped ones (``qkv.hub.carry``); a name the map writes too is refused."""
     from safetensors.torch import save_file
     config = model.config
     model_type = config.extra.get("hf_model_type")
@@ -237,12 +265,21 @@ def to_hf(model, path) -> Path:
         raise ValueError(f"cannot export this model as {model_type}: that architecture holds {conv.family!r} models, "
                          f"this one is {config.family!r} (set config.extra['hf_model_type'] to one of "
                          f"{sorted(t for t, c in CONVERTERS.items() if c.family == config.family)})")
+    if source_config is not None and not describes(source_config, config):
+        raise ValueError(f"source_config: a {source_config.get('model_type')!r} config.json that does not describe "
+                         f"this model (its shape changed since); export without it")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     hf_config = {"model_type": model_type, "architectures": [conv.architecture], **conv.config_to_hf(config)}
+    if source_config is not None:
+        hf_config = {**source_config, **hf_config, "architectures": source_config.get("architectures")
+                     or hf_config["architectures"]}
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
     state = {k: v.detach().contiguous() for k, v in conv.state_to_hf(model.state_dict(), config).items()}
+    clash = sorted(set(state) & set(unmapped or {}))
+    if clash:
+        raise ValueError(f"unmapped: {clash[:5]} are weights the {model_type} map writes itself; expected only "
+                         f"tensors no qkv weight holds")
+    state.update({k: v.detach().contiguous() for k, v in (unmapped or {}).items()})
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
-
-

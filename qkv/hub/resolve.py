@@ -13,7 +13,7 @@ from pathlib import Path
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # What qkv reads from a model repository: configs, weights (safetensors, else the .bin files), tokenizer files.
-_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.spm", "*.txt", "*.tiktoken"]
+_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.spm", "*.txt", "*.tiktoken", "*.jinja"]
 
 
 def is_repo_id(name: str) -> bool:

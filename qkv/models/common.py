@@ -50,7 +50,7 @@ class QKVModel(nn.Module):
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         seen, total = set(), 0
         for name, p in self.named_parameters():
-            if id(p) in seen or (exclude_embeddings and isinstance(self.get_submodule(name.rsplit(".", 1)[0]),
+            if id(p) in seen or (exclude_embeddings and isinstance(self.get_submodule(name.rpartition(".")[0]),
                                                                    (nn.Embedding,))):
                 continue
             seen.add(id(p))
