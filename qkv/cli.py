@@ -717,7 +717,8 @@ def _eval_classifier(model, tok, args):
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo); an interrupted run "
                                                       "resumes from its last checkpoint with its saved tokenizer, a "
-                                                      "finished one is evaluated again without training")
+                                                      "finished one is evaluated again without training; a folder "
+                                                      "holding anything else is refused (see --overwrite)")
     p.add_argument("--src", help="your own source-language file, one sentence a line (default: qkv's generated "
                                  "English -> Spanish task)")
     p.add_argument("--tgt", help="the target-language file aligned with --src")
