@@ -200,12 +200,14 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     out = Path(out_dir)
     if (src is None) != (tgt is None):
         raise ValueError("give both --src and --tgt (aligned files), or neither for the built-in task")
-    check_demo_folder(out, overwrite, echo)
-    try:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, expected a folder")
+    try:  # the lock first: a second demo must not clear or write the folder of one that is running
         lock = RunLock(out).__enter__()
     except ValueError as e:
         raise ValueError(str(e).replace("out_dir=", "--out ").replace("--out-dir", "--out")) from None
     try:
+        check_demo_folder(out, overwrite, echo)
         with writing(out / MARKER):
             safety.write_atomic(out / MARKER, json.dumps({"written_by": "qkv demo"}) + "\n")
         result = _run_demo(out, src, tgt, val_src, val_tgt, test_src, test_tgt, max_steps=max_steps,

@@ -81,12 +81,15 @@ def test_a_demo_folder_of_its_own_is_recognised_new_and_old(tmp_path):
     assert set(DEMO_FILES) >= {"data", "train", "results.json", "explorer.html", MARKER}
 
 
-def test_a_second_demo_into_a_folder_in_use_is_refused_naming_out(tmp_path, capsys):
+def test_a_second_demo_into_a_folder_in_use_is_refused_naming_out_and_clears_nothing(tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()
+    (out / MARKER).write_text("{}\n")
+    (out / "explorer.html").write_text("the running demo's\n")
     with RunLock(out):
-        line = refused(capsys, ["demo", "--out", out, *TINY], "--out", "in use by another qkv run")
+        line = refused(capsys, ["demo", "--out", out, "--overwrite", *TINY], "--out", "in use by another qkv run")
     assert "--out-dir" not in line
+    assert (out / "explorer.html").read_text() == "the running demo's\n"  # --overwrite waits for the lock
 
 
 def test_a_full_disk_is_one_line_naming_the_path_and_what_to_do(tmp_path, capsys, monkeypatch):
