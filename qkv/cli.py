@@ -43,6 +43,18 @@ def _warn_once(key: str, text: str) -> None:
         print(f"qkv: warning: {text}", file=sys.stderr)
 
 
+def _warn_loop(where: str, tokens, limit, tok, eos=None) -> None:
+    """One line on stderr when a decode's new tokens ran to ``limit`` repeating themselves (``qkv.repetition``):
+    its score says nothing of it. ``where`` names the input line."""
+    from .repetition import describe, repetition
+    tokens = list(tokens)
+    ended = eos is not None and eos in tokens
+    found = None if limit is None else repetition(tokens, hit_limit=not ended and len(tokens) >= limit)
+    if found is not None:
+        print(f"qkv: warning: {where}: the output {describe(found, tok.decode(list(found.unit)), limit=limit)}",
+              file=sys.stderr)
+
+
 def _encode(tok, text: str, flag: str, *, add_special: bool = False) -> list[int]:
     """``tok.encode(text)``, warning (once, on stderr) when pieces of the text are not in the vocabulary and
     become the unknown token: the model then sees <unk>, not the text."""
@@ -458,6 +470,7 @@ def _generate(args):
         def show(i, tokens, score):
             text = "" if tokens is None else tok.decode(inputs[i] + tokens) if hf else lines[i] + tok.decode(tokens)
             print(_on_one_line(text) + (f"\t{score:.4f}" if score is not None else ""), flush=True)
+            _warn_loop(f"--file {args.file} line {i + 1}", tokens or [], kwargs.get("max_new_tokens"), tok)
         _decode_lines(model, inputs, kwargs, args, show)
         return 0
     for line in (lines if lines is not None else [args.prompt]):
@@ -489,6 +502,9 @@ def _generate_one(args, model, tok, prompt, hf, spec):
             # --hf: transformers' batch_decode(skip_special_tokens=True) of prompt + continuation
             text = tok.decode(row) if hf else prompt + tok.decode(row[len(ids):])
             print(text + (f"\t{scores[r]:.4f}" if scores else ""))
+        if len(rows) == 1:
+            _warn_loop(f"--prompt {prompt!r}", rows[0, len(ids):].tolist(), kwargs.get("max_new_tokens"), tok,
+                       kwargs.get("eos_token_id", model.config.eos_token_id))
         return 0
     for name in ("length_penalty", "early_stopping"):  # beam search's
         kwargs.pop(name, None)
@@ -508,6 +524,8 @@ def _generate_one(args, model, tok, prompt, hf, spec):
         final = tok.decode(ids + generated)
         print(final[len(shown):] if final.startswith(shown) else "\n" + final, end="")
     print()
+    _warn_loop(f"--prompt {prompt!r}", generated, kwargs.get("max_new_tokens"), tok,
+               kwargs.get("eos_token_id", model.config.eos_token_id))
     return 0
 
 
@@ -573,6 +591,8 @@ def _translate(args):
         def show(i, tokens, score):
             text = "" if tokens is None else tok.decode(tokens)
             print(_on_one_line(text) + (f"\t{score:.4f}" if score is not None else ""), flush=True)
+            _warn_loop(f"--file {args.file} line {i + 1}" if args.file else f"--text {sentences[i]!r}", tokens or [],
+                       kwargs.get("max_new_tokens"), tok)
         _decode_lines(model, inputs, kwargs, args, show)
         return 0
     if hf:
@@ -593,15 +613,18 @@ def _translate(args):
     if args.tgt_lang:
         kwargs["forced_bos_token_id"] = forced_bos
     kwargs.pop("num_beams")  # 1 here, or sampling (refused with beams by generate)
-    for s in sentences:  # greedy or sampling: token by token
+    for n, s in enumerate(sentences, 1):  # greedy or sampling: token by token
         if not s.strip():
             print()
             continue
-        src = torch.tensor([tok.encode(s) + [tok.eos_id]])
+        src, new = torch.tensor([tok.encode(s) + [tok.eos_id]]), []
         for chunk in stream(model, src, decode=tok.decode, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
                             compile=args.compile, **kwargs):
+            new.append(int(chunk.tokens[0]))
             print(chunk.text[0], end="", flush=True)
         print()
+        _warn_loop(f"--file {args.file} line {n}" if args.file else f"--text {s!r}", new,
+                   kwargs["max_new_tokens"], tok, tok.eos_id)
     return 0
 
 
@@ -704,7 +727,8 @@ def _eval_classifier(model, tok, args):
 def _demo_args(p):
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo); an interrupted run "
                                                       "resumes from its last checkpoint with its saved tokenizer, a "
-                                                      "finished one is evaluated again without training")
+                                                      "finished one is evaluated again without training; a folder "
+                                                      "holding anything else is refused (see --overwrite)")
     p.add_argument("--src", help="your own source-language file, one sentence a line (default: qkv's generated "
                                  "English -> Spanish task)")
     p.add_argument("--tgt", help="the target-language file aligned with --src")
@@ -713,7 +737,10 @@ def _demo_args(p):
     p.add_argument("--val-tgt", help="held-out target file (with --val-src)")
     p.add_argument("--max-steps", type=int, help="training steps (default: the demo's tuned value)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, weights and order (default: 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace what the demo writes in --out (data/, train/, "
+                                                           "results.json, figures, explorer.html) even where no demo "
+                                                           "made it; other files are left alone")
 
 
 def _demo(args):
@@ -721,7 +748,7 @@ def _demo(args):
     from .demo import run_demo
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     run_demo(args.out, src=args.src, tgt=args.tgt, val_src=args.val_src, val_tgt=args.val_tgt,
-             max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)
+             max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
@@ -747,6 +774,18 @@ def _explore(args):
             examples.append(explorer.example(text))
         except ExploreInputError as e:
             raise CLIError(f"--text {text!r}: {e}") from None
+    if not args.text and getattr(args, "checkpoint", None):  # a demo's folder: the examples its explorer.html shows
+        from .demo_folder import saved_examples
+        try:
+            saved = saved_examples(args.checkpoint)
+        except ValueError as e:
+            saved = []
+            _warn_once("examples", f"{_one_line(e)}; the explorer opens without the demo's examples")
+        for label, text in saved:
+            try:
+                examples.append(explorer.example(text, label=label))
+            except ExploreInputError as e:
+                _warn_once("examples", f"the demo's example {text!r} is left out: {e}")
     server = make_server(explorer, port=args.port, examples=examples)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     print(f"serving the explorer at {url} (this machine only); Ctrl-C stops it", flush=True)

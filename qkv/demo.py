@@ -14,18 +14,23 @@
    HTML explorer (several sentences, every layer and head, the beam search step by step).
 
 Run it again on the same folder: a finished run is evaluated again from its checkpoint (no retraining), an
-interrupted one resumes from its last checkpoint with the tokenizer saved there.
+interrupted one resumes from its last checkpoint with the tokenizer saved there. A folder holding anything else is
+refused, as ``qkv train`` refuses an earlier run (``check_demo_folder``): the demo never overwrites a file it did
+not write, unless told to (``overwrite``). A full disk is one line naming the file being written.
 """
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from .demo_folder import MARKER, check_demo_folder, writing
 
 log = logging.getLogger("qkv.demo")
 
@@ -181,47 +186,147 @@ def _percent(x: float) -> str:
 
 def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=None, test_src=None, test_tgt=None,
              max_steps: int | None = None, n_train: int = DEMO_PAIRS, n_test: int = 500, n_fresh: int = 500,
-             n_examples: int = 6, seed: int = 0, show: int = 10, progress: bool = True, echo=print) -> DemoResult:
+             n_examples: int = 6, seed: int = 0, show: int = 10, progress: bool = True, overwrite: bool = False,
+             echo=print) -> DemoResult:
     """Run the whole demo; ``echo`` prints the report (the CLI passes print). Returns the measured DemoResult.
 
     A folder that holds a finished run is evaluated again without training; one that holds an interrupted run
-    resumes it with the tokenizer saved in its last checkpoint."""
-    from . import data as qd
-    from . import checkpoint as ckpt
-    from . import viz
-    from .config import TrainConfig
-    from .data.demo_task import fresh_numbers, kind_of
-    from .explore import Explorer
-    from .generate import translate
-    from .models.build import load
-    from .presets import preset
-    from .train import train
-
+    resumes it with the tokenizer saved in its last checkpoint; a folder holding anything else is refused unless
+    ``overwrite`` (``check_demo_folder``). One demo at a time in a folder (``qkv.checkpoint.RunLock``). progress:
+    bars with the time left, for training and for the evaluation after it."""
+    from . import safety
+    from .checkpoint import RunLock
     begun = time.time()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: a file, expected a folder")
-    out.mkdir(parents=True, exist_ok=True)
     if (src is None) != (tgt is None):
         raise ValueError("give both --src and --tgt (aligned files), or neither for the built-in task")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, expected a folder")
+    try:  # the lock first: a second demo must not clear or write the folder of one that is running
+        lock = RunLock(out).__enter__()
+    except ValueError as e:
+        raise ValueError(str(e).replace("out_dir=", "--out ").replace("--out-dir", "--out")) from None
+    try:
+        check_demo_folder(out, overwrite, echo)
+        with writing(out / MARKER):
+            safety.write_atomic(out / MARKER, json.dumps({"written_by": "qkv demo"}) + "\n")
+        result = _run_demo(out, src, tgt, val_src, val_tgt, test_src, test_tgt, max_steps=max_steps,
+                           n_train=n_train, n_test=n_test, n_fresh=n_fresh, n_examples=n_examples, seed=seed,
+                           show=show, progress=progress, echo=echo, begun=begun)
+    finally:
+        lock.__exit__(None, None, None)
+    wall = time.time() - begun
+    echo(f"the demo took {_duration(wall)} in all" + (f" ({_duration(result.train_seconds)} of training)"
+                                                       if not result.reused else " (no training: evaluated again)"))
+    return result
+
+
+def _duration(seconds: float) -> str:
+    """'2 min 05 s' or '48 s'."""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
+
+
+def _translate_all(model, tokenizer, jobs, max_new: int, progress: bool) -> list[list[str]]:
+    """The translations of each job (sentences, beams), in batches of 64 under one bar with the time left."""
+    from tqdm.auto import tqdm
+    from .generate import translate
+    total = sum(len(sentences) for sentences, _ in jobs)
+    outputs = []
+    with tqdm(total=total, file=sys.stderr, unit="sentence", dynamic_ncols=True, desc="evaluate",
+              disable=not progress) as bar:
+        for sentences, beams in jobs:
+            done = []
+            for i in range(0, len(sentences), 64):
+                done += translate(model, tokenizer, sentences[i:i + 64], num_beams=beams, max_new_tokens=max_new)
+                bar.update(len(sentences[i:i + 64]))
+            outputs.append(done)
+    return outputs
+
+
+def _run_demo(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, max_steps, n_train, n_test, n_fresh,
+              n_examples, seed, show, progress, echo, begun: float) -> DemoResult:
+    from . import data as qd
+    from . import checkpoint as ckpt
+    from .config import TrainConfig
+    from .data.demo_task import fresh_numbers, kind_of
+    from .models.build import load
+    from .presets import preset
+
     builtin = src is None
     if builtin:
         echo(f"generating the English -> Spanish task into {out / 'data'} ({n_train} training pairs)")
-        files = qd.make_demo_data(out / "data", train=n_train, val=n_test, test=n_test, seed=seed)
+        with writing(out / "data"):
+            files = qd.make_demo_data(out / "data", train=n_train, val=n_test, test=n_test, seed=seed)
         (src, tgt), (val_src, val_tgt), (test_src, test_tgt) = files["train"], files["val"], files["test"]
     else:
-        src, tgt, val_src, val_tgt, test_src, test_tgt = _own_data(out, src, tgt, val_src, val_tgt, test_src,
-                                                                   test_tgt, echo)
+        with writing(out / "data"):
+            src, tgt, val_src, val_tgt, test_src, test_tgt = _own_data(out, src, tgt, val_src, val_tgt, test_src,
+                                                                       test_tgt, echo)
 
     train_dir = out / "train"
     latest = ckpt.latest_checkpoint(train_dir) if train_dir.is_dir() else None
     steps = max_steps or DEMO_TRAIN["max_steps"]
+    tokenizer, described, longest = _tokenizer(src, tgt, latest, echo)
+    config = preset("transformer-tiny", **DEMO_MODEL, vocab_size=tokenizer.vocab_size,
+                    pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                    decoder_start_token_id=tokenizer.bos_id)
+    train_config = TrainConfig(**{**DEMO_TRAIN, "max_steps": steps}, data=str(src), data_tgt=str(tgt),
+                               val_data=str(val_src), val_data_tgt=str(val_tgt), out_dir=str(train_dir), seed=seed,
+                               progress=progress, resume=latest is not None, tokenizer_type="bpe")
+    # Outputs end at EOS; a cap 8 tokens past the longest training target only bounds a model that never ends.
+    max_new = min(config.max_positions - 1, longest + 8)
+    previous = out / "results.json"
+    val_pairs = qd.read_pairs(val_src, val_tgt)[:N_EVAL_DURING_TRAINING]
+    checkpoint, reused, train_seconds = _train_or_reuse(config, train_config, tokenizer, latest, val_pairs, max_new,
+                                                        previous, echo)
+    model = load(checkpoint).eval()
+
+    sources, references = _read_lines(test_src), _read_lines(test_tgt)
+    drawn = {}
+    if builtin:  # numbers never seen in training: as many digits as in training, and uniform in 0..999,999
+        seen = set(_read_lines(src))
+        drawn = {name: fresh_numbers(n_fresh, seen, seed=seed + 1 + uniform, uniform=uniform)
+                 for name, uniform in (("numbers", False), ("numbers_uniform", True))}
+    greedy, beam, by_kind, fresh = _evaluate(model, tokenizer, sources, references, drawn,
+                                             kind_of if builtin else None, max_new, progress, echo)
+    exact = lambda hyps: sum(h == r for h, r in zip(hyps, references)) / max(len(references), 1)  # noqa: E731
+    result = DemoResult(exact(greedy), exact(beam), bleu(greedy, references), bleu(beam, references),
+                        len(references), train_seconds, str(out), by_kind, fresh, _checkpoint_step(checkpoint) or 0,
+                        described, reused)
+
+    _report(result, sources, references, greedy, beam, show, echo)
+
+    # where it attends: one held-out pair with a clear word alignment, and a few examples to explore
+    pick = max(range(min(len(sources), 50)), key=lambda i: len(sources[i].split()) if greedy[i] == references[i] else 0)
+    chosen = _examples(sources, references, greedy, beam, pick, kind_of if builtin else None, n_examples)
+    _write_views(out, model, tokenizer, sources, references, pick, chosen, max_new,
+                 "qkv demo: English -> Spanish" if builtin else "qkv demo: your translation model")
+    curve = train_dir / "loss.png"
+    record = {**asdict(result), "wall_seconds": time.time() - begun, "model": DEMO_MODEL,
+              "train": {**DEMO_TRAIN, "max_steps": steps}, "tokenizer_settings": DEMO_TOKENIZER,
+              "num_beams": NUM_BEAMS, "examples": [{"label": label, "source": s} for label, s in chosen]}
+    from .safety import write_atomic
+    with writing(previous):
+        write_atomic(previous, json.dumps(record, indent=2, ensure_ascii=False))
+    echo(f"\nwrote {out}/: train/ (checkpoints, metrics.jsonl, {curve.name}), cross_attention.png, "
+         f"cross_attention_heads.png, explorer.html, results.json"
+         f"\nexplore any sentence: qkv explore --checkpoint {out} (it opens with these examples)")
+    return result
+
+
+def _tokenizer(src, tgt, latest, echo):
+    """(tokenizer, a few words on it, the longest training target in tokens): the one saved with the run's last
+    checkpoint (the very ids its weights were trained on), or a shared BPE trained on both sides; says whether
+    every training line decodes back exactly."""
+    from . import checkpoint as ckpt
+    from . import data as qd
     if latest is not None:
         saved = latest / ckpt.TOKENIZER_DIR
         if not saved.is_dir():
             raise FileNotFoundError(f"{latest}: no {ckpt.TOKENIZER_DIR}/ folder, so its weights cannot be read; "
                                     f"choose another --out to train anew")
-        tokenizer = qd.Tokenizer.load(saved)  # the very ids the weights were trained on
+        tokenizer = qd.Tokenizer.load(saved)
     else:
         tokenizer = qd.train_bpe([src, tgt], **DEMO_TOKENIZER)
     described = f"{describe_tokenizer(tokenizer)} shared by both languages, {tokenizer.vocab_size} tokens"
@@ -234,23 +339,36 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     echo(f"tokenizer: {described}" + (" (saved with the run)" if latest is not None else "") + "; "
          + ("every training line decodes back exactly" if not broken else
             f"{broken} of {len(lines)} training lines do not decode back exactly (not in Unicode NFC?)"))
+    return tokenizer, described, max(map(len, encoded[len(lines) - len(targets):]), default=0)
 
-    config = preset("transformer-tiny", **DEMO_MODEL, vocab_size=tokenizer.vocab_size,
-                    pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                    decoder_start_token_id=tokenizer.bos_id)
-    train_config = TrainConfig(**{**DEMO_TRAIN, "max_steps": steps}, data=str(src), data_tgt=str(tgt),
-                               val_data=str(val_src), val_data_tgt=str(val_tgt), out_dir=str(train_dir), seed=seed,
-                               progress=progress, resume=latest is not None, tokenizer_type="bpe")
-    # Outputs end at EOS; a cap 8 tokens past the longest training target only bounds a model that never ends.
-    max_new = min(config.max_positions - 1, max(map(len, encoded[len(lines) - len(targets):]), default=0) + 8)
-    done = latest is not None and (_checkpoint_step(latest) or 0) >= steps
-    previous = out / "results.json"
-    if done:
+
+def _evaluate(model, tokenizer, sources, references, drawn: dict, kind_of, max_new: int, progress: bool, echo):
+    """(greedy, beam, by_kind, fresh): the held-out sentences translated both ways and scored per kind (when
+    kind_of names one) and accented or plain; the fresh numbers ``drawn`` (name -> pairs) likewise."""
+    jobs = [(sources, 1), (sources, NUM_BEAMS)] + [([s for s, _ in pairs], b) for pairs in drawn.values()
+                                                   for b in (1, NUM_BEAMS)]
+    echo(f"evaluating: {sum(len(x) for x, _ in jobs)} translations of held-out and fresh sentences, greedy and "
+         f"beam search")
+    greedy, beam, *fresh_outputs = _translate_all(model, tokenizer, jobs, max_new, progress)
+    by_kind = _score(lambda s, r: kind_of(s), sources, references, greedy, beam) if kind_of else {}
+    by_kind.update(_score(lambda s, r: "accented" if accented(r) else "plain", sources, references, greedy, beam))
+    fresh = {}
+    for i, (name, pairs) in enumerate(drawn.items()):
+        fs, fr = [s for s, _ in pairs], [t for _, t in pairs]
+        fresh[name] = _score(lambda s, r: "all", fs, fr, fresh_outputs[2 * i], fresh_outputs[2 * i + 1])["all"]
+    return greedy, beam, by_kind, fresh
+
+
+def _train_or_reuse(config, train_config, tokenizer, latest, val_pairs, max_new: int, previous: Path, echo):
+    """(checkpoint, reused, seconds of training): a finished run's last checkpoint as it is (its settings compared
+    with today's), or the run trained (resumed from ``latest`` when there is one)."""
+    from . import checkpoint as ckpt
+    from .train import RESUME_MUST_MATCH, train
+    train_dir = Path(train_config.out_dir)
+    if latest is not None and (_checkpoint_step(latest) or 0) >= train_config.max_steps:
         echo(f"{train_dir} holds a finished run ({latest.name}): evaluating it again, no training "
              f"(choose another --out to train anew)")
-        checkpoint, reused = latest, True
         train_seconds = 0.0
-        from .train import RESUME_MUST_MATCH
         saved_config = latest / ckpt.TRAIN_CONFIG_FILE
         if saved_config.is_file():
             diff = ckpt.config_diff(train_config.to_dict(), json.loads(saved_config.read_text()),
@@ -263,37 +381,22 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
                 train_seconds = float(json.loads(previous.read_text()).get("train_seconds", 0.0))
             except (ValueError, AttributeError):
                 pass
-    else:
-        if latest is not None:
-            echo(f"resuming the interrupted run in {train_dir} from {latest.name}")
-        echo(f"training a {config.n_layers}+{config.n_layers}-layer Transformer (d_model {config.d_model}, "
-             f"vocabulary {tokenizer.vocab_size}) for {train_config.max_steps} steps")
-        val_pairs = qd.read_pairs(val_src, val_tgt)[:N_EVAL_DURING_TRAINING]
-        callback = _quality_callback([s for s, _ in val_pairs], [t for _, t in val_pairs], tokenizer, max_new)
-        started = time.time()
+        return latest, True, train_seconds
+    if latest is not None:
+        echo(f"resuming the interrupted run in {train_dir} from {latest.name}")
+    echo(f"training a {config.n_layers}+{config.n_layers}-layer Transformer (d_model {config.d_model}, "
+         f"vocabulary {tokenizer.vocab_size}) for {train_config.max_steps} steps"
+         + ("; the bar shows the time left (then a second bar, the evaluation)" if train_config.progress else ""))
+    callback = _quality_callback([s for s, _ in val_pairs], [t for _, t in val_pairs], tokenizer, max_new)
+    started = time.time()
+    with writing(train_dir):
         summary = train(config, train_config, tokenizer=tokenizer, eval_callback=callback)
-        train_seconds = time.time() - started
-        checkpoint, reused = Path(summary.checkpoint or ckpt.latest_checkpoint(train_dir)), False
-    model = load(checkpoint).eval()
+    return Path(summary.checkpoint or ckpt.latest_checkpoint(train_dir)), False, time.time() - started
 
-    sources, references = _read_lines(test_src), _read_lines(test_tgt)
-    greedy = translate(model, tokenizer, sources, max_new_tokens=max_new)
-    beam = translate(model, tokenizer, sources, num_beams=NUM_BEAMS, max_new_tokens=max_new)
-    exact = lambda hyps: sum(h == r for h, r in zip(hyps, references)) / max(len(references), 1)  # noqa: E731
-    by_kind = _score(lambda s, r: kind_of(s), sources, references, greedy, beam) if builtin else {}
-    by_kind.update(_score(lambda s, r: "accented" if accented(r) else "plain", sources, references, greedy, beam))
-    fresh = {}
-    if builtin:
-        seen = set(_read_lines(src))
-        for name, uniform in (("numbers", False), ("numbers_uniform", True)):
-            pairs = fresh_numbers(n_fresh, seen, seed=seed + 1 + uniform, uniform=uniform)
-            fs, fr = [s for s, _ in pairs], [t for _, t in pairs]
-            fresh[name] = _score(lambda s, r: "all", fs, fr, translate(model, tokenizer, fs, max_new_tokens=max_new),
-                                 translate(model, tokenizer, fs, num_beams=NUM_BEAMS, max_new_tokens=max_new))["all"]
-    result = DemoResult(exact(greedy), exact(beam), bleu(greedy, references), bleu(beam, references),
-                        len(references), train_seconds, str(out), by_kind, fresh, _checkpoint_step(checkpoint) or 0,
-                        described, reused)
 
+def _report(result: DemoResult, sources, references, greedy, beam, show: int, echo) -> None:
+    """The held-out translations beside their references, then exact match and BLEU overall, per kind and on
+    fresh numbers."""
     echo("\nheld-out sentences (never seen in training):")
     for s, r, g, b in list(zip(sources, references, greedy, beam))[:show]:
         echo(f"  {s}\n    reference: {r}\n    greedy:    {g}{'' if g == r else '   (x)'}\n"
@@ -301,36 +404,31 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     fmt = lambda x: "n/a (sacrebleu not installed)" if x is None else f"{x:.1f}"  # noqa: E731
     echo(f"\non {result.n_test} held-out sentences: exact match greedy {_percent(result.exact_greedy)}, "
          f"beam {_percent(result.exact_beam)}; BLEU greedy {fmt(result.bleu_greedy)}, beam {fmt(result.bleu_beam)}")
-    for name, s in by_kind.items():
+    for name, s in result.by_kind.items():
         echo(f"  {name + ':':10s} greedy {_percent(s['greedy']):>6s}, beam {_percent(s['beam']):>6s}  "
              f"({s['n']} sentences)")
-    for name, s in fresh.items():
+    for name, s in result.fresh.items():
         how = "digit counts as in training" if name == "numbers" else "uniform in 0..999,999"
         echo(f"fresh numbers never seen in training ({s['n']}, {how}): greedy {_percent(s['greedy'])}, "
              f"beam {_percent(s['beam'])}")
 
-    # where it attends: one held-out pair with a clear word alignment, and a few examples to explore
-    pick = max(range(min(len(sources), 50)), key=lambda i: len(sources[i].split()) if greedy[i] == references[i] else 0)
-    maps = attention_maps(model, tokenizer, sources[pick], references[pick])
-    cross = maps[2]
-    viz.plot_alignment(cross.mean_heads(-1), cross.queries, cross.keys, out / "cross_attention.png",
-                       title="cross-attention (last layer, mean of heads)")
-    viz.plot_attention(cross, out / "cross_attention_heads.png", title="cross-attention, every layer and head")
+
+def _write_views(out: Path, model, tokenizer, sources, references, pick: int, examples: list, max_new: int,
+                 title: str) -> None:
+    """Where it attends, into ``out``: the alignment of one held-out pair (cross_attention.png), every layer's and
+    head's cross-attention (cross_attention_heads.png), and the explorer of ``examples`` (label, sentence)."""
+    from . import viz
+    from .explore import Explorer
+    cross = attention_maps(model, tokenizer, sources[pick], references[pick])[2]
+    with writing(out / "cross_attention.png"):
+        viz.plot_alignment(cross.mean_heads(-1), cross.queries, cross.keys, out / "cross_attention.png",
+                           title="cross-attention (last layer, mean of heads)")
+    with writing(out / "cross_attention_heads.png"):
+        viz.plot_attention(cross, out / "cross_attention_heads.png", title="cross-attention, every layer and head")
     explorer = Explorer(model, tokenizer, num_beams=NUM_BEAMS, max_new_tokens=max_new)
-    examples = [explorer.example(s, label=label) for label, s in _examples(sources, references, greedy, beam, pick,
-                                                                            kind_of if builtin else None, n_examples)]
-    viz.explorer_html(examples, out / "explorer.html", title="qkv demo: English -> Spanish" if builtin else
-                      "qkv demo: your translation model")
-    curve = Path(train_config.out_dir) / "loss.png"
-    wall = time.time() - begun
-    record = {**asdict(result), "wall_seconds": wall, "model": DEMO_MODEL, "train": {**DEMO_TRAIN, "max_steps": steps},
-              "tokenizer_settings": DEMO_TOKENIZER, "num_beams": NUM_BEAMS}
-    previous.write_text(json.dumps(record, indent=2, ensure_ascii=False))
-    echo(f"\nwrote {out}/: train/ (checkpoints, metrics.jsonl, {curve.name}), cross_attention.png, "
-         f"cross_attention_heads.png, explorer.html, results.json"
-         + (f"  ({train_seconds:.0f} s of training, {wall:.0f} s in all)" if not reused else "")
-         + f"\nexplore any sentence: qkv explore --checkpoint {out}")
-    return result
+    shown = [explorer.example(s, label=label) for label, s in examples]
+    with writing(out / "explorer.html"):
+        viz.explorer_html(shown, out / "explorer.html", title=title)
 
 
 def _examples(sources, references, greedy, beam, pick, kind_of, n: int = 6):

@@ -13,28 +13,22 @@ What an example holds, by the model's family:
   encoder          self-attention only: an encoder reads its input at once and generates nothing
 A layer whose mixer returns no (T, S) map (a linear-time mixer without implicit weights) is shown as such.
 
-The server is the standard library's ``http.server`` on 127.0.0.1 only, single-threaded (one model, one request
-at a time). The page (``qkv/viz_explorer.html``) needs nothing from the network; what a user types comes back
+The server (``qkv.explore_server``) is the standard library's ``http.server`` on 127.0.0.1 only, a thread per
+connection and one model answering one request at a time. The page (``qkv/viz_explorer.html``) needs nothing from the network; what a user types comes back
 either as a new example or as a message said in the page, never as a crash.
 """
 from __future__ import annotations
 
-import errno
-import http.server
-import json
-import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
-from .viz import AttentionMaps, explorer_example, explorer_page
-
-log = logging.getLogger("qkv.explore")
+from .repetition import describe, repetition
+from .viz import AttentionMaps, explorer_example
 
 MAX_CHARS = 500  # the longest input the explorer takes
 MAX_HEADS_SHOWN = 32  # maps with more "heads" (RWKV's per-channel maps) are shown as their mean
-_MAX_BODY = 64 * 1024  # bytes of a request the server reads at most
 
 
 class ExploreInputError(ValueError):
@@ -165,6 +159,10 @@ class Explorer:
             raise ExploreInputError("Type a sentence first: the input is empty.")
         if len(text) > self.max_chars:
             raise ExploreInputError(f"That is {len(text)} characters; the explorer takes at most {self.max_chars}.")
+        lone = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+        if lone is not None:  # JSON and a command line can spell one; no text holds one, no tokenizer reads one
+            raise ExploreInputError(f"The text holds a lone surrogate U+{ord(text[lone]):04X} at character {lone}, "
+                                    f"which is not a character; expected valid Unicode text.")
         try:
             ids = self.tokenizer.encode(text, add_special=not self.view.generates)
         except ValueError as e:  # a character tokenizer without an unknown token names the character
@@ -218,11 +216,16 @@ class Explorer:
         src = ids + [tok.eos_id] if self.view.source else ids
         eos = tok.eos_id if tok.eos_id is not None else ()
         pad = tok.pad_id if tok.pad_id is not None else (0 if eos == () else eos)
+        limit = self._new_tokens(len(src))
         trace = beam_search_trace(self.model, torch.tensor([src]), num_beams=self.num_beams,
-                                  max_new_tokens=self._new_tokens(len(src)), length_penalty=self.length_penalty,
+                                  max_new_tokens=limit, length_penalty=self.length_penalty,
                                   eos_token_id=eos, pad_token_id=pad)
         best = trace.sequences[0, trace.prompt_length:].tolist()[: trace.lengths[0]]
         body = [t for t in best if t != tok.eos_id]
+        loop, greedy_loop = self.loop_warning(best, limit), self.loop_warning(trace.greedy, limit)
+        loops = ([f"The {self.view.output_label} {loop}" + (" (greedy decoding's too)." if greedy_loop else ".")]
+                 if loop else [f"Greedy decoding's {self.view.output_label} {greedy_loop}."] if greedy_loop else [])
+        warning = " ".join([warning] * bool(warning) + loops) or None
         output, greedy = tok.decode(body), tok.decode([t for t in trace.greedy if t != tok.eos_id])
         if self.view.source:
             start = [cfg.decoder_start_token_id]
@@ -237,6 +240,14 @@ class Explorer:
                               beam=self._beam_view(trace, src), note=note)
         ex["warning"] = warning
         return ex
+
+    def loop_warning(self, generated: list[int], limit: int) -> str | None:
+        """What a decode did when its generated ids (EOS included, if it came) ran to ``limit`` repeating
+        themselves (``qkv.repetition.describe``), else None."""
+        eos = self.tokenizer.eos_id
+        body = [t for t in generated if t != eos]
+        found = repetition(body, hit_limit=len(generated) >= limit and eos not in generated)
+        return None if found is None else describe(found, self.tokenizer.decode(list(found.unit)), limit=limit)
 
     def _beam_view(self, trace, src: list[int]) -> dict:
         """The beam trace as the page draws it: token text, summed log-probabilities, statuses, greedy's path."""
@@ -289,101 +300,9 @@ def sequence_logprob(model, src: list[int], tokens: list[int]) -> float:
 
 # -- the server -------------------------------------------------------------------------------------------------
 
-def make_server(explorer: Explorer, *, port: int = 8000, title: str | None = None,
-                examples: list[dict] | tuple = ()) -> http.server.HTTPServer:
-    """An HTTP server on 127.0.0.1:port (0: any free port; ``server.server_address`` says which) serving the
-    explorer page at / and answering POST /api/explore {"text": ...} with {"example": ...} or {"error": ...}.
-    Raises ValueError naming the port when it is taken. Call ``serve_forever()``; ``shutdown()`` stops it."""
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port={port!r}: expected an int in 0..65535 (0: any free port)")
-    title = title or explorer.view.title
-
-    class Handler(_Handler):
-        pass
-    Handler.explorer, Handler.title, Handler.examples = explorer, title, list(examples)
-    try:
-        server = http.server.HTTPServer(("127.0.0.1", port), Handler)
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise ValueError(f"port {port} on 127.0.0.1 is already in use (another server?); pass --port N for "
-                             f"another one, or --port 0 for any free port") from None
-        raise ValueError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}") from None
-    Handler.port = server.server_address[1]
-    return server
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    explorer: Explorer
-    title: str
-    examples: list
-    port: int
-    server_version = "qkv-explore"
-
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        # The page needs nothing from elsewhere: only its own inline script and style, and requests back here.
-        self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
-                                                    "style-src 'unsafe-inline'; connect-src 'self'")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, obj) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8"),
-                   "application/json; charset=utf-8")
-
-    def _host_ok(self) -> bool:
-        # A page elsewhere could point a name at 127.0.0.1 (DNS rebinding); only our own names are served.
-        host = self.headers.get("Host", "")
-        return host in (f"127.0.0.1:{self.port}", f"localhost:{self.port}", f"[::1]:{self.port}")
-
-    def do_GET(self):  # noqa: N802 (the base class's name)
-        if not self._host_ok():
-            return self._send(403, b"forbidden host", "text/plain; charset=utf-8")
-        path = self.path.split("?", 1)[0]
-        if path in ("/", "/index.html"):
-            page = explorer_page(self.examples or [_empty_example(self.explorer)], title=self.title, live=True,
-                                 max_chars=self.explorer.max_chars)
-            return self._send(200, page.encode("utf-8"), "text/html; charset=utf-8")
-        if path == "/favicon.ico":
-            return self._send(204, b"", "text/plain")
-        self._send(404, b"not found", "text/plain; charset=utf-8")
-
-    def do_POST(self):  # noqa: N802
-        if not self._host_ok():
-            return self._json(403, {"error": "forbidden host"})
-        if self.path.split("?", 1)[0] != "/api/explore":
-            return self._json(404, {"error": f"no such endpoint {self.path!r}; POST /api/explore"})
-        try:
-            size = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._json(411, {"error": "the request needs a Content-Length"})
-        if not 0 <= size <= _MAX_BODY:
-            return self._json(413, {"error": f"the request is {size} bytes; at most {_MAX_BODY} are read"})
-        raw = self.rfile.read(size)
-        try:
-            text = json.loads(raw.decode("utf-8"))["text"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            return self._json(400, {"error": 'expected a JSON object {"text": "..."} in UTF-8'})
-        try:
-            return self._json(200, {"example": self.explorer.example(text)})
-        except ExploreInputError as e:
-            return self._json(400, {"error": str(e)})
-        except Exception as e:  # the page says so; the server keeps serving
-            log.exception("the model failed on %r", text)
-            return self._json(500, {"error": f"The model failed on this input ({type(e).__name__}: {e})."})
-
-
-def _empty_example(explorer: Explorer) -> dict:
-    """The page's first view before anything was typed."""
-    verb = explorer.view.verb
-    return {"label": "(type a sentence)", "placeholder": True, "source": "", "output": None, "greedy": None,
-            "beam": None, "kinds": [],
-            "note": f"Type a sentence above and press run: the model will {verb} it, and the page shows every "
-                    f"layer's and head's attention" + (" and the beam search step by step." if
-                                                        explorer.view.generates else ".")}
+def make_server(explorer: Explorer, *, port: int = 8000, title: str | None = None, examples: list[dict] | tuple = (),
+                **limits):
+    """The explorer served on 127.0.0.1:port (``qkv.explore_server.make_server``: one thread per connection with
+    a socket timeout, loopback names and origins only, a JSON content type and the page's token on every POST)."""
+    from .explore_server import make_server as serve
+    return serve(explorer, port=port, title=title, examples=examples, **limits)

@@ -124,10 +124,24 @@ def _token_fontsize(inches: float, n: int) -> float:
     return float(min(10.0, max(5.0, 0.6 * 72 * inches / max(n, 1))))
 
 
+# How a whitespace token is drawn (the explorer's page draws them the same way: viz_explorer.html, shown()).
+WHITESPACE_SIGNS = {"\n": "⏎", "\t": "⇥"}  # and "␣" for a space or any other blank
+
+
+def visible_token(token: str) -> str:
+    """A token as a person can see it: a token of whitespace only is spelt in signs ("␣" a space, "⏎" a line
+    break, "⇥" a tab, "␣" any other blank), and a line break or tab inside any other token too (they would break
+    a label's line); other text is left as it is ("" stays "")."""
+    text = token.replace("\r\n", "\n").replace("\r", "\n")
+    if text.isspace():
+        return "".join(WHITESPACE_SIGNS.get(c, "␣") for c in text)
+    return "".join(WHITESPACE_SIGNS.get(c, c) for c in text)
+
+
 def _label(token: str, width: int = 16) -> str:
-    """A token as a tick label: whitespace made visible, `$` escaped (matplotlib would read $...$ as TeX), and
-    long tokens cut to `width` characters."""
-    text = token.replace("\n", "\\n").replace("\t", "\\t")
+    """A token as a tick label: whitespace made visible (``visible_token``), `$` escaped (matplotlib would read
+    $...$ as TeX), and long tokens cut to `width` characters."""
+    text = visible_token(token)
     text = text if len(text) <= width else text[: width - 1] + "…"
     return text.replace("$", r"\$")
 
@@ -149,12 +163,13 @@ def scale_note(scale: str, signed: bool = False) -> str:
     return note + ("; red > 0, blue < 0" if signed else "")
 
 
-def _colours(w: np.ndarray, scale: str, cmap: str):
-    """(norm, cmap) for one (T, S) map: linear from 0 (or -max for signed maps) to its max |w|, or symmetric log."""
+def _colours(w: np.ndarray, scale: str, cmap: str, signed: bool | None = None):
+    """(norm, cmap) for one (T, S) map: linear from 0 (or -max for signed maps) to its max |w|, or symmetric log.
+    signed: draw it as a signed map (a figure with any negative weight draws every panel so); None: if w has one."""
     from matplotlib.colors import Normalize, SymLogNorm
     top = float(np.abs(w).max()) if w.size else 0.0
     top = top if top > 0 else 1.0
-    signed = bool(w.size and w.min() < 0)
+    signed = bool(w.size and w.min() < 0) if signed is None else signed
     low = -top if signed else 0.0
     if scale == "log":
         norm = SymLogNorm(linthresh=top * 10.0 ** -LOG_DECADES, linscale=0.2, vmin=low, vmax=top, base=10)
@@ -164,11 +179,11 @@ def _colours(w: np.ndarray, scale: str, cmap: str):
 
 
 def _heatmap(ax, w: np.ndarray, queries: Sequence[str], keys: Sequence[str], *, ylabels: bool, xlabels: bool,
-             size: float, cmap: str = "Blues", scale: str = "linear"):
+             size: float, cmap: str = "Blues", scale: str = "linear", signed: bool | None = None):
     """Draw one (T, S) heatmap on `ax` (about `size` inches square), coloured from 0 to its own maximum (or as
     `scale` says, see SCALES); returns the image."""
     T, S = w.shape
-    norm, cmap = _colours(w, scale, cmap)
+    norm, cmap = _colours(w, scale, cmap, signed)
     im = ax.imshow(w, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(S))
     ax.set_yticks(range(T))
@@ -185,10 +200,11 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
     Each panel is a (T, S) matrix with query tokens on y and key tokens on x (labelled on the left column and
     the bottom row, which every panel shares), coloured from 0 to that head's own maximum so diffuse and sharp
     heads are both visible. ``scale="log"`` colours by a symmetric log scale instead (see SCALES), for the
-    decay-dominated, possibly signed maps of recurrent mixers; the title says which scale the figure uses.
-    Returns the path of the PNG.
+    decay-dominated, possibly signed maps of recurrent mixers; the title says which scale the figure uses. One
+    colour bar reads every panel as a share of its head's largest |weight|, which each panel's title gives.
+    Whitespace tokens are labelled with visible signs (``visible_token``). Returns the path of the PNG.
     """
-    signed = any(bool((w < 0).any()) for w in maps.layers)
+    signed = any(w is not None and bool((w < 0).any()) for w in maps.layers)
     note = scale_note(scale, signed)
     L, H = maps.n_layers, maps.n_heads
     T, S = len(maps.queries), len(maps.keys)
@@ -197,7 +213,7 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
     cell = min(5.0, max(1.8, 0.14 * max(T, S) + 0.5))
     longest = max((len(_label(t)) for t in maps.queries + maps.keys), default=1)
     margin = min(2.5, 0.3 + 0.6 * longest * _token_fontsize(cell, max(T, S)) / 72)
-    fig = _figure(H * cell + margin + 0.3, L * (cell + 0.3) + margin + 0.5)
+    fig = _figure(H * cell + margin + 0.3 + _COLOURBAR_INCHES, L * (cell + 0.3) + margin + 0.5)
     axes = fig.subplots(L, H, squeeze=False)
     for l in range(L):
         for h in range(H):
@@ -206,11 +222,27 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, "no map", ha="center", va="center", transform=ax.transAxes, color="gray")
                 continue
-            _heatmap(ax, maps.layers[l][h].numpy(), maps.queries, maps.keys, ylabels=h == 0, xlabels=l == L - 1,
-                     size=cell, scale=scale)
-            ax.set_title(f"layer {l} · head {h}", fontsize=9)
+            w = maps.layers[l][h].numpy()
+            _heatmap(ax, w, maps.queries, maps.keys, ylabels=h == 0, xlabels=l == L - 1, size=cell, scale=scale,
+                     signed=signed)
+            ax.set_title(f"layer {l} · head {h} (max {float(np.abs(w).max()) if w.size else 0.0:.2g})", fontsize=8)
+    _colourbar(fig, axes, scale, signed)
     fig.suptitle(f"{title or KIND_NAMES[maps.kind]} ({note})", fontsize=12)
     return _save(fig, path, dpi)
+
+
+_COLOURBAR_INCHES = 0.9  # the colour bar and its label, right of the grid
+
+
+def _colourbar(fig, axes, scale: str, signed: bool):
+    """One colour bar for a grid whose panels are each scaled to their own largest |weight|: it reads a colour as
+    a share of that largest weight (-1 to 1 for signed maps), on the figure's scale."""
+    from matplotlib.cm import ScalarMappable
+    norm, cmap = _colours(np.array([[-1.0 if signed else 0.0, 1.0]]), scale, "Blues", signed)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9, aspect=30, pad=0.02)
+    bar.set_label("weight / the head's largest |weight| (in its title)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
 
 
 def plot_alignment(weights: Array, queries: Sequence[str], keys: Sequence[str], path: PathLike, *,
@@ -259,11 +291,13 @@ QUALITY_SERIES = (("val_acc", "token accuracy (%)", 100.0), ("val_exact", "exact
 
 
 def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: Sequence[str] | None = None,
-                log_y: bool = False, title: str | None = None, label_smoothing: float | None = None,
-                dpi: int = 100) -> Path:
+                log_y: bool = False, log_panel: bool = True, title: str | None = None,
+                label_smoothing: float | None = None, dpi: int = 100) -> Path:
     """Save training curves: each series in `keys` (default: every key containing "loss", plus "train_nll")
-    against "step"; by default also a second panel with the held-out quality a run logged (token accuracy, exact
-    match, BLEU, in percent), when it logged any.
+    against "step"; beside it the same losses on a log scale (``log_panel``; not with ``log_y``, which draws the
+    first panel so), where the late, small improvements a linear axis flattens stay visible; and by default a
+    panel with the held-out quality a run logged (token accuracy, exact match, BLEU, in percent), when it
+    logged any.
 
     Losses on one definition: val_loss is the plain cross-entropy; with label smoothing the optimised train_loss
     is not (it adds eps * the mean -log p over the vocabulary), so runs log train_nll, the plain cross-entropy of
@@ -282,32 +316,18 @@ def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: 
               "train_loss": f"train (with label smoothing {label_smoothing or ''}: the optimised loss)".replace(" :", ":")
               if smoothed else "train (cross-entropy)" if plain else "train_loss"}
     quality = [q for q in QUALITY_SERIES if default and any(_finite(r.get(q[0])) for r in records)]
-    fig = _figure(7.0 + 5.0 * bool(quality), 4.2)
-    axes = fig.subplots(1, 1 + bool(quality), squeeze=False)[0]
-    ax = axes[0]
-    for key in keys:
-        pts = [(r["step"], float(r[key])) for r in records if _finite(r.get(key)) and (not log_y or r[key] > 0)]
-        if not pts:
-            continue
-        steps, values = zip(*sorted(pts))
-        sparse = len(pts) < 0.5 * len(records) or len(pts) < 20
-        ax.plot(steps, values, label=labels.get(key, key), marker="o" if sparse else None, markersize=3,
-                linewidth=1.0 if key == "train_loss" and smoothed else 1.4,
-                linestyle="--" if key == "train_loss" and smoothed else "-")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss per target token")
-    ax.grid(True, alpha=0.3)
-    if ax.lines:
-        ax.legend(frameon=False, fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
-    ax.set_title(title or ("training curves: solid lines on one definition (cross-entropy)" if smoothed
-                           else "training curves: train and validation both cross-entropy" if plain
-                           else "training curves"), fontsize=11)
+    log_panel = log_panel and not log_y
+    fig = _figure(7.0 + 5.0 * log_panel + 5.0 * bool(quality), 4.2)
+    axes = fig.subplots(1, 1 + log_panel + bool(quality), squeeze=False)[0]
+    for i, log in enumerate([log_y] + [True] * log_panel):
+        _loss_panel(axes[i], records, keys, labels, smoothed, log)
+    axes[0].set_title(title or ("training curves: solid lines on one definition (cross-entropy)" if smoothed
+                                else "training curves: train and validation both cross-entropy" if plain
+                                else "training curves"), fontsize=11)
+    if log_panel:
+        axes[1].set_title("the same, log scale", fontsize=11)
     if quality:
-        qa = axes[1]
+        qa = axes[-1]
         for key, label, scale in quality:
             pts = sorted((r["step"], scale * float(r[key])) for r in records if _finite(r.get(key)))
             qa.plot(*zip(*pts), label=label, marker="o", markersize=3, linewidth=1.4)
@@ -318,6 +338,28 @@ def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: 
         qa.legend(frameon=False, fontsize=8)
         qa.set_title("held-out quality", fontsize=11)
     return _save(fig, path, dpi)
+
+
+def _loss_panel(ax, records, keys, labels, smoothed: bool, log: bool) -> None:
+    """The loss series on one axis, linear or log (where only positive values are drawn)."""
+    for key in keys:
+        pts = [(r["step"], float(r[key])) for r in records if _finite(r.get(key)) and (not log or r[key] > 0)]
+        if not pts:
+            continue
+        steps, values = zip(*sorted(pts))
+        sparse = len(pts) < 0.5 * len(records) or len(pts) < 20
+        ax.plot(steps, values, label=labels.get(key, key), marker="o" if sparse else None, markersize=3,
+                linewidth=1.0 if key == "train_loss" and smoothed else 1.4,
+                linestyle="--" if key == "train_loss" and smoothed else "-")
+    if log and ax.lines:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per target token" + (" (log scale)" if log else ""))
+    ax.grid(True, alpha=0.3, which="both" if log else "major")
+    if ax.lines:
+        ax.legend(frameon=False, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
 def _finite(x) -> bool:
@@ -367,21 +409,22 @@ def explorer_data(maps_list: Sequence[AttentionMaps], *, title: str, decimals: i
     return _payload([explorer_example(maps_list, decimals=decimals)], title=title)
 
 
-def _payload(examples: Sequence[Mapping], *, title: str, live: bool = False, max_chars: int = 0) -> dict:
+def _payload(examples: Sequence[Mapping], *, title: str, live: bool = False, max_chars: int = 0,
+             token: str | None = None) -> dict:
     return {"title": title, "min_weight": EXPLORER_MIN_WEIGHT, "live": live, "max_chars": max_chars,
-            "examples": [dict(e) for e in examples]}
+            "token": token, "examples": [dict(e) for e in examples]}
 
 
 def explorer_page(examples: Sequence[Mapping], *, title: str = "qkv attention explorer", live: bool = False,
-                  max_chars: int = 0) -> str:
+                  max_chars: int = 0, token: str | None = None) -> str:
     """The explorer as one HTML string with its examples inline (``explorer_example`` dicts, at least one).
     live=True shows the form that asks the server it came from (``qkv explore``) for new examples; max_chars is
-    the longest input it sends."""
+    the longest input it sends, token the server's token it echoes with each request (``qkv.explore_server``)."""
     if not examples:
         raise ValueError("examples=[]: expected at least one example")
     template = resources.files("qkv").joinpath("viz_explorer.html").read_text(encoding="utf-8")
     fill = {"TITLE": html.escape(title),
-            "DATA": _script_json(_payload(examples, title=title, live=live, max_chars=max_chars))}
+            "DATA": _script_json(_payload(examples, title=title, live=live, max_chars=max_chars, token=token))}
     # One pass, so a title that happens to contain "{{DATA}}" is not filled twice.
     return re.sub(r"\{\{(TITLE|DATA)\}\}", lambda m: fill[m.group(1)], template)
 

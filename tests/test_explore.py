@@ -14,7 +14,7 @@ import qkv
 from qkv.data import CharTokenizer, train_bpe
 from qkv.explore import Explorer, ExploreInputError, make_server, token_labels
 from qkv.generate import generate
-from qkv.viz import explorer_html
+from qkv.viz import explorer_html, visible_token
 
 from tests.chromium import BASH, CHROMIUM, Browser
 
@@ -136,14 +136,22 @@ def served():
     server = make_server(explorer, port=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    TOKENS[server.server_address[1]] = server.token
     yield explorer, server.server_address[1]
     server.shutdown()
     server.server_close()
 
 
+TOKENS = {}  # port -> the token its page carries, which the page's own requests echo
+
+
 def request(port, path="/", body=None, host=None, raw=None, headers=()):
+    """A request as the page makes it (a POST: JSON, with the server's token), headers overriding."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data else "GET")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+        req.add_header("X-Qkv-Token", TOKENS.get(port, ""))
     if host:
         req.add_header("Host", host)
     for k, v in headers:
@@ -234,7 +242,9 @@ def test_in_chromium_type_a_sentence_submit_and_read_output_attention_and_beam(s
         assert got["source"] == text and got["output"].split("  (")[0] == expected["output"]
         first = expected["kinds"][0]
         assert got["kind"] == first["kind"] == "self"
-        assert got["queries"] == first["queries"] and got["keys"] == first["keys"]
+        # the tokens as drawn: a space token as "␣", the same rule as the PNG labels' (qkv.viz.visible_token)
+        assert got["queries"] == [visible_token(t) for t in first["queries"]] and "␣" in got["queries"]
+        assert got["keys"] == [visible_token(t) for t in first["keys"]]
         assert got["cells"] == len(first["queries"]) * len(first["keys"])
         assert got["weights"] == first["layers"][0][0]  # layer 0, head 0: the very numbers the model computed
         assert got["steps"] == len(expected["beam"]["steps"]) and got["cands"] == 2 * 4 * got["steps"]
@@ -254,7 +264,8 @@ def test_in_chromium_type_a_sentence_submit_and_read_output_attention_and_beam(s
         page.wait_for("document.getElementById('source').textContent === 'el ж' && "
                       "document.body.getAttribute('data-busy') === 'false'")
         assert page.evaluate("document.body.getAttribute('data-n-examples')") == "2"
-        assert "U+0436" in page.evaluate("document.getElementById('message').textContent")
+        assert "U+0436" in page.evaluate("document.getElementById('warning').textContent")  # under the output
+        assert page.evaluate("document.getElementById('message').textContent") == ""
         assert page.evaluate("document.body.getAttribute('data-status')") == "ok"
         assert not [m for m in page.console if m.startswith("Uncaught")], page.console
 
@@ -265,13 +276,18 @@ def test_in_chromium_the_static_page_switches_examples_and_shows_layers_without_
     seq2seq = Explorer(tiny("transformer-tiny", bpe), bpe, max_new_tokens=4)
     examples = [seq2seq.example("él compró árboles", label="first"), hybrid.example("tres mil", label="second")]
     examples[1]["kinds"][0]["layers"][0] = None  # a layer without a map (a mixer that forms none) is said as such
+    examples[0]["warning"] = None
+    examples[1]["warning"] = "The continuation ran to the length limit (4 tokens) repeating 'a' 4 times."
     path = explorer_html(examples, tmp_path / "e.html", title="two examples")
     with Browser(tmp_path / "profile") as page:
         page.goto(path.resolve().as_uri())
         assert page.evaluate("document.body.getAttribute('data-n-examples')") == "2"
         assert page.evaluate("document.getElementById('ask-panel').hidden") is True  # static: no server to ask
+        assert page.evaluate("document.getElementById('warning').hidden") is True  # the first has none
         page.click("[data-testid=example-option]:nth-of-type(2)")  # the second button
         page.wait_for("document.body.getAttribute('data-example') === '1'")
+        assert page.evaluate("document.getElementById('warning').hidden") is False  # a static page says it too
+        assert "repeating 'a' 4 times" in page.evaluate("document.getElementById('warning').textContent")
         assert page.evaluate("document.body.getAttribute('data-has-map')") == "false"  # layer 0: retention
         assert "no attention map" in page.evaluate("document.getElementById('heat').textContent")
         page.click("[data-testid=layer-option]:nth-of-type(2)")

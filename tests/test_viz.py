@@ -107,10 +107,12 @@ def test_plot_curves_tolerates_sparse_missing_and_bad_values(tmp_path):
     jsonl = tmp_path / "metrics.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     assert len(read_metrics(jsonl)) == len(records)
-    a = png_size(plot_curves(jsonl, tmp_path / "plots" / "curves.png"))  # makes the folder
+    a = png_size(plot_curves(jsonl, tmp_path / "plots" / "curves.png", log_panel=False))  # makes the folder
     b = png_size(plot_curves(records, tmp_path / "curves_log.png", log_y=True))
-    c = png_size(plot_curves([], tmp_path / "empty.png"))
+    c = png_size(plot_curves([], tmp_path / "empty.png", log_panel=False))
     assert a == b == c and a[0] > 300
+    both = png_size(plot_curves(jsonl, tmp_path / "both.png"))  # by default the log-scale view beside
+    assert both[0] > 1.5 * a[0] and both[1] == a[1]
     jsonl.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         read_metrics(jsonl)
@@ -294,6 +296,72 @@ def test_plot_curves_adds_a_quality_panel_and_draws_both_loss_definitions(tmp_pa
                  "val_bleu": 100 - 50 / s} for s in (10, 30, 59)]
     loss_only = png_size(plot_curves([r for r in records if "val_acc" not in r], tmp_path / "a.png"))
     both = png_size(plot_curves(records, tmp_path / "b.png", label_smoothing=0.1))
-    assert both[0] > 1.5 * loss_only[0] and both[1] == loss_only[1]  # a second panel: held-out quality
+    assert both[0] > 1.3 * loss_only[0] and both[1] == loss_only[1]  # a third panel: held-out quality
     chosen = png_size(plot_curves(records, tmp_path / "c.png", keys=["train_loss"]))
-    assert chosen == loss_only  # keys given: that plot only
+    assert chosen == loss_only  # keys given: those losses only (linear and log)
+
+
+# --- whitespace tokens, colour bars, the log-scale loss view --------------------------------------------------
+
+def test_whitespace_tokens_get_visible_signs_and_other_text_stays():
+    from qkv.viz import visible_token
+    assert [visible_token(t) for t in (" ", "\n", "\t", "  ", " \n", "\r\n", "\u00a0")] == \
+        ["␣", "⏎", "⇥", "␣␣", "␣⏎", "⏎", "␣"]
+    assert visible_token(" cat") == " cat" and visible_token("a\nb") == "a⏎b" and visible_token("") == ""
+
+
+def drawn(monkeypatch):
+    """The Figure each plot saves, kept to inspect instead of reading pixels back."""
+    import qkv.viz
+    figures = []
+    save = qkv.viz._save
+    monkeypatch.setattr(qkv.viz, "_save", lambda fig, path, dpi: (figures.append(fig), save(fig, path, dpi))[1])
+    return figures
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_plot_attention_has_one_colour_bar_and_labels_whitespace_tokens(tmp_path, monkeypatch, signed):
+    figures = drawn(monkeypatch)
+    toks = ["the", " ", "cat", "\n", "sat"]
+    maps = softmax_maps("self", 2, 2, toks, toks)
+    if signed:  # a map with negative weights (retention, the delta rule): every panel drawn signed
+        maps.layers[1] = maps.layers[1] - 0.3
+    plot_attention(maps, tmp_path / "a.png")
+    fig = figures[-1]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "largest |weight|" in bars[0].get_ylabel()
+    low, high = bars[0].get_ylim()
+    assert (low, high) == ((-1.0, 1.0) if signed else (0.0, 1.0))
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 4 and all("(max " in ax.get_title() for ax in panels)
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["the", "␣", "cat", "⏎", "sat"]
+    images = [ax.images[0] for ax in panels]
+    assert all((im.norm.vmin < 0) == signed for im in images)  # unsigned panels of a signed figure too
+
+
+def test_plot_curves_shows_the_losses_on_a_log_scale_beside(tmp_path, monkeypatch):
+    figures = drawn(monkeypatch)
+    records = [{"step": s, "train_loss": 5.0 * 0.9 ** s + 0.01} for s in range(1, 80)]
+    plot_curves(records, tmp_path / "c.png")
+    linear, log = figures[-1].axes
+    assert (linear.get_yscale(), log.get_yscale()) == ("linear", "log") and "log" in log.get_title()
+    assert [line.get_label() for line in log.lines] == [line.get_label() for line in linear.lines]
+    plot_curves(records, tmp_path / "d.png", log_y=True)
+    assert [ax.get_yscale() for ax in figures[-1].axes] == ["log"]  # already log: no second view
+
+
+@needs_chromium
+def test_explorer_heatmap_has_a_colour_bar_and_whitespace_labels_in_chromium(tmp_path):
+    toks = ["the", " ", "cat", "\n"]
+    maps = softmax_maps("self", 1, 2, toks, toks)
+    path = explorer_html(maps, tmp_path / "e.html", title="colour bar")
+    dom, stderr = render(path, tmp_path, "head=1")
+    assert dom.body.get("data-status") == "ok", dom.body
+    top = float(maps.layers[0][1].max())
+    assert float(dom.body["data-colorbar-max"]) == pytest.approx(top, abs=1e-4)
+    assert [e["text"] for e in dom.by_testid["colorbar-low"]] == ["0"]
+    assert [e["text"] for e in dom.by_testid["colorbar-high"]] == [f"{top:.3f}"]
+    assert "hidden" not in dom.by_testid["colorbar"][0]["attrs"]
+    assert [e["text"] for e in dom.by_testid["token-query"]] == ["the", "␣", "cat", "⏎"]
+    assert [e["text"] for e in dom.by_testid["heat-key-label"]] == ["the", "␣", "cat", "⏎"]
+    assert dom.by_testid["token-key"][1]["attrs"]["title"] == '" "'  # the exact text on hover
