@@ -10,8 +10,10 @@ from .ablation import HeadImportance, ablate_heads, head_importance
 from .figures import plot_head_importance, plot_token_matrix
 from .layers import AttentionLayer, attention_layers, find_layer
 from .maxflow import max_flow
+from .neuron import NeuronView, Term, neuron_view, neuron_view_of
+from .neuron_html import neuron_html
 from .rollout import attention_flow, flow_graph, residual_matrices, rollout, self_attention
 
 __all__ = ["HeadImportance", "ablate_heads", "head_importance", "AttentionLayer", "attention_layers", "find_layer",
            "plot_head_importance", "plot_token_matrix",
-           "max_flow", "attention_flow", "flow_graph", "residual_matrices", "rollout", "self_attention"]
+           "max_flow", "NeuronView", "Term", "neuron_view", "neuron_view_of", "neuron_html", "attention_flow", "flow_graph", "residual_matrices", "rollout", "self_attention"]
