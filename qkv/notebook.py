@@ -9,7 +9,8 @@ inline, nothing fetched), so it shows offline and survives an exported notebook.
 
 The explorer is ``qkv.viz.explorer_page`` (the same page ``qkv explore`` serves) inside an ``<iframe srcdoc>``:
 its script and styles stay in their own document, so several explorers in one notebook do not meet, and nothing
-leaves the notebook. Importing this module inside IPython also teaches it to display ``qkv.viz.AttentionMaps``.
+leaves the notebook. Importing this module inside IPython (or ``%load_ext qkv.notebook``) also teaches it to
+display ``qkv.viz.AttentionMaps``.
 """
 from __future__ import annotations
 
@@ -146,6 +147,11 @@ def enable() -> bool:
     formatter = shell.display_formatter.formatters["text/html"]
     formatter.for_type(AttentionMaps, lambda maps: maps_view(maps).html)
     return True
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext qkv.notebook``: the same as importing this module inside IPython."""
+    enable()
 
 
 enable()

@@ -21,7 +21,7 @@ CORPUS = ["the cat sat on the mat", "tres mil cuatro", "el gato come"] * 3
 
 # The notebook's cells. SETUP makes the models; each later cell ends in one view; FACTS prints what the page must
 # show, computed in the kernel from the same objects.
-SETUP = """
+SETUP = "%load_ext qkv.notebook" + """
 import json, torch, qkv
 from qkv.data import train_bpe
 from qkv.explore import attention_maps
