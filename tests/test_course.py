@@ -71,6 +71,8 @@ def test_the_api_reference_check_names_what_is_missing(tmp_path):
         (tmp_path / page).mkdir(parents=True)
         (tmp_path / page / "index.html").write_text("".join(f'<h2 id="{module}.{n}">' for n in names))
     hook.on_post_build(Config())  # complete: passes
+    expanded = hook.on_page_markdown("# x\n\n<!-- api: qkv.nn -->\n", None, None, None)
+    assert expanded.count(":::") == len(qkv.nn.__all__) and "::: qkv.nn.MultiHeadAttention\n" in expanded
     text = (tmp_path / "api/ops/index.html").read_text().replace('id="qkv.ops.attention"', "")
     (tmp_path / "api/ops/index.html").write_text(text)
     with pytest.raises(PluginError, match="lacks 1 public names: qkv.ops.attention"):
