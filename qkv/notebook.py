@@ -55,7 +55,7 @@ def explorer_view(examples: Sequence[dict], *, title: str = "qkv attention explo
     page = explorer_page(list(examples), title=title)
     frame = (f'<iframe class="qkv-explorer" data-qkv="explorer" title="{html.escape(title)}" '
              f'style="width:100%;height:{height}px;border:1px solid #e5e7eb" '
-             f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
+             f'srcdoc="{html.escape(page, quote=True).replace(chr(10), "&#10;")}"></iframe>')  # one line: safe in Markdown
     return HTMLView(frame, title)
 
 

@@ -39,8 +39,9 @@ def test_each_page_names_real_files_and_its_snippets_draw_a_figure(page):
     found = hook.snippets(text)
     assert len(found) == 1, f"{page.name}: expected one runnable snippet, found {len(found)}"
     for name, code in found:
-        printed, fig = hook.run(name, code)
+        printed, fig, shown = hook.run(name, code)
         assert printed.strip() and fig.axes, name
+        assert all("\n" not in h and "<" in h for h in shown)
 
 
 def test_a_snippet_that_stops_running_or_draws_nothing_fails():
@@ -49,6 +50,8 @@ def test_a_snippet_that_stops_running_or_draws_nothing_fails():
         hook.run("broken", "1 / 0")
     with pytest.raises(ValueError, match="expected a matplotlib Figure in `fig`"):
         hook.run("no-figure", "x = 1")
+    with pytest.raises(ValueError, match="_repr_html_"):
+        hook.run("bad-html", "from matplotlib.figure import Figure\nfig = Figure()\nfig.subplots()\nhtml = 'x'")
     page = "<!-- run: a -->\n```python\nprint(1)\n```\n\ntext\n\n```python\nnot run\n```\n"
     assert hook.snippets(page) == [("a", "print(1)")]
 

@@ -1,7 +1,9 @@
 """The course runs: every snippet marked ``<!-- run: NAME -->`` above a ```` ```python ```` block is executed when
 the site is built, its printed output is shown under it, and the matplotlib Figure it leaves in ``fig`` is saved
-and shown as ``NAME.png``. A snippet that raises, or leaves no figure, fails the build; ``tests/test_course.py``
-runs the same snippets in CI without mkdocs.
+and shown as ``NAME.png``. A snippet may also leave ``html``: an object with ``_repr_html_`` (a ``qkv.notebook`` view,
+a neuron view) or a list of them, shown live in the page under the figure, as Jupyter would show it. A snippet
+that raises, or leaves no figure, fails the build; ``tests/test_course.py`` runs the same snippets in CI without
+mkdocs.
 
 Figures are written to build/docs-figures (never committed) and handed to mkdocs as files of the site.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 
 RUN = re.compile(r"<!-- run: (?P<name>[a-z0-9-]+) -->\n```python\n(?P<code>.*?)\n```\n", re.S)
 FIGURES = "figures"  # beside the course pages: course/figures/NAME.png
-_outputs: dict[str, str] = {}
+_outputs: dict[str, tuple[str, list[str]]] = {}
 
 
 def snippets(markdown: str) -> list[tuple[str, str]]:
@@ -23,7 +25,8 @@ def snippets(markdown: str) -> list[tuple[str, str]]:
 
 
 def run(name: str, code: str):
-    """Execute one snippet in a fresh namespace with torch seeded; returns (what it printed, its Figure)."""
+    """Execute one snippet in a fresh namespace with torch seeded; returns (what it printed, its Figure, the HTML
+    fragments of what it left in ``html``)."""
     import torch
     from matplotlib.figure import Figure
     torch.manual_seed(0)
@@ -34,7 +37,12 @@ def run(name: str, code: str):
     fig = namespace.get("fig")
     if not isinstance(fig, Figure):
         raise ValueError(f"course snippet {name!r}: expected a matplotlib Figure in `fig`, got {type(fig).__name__}")
-    return out.getvalue(), fig
+    shown = namespace.get("html", [])
+    shown = shown if isinstance(shown, (list, tuple)) else [shown]
+    if not all(hasattr(h, "_repr_html_") for h in shown):
+        raise ValueError(f"course snippet {name!r}: `html` must hold objects with _repr_html_")
+    # one line each: Markdown passes a block of raw HTML through untouched only while it has no blank line
+    return out.getvalue(), fig, [h._repr_html_().replace("\n", " ") for h in shown]
 
 
 def on_files(files, config):
@@ -49,11 +57,11 @@ def on_files(files, config):
             if name in seen:
                 raise ValueError(f"{f.src_uri}: a second course snippet named {name!r}")
             seen.add(name)
-            printed, fig = run(name, code)
+            printed, fig, shown = run(name, code)
             uri = f"course/{FIGURES}/{name}.png"
             (root / uri).parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(root / uri, dpi=90)
-            _outputs[name] = printed
+            _outputs[name] = printed, shown
             files.append(File(uri, str(root), config.site_dir, config.use_directory_urls))
     return files
 
@@ -61,7 +69,9 @@ def on_files(files, config):
 def on_page_markdown(markdown, page, config, files):
     """Under each snippet: what it printed, then its figure."""
     def show(m):
-        name, printed = m.group("name"), _outputs.get(m.group("name"), "")
+        name = m.group("name")
+        printed, shown = _outputs.get(name, ("", []))
         text = f"\n```text\n{printed.rstrip()}\n```\n" if printed.strip() else ""
-        return f"{m.group(0)}{text}\n![the figure of this snippet]({FIGURES}/{name}.png)\n"
+        live = "".join(f'\n<div class="qkv-live">{h}</div>\n' for h in shown)
+        return f"{m.group(0)}{text}\n![the figure of this snippet]({FIGURES}/{name}.png)\n{live}"
     return RUN.sub(show, markdown)
