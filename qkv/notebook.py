@@ -5,6 +5,7 @@ inline, nothing fetched), so it shows offline and survives an exported notebook.
     explore(model, tokenizer, "twenty-one")        # the explorer: every layer and head, every kind, beam search
     maps_view(attention_maps(model, tok, s, t))    # any qkv.viz.AttentionMaps, e.g. a linear-time model's maps
     rollout_view(bert, ids, tokens)                # attention rollout (or flow=True) as a token x token table
+    importance_view(head_importance(model, loss))  # qkv.interpret: the loss rise per head switched off
     neuron_view(model, ids, head=1, query=3)       # qkv.interpret: displays itself
 
 The explorer is ``qkv.viz.explorer_page`` (the same page ``qkv explore`` serves) inside an ``<iframe srcdoc>``:
@@ -89,21 +90,25 @@ _MATRIX_CSS = """<style>
 </style>"""
 
 
-def _show(token: str) -> str:
+def _show(token: str, visible_space: bool = True) -> str:
+    """A label as HTML text; tokens get their whitespace made visible (a space as \u2423, an empty token \u2205)."""
+    if not visible_space:
+        return html.escape(token)
     return html.escape(token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423") or "\u2205")
 
 
 def matrix_view(matrix, queries: Sequence[str], keys: Sequence[str] | None = None, *, title: str = "",
-                decimals: int = 2) -> HTMLView:
+                decimals: int = 2, tokens: bool = True) -> HTMLView:
     """A (T, S) matrix as an HTML table: query tokens down, key tokens across, every value printed in its cell
-    and coloured by it (0 white, the largest dark). For rollout, flow, a mean over heads, any token x token map."""
+    and coloured by it (0 white, the largest dark). For rollout, flow, a mean over heads, any token x token map.
+    tokens=False: the labels are names, not tokens (their spaces are not made visible)."""
     keys = list(queries if keys is None else keys)
     m = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
     if m.shape != (len(queries), len(keys)):
         raise ValueError(f"matrix has shape {tuple(m.shape)}: expected (T, S) = ({len(queries)}, {len(keys)}) "
                          f"from the token lists")
     top = float(m.abs().max()) if m.numel() else 0.0
-    rows = ["<tr><th></th>" + "".join(f'<th class="col">{_show(k)}</th>' for k in keys) + "</tr>"]
+    rows = ["<tr><th></th>" + "".join(f'<th class="col">{_show(k, tokens)}</th>' for k in keys) + "</tr>"]
     for t, q in enumerate(queries):
         cells = []
         for s in range(len(keys)):
@@ -111,8 +116,8 @@ def matrix_view(matrix, queries: Sequence[str], keys: Sequence[str] | None = Non
             a = abs(v) / top if top > 0 else 0.0
             colour = "255,255,255" if a > 0.6 else "0,0,0"
             cells.append(f'<td style="background:rgba(37,99,235,{a:.3f});color:rgb({colour})" '
-                         f'title="{_show(q)} \u2192 {_show(keys[s])}: {v:.4f}">{v:.{decimals}f}</td>')
-        rows.append(f"<tr><th>{_show(q)}</th>" + "".join(cells) + "</tr>")
+                         f'title="{_show(q, tokens)} \u2192 {_show(keys[s], tokens)}: {v:.4f}">{v:.{decimals}f}</td>')
+        rows.append(f"<tr><th>{_show(q, tokens)}</th>" + "".join(cells) + "</tr>")
     caption = f'<div class="cap">{html.escape(title)}</div>' if title else ""
     return HTMLView(f'<div class="qkv-matrix" data-qkv="matrix">{_MATRIX_CSS}{caption}<table>{"".join(rows)}'
                     f"</table></div>", title or "qkv matrix")
@@ -132,6 +137,14 @@ def rollout_view(model, inputs: torch.Tensor, tokens: Sequence[str], *, attentio
     name = "attention flow" if flow else "attention rollout"
     return matrix_view(m, list(tokens), title=f"{name} through {len(weights)} layers (rows: tokens after the "
                                                f"last layer; columns: input tokens)", decimals=decimals)
+
+
+def importance_view(importance, *, decimals: int = 3) -> HTMLView:
+    """Head importance (``qkv.interpret.head_importance``) as a table: one row per attention sublayer, one column
+    per head, each cell the loss rise when that head alone is switched off (shaded by its size)."""
+    M, H = importance.scores.shape
+    return matrix_view(importance.scores, importance.names, [f"head {h}" for h in range(H)], decimals=decimals,
+                       tokens=False, title=f"loss rise when one head is off (base loss {importance.base:.4f})")
 
 
 def enable() -> bool:

@@ -12,7 +12,7 @@ import torch
 import qkv
 from qkv.data import train_bpe
 from qkv.interpret import neuron_view
-from qkv.notebook import HTMLView, explore, matrix_view, rollout_view
+from qkv.notebook import HTMLView, explore, importance_view, matrix_view, rollout_view
 
 from tests.chromium import BASH, CHROMIUM, Browser
 
@@ -104,6 +104,9 @@ def test_the_executed_notebook_renders_in_chromium(executed, tmp_path):
         mt, lm, hybrid, maps = frames
         assert mt["kinds"] == ["self", "masked", "cross"] and mt["beam"] and lm["beam"] and lm["kinds"] == ["masked"]
         assert "cat" in mt["queries"] and "sat" in mt["queries"]  # the source's tokens label the links
+        steps = page.evaluate(f"{FRAMES}.map(function (f) {{ return f.contentDocument.querySelectorAll("
+                              f"'#beam [data-status]').length; }})")
+        assert steps[0] >= 6 and steps[1] >= 6 and steps[3] == 0  # 2K candidates a step, drawn step by step
         for f in frames:  # the heatmap's title says its largest weight, as the data holds it
             assert f"(max {f['max']:.3f})" in f["heat"] and f["cells"] > 0
         assert maps["kinds"] == ["cross"] and not maps["beam"]
@@ -121,6 +124,15 @@ def tok_and(name):
     if name == "transformer-tiny":
         cfg["decoder_start_token_id"] = tok.bos_id
     return tok, qkv.build(qkv.preset(name, **cfg)).eval()
+
+
+def test_head_importance_shows_as_a_table_of_its_numbers():
+    from qkv.interpret import head_importance
+    _, lm = tok_and("gpt2-tiny")
+    ids = torch.tensor([[5, 17, 99, 42, 8, 61]])
+    imp = head_importance(lm, lambda m: torch.nn.functional.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:]))
+    page = importance_view(imp).html
+    assert page.count("<td") == 8 and f">{float(imp.scores[1, 3]):.3f}<" in page and "masked 1" in page
 
 
 def test_views_refuse_bad_arguments_by_name():
