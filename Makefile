@@ -57,5 +57,12 @@ demo: $(VENV)/.installed
 explore: $(VENV)/.installed
 	$(VENV)/bin/qkv explore --checkpoint runs/demo $(EXPLORE_ARGS)
 
+# the documentation site into build/site, strict: a broken link, a public name missing from the API reference or a
+# course snippet that stops running fails it (docs/hooks/)
+.PHONY: docs
+docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs]" "$(TORCH)"
+	$(PY) -m mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) $(VENV)-latest $(VENV)-lock runs .pytest_cache
