@@ -54,7 +54,8 @@ def test_a_weight_gone_nan_later_keeps_the_last_good_checkpoint(world, corpus):
                 weight[15, 0] = float("inf")
     model.register_forward_pre_hook(poison)
     run = world.root / "run"
-    with pytest.raises(NonFiniteWeightError, match=r"'embed.positions.weight' holds 1 .*after step 4.*step-0000002 \(step 2\)"):
+    named = r"'embed.positions.weight' holds 1 .*after step 4.*step-0000002 \(step 2\)"
+    with pytest.raises(NonFiniteWeightError, match=named):
         train(mc, config(corpus, run), model=model)
     good = ckpt.latest_checkpoint(run)
     assert good.name == "step-0000002" and [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000002"]
@@ -64,13 +65,19 @@ def test_a_weight_gone_nan_later_keeps_the_last_good_checkpoint(world, corpus):
 
 # -- 7. a crash between a checkpoint and its metrics line ----------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, corpus):
+    """An uninterrupted run of 6 steps."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    train(tiny_model(), config(corpus, run))
+    return run
+
+
 @pytest.mark.parametrize("when", ["after the checkpoint", "before the checkpoint"])
-def test_a_crash_next_to_a_checkpoint_loses_no_metrics_line(world, corpus, monkeypatch, when):
+def test_a_crash_next_to_a_checkpoint_loses_no_metrics_line(world, corpus, whole_run, monkeypatch, when):
     """kill -9 simulated right after step 4's checkpoint is written (before, the loop saved first and appended the
     line after, so a crash there lost the line for good), and right before it; resumed, the log holds every step
     once, with the values of an uninterrupted run."""
-    whole = world.root / "whole"
-    train(tiny_model(), config(corpus, whole))
     real = ckpt.save_checkpoint
 
     def crash(out, step, **kw):
@@ -90,7 +97,7 @@ def test_a_crash_next_to_a_checkpoint_loses_no_metrics_line(world, corpus, monke
     train(tiny_model(), config(corpus, cut, resume=True))
     drop = ("tokens_per_s", "elapsed_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in metrics(cut)] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in metrics(whole)]
+        [{k: v for k, v in r.items() if k not in drop} for r in metrics(whole_run)]
 
 
 # -- 8. a dead process's lock, taken over twice ----------------------------------------------------------------------
