@@ -77,22 +77,45 @@ def _encode(obj, path: str, tensors: dict, seen: set):
                     f"tensors, arrays and containers of them)")
 
 
-def _decode(obj, tensors: dict, where):
+# numpy arrays in a trainer state hold RNG words and counters: plain numbers, never objects or sized byte strings
+_ARRAY_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32",
+                 "float64")
+_MAX_DEPTH = 32  # qkv's own states nest 6 deep (optimizer.state.N.exp_avg); deeper is not a trainer state
+
+
+def _decode(obj, tensors: dict, where, path: str = "", depth: int = 0):
+    """The inverse of ``_encode``; a marker that does not hold what it should is named by its place (``path``)."""
+    def bad(expected):
+        text = json.dumps(obj)
+        return ValueError(f"{where}: {path} is {text if len(text) <= 60 else text[:57] + '...'}; expected {expected}")
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{where}: {path} nests deeper than {_MAX_DEPTH} levels; expected a qkv trainer state")
     if isinstance(obj, list):
-        return [_decode(v, tensors, where) for v in obj]
+        return [_decode(v, tensors, where, f"{path}[{i}]", depth + 1) for i, v in enumerate(obj)]
     if not isinstance(obj, dict):
         return obj
     if "__tensor__" in obj:
-        if obj["__tensor__"] not in tensors:
-            raise ValueError(f"{where}: names tensor {obj['__tensor__']!r}, which {STATE_TENSORS} does not hold")
+        if not isinstance(obj["__tensor__"], str) or obj["__tensor__"] not in tensors:
+            raise bad(f"the name of a tensor that {STATE_TENSORS} holds")
         return tensors[obj["__tensor__"]]
     if "__ndarray__" in obj:
-        return np.asarray(obj["__ndarray__"], dtype=np.dtype(str(obj.get("dtype", "float64"))))
+        if obj.get("dtype", "float64") not in _ARRAY_DTYPES:
+            raise bad(f"an array of one of {', '.join(_ARRAY_DTYPES)}")
+        try:
+            return np.asarray(obj["__ndarray__"], dtype=np.dtype(obj.get("dtype", "float64")))
+        except (TypeError, ValueError, OverflowError):
+            raise bad("a rectangular list of numbers") from None
     if "__tuple__" in obj:
-        return tuple(_decode(v, tensors, where) for v in obj["__tuple__"])
+        if not isinstance(obj["__tuple__"], list):
+            raise bad("a list of the tuple's items")
+        return tuple(_decode(v, tensors, where, f"{path}[{i}]", depth + 1) for i, v in enumerate(obj["__tuple__"]))
     if "__items__" in obj:
-        return {_decode(k, tensors, where): _decode(v, tensors, where) for k, v in obj["__items__"]}
-    return {k: _decode(v, tensors, where) for k, v in obj.items()}
+        items = obj["__items__"]
+        if not (isinstance(items, list) and all(isinstance(kv, list) and len(kv) == 2
+                                                and isinstance(kv[0], (int, str)) for kv in items)):
+            raise bad("a list of [key, value] pairs with number or string keys")
+        return {k: _decode(v, tensors, where, f"{path}.{k}".lstrip("."), depth + 1) for k, v in items}
+    return {k: _decode(v, tensors, where, f"{path}.{k}".lstrip("."), depth + 1) for k, v in obj.items()}
 
 
 def save_trainer_state(folder, state: dict) -> None:
@@ -118,17 +141,29 @@ def load_trainer_state(path) -> dict:
         raise ValueError(f"{path / STATE_FILE}: format {meta.get('format')!r}; expected {_STATE_FORMAT!r}")
     tensors = safety.load_safetensors(safety.inside(path, path / STATE_TENSORS, what=STATE_TENSORS))
     state = _decode(meta["state"], tensors, path / STATE_FILE)
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise ValueError(f"{path / STATE_FILE}: has no integer 'step'; not a qkv trainer state")
+    if not isinstance(state, dict) or not _is_count(state.get("step")):
+        raise ValueError(f"{path / STATE_FILE}: has no 'step' that is an int >= 0; not a qkv trainer state")
     return state
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def folder_step(path) -> int:
+    """The step a checkpoint folder's name says (``step-0000004`` -> 4)."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a checkpoint folder name; expected {_PREFIX}NNNNNNN")
+    return int(m.group(1))
 
 
 def checkpoint_step(path) -> int:
     """The step of checkpoint ``path``, read from its JSON alone."""
     meta = safety.read_json(Path(path) / STATE_FILE)
     step = meta.get("state", {}).get("step") if isinstance(meta.get("state"), dict) else None
-    if not isinstance(step, int):
-        raise ValueError(f"{Path(path) / STATE_FILE}: has no integer 'step'")
+    if not _is_count(step):
+        raise ValueError(f"{Path(path) / STATE_FILE}: step is {json.dumps(step)[:40]}; expected an int >= 0")
     return step
 
 
@@ -147,7 +182,7 @@ def save_checkpoint(out_dir, step: int, *, model, trainer_state: dict, train_con
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp, trash = root / f".tmp-{final.name}-{os.getpid()}", root / f".old-{final.name}-{os.getpid()}"
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -159,7 +194,6 @@ def save_checkpoint(out_dir, step: int, *, model, trainer_state: dict, train_con
             tokenizer.save(tmp / TOKENIZER_DIR)
         safety.write_manifest(tmp)
         if final.exists():  # the same step saved again (e.g. after a resume): swap, then drop the old one
-            trash = root / f".old-{final.name}-{os.getpid()}"
             os.replace(final, trash)
             os.replace(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
@@ -168,6 +202,8 @@ def save_checkpoint(out_dir, step: int, *, model, trainer_state: dict, train_con
         safety.write_atomic(out / LATEST, f"checkpoints/{final.name}\n")
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if trash.is_dir() and not final.exists():  # stopped between the two renames: the old folder goes back
+            os.replace(trash, final)
         if isinstance(e, (ValueError, TypeError)) or not isinstance(e, Exception):
             raise
         # a full disk, a write error from a library (safetensors' own error type): the earlier checkpoints stand
@@ -242,8 +278,12 @@ def resume_checkpoint(out_dir) -> Path:
     named = _named_by_latest(out)
     candidates = ([named] if named is not None else []) + [p for p in reversed(list_checkpoints(out)) if p != named]
     if not candidates:
-        raise ValueError(f"out_dir={str(out)!r}: resume=True (--resume) but the folder holds no checkpoint (no "
-                         f"'latest' file, no checkpoints/step-*); drop --resume to start a new run")
+        earlier = earlier_run(out)
+        if earlier:  # a run stopped before its first checkpoint: a new run there must replace it
+            raise ValueError(f"out_dir={str(out)!r}: resume=True (--resume) but the folder holds no checkpoint to "
+                             f"resume, only an earlier run's {', '.join(earlier)}; {start_over(True)}")
+        raise ValueError(f"out_dir={str(out)!r}: resume=True (--resume) but the folder holds no run to resume (no "
+                         f"'latest' file, no checkpoints/step-*); drop --resume to start a new run there")
     problems = []
     for c in candidates:
         try:
@@ -262,7 +302,7 @@ def resume_checkpoint(out_dir) -> Path:
             log.warning("%s is missing; resuming from the newest checkpoint, %s", out / LATEST, c)
         return c
     raise ValueError(f"out_dir={str(out)!r}: no intact checkpoint to resume from ({len(problems)} checked): "
-                     f"{problems[0]}")
+                     f"{problems[0]}; {start_over(True)}")
 
 
 def prune(out_dir, keep_last: int) -> None:
@@ -290,6 +330,19 @@ def remove_stale_tmp(out_dir) -> None:
 # What a run writes at the top of its folder; --overwrite removes exactly these (the data cache stays valid).
 RUN_FILES = (LATEST, BEST, METRICS, "checkpoints", "config.json", TRAIN_CONFIG_FILE, TOKENIZER_DIR, "loss.png",
              "tensorboard")
+
+
+def start_over(resuming: bool) -> str:
+    """The one way out when a folder holds a run that cannot be continued: the refusals with and without
+    ``--resume`` say the same."""
+    return (f"pass overwrite=True (--overwrite){' instead of resume=True (--resume)' if resuming else ''} to start a "
+            f"new run in its place, or choose another out_dir")
+
+
+def resumable(out_dir) -> bool:
+    """Whether ``out_dir`` holds a checkpoint ``--resume`` could start from (complete, in the current format; its
+    hashes are checked only when resuming)."""
+    return any((c / STATE_FILE).is_file() for c in list_checkpoints(out_dir))
 
 
 def earlier_run(out_dir) -> list[str]:
@@ -359,6 +412,7 @@ class RunLock:
                                  f"is going on")
             log.warning("taking over %s: the run that held it (process %d) is no longer running", self.path, pid)
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)  # _read_owner left the offset at the old owner's end: no hole of NUL bytes
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         os.fsync(fd)
         self._fd = fd
@@ -381,7 +435,7 @@ class RunLock:
 def _read_owner(fd) -> dict:
     try:
         os.lseek(fd, 0, 0)
-        owner = json.loads(os.read(fd, 4096).decode() or "{}")
+        owner = json.loads(os.read(fd, 4096).decode().strip("\0 \n") or "{}")  # NULs: an older qkv's take-over
         return owner if isinstance(owner, dict) else {}
     except (ValueError, OSError):
         return {}
@@ -427,3 +481,4 @@ def load_weights(path, model) -> None:
     weights = safety.inside(path, Path(path) / WEIGHTS_FILE, what=WEIGHTS_FILE)
     safety.safetensors_header(weights)
     load_model(model, str(weights), device=str(next(model.parameters()).device))
+    safety.check_finite(model.state_dict(), source=weights)  # a handed run folder is checked like a foreign one

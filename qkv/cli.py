@@ -219,13 +219,17 @@ def _train(args):
     import dataclasses
     import json
     import logging
-    from .train import configs_from_args, train
+    from .train import TrainingInterrupted, configs_from_args, train
+    from .train.args import model_name, stopped
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         model_config, train_config = configs_from_args(args)  # its errors name the flags already
     except (TypeError, ValueError) as e:
         raise CLIError(str(e)) from None
-    summary = train(model_config, train_config)
+    try:
+        summary = train(model_config, train_config, name=model_name(args))
+    except TrainingInterrupted as e:  # Ctrl-C / SIGTERM: the checkpoint it saved, and 130 / 143
+        return stopped(e, "qkv train")
     print(json.dumps(dataclasses.asdict(summary), indent=1))
     return 0
 
@@ -987,9 +991,9 @@ def main(argv=None) -> int:
     _Notes.said = set()
     try:
         return COMMANDS[args.command].run(args) or 0
-    except KeyboardInterrupt:
-        print("qkv: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a training run inside (qkv demo) says what it saved, and which signal
+        print(f"qkv {args.command}: {e}" if str(e) else "qkv: interrupted", file=sys.stderr)
+        return getattr(e, "exit_status", 130)
     except BrokenPipeError:  # the reader went away (``qkv ... | head``): stop quietly, as other commands do
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

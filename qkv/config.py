@@ -260,7 +260,7 @@ class TrainConfig(_Serializable):
     max_steps: int = 1000  # optimizer steps to train for
     batch_size: int = 12  # sequences per micro-step, over all processes together (translation: see max_tokens)
     max_tokens: int = 4096  # translation: padded tokens per micro-step, over all processes together
-    block_size: int | None = None  # LM/MLM context length in tokens; default the model's max_positions
+    block_size: int | None = None  # LM/MLM context length in tokens (classify: the longest text kept); default the model's max_positions up to 1024 (linear-time presets declare 4096+); the opening line and train_config.json say the one used
     grad_accum: int = 1  # micro-steps accumulated into one optimizer step
     lr: float = 1e-3  # peak learning rate (reached at the end of warmup)
     min_lr: float = 1e-4  # cosine: the learning rate at max_steps
@@ -279,7 +279,7 @@ class TrainConfig(_Serializable):
     log_every: int = 10  # write a metrics.jsonl line every this many steps
     save_every: int = 0  # checkpoint every this many steps (0: at evaluations and at the end)
     keep_last: int = 2  # checkpoints kept besides the best one (0: keep all)
-    resume: bool = False  # continue from the latest checkpoint in out_dir
+    resume: bool = False  # continue from the latest checkpoint in out_dir (Ctrl-C or SIGTERM saves one at the next step)
     overwrite: bool = False  # start afresh in an out_dir that holds an earlier run, deleting its checkpoints and metrics
     fsdp: bool = False  # under torchrun: shard parameters with FSDP2 (fully_shard) instead of DDP
     device: str | None = None  # cpu | cuda | cuda:N ...; default cuda when available (the local rank's under torchrun)

@@ -172,6 +172,7 @@ class Classification(Task):
     tokenizer_kinds = ("bpe", "char", "wordpiece")
     sentences = True
     special_ids = ("pad_token_id",)
+    uses_block_size = True  # texts are cut to block_size tokens
 
     def __init__(self, labels: list[str] | None = None):
         self.labels = labels  # the class names, once a run's data named them (metrics are keyed by them)

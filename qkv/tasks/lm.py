@@ -41,6 +41,7 @@ class CausalLM(Task):
     specials = False
     special_ids = ()  # a language model has no padding, and any text may start or end anywhere
     fixed_shapes = True  # (B, T) windows of block_size
+    uses_block_size = True
 
     def load(self, model_config, cfg, tokenizer):
         splits, block = _token_splits(model_config, cfg, tokenizer)

@@ -45,6 +45,7 @@ class Task:
     row_batches: bool = True  # batch_size counts rows, split over the processes (False: a token budget)
     data_folders: bool = False  # --data / --val-data may be folders
     fixed_shapes: bool = False  # every training batch has the same shape (so compiled code is compiled once)
+    uses_block_size: bool = False  # text is cut to block_size tokens (the loop resolves its default)
 
     # -- data --------------------------------------------------------------------------------------------------
     def prepare(self, model_config, cfg, tokenizer=None) -> TaskData:

@@ -14,18 +14,22 @@ One optimizer step (step s = 1 .. max_steps):
   clip the gradient norm, AdamW step at lr(s), scheduler step
 
 Where things are: ``loop`` (the loop, and setting a run up), ``processes`` (distributed set-up), ``checkpointing``
-(the run folder, resume, save), ``evaluation``, ``log`` (metrics.jsonl, progress bar, plot), ``optim`` (AdamW,
-schedules), ``precision`` (what "auto" means, autocast), ``compiling`` (regional compile of the blocks, and when),
-``args`` (the flags of ``qkv train`` and ``python -m qkv.train``); what is trained: ``qkv.tasks``.
+(the run folder, resume, save), ``state_checks`` (a saved trainer state's values, checked before resuming),
+``stopping`` (SIGINT / SIGTERM: a checkpoint at the next step, then the end), ``evaluation``, ``log``
+(metrics.jsonl, the opening line, progress bar, plot), ``optim`` (AdamW, schedules), ``precision`` (what "auto"
+means, autocast), ``compiling`` (regional compile of the blocks, and when), ``args`` (the flags of ``qkv train``
+and ``python -m qkv.train``); what is trained: ``qkv.tasks``.
 """
 from ..tasks import bleu_callback, prepare_data
 from .args import add_arguments, build_parser, configs_from_args, main
-from .checkpointing import RESUME_MUST_MATCH
-from .loop import NonFiniteLossError, TrainSummary, train
+from .checkpointing import RESUME_MUST_MATCH, NonFiniteWeightError
+from .loop import DEFAULT_BLOCK_CAP, NonFiniteLossError, TrainSummary, train
 from .optim import learning_rate, make_optimizer, transformer_lr
 from .precision import native_bf16, resolve_precision
 from .processes import check_device
+from .stopping import TrainingInterrupted
 
-__all__ = ["train", "TrainSummary", "NonFiniteLossError", "learning_rate", "transformer_lr", "make_optimizer",
+__all__ = ["train", "TrainSummary", "NonFiniteLossError", "NonFiniteWeightError", "TrainingInterrupted",
+           "DEFAULT_BLOCK_CAP", "learning_rate", "transformer_lr", "make_optimizer",
            "bleu_callback", "prepare_data", "RESUME_MUST_MATCH", "check_device", "native_bf16", "resolve_precision",
            "add_arguments", "build_parser", "configs_from_args", "main"]

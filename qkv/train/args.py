@@ -77,6 +77,25 @@ def _configs(args) -> tuple[ModelConfig | None, TrainConfig]:
     return model, dataclass_from_args(TrainConfig, args, file.get("train", {}))
 
 
+def model_name(args) -> str | None:
+    """What the opening line calls the model: the preset (--preset, or the config file's), or --init's checkpoint;
+    None for a 'model' section (the line then names the family)."""
+    if getattr(args, "init", None):
+        return str(args.init)
+    if args.preset:
+        return args.preset
+    file = load_config_file(args.config) if args.config else {}
+    return file.get("preset") if isinstance(file.get("preset"), str) else (file.get("train") or {}).get("init")
+
+
+def stopped(e, prog: str) -> int:
+    """A run ended by SIGINT / SIGTERM (``TrainingInterrupted``): its one line on stderr (what it saved) from the
+    main process; returns the exit status a shell expects, 128 + the signal's number."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{prog}: {e}", file=sys.stderr)
+    return e.exit_status
+
+
 def name_flags(message: str, args, cls) -> str:
     """Put the flags (and their values) a config check names in front of its message: "--lr inf: lr must be ..."."""
     given = [f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None
@@ -102,6 +121,7 @@ def main(argv=None):
     flag, file or value ends the process with one line on stderr (status 2 for flags, 1 for the run), as `qkv
     train` does; ``--debug`` shows the traceback instead."""
     from .loop import train
+    from .stopping import TrainingInterrupted
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(join_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))
@@ -112,7 +132,9 @@ def main(argv=None):
             raise
         parser.exit(2, f"{parser.prog}: error: {one_line(e)}\n")
     try:
-        summary = train(model_config, train_config)
+        summary = train(model_config, train_config, name=model_name(args))
+    except TrainingInterrupted as e:
+        sys.exit(stopped(e, parser.prog))
     except Exception as e:  # a bad file or value, a run that diverged: one line, as from `qkv train`
         if args.debug:
             raise

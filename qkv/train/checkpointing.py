@@ -6,6 +6,7 @@ The file formats (safetensors + JSON, manifests, atomic renames) are ``qkv.check
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -19,6 +20,7 @@ from .. import checkpoint as ckpt
 from .. import safety
 from ..config import TrainConfig
 from . import processes
+from .state_checks import IMPLEMENTATION, check_trainer_state
 
 log = logging.getLogger("qkv.train")
 
@@ -51,27 +53,51 @@ def run_lock(out: Path, procs: processes.Processes, device):
         lock.__exit__(None, None, None)
 
 
-def check_run_folder(cfg: TrainConfig, tokenizer, data):
+def check_run_folder(cfg: TrainConfig, tokenizer, data, max_positions: int | None = None):
     """The checks before any data is read: returns (the checkpoint to resume from or None, the tokenizer to use,
-    the config changes to record). A resumed run always uses the tokenizer saved with its checkpoint."""
+    the config changes to record). A resumed run always uses the tokenizer saved with its checkpoint.
+    max_positions: the model's, the block size runs of an older qkv recorded as null."""
     out = Path(cfg.out_dir)
     safety.check_no_links(out, ckpt.RUN_FILES + ("data", ckpt.LOCK), what="out_dir")  # writes would reach elsewhere
     if not cfg.resume:
         earlier = ckpt.earlier_run(out)
-        if earlier and not cfg.overwrite:
+        if earlier and not cfg.overwrite and ckpt.resumable(out):
             raise ValueError(f"out_dir={str(out)!r} already holds a run ({', '.join(earlier)}); pass resume=True "
                              f"(--resume) to continue it, overwrite=True (--overwrite) to replace it, or choose "
                              f"another out_dir")
+        if earlier and not cfg.overwrite:
+            raise ValueError(f"out_dir={str(out)!r} already holds a run ({', '.join(earlier)}) with no checkpoint "
+                             f"to resume; {ckpt.start_over(False)}")
         return None, tokenizer, {}
     resume_from = ckpt.resume_checkpoint(out)
     ckpt.read_best(out)  # a damaged best.json is named now, not at the first save
-    tokenizer, changes = _check_resume(cfg, resume_from, tokenizer, data)
+    tokenizer, changes = _check_resume(cfg, resume_from, tokenizer, data, max_positions)
     return resume_from, tokenizer, changes
 
 
-def _check_resume(cfg: TrainConfig, resume_from: Path, tokenizer, data):
+def check_saved_config(resume_from: Path, max_positions: int | None, uses_block: bool = True) -> dict:
+    """The checkpoint's train_config.json, checked as a TrainConfig (types and ranges of every field it knows) and
+    against the checkpoint's step; for a run cut into blocks (``uses_block``), a block_size of null (qkv before
+    block sizes were resolved) is the model's max_positions, the block those runs trained on."""
+    path = resume_from / ckpt.TRAIN_CONFIG_FILE
+    saved = safety.read_json(path)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        TrainConfig.from_dict({k: v for k, v in saved.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    step = ckpt.checkpoint_step(resume_from)
+    if not isinstance(saved.get("max_steps"), int) or saved["max_steps"] < step:
+        raise ValueError(f"{path}: max_steps is {saved.get('max_steps')!r}; expected an int >= {step}, the step of "
+                         f"its checkpoint")
+    if uses_block and "block_size" in saved and saved["block_size"] is None and max_positions is not None:
+        saved["block_size"] = max_positions
+    return saved
+
+
+def _check_resume(cfg: TrainConfig, resume_from: Path, tokenizer, data, max_positions: int | None):
     """The training config (fields that change the batches must match), the step, and the tokenizer."""
-    saved = safety.read_json(resume_from / ckpt.TRAIN_CONFIG_FILE)
+    saved = check_saved_config(resume_from, max_positions, uses_block=cfg.block_size is not None)
     diff = ckpt.config_diff(cfg.to_dict(), saved, only=RESUME_MUST_MATCH)
     if diff:
         raise ValueError(f"cannot resume from {resume_from}: the training config differs in fields that change "
@@ -145,9 +171,17 @@ def seed_all(seed: int) -> None:
 
 def restore(run, resume_from: Path, changes: dict) -> None:
     """Put ``run`` back where its checkpoint left it: optimizer, schedule, scaler (unless the precision changed to or
-    from fp16: a fresh one), data position, counters, history (plus this resume's changes) and RNG states."""
+    from fp16: a fresh one), data position, counters, history (plus this resume's changes) and RNG states. Every
+    value is checked first (``state_checks``): a handed trainer state never overrides this run's config."""
     state = ckpt.load_trainer_state(resume_from)
+    fresh = {"param_groups": processes.optimizer_groups(run.task_loss, run.opt, run.procs),
+             "scheduler": run.sched.state_dict(), "data": run.data.train.state_dict()}
+    check_trainer_state(state, source=resume_from / ckpt.STATE_FILE, folder_step=ckpt.folder_step(resume_from),
+                        run=run, saved_config=safety.read_json(resume_from / ckpt.TRAIN_CONFIG_FILE), fresh=fresh)
+    chosen = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in run.opt.param_groups]
     processes.load_optimizer(run.task_loss, run.opt, state["optimizer"], run.procs)
+    for group, keep in zip(run.opt.param_groups, chosen):  # how to compute the update is this run's choice
+        group.update(keep)
     run.sched.load_state_dict(state["scheduler"])
     if run.scaler.is_enabled() and state["scaler"]:
         run.scaler.load_state_dict(state["scaler"])
@@ -161,6 +195,39 @@ def restore(run, resume_from: Path, changes: dict) -> None:
     else:
         log.warning("checkpoint has RNG states of %d processes, this run has %d: dropout will differ from an "
                     "uninterrupted run", len(state["rng"]), run.procs.world)
+
+
+class NonFiniteWeightError(FloatingPointError):
+    """A weight became NaN or infinite while training; the run stopped without saving it."""
+
+
+def check_weights_finite(run) -> None:
+    """Stop a run whose weights went non-finite before they reach a checkpoint or an evaluation: one host read (all
+    processes agree through one all-reduce), and only on the refusal path a search for the first such tensor.
+    A loss can stay finite while weights go NaN: AdamW with eps=0 divides 0 by 0 in rows no batch reaches."""
+    tensors = [(name, t) for name, t in run.model.state_dict(keep_vars=True).items() if t.is_floating_point()]
+    local = [t.to_local() if hasattr(t, "to_local") else t for _, t in tensors]  # FSDP: this process's shards
+    ok = bool(torch.stack([torch.isfinite(t.detach()).all() for t in local]).all()) if local else True
+    if not run.procs.any(not ok, run.device):
+        return
+    first = next(((name, int((~torch.isfinite(t.detach())).sum()), t.numel()) for (name, _), t in zip(tensors, local)
+                  if not bool(torch.isfinite(t.detach()).all())), None)
+    name, bad, size = next(f for f in run.procs.gather(first) if f is not None)
+    raise NonFiniteWeightError(f"weight {name!r} holds {bad} NaN/infinite value(s) of {size} after step {run.step}; "
+                               f"stopped without saving it. {after_divergence(run)}")
+
+
+def after_divergence(run) -> str:
+    """What is left after a run diverged (a non-finite loss or weight) and what to change, said the way resume
+    takes it: a resumed run keeps lr and eps (they must match), precision may change."""
+    good = ckpt.latest_checkpoint(run.cfg.out_dir) if run.procs.main else None
+    fix = ("eps > 0 (--eps; eps=0 divides 0 by 0 where a gradient stays 0)" if run.cfg.eps == 0 else
+           "a lower lr (--lr)")
+    if good is None:
+        return f"No checkpoint was written yet: start again with {fix} (--overwrite)."
+    return (f"The last good checkpoint is {good} (step {ckpt.checkpoint_step(good)}). A resumed run keeps lr and "
+            f"eps: start a new run from its weights with {fix} (--init {good}, another --out-dir)"
+            + (", or resume with --precision bf16 or fp32." if run.cfg.precision == "fp16" else "."))
 
 
 def save(run, val_loss: float | None = None) -> Path | None:

@@ -66,6 +66,31 @@ class MetricsLog:
             _plot(self.path, self.png, self.label_smoothing)
 
 
+def opening_line(name: str | None, model, cfg, task, device, world: int) -> str:
+    """What a run is about to do, in one line: the model, its size, the precision it computes in, the batch and
+    the tokens one optimizer step trains on, where it runs and where it writes. ``cfg`` is resolved (no "auto")."""
+    family = model.config.family
+    accum = f" x {cfg.grad_accum} accumulated" if cfg.grad_accum > 1 else ""
+    if task.uses_block_size and task.fixed_shapes:  # windows: every step trains on the same number of tokens
+        tokens = cfg.block_size * cfg.batch_size * cfg.grad_accum
+        batch = f"block {cfg.block_size} x batch {cfg.batch_size}{accum} = {tokens:,} tokens per step"
+    elif task.uses_block_size:
+        batch = f"batch {cfg.batch_size}{accum} of texts cut to block {cfg.block_size} tokens"
+    elif not task.row_batches:
+        batch = f"up to {cfg.max_tokens:,} padded tokens per batch{accum}"
+    else:
+        batch = f"batch {cfg.batch_size}{accum} per step"
+    where = str(device) if world == 1 else f"{world} processes ({'FSDP' if cfg.fsdp else 'DDP'}, {device.type})"
+    return (f"qkv train: {name or family} ({family}, task {task.name}), {readable(model.num_parameters())} "
+            f"parameters, precision {cfg.precision}{', compiled blocks' if cfg.compile else ''}, {batch}, "
+            f"{cfg.max_steps:,} steps, on {where}, into {cfg.out_dir}")
+
+
+def readable(n: int) -> str:
+    """A count for people: 124,160; 1.24 M; 6.74 B."""
+    return f"{n:,}" if n < 10 ** 6 else f"{n / 1e6:.2f} M" if n < 10 ** 9 else f"{n / 1e9:.2f} B"
+
+
 def truncate(path: Path, step: int) -> None:
     """On resume, drop lines logged after the checkpoint (a crashed run's tail), so steps never repeat; a line cut
     short by the crash is dropped with a warning."""

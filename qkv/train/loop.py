@@ -15,9 +15,9 @@ import torch.nn as nn
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig
 from ..tasks import TaskData, count_targets, shard_rows, task_for, to_device
-from . import checkpointing, compiling, processes
+from . import checkpointing, compiling, processes, stopping
 from .evaluation import evaluate
-from .log import MetricsLog
+from .log import MetricsLog, opening_line
 from .optim import make_optimizer
 from .precision import autocast, resolve_precision
 
@@ -68,19 +68,23 @@ class Run:
     history: list = field(default_factory=list)  # config changes at each resume
     checkpoint: Path | None = None  # the last one written
     compile_untried: bool = False  # blocks compiled and not yet run: the first step falls back to eager on failure
+    stop: stopping.StopRequests = field(default_factory=stopping.StopRequests)  # SIGINT / SIGTERM received
 
 
 def _loop(run: Run) -> TrainSummary:
     """Optimizer steps until max_steps. One step: grad_accum global micro-batches forward and backward, one update;
-    then a log record, an evaluation and a checkpoint when each is due."""
+    then a log record, an evaluation and a checkpoint when each is due, or a checkpoint and the end when a stop was
+    requested (SIGINT, SIGTERM: ``stopping``)."""
     cfg, procs = run.cfg, run.procs
     train_loss, last_eval, tokens_start = None, {}, run.tokens
+    run.stop.in_loop = True
     while run.step < cfg.max_steps:
         batches = [next(run.data.train) for _ in range(cfg.grad_accum)]
         n = sum(count_targets(b) for b in batches)  # every process sees the whole global batch
         loss_sum, nll_sum = _first_compiled_step(run, batches, n) if run.compile_untried else \
             _forward_backward(run, batches, n)
-        train_loss = procs.mean_per(loss_sum, n)
+        # every process learns whether any was asked to stop, in the reduce the loss makes anyway
+        train_loss, stop = procs.mean_per_and_any(loss_sum, n, run.stop.requested is not None)
         if not math.isfinite(train_loss):
             raise _non_finite(run, train_loss)
         lr, grad_norm = _update(run)
@@ -88,21 +92,30 @@ def _loop(run: Run) -> TrainSummary:
         run.tokens += n
 
         record, at_end = {}, run.step == cfg.max_steps
+        stop = (stop if procs.world > 1 else run.stop.requested is not None) and not at_end
+        due_eval = (cfg.eval_every and run.step % cfg.eval_every == 0) or at_end
+        due_save = due_eval or (cfg.save_every and run.step % cfg.save_every == 0) or stop
+        if due_save:  # weights that went NaN are neither evaluated nor saved
+            checkpointing.check_weights_finite(run)
         if run.step % cfg.log_every == 0 or at_end:
             record = run.log.train_record(run.step, run.tokens, train_loss=train_loss, lr=lr,
                                           grad_norm=float(grad_norm))
             if cfg.label_smoothing:  # train_loss is the smoothed objective; this one compares with val_loss
                 record["train_nll"] = procs.mean_per(nll_sum, n)
-        due_eval = (cfg.eval_every and run.step % cfg.eval_every == 0) or at_end
         if due_eval:
             last_eval = evaluate(run)
             record = {"step": run.step, "train_loss": train_loss, "lr": lr, **record, **last_eval}
         val_loss = last_eval.get("val_loss") if due_eval else None
         if val_loss is not None and (run.best_val is None or val_loss < run.best_val):
             run.best_val = val_loss
-        if due_eval or (cfg.save_every and run.step % cfg.save_every == 0):
-            run.checkpoint = checkpointing.save(run, val_loss)
+        # the record before the checkpoint: a crash between the two leaves a line past the last checkpoint, which
+        # a resume drops and writes again, never a checkpoint whose line is lost
         run.log.write(record, train_loss, last_eval)
+        if due_save:
+            run.checkpoint = checkpointing.save(run, val_loss)
+        if stop:
+            run.log.close()
+            raise run.stop.stopped(run.step, run.checkpoint, procs)
     wall = run.log.close()
     run.log.plot()
     procs.barrier()
@@ -160,18 +173,15 @@ def _update(run: Run) -> tuple[float, torch.Tensor]:
 
 def _non_finite(run: Run, train_loss: float) -> NonFiniteLossError:
     run.opt.zero_grad(set_to_none=True)
-    good = ckpt.latest_checkpoint(run.cfg.out_dir) if run.procs.main else None
-    return NonFiniteLossError(
-        f"training loss is {train_loss} at step {run.step + 1}; stopped before updating the weights. "
-        + (f"The last good checkpoint is {good} (step {ckpt.load_trainer_state(good)['step']}); lower lr or "
-           f"use precision='fp32'/'bf16', then resume." if good else "No checkpoint was written yet."))
+    return NonFiniteLossError(f"training loss is {train_loss} at step {run.step + 1}; stopped before updating the "
+                              f"weights. {checkpointing.after_divergence(run)}")
 
 
 # -- setting a run up ------------------------------------------------------------------------------------------
 
 def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model: nn.Module | None = None,
           tokenizer=None, data: TaskData | None = None,
-          eval_callback: Callable[[nn.Module, int], dict] | None = None) -> TrainSummary:
+          eval_callback: Callable[[nn.Module, int], dict] | None = None, name: str | None = None) -> TrainSummary:
     """Train a model of ``model_config`` as ``train_config`` says; returns a TrainSummary.
 
     With ``train_config.init`` (fine-tuning) ``model_config`` is None: the config, weights and tokenizer are the
@@ -182,12 +192,13 @@ def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model:
     default kind). data: a prepared TaskData (``qkv.tasks.prepare_data``) instead of reading ``train_config.data``.
     eval_callback(model, step) -> dict of extra metrics (e.g. ``bleu_callback``), called on every process at each
     evaluation; rank 0's dict is logged. Without one, the task's own (translation: greedy BLEU on the held-out
-    pairs).
+    pairs). name: what the opening line calls the model (its preset; default its family).
 
     Writes into ``out_dir``: metrics.jsonl, checkpoints/ with ``latest`` and ``best.json``, tokenizer/,
     config.json, train_config.json (with "auto" fields resolved), loss.png. Raises NonFiniteLossError if the loss
-    becomes NaN/inf (the last good checkpoint stays), ValueError for bad data or an incompatible resume, before
-    anything in out_dir changes.
+    becomes NaN/inf and NonFiniteWeightError if a weight does (the last good checkpoint stays),
+    ValueError for bad data or an incompatible resume, before anything in out_dir changes, and TrainingInterrupted
+    (a KeyboardInterrupt) after SIGINT or SIGTERM, with the checkpoint saved at the step it stopped after.
     """
     pre = None
     if train_config.init:  # fine-tuning: the checkpoint's config and tokenizer (qkv.train.init)
@@ -206,30 +217,60 @@ def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model:
         raise ValueError(f"out_dir={str(out)!r} (--out-dir): is a file; expected a folder for the run's checkpoints "
                          f"and logs")
     procs, device = processes.setup(train_config.device, train_config.fsdp)
-    cfg = resolve(train_config, task, device, procs.world)
+    max_positions = (model_config if model is None else model.config).max_positions
+    cfg = resolve(train_config, task, device, procs.world, max_positions)
+    stop = stopping.StopRequests(procs.main, procs.world)
     try:
-        with checkpointing.run_lock(out, procs, device):
-            return _loop(_start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback, pre))
+        with stop, checkpointing.run_lock(out, procs, device):
+            return _loop(_start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback, pre,
+                                stop=stop, name=name))
+    except stopping.TrainingInterrupted as e:
+        if e.step is None and stop.in_loop:  # stopped at once, without saving: say what is left
+            raise stopping.TrainingInterrupted(f"{e}; {_what_is_left(out)}", signum=e.signum) from None
+        raise
     finally:
         procs.close()
 
 
-def resolve(cfg: TrainConfig, task, device: torch.device, world: int = 1) -> TrainConfig:
+def _what_is_left(out: Path) -> str:
+    try:
+        good = ckpt.latest_checkpoint(out)
+    except (OSError, ValueError):
+        good = None
+    if good is None:
+        return "no checkpoint was written: the steps trained are lost"
+    return f"the last checkpoint is {good} (step {ckpt.checkpoint_step(good)}): continue from it with resume=True " \
+           f"(--resume)"
+
+
+# The block size when none is given: the model's context, up to GPT-2's 1024 (also where Hugging Face's causal-LM
+# example script caps it). Linear-time presets declare 4096 or more positions; windows that long make a CPU step
+# several times slower and are rarely what a first run wants. --block-size takes any length up to max_positions.
+DEFAULT_BLOCK_CAP = 1024
+
+
+def resolve(cfg: TrainConfig, task, device: torch.device, world: int = 1,
+            max_positions: int | None = None) -> TrainConfig:
     """``cfg`` with its "auto" fields made concrete, so the run's saved config says what ran: the tokenizer type the
-    task trains (when it trains one), the precision for ``device``, and whether the blocks are compiled."""
+    task trains (when it trains one), the precision for ``device``, whether the blocks are compiled, and for tasks
+    that cut text to a block the block size: min(``max_positions``, DEFAULT_BLOCK_CAP) unless one was given."""
     compile = compiling.resolve_compile(cfg.compile, max_steps=cfg.max_steps, fixed_shapes=task.fixed_shapes,
                                         device=device, world=world)
     changes = {"precision": resolve_precision(cfg.precision, device), "compile": compile}
+    if cfg.block_size is None and task.uses_block_size and max_positions:
+        changes["block_size"] = min(max_positions, DEFAULT_BLOCK_CAP)
     if cfg.tokenizer_type == "auto" and not cfg.tokenizer and not cfg.init and task.tokenizer is not None:
         changes["tokenizer_type"] = task.tokenizer
     return dataclasses.replace(cfg, **changes)
 
 
-def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback, pre=None) -> Run:
+def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_callback, pre=None, *,
+           stop: stopping.StopRequests, name: str | None = None) -> Run:
     """Everything before the first step, in the order that keeps a refused run from changing anything: the run
     folder's checks, the data, the memory check, the model (and its checkpoint's weights), the optimizer and the
-    rest of the checkpoint's state, then the run folder's files and the log."""
-    resume_from, tokenizer, changes = checkpointing.check_run_folder(cfg, tokenizer, data)
+    rest of the checkpoint's state, then the run folder's files, the opening line and the log."""
+    max_positions = (model_config if model is None else model.config).max_positions
+    resume_from, tokenizer, changes = checkpointing.check_run_folder(cfg, tokenizer, data, max_positions)
     if data is None:
         data = task.prepare(model_config if model is None else model.config, cfg, tokenizer)
     model_config = data.model_config
@@ -263,13 +304,15 @@ def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_
     opt, sched = make_optimizer(task_loss, cfg, device, sharded=shadow is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     run = Run(cfg, procs, device, data, model, task_loss, runner, shadow, opt, sched, scaler,
-              autocast(cfg.precision, device), eval_callback=eval_callback or task.eval_callback(cfg, data.tokenizer))
+              autocast(cfg.precision, device), eval_callback=eval_callback or task.eval_callback(cfg, data.tokenizer),
+              stop=stop)
     if resume_from is not None:
         checkpointing.restore(run, resume_from, changes)
     else:
         checkpointing.seed_all(cfg.seed + procs.rank)  # dropout differs across processes
     if procs.main:
         checkpointing.write_run_files(cfg, model_config, data.tokenizer, resumed=resume_from is not None)
+        log.info(opening_line(name, model, cfg, task, device, procs.world))
         if resume_from is not None:
             log.info("resumed from %s at step %d", resume_from, run.step)
     if run.step >= cfg.max_steps:

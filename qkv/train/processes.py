@@ -42,6 +42,25 @@ class Processes:
         """The sum of ``total`` over processes divided by ``n`` (at least 1), as a float."""
         return (self.sum(total) / max(n, 1)).item()
 
+    def mean_per_and_any(self, total: torch.Tensor, n: int, flag: bool) -> tuple[float, bool]:
+        """(``mean_per(total, n)``, whether ``flag`` is set on any process), in the one all-reduce: processes agree
+        on a decision (stop after this step) without another round trip."""
+        if self.world == 1:
+            return (total / max(n, 1)).item(), flag
+        both = torch.stack([total.double().reshape(()), torch.tensor(float(flag), dtype=torch.float64,
+                                                                      device=total.device)])
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        loss_sum, flags = both.tolist()
+        return loss_sum / max(n, 1), flags > 0
+
+    def any(self, flag: bool, device) -> bool:
+        """Whether ``flag`` is set on any process."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
@@ -153,6 +172,18 @@ def optimizer_state(task_loss, opt, procs: Processes) -> dict:
         return get_optimizer_state_dict(task_loss, opt, options=StateDictOptions(full_state_dict=True,
                                                                                  cpu_offload=True))
     return opt.state_dict()
+
+
+def optimizer_groups(task_loss, opt, procs: Processes) -> list[dict]:
+    """``opt``'s parameter groups as its saved state names them, read locally (no collective): every setting, and
+    the parameters as ids numbered over the groups in order, or (FSDP's full state) as their names."""
+    names = {id(p): n for n, p in task_loss.named_parameters()} if procs.world > 1 and procs.fsdp else None
+    groups, i = [], 0
+    for g in opt.param_groups:
+        ids = [names[id(p)] for p in g["params"]] if names else list(range(i, i + len(g["params"])))
+        i += len(g["params"])
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+    return groups
 
 
 def load_optimizer(task_loss, opt, state: dict, procs: Processes) -> None:

@@ -358,3 +358,56 @@ def test_nan_in_a_query_gives_nan_on_the_fast_path_as_on_the_reference_path():
         ref, _ = attention(q, k, v, causal=causal, return_weights=True)
         assert torch.equal(fast.isnan(), ref.isnan()) and fast[1, 2, 4].isnan().all()
         torch.testing.assert_close(fast.nan_to_num(), ref.nan_to_num())
+
+
+# -- resume / overwrite hints: each refusal's way out works, and no two refusals send the user in a circle ----------
+
+def _follow_hints(capsys, argv: list) -> list[str]:
+    """Run `qkv train ARGV`; while it is refused, do what its one line says (drop --resume, pass --resume, pass
+    --overwrite instead of --resume) and run again. Returns the refusals met on the way to a run that trains."""
+    from qkv.cli import main
+    lines = []
+    for _ in range(3):
+        rc = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        if rc == 0:
+            return lines
+        line = next(ln for ln in err.splitlines() if ": error: " in ln)
+        assert line not in lines, f"the hints go in a circle: {lines + [line]}"
+        lines.append(line)
+        if "drop --resume" in line:
+            argv = [a for a in argv if a != "--resume"]
+        elif "pass resume=True (--resume)" in line:
+            argv = argv + ["--resume"]
+        elif "pass overwrite=True (--overwrite" in line:
+            assert "pass resume" not in line
+            argv = [a for a in argv if a != "--resume"] + ["--overwrite"]
+        else:
+            pytest.fail(f"no way out named: {line}")
+    pytest.fail(f"still refused after following {lines}")
+
+
+@pytest.mark.parametrize("folder,flags,hints", [
+    ("absent", ["--resume"], ["drop --resume"]),
+    ("empty", ["--resume"], ["drop --resume"]),
+    ("metrics only", [], ["no checkpoint to resume; pass overwrite=True (--overwrite) to start"]),
+    ("metrics only", ["--resume"], ["instead of resume=True (--resume) to start a new run"]),
+    ("checkpoints", [], ["pass resume=True (--resume) to continue it"]),
+    ("damaged checkpoints", ["--resume"], ["no intact checkpoint"]),
+    ("damaged checkpoints", [], ["pass resume=True (--resume)", "no intact checkpoint"]),  # hashes: on resume only
+])
+def test_every_resume_or_overwrite_refusal_names_a_way_that_works(world, lm_run, corpus, capsys, folder, flags,
+                                                                 hints):
+    """Before, `--resume` on a folder with no checkpoint said "drop --resume", and without it "pass --resume"."""
+    run = world.root / "run"
+    if folder in ("empty", "metrics only"):
+        run.mkdir()
+    if folder == "metrics only":  # a run stopped before its first checkpoint
+        (run / "metrics.jsonl").write_text('{"step": 1, "train_loss": 3.0}\n')
+    if "checkpoints" in folder:
+        copy(lm_run, run)
+    for c in ckpt.list_checkpoints(run) if folder == "damaged checkpoints" else []:
+        flip_byte(c / "model.safetensors")
+    lines = _follow_hints(capsys, train_argv(corpus, run, "--max-steps", "6", *flags))
+    assert len(lines) == len(hints) and all(h in ln for h, ln in zip(hints, lines)), lines
+    assert ckpt.latest_checkpoint(run).name == "step-0000006"
