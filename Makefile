@@ -46,7 +46,7 @@ lock:
 	$(PYTHON) -m venv $(VENV)-lock
 	$(VENV)-lock/bin/python -m pip install -q --upgrade pip
 	$(VENV)-lock/bin/python -m pip install -q "$(TORCH)"
-	$(VENV)-lock/bin/python -m pip install -q -e ".[test]" "$(TORCH)"
+	$(VENV)-lock/bin/python -m pip install -q -e ".[test,docs]" "$(TORCH)"
 	$(VENV)-lock/bin/python requirements/lock.py write $(LOCK)
 	rm -rf $(VENV)-lock
 
@@ -61,7 +61,7 @@ explore: $(VENV)/.installed
 # course snippet that stops running fails it (docs/hooks/)
 .PHONY: docs
 docs: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[docs]" "$(TORCH)"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[docs]" "$(TORCH)"
 	$(PY) -m mkdocs build --strict
 
 clean:

@@ -1,4 +1,4 @@
-"""The test lock (requirements/test.txt): exact versions of every package a clean ``pip install -e ".[test]"``
+"""The test lock (requirements/test.txt): exact versions of every package a clean ``pip install -e ".[test,docs]"``
 installs, torch's included, so that ``make test`` and CI run against the same peers every day.
 
   python requirements/lock.py write requirements/test.txt   what this venv has installed, as the lock (make lock)
@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 HEADER = """\
-# The test extra's lock: every package a clean `pip install -e ".[test]"` installs, at the version the suite was
-# last run against, torch 2.13.0 (the CPU build, which make installs first) included. `make test` and .ci/run
-# install with `pip install -c requirements/test.txt -e ".[test]"`, so a new release of a peer (transformers,
-# tokenizers, sentencepiece, ...) never changes what the tests see; users of the library still get the ranges in
-# pyproject.toml.
+# The lock of the test and docs extras: every package a clean `pip install -e ".[test,docs]"` installs, at the
+# version the suite was last run against, torch 2.13.0 (the CPU build, which make installs first) included.
+# `make test` and .ci/run install with `pip install -c requirements/test.txt -e ".[test]"` (and `make docs` the docs
+# extra the same way), so a new release of a peer (transformers, tokenizers, sentencepiece, mkdocs, ...) never
+# changes what the tests see; users of the library still get the ranges in pyproject.toml.
 # Update it on purpose: `make test-latest` (the newest peers in .venv-latest, parity tests), then `make lock`
 # (rewrites this file from a clean venv), `make test`, and commit it with any docs/tokenizers.md change.
 # Written on Python {python} by requirements/lock.py.
