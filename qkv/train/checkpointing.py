@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .. import checkpoint as ckpt
-from .. import safety
+from .. import files
 from ..config import TrainConfig
 from . import processes
 
@@ -55,7 +55,7 @@ def check_run_folder(cfg: TrainConfig, tokenizer, data):
     """The checks before any data is read: returns (the checkpoint to resume from or None, the tokenizer to use,
     the config changes to record). A resumed run always uses the tokenizer saved with its checkpoint."""
     out = Path(cfg.out_dir)
-    safety.check_no_links(out, ckpt.RUN_FILES + ("data", ckpt.LOCK), what="out_dir")  # writes would reach elsewhere
+    files.check_no_links(out, ckpt.RUN_FILES + ("data", ckpt.LOCK), what="out_dir")  # writes would reach elsewhere
     if not cfg.resume:
         earlier = ckpt.earlier_run(out)
         if earlier and not cfg.overwrite:
@@ -71,7 +71,7 @@ def check_run_folder(cfg: TrainConfig, tokenizer, data):
 
 def _check_resume(cfg: TrainConfig, resume_from: Path, tokenizer, data):
     """The training config (fields that change the batches must match), the step, and the tokenizer."""
-    saved = safety.read_json(resume_from / ckpt.TRAIN_CONFIG_FILE)
+    saved = files.read_json(resume_from / ckpt.TRAIN_CONFIG_FILE)
     diff = ckpt.config_diff(cfg.to_dict(), saved, only=RESUME_MUST_MATCH)
     if diff:
         raise ValueError(f"cannot resume from {resume_from}: the training config differs in fields that change "
@@ -112,8 +112,8 @@ def write_run_files(cfg: TrainConfig, model_config, tokenizer, resumed: bool) ->
         log.warning("overwrite=True: removing the earlier run in %s (checkpoints, metrics, logs)", out)
         ckpt.clear_run(out)
     ckpt.remove_stale_tmp(out)
-    safety.write_atomic(out / "config.json", model_config.to_json())
-    safety.write_atomic(out / ckpt.TRAIN_CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    files.write_atomic(out / "config.json", model_config.to_json())
+    files.write_atomic(out / ckpt.TRAIN_CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     if tokenizer is not None:
         tokenizer.save(out / ckpt.TOKENIZER_DIR)
 
