@@ -58,19 +58,18 @@ def load(path, *, device=None, dtype=None) -> QKVModel:
     return model.eval()
 
 
-def check_weights_match(config: ModelConfig, found: dict[str, tuple], *, source,
-                        optional: set[str] = frozenset()) -> Blueprint:
+def check_weights_match(config: ModelConfig, found: dict[str, tuple], *, source) -> Blueprint:
     """Refuse a config that does not describe the tensors ``found`` (qkv's names -> (dtype, shape), dtype a torch
     dtype or a safetensors name): more layers than the file has, a shape that differs, integers where the model
     keeps floats (or the reverse), or a model too large for memory. Cheap checks first, so a config claiming a
     million layers is refused before a single layer object is made. Returns the config's blueprint (one meta build),
-    for ``build(config, plan=...)``. optional: names the file may lack (a fresh classification head)."""
+    for ``build(config, plan=...)``."""
     for field, n in family_of(config).layer_counts(config).items():
         check_layer_count(found, n, field=field, source=source)
     plan = blueprint(config)
     entries = plan.entries()  # one per weight: the layer count is bounded by the file's now
     check_shapes(config, {k: shape for k, (shape, _) in entries.items()}, {k: shape for k, (_, shape) in found.items()},
-                 source=source, optional=plan.aliases() | set(optional))
+                 source=source, optional=plan.aliases())
     files.check_dtypes({k: dtype for k, (_, dtype) in entries.items()}, {k: dt for k, (dt, _) in found.items()},
                        source=source)
     plan.check_fits(source=str(source))

@@ -91,12 +91,7 @@ class Blueprint:
         return out
 
     def sizes(self) -> str:
-        """The fields that decide the model's size, as ``n_layers=12, d_model=768, ...``, for messages."""
-        cfg = self.config
-        fields = list(family_of(cfg).stacks) + ["d_model", "d_ff", "n_heads", "head_dim", "vocab_size"]
-        if decodable_positions(cfg) is not None:  # a position table: its rows are weights
-            fields.append("max_positions")
-        return ", ".join(f"{f}={getattr(cfg, f)}" for f in fields)
+        return model_sizes(self.config)
 
     def check_fits(self, *, device=None, source: str = "config", dtype_bytes: int = 4) -> None:
         """Refuse to build a model whose weights (and module objects) would not fit in memory, naming its sizes."""
@@ -158,7 +153,10 @@ def model_bytes(config: ModelConfig, *, dtype_bytes: int = 4) -> tuple[int, int]
 
 def model_sizes(config: ModelConfig) -> str:
     """The fields that decide a model's size, as ``n_layers=12, d_model=768, ...``, for messages."""
-    return Blueprint(config, 0, 0, {}, frozenset(), ()).sizes()
+    fields = list(family_of(config).stacks) + ["d_model", "d_ff", "n_heads", "head_dim", "vocab_size"]
+    if decodable_positions(config) is not None:  # a position table: its rows are weights
+        fields.append("max_positions")
+    return ", ".join(f"{f}={getattr(config, f)}" for f in fields)
 
 
 def check_model_fits(config: ModelConfig, *, device=None, source: str = "config") -> Blueprint:
