@@ -32,9 +32,10 @@ class Family:
     """One family. model: the class built for it. tasks: its training tasks (qkv/tasks/: loss, batches, data,
     metrics), the first the default. decoding: its decode adapter, or None (it reads its input at once and
     generates nothing). text: it reads token ids (False: pixels). causal: its self-attention is masked (a token
-    sees no later one). stacks: the config fields counting its blocks, one per stack; block_paths: where each
-    stack's blocks sit in the model (an ``nn.ModuleList``, e.g. "blocks", "decoder.blocks"), in the same order.
-    flops: (model, seq_len) -> forward FLOPs per token."""
+    sees no later one). stacks: the config fields counting its blocks, one per stack. flops: (model, seq_len) ->
+    forward FLOPs per token. block_paths: where each stack's blocks sit in the model (an ``nn.ModuleList``, one
+    block per layer: "blocks", "decoder.blocks"), in the order of ``stacks``; sizing copies blocks past the second
+    repeat of the layer pattern from there (qkv/models/sizing.py)."""
     name: str
     model: type[QKVModel]
     tasks: tuple[str, ...]
@@ -42,8 +43,8 @@ class Family:
     text: bool
     causal: bool
     stacks: tuple[str, ...]
-    block_paths: tuple[str, ...]
     flops: Callable[[QKVModel, int | None], int]
+    block_paths: tuple[str, ...] = ("blocks",)
 
     @property
     def continues(self) -> bool:
@@ -62,15 +63,17 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("decoder", DecoderLM, ("lm",), CausalDecoding(), text=True, causal=True, stacks=("n_layers",),
-           block_paths=("blocks",), flops=DecoderLM.flops_per_token),
+           flops=DecoderLM.flops_per_token),
     Family("encoder", Encoder, ("mlm", "classify"), None, text=True, causal=False, stacks=("n_layers",),
-           block_paths=("blocks",), flops=Encoder.flops_per_token),
+           flops=Encoder.flops_per_token),
     Family("encoder_decoder", EncoderDecoder, ("seq2seq",), Seq2SeqDecoding(), text=True, causal=True,
-           stacks=("n_layers", "n_decoder_layers"), block_paths=("encoder.blocks", "decoder.blocks"),
-           flops=EncoderDecoder.flops_per_token),
-    Family("vit", ViT, ("image",), None, text=False, causal=False, stacks=("n_layers",), block_paths=("blocks",),
-           flops=ViT.flops_per_token),
+           stacks=("n_layers", "n_decoder_layers"), flops=EncoderDecoder.flops_per_token,
+           block_paths=("encoder.blocks", "decoder.blocks")),
+    Family("vit", ViT, ("image",), None, text=False, causal=False, stacks=("n_layers",), flops=ViT.flops_per_token),
 )}
+if any(len(f.block_paths) != len(f.stacks) for f in FAMILIES.values()):  # one place of blocks per stack
+    raise ImportError(f"qkv.models.registry: every family needs one block path per stack: "
+                      f"{ {f.name: (f.stacks, f.block_paths) for f in FAMILIES.values()} }")
 if set(FAMILIES) != set(FAMILY_NAMES):  # one list: the config's names, each with its record here
     raise ImportError(f"qkv.models.registry has families {sorted(FAMILIES)}, but qkv.config.FAMILIES names "
                       f"{sorted(FAMILY_NAMES)}")

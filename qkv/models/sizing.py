@@ -136,7 +136,11 @@ def blueprint(config: ModelConfig) -> Blueprint:
     parameters, objects = sum(tensors.values()), sum(1 for _ in model.modules()) + len(tensors)
     stacks = []
     for field, path in zip(record.stacks, record.block_paths):
-        blocks = tuple(_measure_block(b, shared) for b in model.get_submodule(path))
+        found = model.get_submodule(path) if built[field] < wanted[field] else ()
+        if built[field] < wanted[field] and len(found) != built[field]:
+            raise ValueError(f"family {record.name!r}: block_paths names {path!r} for {field}, which holds {len(found)} "
+                             f"blocks in a model of {built[field]}; expected one block per layer (see Family)")
+        blocks = tuple(_measure_block(b, shared) for b in found)
         for j in range(built[field], wanted[field]):
             parameters, objects = parameters + _template(blocks, j).numel, objects + _template(blocks, j).objects
         stacks.append((path, built[field], wanted[field], blocks))

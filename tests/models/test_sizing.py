@@ -44,6 +44,11 @@ def test_a_blueprint_is_the_model_it_describes(case):
     assert any(built < wanted for _, built, wanted, _ in bp.stacks), "the case should extrapolate past the build"
 
 
+def test_every_family_has_a_case_here():
+    """A new family's blocks are copied past the second repeat from its ``block_paths``: add a case above."""
+    assert {qkv.preset(preset).family for preset, _ in CASES.values()} == set(FAMILIES)
+
+
 def test_a_million_layers_cost_no_more_to_size_than_a_few():
     config = qkv.preset("gpt2-tiny", **SMALL, n_layers=10**6)
     bp = blueprint(config)
