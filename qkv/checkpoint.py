@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import safety
+from . import files
+from .models.common import CONFIG_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE
 
-STATE_FILE, STATE_TENSORS, TRAIN_CONFIG_FILE, TOKENIZER_DIR = ("trainer_state.json", "trainer_state.safetensors",
+STATE_FILE, STATE_TENSORS, TRAIN_CONFIG_FILE, TOKENIZER_DIR = (TRAINER_STATE_FILE, "trainer_state.safetensors",
                                                                "train_config.json", "tokenizer")
 OLD_STATE_FILE = "trainer_state.pt"  # pickled by earlier qkv versions: never read
 LATEST, BEST, LOCK = "latest", "best.json", ".qkv-lock"
@@ -136,10 +137,10 @@ def load_trainer_state(path) -> dict:
         raise ValueError(f"{path / OLD_STATE_FILE}: a pickled trainer state from an older qkv; qkv no longer "
                          f"unpickles trainer state (a pickle can run code). Its weights still load with qkv.load("
                          f"{str(path)!r}); start a new run from them")
-    meta = safety.read_json(safety.inside(path, path / STATE_FILE, what=STATE_FILE))
+    meta = files.read_json(files.inside(path, path / STATE_FILE, what=STATE_FILE))
     if meta.get("format") != _STATE_FORMAT or "state" not in meta:
         raise ValueError(f"{path / STATE_FILE}: format {meta.get('format')!r}; expected {_STATE_FORMAT!r}")
-    tensors = safety.load_safetensors(safety.inside(path, path / STATE_TENSORS, what=STATE_TENSORS))
+    tensors = files.load_safetensors(files.inside(path, path / STATE_TENSORS, what=STATE_TENSORS))
     state = _decode(meta["state"], tensors, path / STATE_FILE)
     if not isinstance(state, dict) or not _is_count(state.get("step")):
         raise ValueError(f"{path / STATE_FILE}: has no 'step' that is an int >= 0; not a qkv trainer state")
@@ -160,7 +161,7 @@ def folder_step(path) -> int:
 
 def checkpoint_step(path) -> int:
     """The step of checkpoint ``path``, read from its JSON alone."""
-    meta = safety.read_json(Path(path) / STATE_FILE)
+    meta = files.read_json(Path(path) / STATE_FILE)
     step = meta.get("state", {}).get("step") if isinstance(meta.get("state"), dict) else None
     if not _is_count(step):
         raise ValueError(f"{Path(path) / STATE_FILE}: step is {json.dumps(step)[:40]}; expected an int >= 0")
@@ -192,14 +193,14 @@ def save_checkpoint(out_dir, step: int, *, model, trainer_state: dict, train_con
             (tmp / TRAIN_CONFIG_FILE).write_text(json.dumps(train_config.to_dict(), indent=2, sort_keys=True))
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_DIR)
-        safety.write_manifest(tmp)
+        files.write_manifest(tmp)
         if final.exists():  # the same step saved again (e.g. after a resume): swap, then drop the old one
             os.replace(final, trash)
             os.replace(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        safety.write_atomic(out / LATEST, f"checkpoints/{final.name}\n")
+        files.write_atomic(out / LATEST, f"checkpoints/{final.name}\n")
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if trash.is_dir() and not final.exists():  # stopped between the two renames: the old folder goes back
@@ -213,7 +214,7 @@ def save_checkpoint(out_dir, step: int, *, model, trainer_state: dict, train_con
     if val_loss is not None:
         best = read_best(out)
         if best is None or val_loss < best["val_loss"]:
-            safety.write_atomic(out / BEST, json.dumps({"checkpoint": f"checkpoints/{final.name}", "step": step,
+            files.write_atomic(out / BEST, json.dumps({"checkpoint": f"checkpoints/{final.name}", "step": step,
                                                         "val_loss": float(val_loss)}))
     if keep_last:
         prune(out, keep_last)
@@ -226,7 +227,7 @@ def read_best(out_dir) -> dict | None:
     p = Path(out_dir) / BEST
     if not p.is_file():
         return None
-    best = safety.read_json(p)
+    best = files.read_json(p)
     if not (isinstance(best.get("checkpoint"), str) and _NAME.match(best["checkpoint"].removeprefix("checkpoints/"))
             and best["checkpoint"].startswith("checkpoints/") and isinstance(best.get("val_loss"), (int, float))):
         raise ValueError(f"{p}: expected {{'checkpoint': 'checkpoints/step-NNNNNNN', 'val_loss': number}}, got "
@@ -245,7 +246,7 @@ def _named_by_latest(out_dir) -> Path | None:
     if m is None:
         raise ValueError(f"{p} holds {text!r}; expected 'checkpoints/step-NNNNNNN' (a checkpoint inside the run "
                          f"folder)")
-    return safety.inside(out_dir, Path(out_dir) / "checkpoints" / m.group(1), what=str(p))
+    return files.inside(out_dir, Path(out_dir) / "checkpoints" / m.group(1), what=str(p))
 
 
 def latest_checkpoint(out_dir) -> Path | None:
@@ -291,7 +292,7 @@ def resume_checkpoint(out_dir) -> Path:
                 raise ValueError(f"{c}: incomplete ({STATE_FILE} missing)")
             if not (c / STATE_FILE).is_file():
                 load_trainer_state(c)  # the old pickled format: raises its one-line refusal
-            safety.verify_manifest(c, required=True, must_list=("config.json", "model.safetensors", STATE_FILE,
+            files.verify_manifest(c, required=True, must_list=("config.json", "model.safetensors", STATE_FILE,
                                                                 STATE_TENSORS))
         except ValueError as e:
             problems.append(str(e))
@@ -463,22 +464,24 @@ def config_diff(expected: dict, found: dict, *, only=None) -> list[str]:
 
 def check_model_config(path, config) -> None:
     """Raise ValueError naming every field where the checkpoint's model config differs from ``config``."""
-    from .models.common import CONFIG_FILE
     f = Path(path) / CONFIG_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint: {CONFIG_FILE} is missing")
-    diff = config_diff(config.to_dict(), safety.read_json(safety.inside(path, f, what=CONFIG_FILE)))
+    diff = config_diff(config.to_dict(), files.read_json(files.inside(path, f, what=CONFIG_FILE)))
     if diff:
         raise ValueError(f"checkpoint {path} was saved from another architecture; differing fields:\n  "
                          + "\n  ".join(diff))
 
 
 def load_weights(path, model) -> None:
-    """Load ``path/model.safetensors`` into ``model`` (an unwrapped qkv model) after checking its config."""
-    from safetensors.torch import load_model
-    from .models.common import WEIGHTS_FILE
+    """Load ``path/model.safetensors`` into ``model`` (an unwrapped qkv model) after checking its config and that
+    each tensor is stored as the kind of number (floating point or integer) the model keeps; after loading, every
+    weight must be finite (a diverged run's checkpoint is refused, naming the tensor)."""
+    from safetensors.torch import load_model  # optional dependency: read only when weights are loaded
     check_model_config(path, model.config)
-    weights = safety.inside(path, Path(path) / WEIGHTS_FILE, what=WEIGHTS_FILE)
-    safety.safetensors_header(weights)
+    weights = files.inside(path, Path(path) / WEIGHTS_FILE, what=WEIGHTS_FILE)
+    header = files.safetensors_header(weights)
+    files.check_dtypes({k: v.dtype for k, v in model.state_dict().items()}, {k: dt for k, (dt, _) in header.items()},
+                       source=weights)
     load_model(model, str(weights), device=str(next(model.parameters()).device))
-    safety.check_finite(model.state_dict(), source=weights)  # a handed run folder is checked like a foreign one
+    files.check_finite(model.state_dict(), source=weights)  # a handed run folder is checked like a foreign one

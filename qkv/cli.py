@@ -114,7 +114,7 @@ def _model_folder(path):
 def _tokenizer_for(model_dir):
     """The tokenizer saved beside a checkpoint (training writes it to tokenizer/)."""
     from .data import Tokenizer
-    from .safety import inside
+    from .files import inside
     folder = model_dir / "tokenizer"
     if not folder.is_dir():
         raise CLIError(f"{model_dir}: no tokenizer/ folder beside the weights; pass token ids or train with qkv")
@@ -149,12 +149,13 @@ def _info(args):
     _positive_flag(args.seq_len, "--seq-len")
     with torch.device("meta"):  # sizes only: no memory, no initialisation time, even for big presets
         if args.checkpoint:  # the config says everything info prints: the weights are not read
-            from . import safety
+            from .files import check_fits
             from .models.common import load_config
+            from .models.sizing import model_bytes, model_sizes
             config = load_config(_model_folder(args.checkpoint))
             # a meta build holds no weights, but its module objects still cost memory: bound them first
-            safety.check_fits(safety.model_bytes(config, dtype_bytes=0)[1],
-                              what=f"{args.checkpoint}/config.json: building {safety.model_sizes(config)}")
+            check_fits(model_bytes(config, dtype_bytes=0)[1],
+                       what=f"{args.checkpoint}/config.json: building {model_sizes(config)}")
             model = qkv.build(config)
         else:
             model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
@@ -340,14 +341,14 @@ def _hf_decoding_kwargs(args, folder, model, prompt_length: int) -> dict:
 
 def _hf_max_positions(folder):
     """config.json's max_position_embeddings (transformers caps its default length there), or None."""
-    import json
-    return json.loads((folder / "config.json").read_text()).get("max_position_embeddings") \
+    from .files import read_json
+    return read_json(folder / "config.json").get("max_position_embeddings") \
         if (folder / "config.json").is_file() else None
 
 
 def _hf_folder(args):
     """The --hf folder: a local path, or a hub id resolved through huggingface_hub's cache."""
-    from .hub.resolve import resolve
+    from .files import resolve
     return resolve(args.hf)
 
 

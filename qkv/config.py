@@ -4,10 +4,11 @@ Behaviour is chosen by fields (``position="rope"``, ``norm="rms"``), never by ma
 left as None are derived in ``__post_init__`` from the others. Each field's comment is its documentation: the
 command line shows it as the flag's help.
 
-This module imports nothing else of qkv. It names the families, positions and mixers (the lists below, each
-covered exactly by its table in qkv/models: registry.py, positions.py, mixers.py); names that live with their
-code (activations and norms in qkv/nn, scores and RoPE scalings in qkv/ops) are checked where they live, when
-qkv/models builds the model (``qkv.models.common.check_names``).
+This module imports nothing else of qkv but the leaf file readers (``qkv.files``). Every field's type and range is
+checked (``_MODEL_RULES``; a config.json is data from elsewhere). It names the families, positions and mixers (the
+lists below, each covered exactly by its table in qkv/models: registry.py, positions.py, mixers.py); names that
+live with their code (activations and norms in qkv/nn, scores and RoPE scalings in qkv/ops) are checked where they
+live, when qkv/models builds the model (``qkv.models.common.check_names``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
+
+from .files import loads
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
@@ -113,21 +116,21 @@ class ModelConfig(_Serializable):
     extra: dict = field(default_factory=dict)  # free-form notes carried through save/load (e.g. source format)
 
     def __post_init__(self):
-        _choice("family", self.family, FAMILIES)
-        _choice("position", self.position, POSITIONS)
-        _choice("mixer", self.mixer, MIXERS)
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions"):
-            _positive(name, getattr(self, name))
-        for name in ("head_dim", "d_ff", "n_decoder_layers", "rotary_dim", "image_size", "patch_size", "num_channels"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
-        for name in ("type_vocab_size", "num_labels", "position_offset", "relative_buckets", "relative_max_distance"):
-            _count(name, getattr(self, name))
-        for name in ("norm_eps", "rope_base"):
-            _finite(name, getattr(self, name), low=0.0)
+        """Validate every field (type and range), derive the fields left None, then check the rules between
+        fields. ValueError names the field, the value and what was expected."""
+        _check_values(self, _MODEL_RULES)
+        for name, allowed in (("family", FAMILIES), ("position", POSITIONS), ("mixer", MIXERS)):
+            _choice(name, getattr(self, name), allowed)
+        self._derive()
+        self._check_positions()
+        self._check_attention()
+        self._check_stack()
+        self._check_token_ids()
+
+    def _derive(self):
+        """The fields left None, from the others: heads, sizes, biases, the final norm."""
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        _positive("n_kv_heads", self.n_kv_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
         if self.head_dim is None:
@@ -145,6 +148,9 @@ class ModelConfig(_Serializable):
             self.ffn_bias = self.bias
         if self.final_norm is None:
             self.final_norm = self.prenorm
+
+    def _check_positions(self):
+        """RoPE's own fields need position='rope'; rotary_dim is even and at most head_dim."""
         if self.position in ROTARY:
             rotary = self.rotary_dim or self.head_dim
             if rotary % 2 or rotary > self.head_dim:
@@ -154,34 +160,34 @@ class ModelConfig(_Serializable):
                              f"needs position='rope' and a window, got position={self.position!r}, window={self.window}")
         if self.rope_scaling is not None and self.position not in ROTARY:
             raise ValueError(f"rope_scaling is set but position={self.position!r}; it needs position='rope'")
-        for name in ("attn_softcap", "logit_softcap"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be None or a number > 0, got {getattr(self, name)!r}")
+
+    def _check_attention(self):
+        """What limits softmax attention needs one: q/k norms and windows; patch_size divides image_size."""
         if self.qk_norm and self.mixer != "attention" and self.layer_pattern is None:
             raise ValueError(f"qk_norm normalises softmax attention's queries and keys; mixer={self.mixer!r} has none")
-        if self.window is not None and self.window < 0:
-            raise ValueError(f"window must be >= 0 (how many earlier tokens a token sees), got {self.window}")
-        for name in ("dropout", "attn_dropout", "ffn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.image_size % self.patch_size:  # a rule of the two fields (only an image model reads them)
             raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
-        if self.layer_pattern is not None:
-            bad = sorted(set(self.layer_pattern) - set(PATTERN_LETTERS))
-            if not self.layer_pattern or bad:
-                raise ValueError(f"layer_pattern must be a non-empty string of the letters {''.join(PATTERN_LETTERS)} "
-                                 f"({', '.join(f'{k} {v}' for k, v in PATTERN_LETTERS.items())}), got "
-                                 f"{self.layer_pattern!r}")
-            if "W" in self.layer_pattern and self.window is None:
-                raise ValueError(f"layer_pattern {self.layer_pattern!r} has sliding-window layers (W): set window "
-                                 f"(how many earlier tokens they see)")
-            if "W" not in self.layer_pattern and self.window is not None:
-                raise ValueError(f"window={self.window} is set but layer_pattern {self.layer_pattern!r} has no "
-                                 f"sliding-window layer (W) to use it")
-        elif self.window is not None and self.mixer != "attention":
-            raise ValueError(f"window={self.window} limits softmax attention, but mixer={self.mixer!r} has none; "
-                             f"mix in sliding-window layers with layer_pattern (e.g. 'LW')")
-        kinds = {self.layer_mixer(i)[0] for i in range(self.n_layers)}
+        if self.layer_pattern is None:
+            if self.window is not None and self.mixer != "attention":
+                raise ValueError(f"window={self.window} limits softmax attention, but mixer={self.mixer!r} has none; "
+                                 f"mix in sliding-window layers with layer_pattern (e.g. 'LW')")
+            return
+        bad = sorted(set(self.layer_pattern) - set(PATTERN_LETTERS))
+        if not self.layer_pattern or bad:
+            raise ValueError(f"layer_pattern must be a non-empty string of the letters {''.join(PATTERN_LETTERS)} "
+                             f"({', '.join(f'{k} {v}' for k, v in PATTERN_LETTERS.items())}), got "
+                             f"{self.layer_pattern!r}")
+        if "W" in self.layer_pattern and self.window is None:
+            raise ValueError(f"layer_pattern {self.layer_pattern!r} has sliding-window layers (W): set window "
+                             f"(how many earlier tokens they see)")
+        if "W" not in self.layer_pattern and self.window is not None:
+            raise ValueError(f"window={self.window} is set but layer_pattern {self.layer_pattern!r} has no "
+                             f"sliding-window layer (W) to use it")
+
+    def _check_stack(self):
+        """What the mixers of the stack need: RWKV-7's heads span d_model; RWKV's low-rank sizes are named ints."""
+        period = len(self.layer_pattern) if self.layer_pattern else 1  # every kind shows in the first repeat
+        kinds = {self.layer_mixer(i)[0] for i in range(min(self.n_layers, period))}
         if "rwkv7" in kinds and self.n_heads * self.head_dim != self.d_model:
             raise ValueError(f"RWKV-7 heads span d_model: n_heads * head_dim ({self.n_heads} * {self.head_dim}) must "
                              f"equal d_model ({self.d_model})")
@@ -191,6 +197,17 @@ class ModelConfig(_Serializable):
                    if k not in known or not isinstance(v, int) or isinstance(v, bool) or v < 1}
             if bad:
                 raise ValueError(f"rwkv_ranks has invalid entries {bad}; expected positive ints named {sorted(known)}")
+
+    def _check_token_ids(self):
+        """Special tokens are ids: ints >= 0 (eos_token_id may list several, as Llama 3's config.json does), or
+        None. Not bounded by vocab_size: a preset cut to a small vocabulary keeps GPT-2's ids (an end token it can
+        never emit); decoding checks the ids it is asked to use against the model's vocabulary."""
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if value is not None and not all(_is_int(i) and i >= 0 for i in ids):
+                several = " (or a list of them)" if name == "eos_token_id" else ""
+                raise ValueError(f"{name} must be None or a token id (an int >= 0){several}, got {value!r}")
 
     def layer_mixer(self, layer: int) -> tuple[str, int | None]:
         """Block ``layer``'s mixer name and attention window (None: sees the whole prefix). Without a
@@ -212,6 +229,55 @@ class ModelConfig(_Serializable):
         return super().from_dict(d)
 
 
+# -- value checks: every field's type and range, from one table ------------------------------------------------
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, never a size here
+
+
+def _is_real(value) -> bool:
+    """A finite real number: inf and NaN pass ``> 0`` checks, and blow up a run many steps later."""
+    import math
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# (what a message calls it, the test)
+POSITIVE = ("a positive int", lambda v: _is_int(v) and v >= 1)
+COUNT = ("an int >= 0", lambda v: _is_int(v) and v >= 0)
+POSITIVE_NUMBER = ("a finite number > 0", lambda v: _is_real(v) and v > 0)
+NON_NEGATIVE = ("a finite number >= 0", lambda v: _is_real(v) and v >= 0)
+NUMBER = ("a finite number", _is_real)
+RATE = ("in [0, 1)", lambda v: _is_real(v) and 0 <= v < 1)
+TOKEN = ("a token id", lambda v: True)  # ints or lists of them: ModelConfig._check_token_ids, against vocab_size
+_BY_ANNOTATION = {"int": ("an int", _is_int), "float": NUMBER, "bool": ("True or False", lambda v: isinstance(v, bool)),
+                  "str": ("a string", lambda v: isinstance(v, str)), "dict": ("a dict", lambda v: isinstance(v, dict))}
+
+_MODEL_RULES = {
+    **dict.fromkeys(("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+                     "n_decoder_layers", "max_positions", "rotary_dim", "image_size", "patch_size", "num_channels"),
+                    POSITIVE),
+    **dict.fromkeys(("relative_buckets", "relative_max_distance", "position_offset", "type_vocab_size", "num_labels",
+                     "window"), COUNT),
+    **dict.fromkeys(("rope_base", "rope_local_base", "attn_scale", "attn_softcap", "logit_softcap"), POSITIVE_NUMBER),
+    "norm_eps": NON_NEGATIVE, "norm_offset": NUMBER,
+    **dict.fromkeys(("dropout", "attn_dropout", "ffn_dropout"), RATE),
+    **dict.fromkeys(("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"), TOKEN),
+}
+
+
+def _check_values(config, rules: dict) -> None:
+    """Each field of a config dataclass against its rule (else its annotation's type); None only where the
+    annotation allows it. ValueError: "<field> must be <what>, got <value>"."""
+    for f in dataclasses.fields(config):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        value = getattr(config, f.name)
+        if value is None and "None" in kinds:
+            continue
+        expected, ok = rules.get(f.name) or _BY_ANNOTATION[next(k for k in kinds if k != "None")]
+        if not ok(value):
+            raise ValueError(f"{f.name} must be {'None or ' if 'None' in kinds else ''}{expected}, got {value!r}")
+
+
 def _choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -220,11 +286,6 @@ def _choice(name, value, allowed):
 def _positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _count(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 
 def _finite(name, value, *, low=None):
@@ -430,10 +491,7 @@ def load_config_file(path) -> dict:
         except yaml.YAMLError as e:
             raise ValueError(f"config file {str(p)!r}: not valid YAML ({e})") from None
     elif p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {str(p)!r}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        data = loads(text, what=f"config file {str(p)!r}")  # qkv's one JSON reader: depth bounded, errors one line
     else:
         raise ValueError(f"config file {str(p)!r}: expected a .yaml, .yml or .json file")
     if not isinstance(data, dict):

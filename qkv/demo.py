@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import files
 from .demo_folder import MARKER, check_demo_folder, writing
 
 log = logging.getLogger("qkv.demo")
@@ -194,7 +195,6 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     resumes it with the tokenizer saved in its last checkpoint; a folder holding anything else is refused unless
     ``overwrite`` (``check_demo_folder``). One demo at a time in a folder (``qkv.checkpoint.RunLock``). progress:
     bars with the time left, for training and for the evaluation after it."""
-    from . import safety
     from .checkpoint import RunLock
     begun = time.time()
     out = Path(out_dir)
@@ -209,7 +209,7 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     try:
         check_demo_folder(out, overwrite, echo)
         with writing(out / MARKER):
-            safety.write_atomic(out / MARKER, json.dumps({"written_by": "qkv demo"}) + "\n")
+            files.write_atomic(out / MARKER, json.dumps({"written_by": "qkv demo"}) + "\n")
         result = _run_demo(out, src, tgt, val_src, val_tgt, test_src, test_tgt, max_steps=max_steps,
                            n_train=n_train, n_test=n_test, n_fresh=n_fresh, n_examples=n_examples, seed=seed,
                            show=show, progress=progress, echo=echo, begun=begun)
@@ -257,8 +257,8 @@ def _run_demo(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, max_
     if builtin:
         echo(f"generating the English -> Spanish task into {out / 'data'} ({n_train} training pairs)")
         with writing(out / "data"):
-            files = qd.make_demo_data(out / "data", train=n_train, val=n_test, test=n_test, seed=seed)
-        (src, tgt), (val_src, val_tgt), (test_src, test_tgt) = files["train"], files["val"], files["test"]
+            made = qd.make_demo_data(out / "data", train=n_train, val=n_test, test=n_test, seed=seed)
+        (src, tgt), (val_src, val_tgt), (test_src, test_tgt) = made["train"], made["val"], made["test"]
     else:
         with writing(out / "data"):
             src, tgt, val_src, val_tgt, test_src, test_tgt = _own_data(out, src, tgt, val_src, val_tgt, test_src,
@@ -306,9 +306,8 @@ def _run_demo(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, max_
     record = {**asdict(result), "wall_seconds": time.time() - begun, "model": DEMO_MODEL,
               "train": {**DEMO_TRAIN, "max_steps": steps}, "tokenizer_settings": DEMO_TOKENIZER,
               "num_beams": NUM_BEAMS, "examples": [{"label": label, "source": s} for label, s in chosen]}
-    from .safety import write_atomic
     with writing(previous):
-        write_atomic(previous, json.dumps(record, indent=2, ensure_ascii=False))
+        files.write_atomic(previous, json.dumps(record, indent=2, ensure_ascii=False))
     echo(f"\nwrote {out}/: train/ (checkpoints, metrics.jsonl, {curve.name}), cross_attention.png, "
          f"cross_attention_heads.png, explorer.html, results.json"
          f"\nexplore any sentence: qkv explore --checkpoint {out} (it opens with these examples)")

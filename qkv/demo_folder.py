@@ -9,6 +9,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import files
 from .checkpoint import LOCK
 
 # What the demo writes in its folder: all it removes with overwrite=True, and all a folder of its own may hold
@@ -67,12 +68,11 @@ def check_demo_folder(out: Path, overwrite: bool = False, echo=print) -> bool:
     folder with content that is not a demo's own (``is_demo_folder``) unless ``overwrite``. With ``overwrite``, what
     the demo writes there (``DEMO_FILES``) is removed, nothing else. Returns whether the folder is a demo's own
     (to resume or evaluate again)."""
-    from . import safety
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: a file, expected a folder")
     if not out.is_dir():
         return False
-    safety.check_no_links(out, DEMO_FILES, what="--out")  # a write or a clean-up through a link reaches elsewhere
+    files.check_no_links(out, DEMO_FILES, what="--out")  # a write or a clean-up through a link reaches elsewhere
     names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
     own = bool(names) and is_demo_folder(out)
     if overwrite:
@@ -94,13 +94,12 @@ def saved_examples(folder) -> list[tuple[str, str]]:
     """(label, sentence) of the examples a demo showed in its explorer.html, read from its results.json in
     ``folder`` or the demo folder above it (``folder`` may be the demo's train/ or one of its checkpoints);
     [] when there is none. ValueError naming the file when it is there but not what the demo writes."""
-    from . import safety
     start = Path(folder)
     place = next((p for p in [start, *list(start.parents)[:3]] if p.is_dir() and is_demo_folder(p)), None)
     record = None if place is None else place / "results.json"
     if record is None or not record.is_file():
         return []
-    found = safety.read_json(record).get("examples", [])
+    found = files.read_json(record).get("examples", [])
     if not isinstance(found, list) or not all(isinstance(e, dict) and isinstance(e.get("label"), str) and
                                               isinstance(e.get("source"), str) for e in found):
         raise ValueError(f"{record}: 'examples' is not a list of {{\"label\": text, \"source\": text}}")

@@ -509,7 +509,7 @@ def _decoder_prefix(model, decoding, ids, B: int, device) -> torch.Tensor | None
 def _check_memory(model, input_ids, opts: _Options, positions: int, decoding) -> None:
     """Refuse a run whose output buffer, caches and logits cannot fit where the prompt lives, before allocating
     them: ``max_new_tokens=10**9`` is a request for gigabytes per row, not a long wait."""
-    from .safety import check_fits
+    from .files import check_fits
     cfg = model.config
     B, T = input_ids.shape
     rows = B * max(opts.num_beams, opts.num_return_sequences)
@@ -536,7 +536,7 @@ def packed_for_decoding(model, compile: bool = False):
     about twice the speed of a step on CPU) where the copies take at most half the memory available. Compiled steps
     choose their own kernels: nothing to pack for them. ``generate`` and ``stream`` enter it for their call; a loop
     of calls (a file's batches) enters it once around them all, and the calls inside pack nothing again."""
-    from .safety import available_bytes
+    from .files import available_bytes
     return contextlib.nullcontext() if compile else packed_weights(model, max_bytes=available_bytes() // 2)
 
 

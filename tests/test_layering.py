@@ -1,12 +1,50 @@
-"""Imports flow one way: ops <- nn <- models <- generate / train <- cli, hub -> models; config.py imports nothing of
-qkv; no private name is imported across modules; the Hugging Face converters are listed by hf.py, never registered
-into it (no cycle). Read from the source with ``ast``, lazy imports inside functions included."""
+"""Imports flow one way, function-level imports included: one table ranks every unit of qkv (``RANKS``), and a
+module imports only units of a lower rank (or its own unit). No import circles, lazy ones included; a function-
+level import of qkv says in a comment why it is there; no private name is imported across modules; the Hugging
+Face converters are listed by hf.py, never registered into it. Read from the source with ``ast``."""
 import ast
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "qkv"
+
+# The layers, lowest first (docs/design.md draws the same table). A unit is a top-level module or package of qkv;
+# "qkv" is the package's own __init__ (the public contract, re-exports only).
+RANKS = {
+    "files": 0,  # leaf readers: paths, JSON, weights files, manifests, memory; they know nothing of models
+    "ops": 1, "config": 1,  # pure tensor functions; the config dataclasses (config reads JSON through files)
+    "viz": 1,  # drawings from plain numbers and tensors: nothing of qkv, so training and the explorer can call it
+    "nn": 2, "presets": 2,  # modules from primitives; presets as data
+    "models": 3,  # the families: the only readers of ModelConfig; their sizing against files
+    "data": 4, "checkpoint": 4,  # tokenizers and datasets; run folders (model folders plus trainer state)
+    "hub": 5,  # other projects' checkpoints -> models (it lists the tokenizer formats data reads)
+    "decoding": 6,  # generation over any family's adapter
+    "tasks": 7,  # training tasks: loss, batches, metrics (seq2seq's BLEU decodes, so decoding sits below)
+    "train": 8,
+    "explore": 9, "qkv": 9,
+    "demo": 10,  # the main job: trains, decodes and opens the explorer
+    "cli": 11,
+    "__main__": 12,
+}
+# Modules of the decoding unit still at the top level: the decode branch moves them into qkv/decoding/.
+UNIT_OF = {"generate": "decoding", "speculative": "decoding", "batching": "decoding", "logits_controls": "decoding"}
+# Circles left, each with its reason; an entry that no longer closes a circle fails (remove it).
+KNOWN_CIRCLES = {
+    frozenset({"qkv.data.tokenizer", "qkv.data.sentencepiece"}):
+        "Tokenizer.load (the base class) knows its SentencePiece subclass, whose module imports the base; "
+        "moving the folder dispatch out of the base class's module ends it",
+    frozenset({"qkv.generate", "qkv.speculative"}):
+        "generate and speculative decoding share their result type; the decode branch (qkv/decoding) ends it",
+}
+# Files whose function-level imports of qkv do not yet all say why (the number allowed, never more): each
+# belongs to a change in flight (the cli split, the decode package, the training loop, the explorer).
+UNEXPLAINED_LAZY = {"qkv/cli.py": 37, "qkv/demo.py": 15, "qkv/explore.py": 4, "qkv/generate.py": 3,
+                    "qkv/batching.py": 1, "qkv/tasks/__init__.py": 1, "qkv/tasks/batches.py": 2,
+                    "qkv/tasks/classify.py": 1, "qkv/tasks/image.py": 1, "qkv/tasks/lm.py": 1,
+                    "qkv/tasks/seq2seq.py": 4, "qkv/tasks/task.py": 2, "qkv/train/args.py": 2,
+                    "qkv/train/checkpointing.py": 1, "qkv/train/compiling.py": 2, "qkv/train/init.py": 10,
+                    "qkv/train/loop.py": 6, "qkv/train/processes.py": 1}
 
 
 def _module_name(path: Path) -> tuple[str, str]:
@@ -23,25 +61,25 @@ def _exists(name: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def _imports(source: str, package: str):
+def _imports(source: str, package: str, *, with_nodes: bool = False):
     """Every qkv import of a module's source in ``package``: (imported module, imported name or None), lazy ones
-    included."""
+    included (with ``with_nodes``: and the ast node it comes from)."""
     for node in ast.walk(ast.parse(source)):
+        found = []
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] == "qkv":
-                    yield alias.name, None
+            found = [(alias.name, None) for alias in node.names if alias.name.split(".")[0] == "qkv"]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            if target.split(".")[0] != "qkv":
-                continue
-            for alias in node.names:
-                sub = f"{target}.{alias.name}"
-                yield (sub, None) if _exists(sub) else (target, alias.name)
+            if target.split(".")[0] == "qkv":
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    found.append((sub, None) if _exists(sub) else (target, alias.name))
+        for edge in found:
+            yield (*edge, node) if with_nodes else edge
 
 
 FILES = sorted(ROOT.rglob("*.py"))
@@ -53,33 +91,85 @@ def _layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else "qkv"
 
 
-# what each layer may import from qkv (besides itself)
-ALLOWED = {
-    "ops": set(),
-    "nn": {"ops"},
-    "config": set(),
-    "presets": {"config"},
-}
-# what each layer must never import, however lazily
-FORBIDDEN = {
-    "models": {"generate", "train", "tasks", "cli", "explore", "demo", "viz", "hub", "data"},
-    "hub": {"generate", "train", "tasks", "cli", "explore", "demo"},
-    "generate": {"train", "tasks", "cli", "explore", "demo"},
-}
+def _unit(module: str) -> str:
+    return UNIT_OF.get(_layer(module), _layer(module))
 
 
-@pytest.mark.parametrize("layer", sorted(ALLOWED))
-def test_low_layers_import_only_below_themselves(layer):
-    wrong = {(m, target) for m, edges in EDGES.items() if _layer(m) == layer
-             for target, _ in edges if _layer(target) not in ALLOWED[layer] | {layer}}
-    assert not wrong, f"qkv.{layer} imports above itself: {sorted(wrong)}"
+def test_every_unit_has_a_rank():
+    units = {_unit(m) for m in EDGES}
+    assert units <= set(RANKS), f"units missing from RANKS: {sorted(units - set(RANKS))}"
 
 
-@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
-def test_no_layer_imports_a_layer_above_it(layer):
-    wrong = {(m, target) for m, edges in EDGES.items() if _layer(m) == layer
-             for target, _ in edges if _layer(target) in FORBIDDEN[layer]}
-    assert not wrong, f"qkv.{layer} imports a layer above it: {sorted(wrong)}"
+def test_no_import_runs_up_or_across_a_layer():
+    """Every edge, lazy ones included, from a unit to another goes to a strictly lower rank."""
+    wrong = sorted((m, target) for m, edges in EDGES.items() for target, _ in edges
+                   if _unit(target) != _unit(m) and RANKS[_unit(target)] >= RANKS[_unit(m)])
+    assert not wrong, f"imports up (or across) a layer: {wrong}"
+
+
+def _circles(edges: dict[str, list]) -> list[frozenset]:
+    """The strongly connected components of more than one module (Tarjan), lazy imports included."""
+    graph = {m: {t for t, _ in es if t in edges and t != m} for m, es in edges.items()}
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                part.add(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                out.append(frozenset(part))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    circles = set(_circles(EDGES))
+    assert not circles - set(KNOWN_CIRCLES), f"import circles: {[sorted(c) for c in circles - set(KNOWN_CIRCLES)]}"
+    stale = [sorted(c) for c in KNOWN_CIRCLES if c not in circles and all(m in EDGES for m in c)]
+    assert not stale, f"these circles are gone: remove them from KNOWN_CIRCLES: {stale}"
+
+
+def _unexplained_lazy_imports(source: str, package: str) -> list[int]:
+    """Lines of function-level qkv imports with no comment on the line or on the line just above."""
+    lines = source.splitlines()
+    out = set()
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and any(_imports(ast.unparse(node), package)):
+                    n = node.lineno
+                    if "#" not in lines[n - 1] and not lines[n - 2].strip().startswith("#"):
+                        out.add(n)
+    return sorted(out)
+
+
+def test_function_level_imports_say_why():
+    """An import inside a function is there for a reason (an optional dependency, start-up time, a circle kept on
+    purpose): a comment says which. Files with changes in flight may keep the number they have, never more."""
+    wrong = {}
+    for f in FILES:
+        rel = f.relative_to(ROOT.parent).as_posix()
+        lines = _unexplained_lazy_imports(f.read_text(encoding="utf-8"), _module_name(f)[1])
+        if len(lines) > UNEXPLAINED_LAZY.get(rel, 0):
+            wrong[rel] = lines
+    assert not wrong, f"function-level imports of qkv without a comment saying why (file: lines): {wrong}"
 
 
 def test_no_private_name_is_imported_across_modules():
@@ -88,9 +178,15 @@ def test_no_private_name_is_imported_across_modules():
     assert not private, f"private names imported from another module: {private}"
 
 
+def test_the_file_readers_are_a_leaf():
+    """qkv.files imports nothing of qkv but itself: any loader, and config.py, may use it."""
+    wrong = {(m, t) for m, edges in EDGES.items() if _unit(m) == "files" for t, _ in edges if _unit(t) != "files"}
+    assert not wrong
+
+
 def test_hub_converters_are_listed_not_registered():
     """hf.py imports the converter modules and lists their CONVERTERS; they never import hf.py back."""
-    converters = [m for m in EDGES if m.startswith("qkv.hub.hf_") and m != "qkv.hub.hf_maps"]
+    converters = [m for m in EDGES if m.startswith("qkv.hub.hf_") and m not in ("qkv.hub.hf_maps", "qkv.hub.hf_fields")]
     assert converters
     for m in converters:
         assert all(target != "qkv.hub.hf" for target, _ in EDGES[m]), f"{m} imports qkv.hub.hf (a cycle)"
@@ -106,3 +202,15 @@ def test_the_reader_resolves_what_the_rules_look_for():
     assert list(_imports(source, "qkv.nn")) == [("qkv.models.registry", None), ("qkv.ops.checks", "_TRUSTED"),
                                                 ("qkv.cli", None)]
     assert [_layer(t) for t, _ in _imports(source, "qkv.nn")] == ["models", "ops", "cli"]
+    assert _unit("qkv.speculative") == "decoding" and _unit("qkv.decoding.beam") == "decoding"
+
+
+def test_the_rules_catch_a_circle_an_upward_import_and_a_silent_lazy_import():
+    """The checks above can fail: a three-module circle is found, an upward edge is one, and an uncommented lazy
+    import is reported while a commented one (or one of another project) is not."""
+    edges = {"qkv.a": [("qkv.b", None)], "qkv.b": [("qkv.c", None)], "qkv.c": [("qkv.a", None)], "qkv.d": []}
+    assert _circles(edges) == [frozenset({"qkv.a", "qkv.b", "qkv.c"})]
+    assert RANKS[_unit("qkv.models.build")] <= RANKS[_unit("qkv.checkpoint")], "models -> checkpoint runs up"
+    source = ("def f():\n    from ..ops import x\n\ndef g():\n    # start-up time\n    from ..ops import y\n"
+              "def h():\n    import numpy\n    from ..nn import z  # optional dependency\n")
+    assert _unexplained_lazy_imports(source, "qkv.nn") == [2]

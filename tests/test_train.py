@@ -483,14 +483,14 @@ def test_language_models_keep_the_character_vocabulary_and_log_no_train_nll_with
 
 @pytest.mark.parametrize("name", ["gpt-char-tiny", "transformer-tiny", "vit-tiny"])
 def test_the_memory_check_counts_parameters_without_building_or_initialising(name):
-    from qkv.safety import model_bytes
+    from qkv.models.sizing import model_bytes
     counted, _ = model_bytes(qkv.preset(name))  # parameters and buffers (position tables) alike
     model = qkv.build(qkv.preset(name))
     assert counted == sum({id(t): t.numel() for t in (*model.parameters(), *model.buffers())}.values())
 
 
 @pytest.mark.parametrize("call", [
-    "from qkv.safety import model_bytes; model_bytes(qkv.preset('gpt-char-tiny'))",
+    "from qkv.models.sizing import model_bytes; model_bytes(qkv.preset('gpt-char-tiny'))",
     "m = qkv.build(qkv.preset('gpt-char-tiny')); m.save(sys.argv[1]); qkv.load(sys.argv[1])",
 ])
 def test_the_memory_check_and_loading_do_not_import_the_compiler(call, tmp_path):

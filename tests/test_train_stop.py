@@ -75,13 +75,13 @@ def test_train_help_says_the_block_size_default(capsys):
 
 
 def test_a_run_of_an_older_qkv_with_a_null_block_size_resumes_on_its_max_positions(tmp_path, corpus):
-    from qkv import safety
+    from qkv import files
     c = cfg_for(tmp_path, corpus, max_steps=2, eval_every=2)  # block_size 16 = max_positions
     train(tiny(), c)
     last = ckpt.latest_checkpoint(tmp_path / "run")
     for f in (last / ckpt.TRAIN_CONFIG_FILE, tmp_path / "run" / ckpt.TRAIN_CONFIG_FILE):
         f.write_text(json.dumps({**json.loads(f.read_text()), "block_size": None}))  # as older runs recorded it
-    safety.write_manifest(last)
+    files.write_manifest(last)
     assert train(tiny(), c.replace(block_size=None, resume=True, max_steps=3)).steps == 3
 
 
@@ -223,7 +223,7 @@ def test_processes_agree_on_the_step_to_stop_after(tmp_path, corpus):
 def test_an_interrupt_at_any_rename_of_a_save_leaves_an_intact_checkpoint(tmp_path, corpus, monkeypatch, at):
     """Saving step 2 again (as a resumed run does) renames the old folder aside, the new one in, then `latest`; a
     KeyboardInterrupt at any of the three leaves step 2 whole, `latest` naming it, no temporary folder behind."""
-    from qkv import safety
+    from qkv import files
     train(tiny(), cfg_for(tmp_path, corpus, max_steps=2, eval_every=2))
     out, model, real = tmp_path / "run", qkv.build(tiny()), os.replace
     stop_at = [lambda a, b: Path(a).name == "step-0000002", lambda a, b: Path(a).name.startswith(".tmp-step"),
@@ -238,5 +238,5 @@ def test_an_interrupt_at_any_rename_of_a_save_leaves_an_intact_checkpoint(tmp_pa
         ckpt.save_checkpoint(out, 2, model=model, trainer_state={"step": 2})
     monkeypatch.undo()
     assert ckpt.latest_checkpoint(out).name == "step-0000002"
-    assert safety.verify_manifest(out / "checkpoints" / "step-0000002", required=True)
+    assert files.verify_manifest(out / "checkpoints" / "step-0000002", required=True)
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from qkv.data._files import PathLike, check_file
+from qkv.files import check_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -78,7 +79,6 @@ class ArrayImages(torch.utils.data.Dataset):
                  std: float | Sequence[float] = 0.5):
         p = check_file(path, "path")
         if p.suffix == ".npz":
-            from qkv.safety import check_npz
             check_npz(p)  # declared array sizes against the file and memory, before numpy allocates them
             with np.load(p, allow_pickle=False) as z:
                 missing = [k for k in ("images", "labels") if k not in z.files]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from qkv.data.tokenizer import Tokenizer
+from qkv.files import inside, read_json
 
 SPIECE_UNDERLINE = "\u2581"  # SentencePiece's mark for a space
 
@@ -310,15 +311,13 @@ def _token(value) -> str | None:
 
 def _read_json(folder: Path, name: str) -> dict:
     """A folder's optional JSON file (tokenizer_config.json, ...): {} when absent, errors naming the file; a link
-    leading out of the folder is refused (``qkv.safety.inside``)."""
-    from ..safety import inside, read_json
+    leading out of the folder is refused (``qkv.files.inside``)."""
     path = folder / name
     return read_json(inside(folder, path, what=name)) if path.is_file() else {}
 
 
 def _read_bytes(folder: Path, name: str) -> bytes:
     """A SentencePiece model file of the folder, refusing links that lead out of it."""
-    from ..safety import inside
     return inside(folder, folder / name, what=name).read_bytes()
 
 

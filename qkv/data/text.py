@@ -24,6 +24,7 @@ import torch
 
 from qkv.data._files import PathLike, as_paths, read_text
 from qkv.data.tokenizer import Tokenizer
+from qkv.files import write_atomic
 
 _LINES_PER_CHUNK = 1024  # lines encoded together: big enough for the Rust batch encoder, small for memory
 
@@ -64,7 +65,6 @@ def tokenize_files(files: PathLike | Sequence[PathLike], tokenizer: Tokenizer, c
         os.replace(tmp, out)
         meta = {"files": [str(p) for p in paths], "tokens": n, "dtype": dtype.name,
                 "tokenizer": repr(tokenizer)}
-        from qkv.safety import write_atomic
         write_atomic(out.with_suffix(".json"), json.dumps(meta, indent=1))
     if out.stat().st_size == 0:
         return np.zeros(0, dtype)  # np.memmap refuses empty files

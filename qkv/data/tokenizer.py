@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from qkv.data._files import PathLike, iter_texts
+from qkv.files import inside, read_json, resolve
 
 META_FILE = "qkv_tokenizer.json"
 HF_FILE = "tokenizer.json"
@@ -149,9 +150,10 @@ class Tokenizer:
     def load(cls, path: PathLike) -> "Tokenizer":
         """Load a folder written by `save`, a Hugging Face folder (its tokenizer.json, else its SentencePiece files:
         T5, Marian, mBART; see `qkv.data.sentencepiece`), a `tokenizer.json` file, or a hub id "org/name"
-        (resolved through huggingface_hub's cache, see `qkv.hub.resolve`)."""
+        (resolved through huggingface_hub's cache, see `qkv.files.resolve`)."""
+        # the base class's loader knows its SentencePiece subclass, whose module imports this one: imported when
+        # a folder is loaded (the one circle left in qkv; see tests/test_layering.py)
         from qkv.data import sentencepiece as spm_folders
-        from qkv.hub.resolve import resolve
         p = resolve(path, what="tokenizer")
         if p.is_file() and p.name == META_FILE:
             p = p.parent
@@ -160,7 +162,6 @@ class Tokenizer:
         if not p.is_dir():
             raise FileNotFoundError(f"path={str(p)!r}: no such tokenizer folder or tokenizer.json file")
         if (p / META_FILE).is_file():
-            from qkv.safety import inside, read_json
             meta = read_json(inside(p, p / META_FILE, what=META_FILE))
             kinds = {"char": CharTokenizer, "hf": HFTokenizer, "sentencepiece": spm_folders.SentencePieceTokenizer}
             if meta.get("kind") not in kinds:
@@ -173,7 +174,6 @@ class Tokenizer:
                                  f"{' and vocab (a list of strings)' if meta['kind'] == 'char' else ''}")
             return kinds[meta["kind"]]._from_meta(p, meta)
         if (p / HF_FILE).is_file():  # what transformers reads first too
-            from qkv.safety import inside
             path = inside(p, p / HF_FILE, what=HF_FILE)
             return HFTokenizer.from_file(path, spm_folders.folder_roles(p, path))
         if spm_folders.has_sentencepiece_files(p):
@@ -274,7 +274,6 @@ class HFTokenizer(Tokenizer):
     def from_file(cls, path: PathLike, specials: Mapping[str, str] | None = None) -> "HFTokenizer":
         """Load a `tokenizer.json`; roles are `specials` if given, else recognised from common strings."""
         from tokenizers import Tokenizer as HF
-        from qkv.safety import inside
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"path={str(p)!r}: no such tokenizer.json file")
@@ -295,7 +294,6 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def _from_meta(cls, directory: Path, meta: dict) -> "HFTokenizer":
-        from qkv.safety import inside
         return cls.from_file(inside(directory, directory / HF_FILE, what=HF_FILE), meta["specials"])
 
     def _save_files(self, directory: Path) -> dict:

@@ -14,7 +14,7 @@ written by ``qkv convert --from-hf`` keeps them beside its own files:
 and ``qkv convert --checkpoint ... --to-hf`` puts them back: tokenizer and settings files beside the weights, and,
 while config.json still ``describes`` the model (its shape unchanged), the unmapped tensors and config.json's other
 fields (its ``architectures`` among them). A model whose shape changed since goes out as ``to_hf`` writes it.
-Every file is read through ``qkv.safety`` (no link out of its folder; safetensors headers checked first).
+Every file is read through ``qkv.files`` (no link out of its folder; safetensors headers checked first).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .. import safety
+from .. import files
 from .hf_maps import StateDict
 
 # Tokenizer files of Hugging Face folders, all formats transformers and qkv read (fast, SentencePiece, WordPiece,
@@ -60,7 +60,7 @@ class Kept:
 
 
 def _files(folder: Path, names) -> dict[str, Path]:
-    return {n: safety.inside(folder, folder / n, what=n) for n in names if (folder / n).is_file()}
+    return {n: files.inside(folder, folder / n, what=n) for n in names if (folder / n).is_file()}
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def from_hf_folder(path, model) -> Kept:
     from .resolve import resolve
     top, folder = resolve(path), hf_folder(path)
     tokenizer = _files(folder, TOKENIZER_FILES) or _files(top, TOKENIZER_FILES)
-    hf_config = safety.read_json(safety.inside(folder, folder / "config.json", what="config.json"))
+    hf_config = files.read_json(files.inside(folder, folder / "config.json", what="config.json"))
     conv = CONVERTERS[hf_config["model_type"]]
     exported = conv.state_to_hf(model.state_dict(), model.config)
     return Kept(tokenizer, _files(folder, SETTINGS_FILES) or _files(top, SETTINGS_FILES), hf_config,
@@ -92,7 +92,7 @@ def _unmapped(folder: Path, exported: StateDict) -> StateDict:
             with safe_open(str(file), framework="pt") as f:
                 found.update({k: f.get_tensor(k) for k in f.keys() if k in names})
         else:
-            found.update({k: v for k, v in safety.load_tensor_pickle(file).items() if k in names})
+            found.update({k: v for k, v in files.load_tensor_pickle(file).items() if k in names})
     by_shape: dict[tuple, list[torch.Tensor]] = {}
     for t in exported.values():
         by_shape.setdefault(tuple(t.shape), []).append(t)
@@ -105,15 +105,15 @@ def from_qkv_folder(folder) -> Kept:
     (qkv's own qkv_tokenizer.json too: ``write_hf`` takes the ones transformers reads), and hf/."""
     folder = Path(folder)
     tok, hf = folder / TOKENIZER_DIR, folder / HF_DIR
-    kept = Kept(_files(safety.inside(folder, tok, what=f"{TOKENIZER_DIR}/ folder"),
+    kept = Kept(_files(files.inside(folder, tok, what=f"{TOKENIZER_DIR}/ folder"),
                        sorted(p.name for p in tok.iterdir())) if tok.is_dir() else {})
     if hf.is_dir():
-        safety.inside(folder, hf, what=f"{HF_DIR}/ folder")
+        files.inside(folder, hf, what=f"{HF_DIR}/ folder")
         kept.settings = _files(hf, SETTINGS_FILES)
         if (hf / "config.json").is_file():
-            kept.hf_config = safety.read_json(safety.inside(hf, hf / "config.json", what=f"{HF_DIR}/config.json"))
+            kept.hf_config = files.read_json(files.inside(hf, hf / "config.json", what=f"{HF_DIR}/config.json"))
         if (hf / UNMAPPED_FILE).is_file():
-            kept.unmapped = safety.load_safetensors(safety.inside(hf, hf / UNMAPPED_FILE, what=UNMAPPED_FILE))
+            kept.unmapped = files.load_safetensors(files.inside(hf, hf / UNMAPPED_FILE, what=UNMAPPED_FILE))
     return kept
 
 
@@ -124,8 +124,8 @@ def write_qkv(kept: Kept, folder) -> None:
     manifest, so ``qkv.load`` checks them too."""
     from safetensors.torch import save_file
     folder = Path(folder)
-    for sub, files in ((folder / TOKENIZER_DIR, kept.tokenizer), (folder / HF_DIR, kept.settings)):
-        for name, src in files.items():
+    for sub, names in ((folder / TOKENIZER_DIR, kept.tokenizer), (folder / HF_DIR, kept.settings)):
+        for name, src in names.items():
             sub.mkdir(exist_ok=True)
             shutil.copyfile(src, sub / name)
     if kept.hf_config is not None:
@@ -134,7 +134,7 @@ def write_qkv(kept: Kept, folder) -> None:
     if kept.unmapped:
         save_file({k: v.contiguous() for k, v in kept.unmapped.items()}, str(folder / HF_DIR / UNMAPPED_FILE),
                   metadata={"format": "pt"})
-    safety.write_manifest(folder)
+    files.write_manifest(folder)
 
 
 def write_hf(kept: Kept, model, folder) -> tuple[Path, Kept]:

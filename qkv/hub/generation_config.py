@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..safety import inside, read_json
+from ..files import inside, read_json
 
 # transformers' GenerationConfig defaults for what qkv honours (max_length None: 20 new tokens, see new_tokens)
 DEFAULTS = dict(max_length=None, max_new_tokens=None, min_length=0, min_new_tokens=None, do_sample=False, num_beams=1,

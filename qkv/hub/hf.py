@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
-from .. import safety
+from .. import files
 from ..config import ModelConfig
+from ..models import build, family_of
+from ..models.sizing import Blueprint, blueprint, check_layer_count, check_shapes
 from . import hf_decoder, hf_encoder, hf_seq2seq
+from .hf_fields import check_hf_fields
 from .hf_maps import Converter, StateDict
 
 log = logging.getLogger("qkv.hub")
@@ -43,9 +46,9 @@ def _resolve_folder(path: Path) -> Path:
         return path
     modules = path / "modules.json"
     if modules.is_file():
-        for module in safety.read_json(safety.inside(path, modules, what="modules.json"), expect=list):
+        for module in files.read_json(files.inside(path, modules, what="modules.json"), expect=list):
             if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer"):
-                sub = safety.child(path, module.get("path", ""), what=f"{modules} entry 'path'")
+                sub = files.child(path, module.get("path", ""), what=f"{modules} entry 'path'")
                 if (sub / "config.json").is_file():
                     return sub
     raise FileNotFoundError(f"{path}: config.json is missing (not a Hugging Face checkpoint folder)")
@@ -56,9 +59,9 @@ def _load_weight_file(file: Path, *, shapes_only: bool = False) -> StateDict:
     tensors only. ``shapes_only``: meta tensors with the file's shapes, nothing read (a pickle is memory-mapped)."""
     if file.suffix == ".safetensors":
         if shapes_only:
-            return safety.meta_tensors(safety.safetensors_header(file))
-        return safety.load_safetensors(file)
-    return safety.load_tensor_pickle(file)
+            return files.meta_tensors(files.safetensors_header(file))
+        return files.load_safetensors(file)
+    return files.load_tensor_pickle(file)
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -67,19 +70,19 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            weight_map = safety.read_json(safety.inside(folder, index, what=index_name)).get("weight_map")
+            weight_map = files.read_json(files.inside(folder, index, what=index_name)).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"{index}: expected a non-empty 'weight_map' object (tensor name -> shard file)")
-            files = []
+            shards = []
             for shard in sorted(set(map(str, weight_map.values()))):
-                file = safety.child(folder, shard, what=f"{index_name} shard")
+                file = files.child(folder, shard, what=f"{index_name} shard")
                 if not file.is_file():
                     raise FileNotFoundError(f"{folder}: shard {shard} named in {index_name} is missing")
-                files.append(file)
-            return files
+                shards.append(file)
+            return shards
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
-            return [safety.inside(folder, folder / name, what=name)]
+            return [files.inside(folder, folder / name, what=name)]
     raise FileNotFoundError(f"{folder}: no weights found (looked for model.safetensors, pytorch_model.bin and "
                             f"their sharded index files)")
 
@@ -108,11 +111,13 @@ def hf_config(path) -> ModelConfig:
 
 
 def _read_config(path):
-    """(the resolved path, the folder holding config.json, its model_type, the qkv config)."""
-    from .resolve import resolve
-    path = resolve(path)
+    """(the resolved path, the folder holding config.json, its model_type, the qkv config). Every field the
+    translation reads is type- and range-checked first (``hf_fields``); ValueError names the file and the field."""
+    path = files.resolve(path)
     folder = _resolve_folder(path)
-    hf_config = safety.read_json(safety.inside(path, folder / "config.json", what="config.json"))
+    source = folder / "config.json"
+    hf_config = files.read_json(files.inside(path, source, what="config.json"))
+    check_hf_fields(hf_config, source=source)
     model_type = hf_config.get("model_type")
     if model_type not in CONVERTERS:  # before reading gigabytes of weights
         names = ", ".join(map(str, hf_config.get("architectures") or []))
@@ -120,20 +125,21 @@ def _read_config(path):
                          f"is not supported; supported model types: {', '.join(supported())}")
     try:
         config = CONVERTERS[model_type].config_from_hf(hf_config)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{folder / 'config.json'}: {model_type} config is missing or mistypes {e}") from None
+    except KeyError as e:
+        raise ValueError(f"{source}: {model_type} config is missing the field {e}") from None
+    except (TypeError, ValueError) as e:  # ModelConfig's checks name the qkv field, and the file is named here
+        raise ValueError(f"{source}: {model_type} config: {e}") from None
     return path, folder, model_type, config
 
 
 def from_hf(path, *, dtype: torch.dtype | None = None, num_labels: int | None = None):
     """A qkv model with the weights of a Hugging Face folder (see the module docstring for what it reads): a local
-    path, or a hub id "org/name" resolved through huggingface_hub's cache (``qkv.hub.resolve``).
+    path, or a hub id "org/name" resolved through huggingface_hub's cache (``qkv.files.resolve``).
 
     num_labels: a sequence-classification head of this many classes (encoders, ViT), as transformers'
     ``from_pretrained(path, num_labels=N)`` gives: the body and any pooler come from the folder, head weights the
     folder lacks (a base model has no classifier) start from qkv's initialisation (seed torch first for a fixed one);
     a head the folder holds must have N classes."""
-    from ..models.build import build, expected_shapes
     path, folder, model_type, config = _read_config(path)
     conv = CONVERTERS[model_type]
     fresh: set[str] = set()
@@ -144,17 +150,18 @@ def from_hf(path, *, dtype: torch.dtype | None = None, num_labels: int | None = 
         if config.num_labels:
             raise ValueError(f"num_labels={num_labels}: {path} already has a classification head of "
                              f"{config.num_labels} classes; expected num_labels={config.num_labels}")
-        without = set(expected_shapes(config)[0])
+        without = set(blueprint(config).entries())  # (a second meta build, on this path only)
         config = config.replace(num_labels=num_labels)
-        fresh = set(expected_shapes(config)[0]) - without  # the head's weights; those the folder holds are loaded
-    check_against_weights(config, conv, folder, optional=fresh)  # sizes config.json claims vs the files
+        fresh = set(blueprint(config).entries()) - without  # the head's weights; those the folder holds are loaded
+    plan = check_against_weights(config, conv, folder, optional=fresh)  # sizes config.json claims vs the files
     state = read_weights(folder)
-    safety.check_finite(state, source=folder)
-    model = build(config)
+    files.check_finite(state, source=folder)
+    model = build(config, plan=plan)
     try:
         ours = conv.state_from_hf(state, config)
     except KeyError as e:
         raise ValueError(f"{path}: {e.args[0]}") from None
+    files.check_dtypes(plan.dtypes(), {k: v.dtype for k, v in ours.items()}, source=folder)
     missing, unexpected = model.load_state_dict(ours, strict=False)
     tied = {"head.weight"} if config.tie_embeddings else set()
     if fresh & set(missing):
@@ -216,15 +223,14 @@ def describes(hf_config: dict, config: ModelConfig) -> bool:
 
 
 def check_against_weights(config: ModelConfig, conv: Converter, folder: Path, *,
-                          optional: set[str] = frozenset()) -> None:
-    """Check what config.json declares against the weights files' shapes, reading no tensor and building nothing:
-    the layer count against the files' layer indices, the memory the model needs, and the converter's map run on
-    shape-only (meta) tensors against the shapes qkv builds. ValueError names the field or tensor."""
-    from ..models import family_of
-    from ..models.build import expected_shapes
+                          optional: set[str] = frozenset()) -> Blueprint:
+    """Check what config.json declares against the weights files, reading no tensor and building the model once on
+    the meta device (its ``Blueprint``, returned for ``build``): the layer count against the files' layer indices,
+    then the converter's map run on shape-only (meta) tensors against the shapes and dtypes qkv builds, and the
+    memory the model needs. ValueError names the field or tensor."""
     found = read_weights(folder, shapes_only=True)
     for field, n in family_of(config).layer_counts(config).items():
-        safety.check_layer_count(found, n, field=f"{field} (the layer count in config.json)", source=folder)
+        check_layer_count(found, n, field=f"{field} (the layer count in config.json)", source=folder)
     meta = {k: v if v.device.type == "meta" else torch.empty(v.shape, dtype=v.dtype, device="meta")
             for k, v in found.items()}
     try:
@@ -233,12 +239,14 @@ def check_against_weights(config: ModelConfig, conv: Converter, folder: Path, *,
         raise ValueError(f"{folder}: {e.args[0]}") from None
     except (RuntimeError, NotImplementedError, TypeError):
         ours = None  # a map that needs values: the shapes are compared after loading instead
+    plan = blueprint(config)
     if ours is not None:
-        expected, aliases = expected_shapes(config)
         tied = {"head.weight"} if config.tie_embeddings else set()
-        safety.check_shapes(config, expected, {k: tuple(v.shape) for k, v in ours.items()}, source=folder,
-                            optional=aliases | tied | set(optional))
-    safety.check_model_fits(config, source=str(folder / "config.json"))
+        check_shapes(config, plan.shapes(), {k: tuple(v.shape) for k, v in ours.items()}, source=folder,
+                     optional=plan.aliases() | tied | set(optional))
+        files.check_dtypes(plan.dtypes(), {k: v.dtype for k, v in ours.items()}, source=folder)
+    plan.check_fits(source=str(folder / "config.json"))
+    return plan
 
 
 def to_hf(model, path, *, source_config: dict | None = None, unmapped: StateDict | None = None) -> Path:

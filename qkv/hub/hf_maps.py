@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from ..config import ModelConfig
+from ..ops.rope import ROPE_SCALINGS
 
 StateDict = dict[str, torch.Tensor]
 
@@ -97,7 +98,6 @@ def rope_parameters(hf: dict, params: dict | None = None) -> tuple[float, dict |
     """(RoPE theta, qkv's ``rope_scaling`` dict or None) from a config's ``rope_parameters`` (transformers >= 5) or
     ``rope_theta`` + ``rope_scaling`` (older), filling in the defaults transformers would derive, so the qkv config
     holds every number it needs. ``params`` overrides where they are read from (one entry of a per-layer dict)."""
-    from ..ops.rope import ROPE_SCALINGS
     if params is None:
         params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     params = dict(params)

@@ -29,8 +29,10 @@ from pathlib import Path
 
 import torch
 
-from .. import safety
+from .. import files
 from ..config import ModelConfig
+from ..models import build
+from ..models.sizing import check_layer_count
 
 _TOP_KEYS = {"embed.tokens.weight": "emb.weight", "blocks.0.ln0.weight": "blocks.0.ln0.weight",
              "blocks.0.ln0.bias": "blocks.0.ln0.bias", "norm.weight": "ln_out.weight", "norm.bias": "ln_out.bias",
@@ -88,7 +90,7 @@ def rwkv_config(state: dict[str, torch.Tensor], **overrides) -> ModelConfig:
     vocab, d_model = state["emb.weight"].shape
     d_att, d_ff = state["blocks.0.att.key.weight"].shape[0], state["blocks.0.ffn.key.weight"].shape[0]
     n_layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-    safety.check_layer_count([k for k in state if k.startswith("blocks.")], n_layers,
+    check_layer_count([k for k in state if k.startswith("blocks.")], n_layers,
                              field="n_layers (1 + the largest block index)", source="the RWKV state dict")
     att = lambda name: state[f"blocks.0.att.{name}"]  # noqa: E731
     n_heads, head_dim, ranks = 1, d_att, None  # RWKV-4: no heads
@@ -115,17 +117,18 @@ def from_rwkv(path, *, dtype: torch.dtype | None = torch.float32, device=None):
 
     Weights are cast to ``dtype`` (float32 by default: releases are often bf16 / fp16; None keeps them).
     Feeding tokens through ``model(ids, cache)`` one at a time reproduces RWKV-LM's RNN mode."""
-    from ..models import build
     file = _resolve(path)
-    state = safety.load_tensor_pickle(file)  # plain tensors only, memory-mapped
+    state = files.load_tensor_pickle(file)  # plain tensors only, memory-mapped
     try:
         cfg = rwkv_config(state)
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
-    safety.check_finite(state, source=file)
     model = build(cfg)
     ours = model.state_dict()
     keys = rwkv_key_map(model)
+    files.check_dtypes({theirs: ours[name].dtype for name, theirs in keys.items()},
+                       {k: t.dtype for k, t in state.items()}, source=file)  # integers where floats belong
+    files.check_finite(state, source=file)
     ignored = {f"blocks.0.att.{n}" for n in ("v0", "v1", "v2")} if cfg.mixer == "rwkv7" else set()
     missing = sorted(theirs for theirs in keys.values() if theirs not in state)
     unused = sorted(set(state) - set(keys.values()) - ignored)

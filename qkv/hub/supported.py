@@ -2,12 +2,13 @@
 readers, the RoPE variants), so the README's lists, which quote ``qkv info --supported``, cannot drift."""
 from __future__ import annotations
 
+from ..data.sentencepiece import FORMATS
+from ..ops.rope import ROPE_SCALINGS
+from .hf import CONVERTERS
+
 
 def supported_text() -> str:
     """The lists, as ``qkv info --supported`` prints them."""
-    from ..data.sentencepiece import FORMATS
-    from ..ops.rope import ROPE_SCALINGS
-    from .hf import CONVERTERS
     lines = ["Hugging Face architectures (config.json model_type: class; 'in/out' also exports with to_hf):"]
     for model_type, conv in sorted(CONVERTERS.items()):
         lines.append(f"  {model_type:12s} {conv.architecture:36s} {'in/out' if conv.state_to_hf else 'in'}")

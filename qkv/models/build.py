@@ -5,35 +5,26 @@ from pathlib import Path
 
 import torch
 
-from .. import safety
+from .. import files
 from ..config import ModelConfig
-from .common import CONFIG_FILE, WEIGHTS_FILE, QKVModel, check_names, load_config
+from .common import CONFIG_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE, QKVModel, check_names, load_config
 from .registry import family_of
+from .sizing import Blueprint, blueprint, check_layer_count, check_shapes
 
 
-def build(config: ModelConfig) -> QKVModel:
+def build(config: ModelConfig, *, plan: Blueprint | None = None) -> QKVModel:
     """A freshly initialised model for ``config``. A model that cannot fit in the memory the machine has is
-    refused before anything is allocated (building under ``torch.device("meta")`` allocates nothing)."""
+    refused before anything is allocated (its ``Blueprint``, from a build on the meta device, sizes it). plan: the
+    blueprint of ``config`` when the caller has it already (a load checked the file against it): not made again."""
     if not isinstance(config, ModelConfig):
         raise TypeError(f"build needs a qkv.ModelConfig, got {type(config).__name__}")
     record = family_of(config)
     check_names(config)
+    if plan is not None and plan.config is not config:
+        raise ValueError("build(config, plan=...): the plan was made for another config; expected blueprint(config)")
     if torch.get_default_device().type != "meta":
-        safety.check_model_fits(config)
+        (plan or blueprint(config)).check_fits()
     return record.model(config)
-
-
-def expected_shapes(config: ModelConfig) -> tuple[dict[str, tuple], set[str]]:
-    """The weights a model of ``config`` holds, name -> shape, and the names that alias another (tied weights,
-    stored once), from a build on the meta device: nothing is allocated. Check ``safety.check_model_fits`` first:
-    the module objects themselves take memory."""
-    with torch.device("meta"), safety.SkipMetaInit():  # no init on meta: it would import the compiler stack
-        model = family_of(config).model(config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    groups: dict[int, list[str]] = {}
-    for name, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
-        groups.setdefault(id(t), []).append(name)
-    return shapes, {n for names in groups.values() if len(names) > 1 for n in names}
 
 
 def load(path, *, device=None, dtype=None) -> QKVModel:
@@ -41,8 +32,9 @@ def load(path, *, device=None, dtype=None) -> QKVModel:
 
     Before anything is built the folder is checked: its files stay inside it (no links elsewhere), they match the
     sha256 in manifest.json when there is one, the weights file is whole, and config.json describes its tensors
-    (layer count, every shape); ValueError names the file and what differs."""
-    from safetensors.torch import load_model
+    (layer count, every shape, floating-point weights where the model keeps floats); after loading, every weight
+    is finite. ValueError names the file and what differs."""
+    from safetensors.torch import load_model  # optional dependency: read only when a model is loaded
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such qkv model folder" if not path.exists() else
@@ -51,27 +43,34 @@ def load(path, *, device=None, dtype=None) -> QKVModel:
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{path} is not a qkv model folder: {WEIGHTS_FILE} is missing")
-    safety.inside(path, weights, what=WEIGHTS_FILE)
-    from ..checkpoint import STATE_FILE
+    files.inside(path, weights, what=WEIGHTS_FILE)
     # a training checkpoint always carries its manifest: one without it has been tampered with
-    safety.verify_manifest(path, required=(path / STATE_FILE).exists(), must_list=(CONFIG_FILE, WEIGHTS_FILE))
-    found = safety.safetensors_header(weights)
-    check_weights_match(config, {k: shape for k, (_, shape) in found.items()}, source=weights)
-    model = build(config)
+    files.verify_manifest(path, required=(path / TRAINER_STATE_FILE).exists(), must_list=(CONFIG_FILE, WEIGHTS_FILE))
+    found = files.safetensors_header(weights)
+    plan = check_weights_match(config, found, source=weights)
+    model = build(config, plan=plan)
     if torch.get_default_device().type == "meta":
         return model.eval()  # shapes only (``qkv info``): meta tensors hold no weights to load
     load_model(model, str(weights), device=str(device) if device else "cpu")
+    files.check_finite(model.state_dict(), source=weights)  # qkv's own folders are checked like foreign ones
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()
 
 
-def check_weights_match(config: ModelConfig, found: dict[str, tuple], *, source) -> None:
-    """Refuse a config that does not describe the tensors ``found`` (name -> shape, qkv's names): more layers than
-    the file has, or any shape that differs. Cheap checks first, so a config claiming a million layers is refused
-    before a single layer object is made."""
+def check_weights_match(config: ModelConfig, found: dict[str, tuple], *, source) -> Blueprint:
+    """Refuse a config that does not describe the tensors ``found`` (qkv's names -> (dtype, shape), dtype a torch
+    dtype or a safetensors name): more layers than the file has, a shape that differs, integers where the model
+    keeps floats (or the reverse), or a model too large for memory. Cheap checks first, so a config claiming a
+    million layers is refused before a single layer object is made. Returns the config's blueprint (one meta build),
+    for ``build(config, plan=...)``."""
     for field, n in family_of(config).layer_counts(config).items():
-        safety.check_layer_count(found, n, field=field, source=source)
-    expected, aliases = expected_shapes(config)  # a meta build: nothing allocated, the layer count bounded above
-    safety.check_shapes(config, expected, found, source=source, optional=aliases)
-    safety.check_model_fits(config, source=str(source))
+        check_layer_count(found, n, field=field, source=source)
+    plan = blueprint(config)
+    entries = plan.entries()  # one per weight: the layer count is bounded by the file's now
+    check_shapes(config, {k: shape for k, (shape, _) in entries.items()}, {k: shape for k, (_, shape) in found.items()},
+                 source=source, optional=plan.aliases())
+    files.check_dtypes({k: dtype for k, (_, dtype) in entries.items()}, {k: dt for k, (dt, _) in found.items()},
+                       source=source)
+    plan.check_fits(source=str(source))
+    return plan

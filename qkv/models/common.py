@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .. import files
 from ..config import PATTERN_LETTERS, ModelConfig
 from ..nn import ACTIVATIONS, NORMS, Block, FeedForward, make_norm
 from ..nn.cache import Cache, CrossKVCache, LayerCache
@@ -21,6 +22,9 @@ from .mixers import MIXER_KINDS, make_attention, mixing_flops
 from .positions import WindowedRope, position_kind
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+# A training checkpoint is a model folder plus its trainer state (qkv/checkpoint.py writes it): a folder holding this
+# file must carry its manifest.
+TRAINER_STATE_FILE = "trainer_state.json"
 
 
 class QKVModel(nn.Module):
@@ -31,20 +35,19 @@ class QKVModel(nn.Module):
     def save(self, path) -> Path:
         """Write qkv's own folder: config.json + model.safetensors (tied weights stored once) + manifest.json (the
         sha256 of both, which ``qkv.load`` checks)."""
-        from safetensors.torch import save_model
-        from ..safety import write_atomic, write_manifest
+        from safetensors.torch import save_model  # optional dependency: needed only when a model is saved
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ValueError(f"{path}: is a file; expected a folder to write the model into")
         path.mkdir(parents=True, exist_ok=True)
-        write_atomic(path / CONFIG_FILE, self.config.to_json())
+        files.write_atomic(path / CONFIG_FILE, self.config.to_json())
         tmp = path / (WEIGHTS_FILE + ".tmp")
         try:
             save_model(self, str(tmp))
             tmp.replace(path / WEIGHTS_FILE)  # atomic: a crash mid-write leaves the old weights whole
         finally:
             tmp.unlink(missing_ok=True)
-        write_manifest(path, [CONFIG_FILE, WEIGHTS_FILE])  # the folder may hold other files (tokenizer/, ...)
+        files.write_manifest(path, [CONFIG_FILE, WEIGHTS_FILE])  # the folder may hold other files (tokenizer/, ...)
         return path
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
@@ -163,11 +166,12 @@ def check_names(cfg: ModelConfig) -> None:
 
 
 def load_config(path) -> ModelConfig:
-    from ..safety import inside, read_json
+    """The ModelConfig of a qkv model folder's config.json: every field type- and range-checked, the names that
+    live with their code too; ValueError names the file, the field, the value and what was expected."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a qkv model folder: {CONFIG_FILE} is missing")
-    fields = read_json(inside(path, path / CONFIG_FILE, what=CONFIG_FILE))
+    fields = files.read_json(files.inside(path, path / CONFIG_FILE, what=CONFIG_FILE))
     try:
         config = ModelConfig.from_dict(fields)
         check_names(config)

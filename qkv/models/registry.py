@@ -33,7 +33,9 @@ class Family:
     metrics), the first the default. decoding: its decode adapter, or None (it reads its input at once and
     generates nothing). text: it reads token ids (False: pixels). causal: its self-attention is masked (a token
     sees no later one). stacks: the config fields counting its blocks, one per stack. flops: (model, seq_len) ->
-    forward FLOPs per token."""
+    forward FLOPs per token. block_paths: where each stack's blocks sit in the model (an ``nn.ModuleList``, one
+    block per layer: "blocks", "decoder.blocks"), in the order of ``stacks``; sizing copies blocks past the second
+    repeat of the layer pattern from there (qkv/models/sizing.py)."""
     name: str
     model: type[QKVModel]
     tasks: tuple[str, ...]
@@ -42,6 +44,7 @@ class Family:
     causal: bool
     stacks: tuple[str, ...]
     flops: Callable[[QKVModel, int | None], int]
+    block_paths: tuple[str, ...] = ("blocks",)
 
     @property
     def continues(self) -> bool:
@@ -64,9 +67,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("encoder", Encoder, ("mlm", "classify"), None, text=True, causal=False, stacks=("n_layers",),
            flops=Encoder.flops_per_token),
     Family("encoder_decoder", EncoderDecoder, ("seq2seq",), Seq2SeqDecoding(), text=True, causal=True,
-           stacks=("n_layers", "n_decoder_layers"), flops=EncoderDecoder.flops_per_token),
+           stacks=("n_layers", "n_decoder_layers"), flops=EncoderDecoder.flops_per_token,
+           block_paths=("encoder.blocks", "decoder.blocks")),
     Family("vit", ViT, ("image",), None, text=False, causal=False, stacks=("n_layers",), flops=ViT.flops_per_token),
 )}
+if any(len(f.block_paths) != len(f.stacks) for f in FAMILIES.values()):  # one place of blocks per stack
+    raise ImportError(f"qkv.models.registry: every family needs one block path per stack: "
+                      f"{ {f.name: (f.stacks, f.block_paths) for f in FAMILIES.values()} }")
 if set(FAMILIES) != set(FAMILY_NAMES):  # one list: the config's names, each with its record here
     raise ImportError(f"qkv.models.registry has families {sorted(FAMILIES)}, but qkv.config.FAMILIES names "
                       f"{sorted(FAMILY_NAMES)}")

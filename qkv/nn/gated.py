@@ -36,7 +36,7 @@ from ..ops.delta_rule import DeltaRuleState, delta_rule
 from ..ops.gla import GLAState, gla, ssd
 from .cache import RecurrentCache
 from .layers import Linear, RMSNorm
-from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_heads, real_tokens
+from .mixers import MixerCall, RecurrentMixer
 from .rwkv6 import at_least_float32, to_heads
 
 
@@ -78,27 +78,15 @@ class GatedLinearAttention(RecurrentMixer):
         self.norm = RMSNorm(D, eps=norm_eps)
         self.out = Linear(A, d_model, bias=False)
 
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)]."""
-        check_mixer_call("GatedLinearAttention", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache, token_mask=token_mask)
-        check_weights_call("GatedLinearAttention", cache, return_weights)
+    def mix(self, x, call: MixerCall):
         H = self.n_heads
         q, k, v = (to_heads(f(x), H) for f in (self.q, self.k, self.v))  # (B, H, T, D)
-        k = real_heads(k, token_mask)  # padding writes nothing into S
+        k = call.real_heads(k)  # padding writes nothing into S
         log_alpha = F.logsigmoid(at_least_float32(self.gate_up(self.gate_down(x)))) / self.gate_temperature  # (B, T, A)
-        state = GLAState(cache["S"]) if cache is not None and "S" in cache else None
-        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        y, *weights, state = gla(q, k, v, to_heads(log_alpha, H), mode=mode, chunk_size=self.chunk_size,
-                                 initial_state=state, return_state=True, return_weights=return_weights)
-        if cache is not None:
-            cache["S"] = state.S
-            cache.commit(x.shape[1])
+        y, weights = call.run(gla, q, k, v, to_heads(log_alpha, H), state_type=GLAState, chunk_size=self.chunk_size)
         B, _, T, D = y.shape
         y = _head_rms_norm(y.transpose(1, 2), self.norm).reshape(B, T, H * D)
-        out = self.out(real_tokens(y * F.silu(self.out_gate(x)), token_mask))
-        return (out, weights[0]) if return_weights else out
+        return self.out(call.real(y * F.silu(self.out_gate(x)))), weights
 
 
 class DeltaNet(RecurrentMixer):
@@ -123,37 +111,29 @@ class DeltaNet(RecurrentMixer):
         self.norm = RMSNorm(D, eps=norm_eps)
         self.out = Linear(A, d_model, bias=False)
 
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)]."""
-        name = "GatedDeltaNet" if self.gated else "DeltaNet"
-        check_mixer_call(name, context=context, mask=mask, bias=bias, window=window, rope=rope, causal=causal,
-                         cache=cache, token_mask=token_mask)
-        check_weights_call(name, cache, return_weights)
+    @property
+    def layer_name(self) -> str:
+        return "GatedDeltaNet" if self.gated else "DeltaNet"
+
+    def mix(self, x, call: MixerCall):
         H = self.n_heads
-        qkv = real_tokens(self.qkv(x), token_mask)  # (B, T, 3 A): padding is the convolution's zero history
+        qkv = call.real(self.qkv(x))  # (B, T, 3 A): padding is the convolution's zero history
         if self.conv is not None:
-            qkv = short_conv(qkv, self.conv, cache, "conv")
+            qkv = short_conv(qkv, self.conv, call.cache, "conv")
         q, k, v = (to_heads(t, H) for t in F.silu(qkv).chunk(3, dim=-1))  # (B, H, T, D)
-        q, k = F.normalize(q, dim=-1), real_heads(F.normalize(k, dim=-1), token_mask)
+        q, k = F.normalize(q, dim=-1), call.real_heads(F.normalize(k, dim=-1))
         beta = torch.sigmoid(self.beta(x)).transpose(1, 2)  # (B, H, T)
         log_alpha = None
         if self.gated:
             dt = F.softplus(at_least_float32(self.alpha(x)) + self.dt_bias)  # (B, T, H)
             log_alpha = (-torch.exp(self.A_log) * dt).transpose(1, 2)  # (B, H, T)
-        state = DeltaRuleState(cache["S"]) if cache is not None and "S" in cache else None
-        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        y, *weights, state = delta_rule(q, k, v, beta, g=log_alpha, mode=mode, chunk_size=self.chunk_size,
-                                        initial_state=state, return_state=True, return_weights=return_weights)
-        if cache is not None:
-            cache["S"] = state.S
-            cache.commit(x.shape[1])
+        y, weights = call.run(delta_rule, q, k, v, beta, state_type=DeltaRuleState, g=log_alpha,
+                              chunk_size=self.chunk_size)
         B, _, T, D = y.shape
         y = _head_rms_norm(y.transpose(1, 2), self.norm).reshape(B, T, H * D)
         if self.gated:
             y = y * F.silu(self.out_gate(x))
-        out = self.out(real_tokens(y, token_mask))
-        return (out, weights[0]) if return_weights else out
+        return self.out(call.real(y)), weights
 
 
 class Mamba2(RecurrentMixer):
@@ -179,29 +159,18 @@ class Mamba2(RecurrentMixer):
         self.norm = RMSNorm(inner, eps=norm_eps)
         self.out_proj = Linear(inner, d_model, bias=False)
 
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T) including D on the diagonal]."""
-        check_mixer_call("Mamba2", context=context, mask=mask, bias=bias, window=window, rope=rope, causal=causal,
-                         cache=cache, token_mask=token_mask)
-        check_weights_call("Mamba2", cache, return_weights)
+    def mix(self, x, call: MixerCall):
+        """Weights (B, H, T, T) include D on the diagonal. The state S is (B, H, N, inner / H)."""
         H, N, inner = self.n_heads, self.state_size, self.inner
         z, xbc, dt = self.in_proj(x).split([inner, inner + 2 * N, H], dim=-1)
-        xbc = real_tokens(xbc, token_mask)  # padding is the convolution's zero history
-        xbc = F.silu(short_conv(xbc, self.conv, cache, "conv") + self.conv_bias)
+        xbc = call.real(xbc)  # padding is the convolution's zero history
+        xbc = F.silu(short_conv(xbc, self.conv, call.cache, "conv") + self.conv_bias)
         xs, Bm, Cm = xbc.split([inner, N, N], dim=-1)  # (B, T, inner), (B, T, N) x 2
-        xs = real_tokens(xs, token_mask)  # and writes nothing into the state
+        xs = call.real(xs)  # and writes nothing into the state
         dt = F.softplus(at_least_float32(dt) + self.dt_bias).transpose(1, 2)  # (B, H, T)
         Bh, Ch = (t.unsqueeze(1).expand(-1, H, -1, -1) for t in (Bm, Cm))  # (B, H, T, N): shared by the heads
-        state = GLAState(cache["S"]) if cache is not None and "S" in cache else None
-        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        y, *weights, state = ssd(to_heads(xs, H), dt, -torch.exp(self.A_log), Bh, Ch, D=self.D, mode=mode,
-                                 chunk_size=self.chunk_size, initial_state=state, return_state=True,
-                                 return_weights=return_weights)
-        if cache is not None:
-            cache["S"] = state.S  # (B, H, N, inner / H)
-            cache.commit(x.shape[1])
+        y, weights = call.run(ssd, to_heads(xs, H), dt, -torch.exp(self.A_log), Bh, Ch, state_type=GLAState, D=self.D,
+                              chunk_size=self.chunk_size)
         B, _, T, P = y.shape
         y = y.transpose(1, 2).reshape(B, T, H * P)
-        out = self.out_proj(real_tokens(self.norm(y * F.silu(z)), token_mask))
-        return (out, weights[0]) if return_weights else out
+        return self.out_proj(call.real(self.norm(y * F.silu(z)))), weights

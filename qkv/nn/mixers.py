@@ -34,12 +34,75 @@ from .cache import RecurrentCache
 from .layers import Linear
 
 
+class MixerCall:
+    """One forward of a recurrent mixer: the cache it continues (or None), the padding (``token_mask`` (B, T), True
+    at real tokens), whether weights were asked for, the rotary tables and causality the stack passed, and the
+    number of new tokens. ``run`` is the protocol every recurrent mixer shares, written once."""
+
+    def __init__(self, cache, token_mask, return_weights: bool, rope, causal: bool, tokens: int):
+        self.cache, self.token_mask, self.return_weights = cache, token_mask, return_weights
+        self.rope, self.causal, self.tokens = rope, causal, tokens
+
+    def real(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """x (B, T, ...) with every entry of a padded token set to ``fill`` (``real_tokens``)."""
+        return real_tokens(x, self.token_mask, fill)
+
+    def real_heads(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """x (B, H, T, D) with every entry of a padded token set to ``fill`` (``real_heads``)."""
+        return real_heads(x, self.token_mask, fill)
+
+    def run(self, op, *args, state_type, state_arg: str = "initial_state", **kwargs):
+        """The state protocol: the state the cache holds (none before its first use: the op starts from zeros), the
+        recurrent form for one cached token and the chunk form otherwise (a prompt, training), the op, the new state
+        written back under its field names (``state_type``'s: S, z, a, b, p), the tokens committed. Returns
+        (out, weights or None); ``args`` and ``kwargs`` go to ``op`` as they are."""
+        cache = self.cache
+        fields = tuple(state_type.__dataclass_fields__)  # the names the cache keeps the state under, in order
+        state = state_type(*[cache[f] for f in fields]) if cache is not None and fields[0] in cache else None
+        mode = "recurrent" if cache is not None and self.tokens == 1 else "chunk"
+        y, *weights, new = op(*args, mode=mode, **{state_arg: state}, return_state=True,
+                              return_weights=self.return_weights, **kwargs)
+        if cache is not None:
+            for f in fields:
+                cache[f] = getattr(new, f)
+            cache.commit(self.tokens)
+        return y, (weights[0] if weights else None)
+
+
 class RecurrentMixer(nn.Module):
     """A mixer whose decoding state is a fixed-size recurrent state (no per-token history): its cache is an empty
-    RecurrentCache, filled on first use; max_len is accepted for the common interface."""
+    RecurrentCache, filled on first use (max_len is accepted for the common interface).
+
+    ``forward`` takes MultiHeadAttention's arguments, refuses what a recurrent layer cannot honour
+    (``check_mixer_call``, ``check_weights_call``) and hands the rest to ``mix(x, call)`` as one ``MixerCall``;
+    a subclass writes only ``mix``: its projections and gates around ``call.run(op, ...)``, returning (out,
+    weights or None). rope_ok: it takes rotary tables (``call.rope``); noncausal_ok: without a cache it may run
+    non-causally (``call.causal``)."""
+
+    rope_ok = False
+    noncausal_ok = False
+
+    @property
+    def layer_name(self) -> str:
+        """The name errors give the layer."""
+        return type(self).__name__
 
     def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
         return RecurrentCache(static=static)
+
+    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
+                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None, **extra):
+        """x: (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)]; with ``cache`` the tokens continue the
+        cached sequence. ``extra`` goes to ``mix`` (RWKV-7's ``shared``)."""
+        check_mixer_call(self.layer_name, context=context, mask=mask, bias=bias, window=window, rope=rope,
+                         causal=causal, rope_ok=self.rope_ok, noncausal_ok=self.noncausal_ok and cache is None,
+                         cache=cache, token_mask=token_mask)
+        check_weights_call(self.layer_name, cache, return_weights)
+        out, weights = self.mix(x, MixerCall(cache, token_mask, return_weights, rope, causal, x.shape[1]), **extra)
+        return (out, weights) if return_weights else out
+
+    def mix(self, x: torch.Tensor, call: MixerCall):
+        raise NotImplementedError(f"{type(self).__name__} does not define mix")
 
 
 def check_mixer_call(layer: str, *, context=None, mask=None, bias=None, window=None, rope=None, causal=True,
@@ -108,13 +171,15 @@ def _head_dim(d_model: int, n_heads: int, head_dim: int | None) -> int:
     return head_dim
 
 
-class LinearAttention(nn.Module):
+class LinearAttention(RecurrentMixer):
     """Causal linear attention (Katharopoulos et al. 2020): out_t = phi(q_t)^T S_t / (phi(q_t) . z_t), with
     S_t = sum_{s<=t} phi(k_s) v_s^T and z_t = sum_{s<=t} phi(k_s) as the whole decoding state (Sec. 3.4).
 
     Parameters: ``qkv`` (d_model -> 3 H D, [W_Q; W_K; W_V]) and ``out`` (H D -> d_model, W_O).
     Args: feature_map: "elu1" (the paper's elu(x) + 1), "relu", "identity". chunk_size: block length of the
-    training form. causal=False (no cache) gives the non-causal form over global sums."""
+    training form. causal=False (no cache) gives the non-causal form over global sums. The state is (S, z)."""
+
+    noncausal_ok = True
 
     def __init__(self, d_model: int, n_heads: int, *, feature_map: str = "elu1", head_dim: int | None = None,
                  bias: bool = False, chunk_size: int = 64, eps: float = 1e-6):
@@ -125,35 +190,18 @@ class LinearAttention(nn.Module):
         self.qkv = Linear(d_model, 3 * n_heads * self.head_dim, bias=bias)
         self.out = Linear(n_heads * self.head_dim, d_model, bias=bias)
 
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        """An empty state (S, z), allocated on first use; max_len is accepted for the common interface."""
-        return RecurrentCache(static=static)
-
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: (B, T, d_model) -> (B, T, d_model); with ``cache`` the tokens continue the cached sequence."""
-        check_mixer_call("LinearAttention", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, noncausal_ok=cache is None, cache=cache, token_mask=token_mask)
-        check_weights_call("LinearAttention", cache, return_weights)
+    def mix(self, x, call: MixerCall):
         H, D = self.n_heads, self.head_dim
         q, k, v = (_split_heads(t, H, D) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
         feature_map = self.feature_map
-        if token_mask is not None:  # phi(k) = 0 at padding: neither S nor z sees it
+        if call.token_mask is not None:  # phi(k) = 0 at padding: neither S nor z sees it
             phi = feature_map_fn(feature_map)
             cdt = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
-            q, k, feature_map = phi(q.to(cdt)), real_heads(phi(k.to(cdt)), token_mask), None
-        state = LinearAttentionState(cache["S"], cache["z"]) if cache is not None and "S" in cache else None
-        # The recurrent form is the decode step; the chunk form serves training and prompts (same function).
-        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        causal = causal or cache is not None  # a cached forward continues a sequence (a static stack says False)
-        y, *weights, state = linear_attention(q, k, v, causal=causal, mode=mode, feature_map=feature_map,
-                                              chunk_size=self.chunk_size, initial_state=state, return_state=True,
-                                              return_weights=return_weights, eps=self.eps)
-        if cache is not None:
-            cache["S"], cache["z"] = state.S, state.z  # (B, H, D, D), (B, H, D)
-            cache.commit(x.shape[1])
-        out = self.out(real_tokens(_merge_heads(y), token_mask))
-        return (out, weights[0]) if return_weights else out
+            q, k, feature_map = phi(q.to(cdt)), call.real_heads(phi(k.to(cdt))), None
+        causal = call.causal or call.cache is not None  # a cached forward continues a sequence (a static stack: False)
+        y, weights = call.run(linear_attention, q, k, v, state_type=LinearAttentionState, causal=causal,
+                              feature_map=feature_map, chunk_size=self.chunk_size, eps=self.eps)
+        return self.out(call.real(_merge_heads(y))), weights
 
 
 def retention_decays(n_heads: int, *, device=None) -> torch.Tensor:
@@ -163,7 +211,7 @@ def retention_decays(n_heads: int, *, device=None) -> torch.Tensor:
     return 1.0 - 2.0 ** (-5.0 - h)
 
 
-class MultiScaleRetention(nn.Module):
+class MultiScaleRetention(RecurrentMixer):
     """Multi-scale retention, RetNet's mixer (Sun et al. 2023, Sec. 2.2, eq. 8):
 
         Y = GroupNorm_h(Retention(X, gamma_h)),   out = W_O (swish(W_G X) * Y)
@@ -173,7 +221,10 @@ class MultiScaleRetention(nn.Module):
     (the model's RoPE; RetNet's xPos is RoPE with an extra per-feature decay, left out here).
 
     Parameters: ``qkv`` (d_model -> 2 H D + H Dv), ``gate`` (d_model -> H Dv), ``norm`` (GroupNorm, H groups),
-    ``out`` (H Dv -> d_model). value_factor: Dv = value_factor * D (RetNet uses 2 and a smaller FFN)."""
+    ``out`` (H Dv -> d_model). value_factor: Dv = value_factor * D (RetNet uses 2 and a smaller FFN). The state is
+    S (B, H, D, Dv)."""
+
+    rope_ok = True
 
     def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, value_factor: int = 2,
                  bias: bool = False, chunk_size: int = 64, norm_eps: float = 1e-5):
@@ -196,41 +247,26 @@ class MultiScaleRetention(nn.Module):
             self._decays[device] = retention_decays(self.n_heads, device=device)
         return self._decays[device]
 
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        """An empty state S (B, H, D, Dv), allocated on first use."""
-        return RecurrentCache(static=static)
-
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: (B, T, d_model) -> (B, T, d_model). rope: (cos, sin) tables for the new tokens' positions."""
-        check_mixer_call("MultiScaleRetention", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, rope_ok=True, cache=cache, token_mask=token_mask)
-        check_weights_call("MultiScaleRetention", cache, return_weights)
+    def mix(self, x, call: MixerCall):
+        """call.rope: (cos, sin) tables for the new tokens' positions, or None."""
         B, T, _ = x.shape
         H, D, Dv = self.n_heads, self.head_dim, self.value_dim
         q, k, v = self.qkv(x).split([H * D, H * D, H * Dv], dim=-1)
         q, k, v = _split_heads(q, H, D), _split_heads(k, H, D), _split_heads(v, H, Dv)  # (B, H, T, D|Dv)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        k = real_heads(k, token_mask)  # padding writes nothing into S
-        state = RetentionState(cache["S"]) if cache is not None and "S" in cache else None
-        mode = "recurrent" if cache is not None and T == 1 else "chunk"
-        y, *weights, state = retention(q, k, v, self.decays(x.device), mode=mode, chunk_size=self.chunk_size,
-                                       initial_state=state, return_state=True,
-                                       return_weights=return_weights)  # (B, H, T, Dv)
-        if cache is not None:
-            cache["S"] = state.S
-            cache.commit(T)
+        if call.rope is not None:
+            q, k = apply_rope(q, *call.rope), apply_rope(k, *call.rope)
+        k = call.real_heads(k)  # padding writes nothing into S
+        y, weights = call.run(retention, q, k, v, self.decays(x.device), state_type=RetentionState,
+                              chunk_size=self.chunk_size)  # (B, H, T, Dv)
         # GroupNorm per head, per token, in float32 (Sec. 2.2: the heads' variances differ).
         ndt = torch.promote_types(x.dtype, torch.float32)
         y = _merge_heads(y).reshape(B * T, H * Dv).to(ndt)
         y = F.group_norm(y, H, self.norm.weight.to(ndt), self.norm.bias.to(ndt), self.norm.eps)
         y = y.to(x.dtype).view(B, T, H * Dv)
-        out = self.out(real_tokens(F.silu(self.gate(x)) * y, token_mask))
-        return (out, weights[0]) if return_weights else out
+        return self.out(call.real(F.silu(self.gate(x)) * y)), weights
 
 
-class MemoryAttention(nn.Module):
+class MemoryAttention(RecurrentMixer):
     """Softmax attention within a segment plus a compressive linear-attention memory of all earlier segments:
     Infini-attention (Munkhdalai et al. 2024, Sec. 2.1), the hybrid in which attention writes to a recurrent state.
 
@@ -243,7 +279,9 @@ class MemoryAttention(nn.Module):
     and at the end of each segment the memory absorbs its keys and values: M_s = M_{s-1} + sigma(K_s)^T V_s,
     z_s = z_{s-1} + sum_t sigma(k_t) (the linear update, eq. 4). The full pass runs all segments at once (local
     attention batched over segments, memory by an exclusive cumulative sum); decoding keeps (M, z) plus the current
-    segment's keys and values in a preallocated (segment)-long buffer: O(1) state in the sequence length."""
+    segment's keys and values in a preallocated (segment)-long buffer: O(1) state in the sequence length. The
+    cache holds memory M (B, H, D, D), z (B, H, D), segment buffers (B, H, segment, D), and each row's count of real
+    tokens ``pos`` (B,) (rows of a left-padded batch sit at different places in their segments)."""
 
     def __init__(self, d_model: int, n_heads: int, *, segment: int = 64, head_dim: int | None = None,
                  bias: bool = False, eps: float = 1e-6):
@@ -256,11 +294,6 @@ class MemoryAttention(nn.Module):
         self.out = Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.beta = nn.Parameter(torch.zeros(n_heads))  # sigmoid(0) = 1/2: local and memory mixed evenly
 
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        """An empty state: memory M (B, H, D, D), z (B, H, D), segment buffers (B, H, segment, D), and each row's
-        count of real tokens ``pos`` (B,) (rows of a left-padded batch sit at different places in their segments)."""
-        return RecurrentCache(static=static)
-
     def _retrieve(self, fq, M, z):
         """sigma(q) M / (sigma(q) . z + eps); an empty memory (first segment) reads 0."""
         return (fq @ M) / ((fq * z.unsqueeze(-2)).sum(-1, keepdim=True) + self.eps)
@@ -269,20 +302,16 @@ class MemoryAttention(nn.Module):
         g = torch.sigmoid(self.beta).to(mem.dtype).view(-1, *[1] * (mem.dim() - 2))  # (H, 1, ..)
         return (g * mem + (1 - g) * local.to(mem.dtype)).to(dtype)
 
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: (B, T, d_model) -> (B, T, d_model); with ``cache`` the tokens continue the cached sequence."""
-        check_mixer_call("MemoryAttention", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache, token_mask=token_mask)
-        check_weights_call("MemoryAttention", cache, return_weights)
+    def mix(self, x, call: MixerCall):
+        """Its own state protocol: local attention needs the open segment's keys, not only a sum (``_continue``)."""
         H, D = self.n_heads, self.head_dim
         q, k, v = (_split_heads(t, H, D) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
-        if cache is None and token_mask is None:
+        if call.cache is None and call.token_mask is None:
             y = self._parallel(q, k, v)
         else:
-            y = self._continue(q, k, v, RecurrentCache() if cache is None else cache, token_mask)
-        out = self.out(real_tokens(_merge_heads(y), token_mask))
-        return (out, self.weights(q, k)) if return_weights else out
+            y = self._continue(q, k, v, RecurrentCache() if call.cache is None else call.cache, call.token_mask)
+        out = self.out(call.real(_merge_heads(y)))
+        return out, (self.weights(q, k) if call.return_weights else None)
 
     def weights(self, q, k):
         """The map behind ``_parallel``, (B, H, T, T): (1 - g_h) x softmax over the token's own segment up to itself,

@@ -22,7 +22,7 @@ from ..ops.wkv import WKVState, wkv4
 from .block import BlockWeights
 from .cache import RecurrentCache
 from .layers import LayerNorm, Linear
-from .mixers import check_mixer_call, check_weights_call, real_tokens
+from .mixers import MixerCall, RecurrentMixer, real_tokens
 
 
 def token_shift(x: torch.Tensor, cache: RecurrentCache | None, name: str, token_mask=None) -> torch.Tensor:
@@ -45,7 +45,7 @@ def _mix(x, prev, mu):
     return x * mu + prev * (1 - mu)
 
 
-class RWKVTimeMix(nn.Module):
+class RWKVTimeMix(RecurrentMixer):
     """r = sigmoid(W_r mix_r), k = W_k mix_k, v = W_v mix_v; out = W_o (r * wkv(k, v)) (Sec. 3.1, eq. 11-15).
 
     d_att: width of k, v, r (RWKV-LM's dim_att, d_model in every released RWKV-4). chunk_size: block length of
@@ -77,34 +77,21 @@ class RWKVTimeMix(nn.Module):
         self.receptance = Linear(d_model, d_att, bias=False)
         self.output = Linear(d_att, d_model, bias=False)
 
-    def new_cache(self, max_len: int | None = None, *, static: bool = False) -> RecurrentCache:
-        """One state for the whole RWKV block (time mix and channel mix), allocated on first use."""
-        return RecurrentCache(static=static)
-
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model)."""
-        check_mixer_call("RWKVTimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache, token_mask=token_mask)
-        check_weights_call("RWKVTimeMix", cache, return_weights)
-        prev = token_shift(x, cache, "att_shift", token_mask)
+    def mix(self, x, call: MixerCall):
+        """x: ln1 of the residual stream, (B, T, d_model). Its cache is the whole block's state (the channel mix's
+        token shift too); the WKV state is a, b, p (B, d_att) each."""
+        prev = token_shift(x, call.cache, "att_shift", call.token_mask)
         r = torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r)))
         k = self.key(_mix(x, prev, self.time_mix_k))  # (B, T, d_att)
         v = self.value(_mix(x, prev, self.time_mix_v))
-        k = real_tokens(k, token_mask, float("-inf"))  # weight e^k = 0: padding adds nothing to the sums
-        state = WKVState(cache["a"], cache["b"], cache["p"]) if cache is not None and "a" in cache else None
-        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
-        wkv, *weights, state = wkv4(torch.exp(self.time_decay), self.time_first, k, v, mode=mode,
-                                    chunk_size=self.chunk_size, state=state, return_state=True,
-                                    return_weights=return_weights)
-        if cache is not None:
-            cache["a"], cache["b"], cache["p"] = state.a, state.b, state.p
-            cache.commit(x.shape[1])
-        out = self.output(real_tokens(r * wkv, token_mask))  # a padded query sees no key: 0 / 0
-        if not return_weights:
-            return out
-        B, C, T, _ = weights[0].shape  # (B, C, T, T): one map per channel, averaged over groups of channels
-        return out, weights[0].view(B, self.n_heads, C // self.n_heads, T, T).mean(2)
+        k = call.real(k, float("-inf"))  # weight e^k = 0: padding adds nothing to the sums
+        wkv, weights = call.run(wkv4, torch.exp(self.time_decay), self.time_first, k, v, state_type=WKVState,
+                                state_arg="state", chunk_size=self.chunk_size)
+        out = self.output(call.real(r * wkv))  # a padded query sees no key: 0 / 0
+        if weights is None:
+            return out, None
+        B, C, T, _ = weights.shape  # (B, C, T, T): one map per channel, averaged over groups of channels
+        return out, weights.view(B, self.n_heads, C // self.n_heads, T, T).mean(2)
 
 
 class RWKVChannelMix(nn.Module):

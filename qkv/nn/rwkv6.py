@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..ops.gla import GLAState, gla
 from .cache import RecurrentCache
-from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_tokens
+from .mixers import MixerCall, RecurrentMixer
 from .rwkv import token_shift
 from .layers import Linear
 
@@ -71,19 +71,13 @@ def _ramp(n: int, power: float) -> torch.Tensor:
     return torch.linspace(0, 1, n) ** power
 
 
-def _wkv(module, r, k, v, log_w, cache, return_weights):
-    """The matrix-state WKV shared by v5 and v6: heads, the op (chunk form, or the recurrent step for one cached
-    token), the state in the cache. r, k, v (B, T, A); log_w (B|1, H, T|1, N). Returns (B, T, A) and weights."""
+def _wkv(module, call: MixerCall, r, k, v, log_w):
+    """The matrix-state WKV shared by v5 and v6: GLA with RWKV's bonus and scale 1 over heads, state S (B, H, N, N).
+    r, k, v (B, T, A); log_w (B|1, H, T|1, N). Returns (B, T, A) and weights or None."""
     H = module.n_heads
-    state = GLAState(cache["S"]) if cache is not None and "S" in cache else None
-    mode = "recurrent" if cache is not None and r.shape[1] == 1 else "chunk"
-    y, *weights, state = gla(to_heads(r, H), to_heads(k, H), to_heads(v, H), log_w, bonus=module.time_faaaa,
-                             scale=1.0, mode=mode, chunk_size=module.chunk_size, initial_state=state,
-                             return_state=True, return_weights=return_weights)
-    if cache is not None:
-        cache["S"] = state.S  # (B, H, N, N)
-        cache.commit(r.shape[1])
-    return from_heads(y), (weights[0] if weights else None)
+    y, weights = call.run(gla, to_heads(r, H), to_heads(k, H), to_heads(v, H), log_w, state_type=GLAState,
+                          bonus=module.time_faaaa, scale=1.0, chunk_size=module.chunk_size)
+    return from_heads(y), weights
 
 
 class RWKV5TimeMix(RecurrentMixer):
@@ -107,21 +101,16 @@ class RWKV5TimeMix(RecurrentMixer):
         self.time_mix_g = nn.Parameter(ramp.sqrt())
         _add_projections(self, d_model, n_heads, A)
 
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)]."""
-        check_mixer_call("RWKV5TimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache, token_mask=token_mask)
-        check_weights_call("RWKV5TimeMix", cache, return_weights)
-        prev = token_shift(x, cache, "att_shift", token_mask)
+    def mix(self, x, call: MixerCall):
+        """x: ln1 of the residual stream, (B, T, d_model)."""
+        prev = token_shift(x, call.cache, "att_shift", call.token_mask)
         mix = lambda mu: x * mu + prev * (1 - mu)  # noqa: E731  (RWKV-4's interpolation)
-        r, k = self.receptance(mix(self.time_mix_r)), real_tokens(self.key(mix(self.time_mix_k)), token_mask)
+        r, k = self.receptance(mix(self.time_mix_r)), call.real(self.key(mix(self.time_mix_k)))
         v = self.value(mix(self.time_mix_v))
         g = F.silu(self.gate(mix(self.time_mix_g)))
         log_w = -torch.exp(at_least_float32(self.time_decay)).view(1, self.n_heads, 1, self.head_size)  # (1, H, 1, N)
-        y, weights = _wkv(self, r, k, v, log_w, cache, return_weights)
-        out = self.output(real_tokens(head_group_norm(y, self.ln_x) * g, token_mask))
-        return (out, weights) if return_weights else out
+        y, weights = _wkv(self, call, r, k, v, log_w)
+        return self.output(call.real(head_group_norm(y, self.ln_x) * g)), weights
 
 
 class RWKV6TimeMix(RecurrentMixer):
@@ -152,26 +141,21 @@ class RWKV6TimeMix(RecurrentMixer):
         self.time_faaaa = nn.Parameter((depth * (1 - c) + 0.1 * torch.cos(7 * c)).view(n_heads, head_size))
         _add_projections(self, d_model, n_heads, A)
 
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, token_mask=None):
-        """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)]."""
-        check_mixer_call("RWKV6TimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache, token_mask=token_mask)
-        check_weights_call("RWKV6TimeMix", cache, return_weights)
+    def mix(self, x, call: MixerCall):
+        """x: ln1 of the residual stream, (B, T, d_model)."""
         B, T, C = x.shape
-        xx = token_shift(x, cache, "att_shift", token_mask) - x  # (B, T, C): towards the previous token
+        xx = token_shift(x, call.cache, "att_shift", call.token_mask) - x  # (B, T, C): towards the previous token
         low = torch.tanh((x + xx * self.time_maa_x) @ self.time_maa_w1).view(B, T, 5, -1)  # (B, T, 5, R)
         mw, mk, mv, mr, mg = torch.einsum("btfr,frc->fbtc", low, self.time_maa_w2)  # 5 x (B, T, C)
         r = self.receptance(x + xx * (self.time_maa_r + mr))
-        k = real_tokens(self.key(x + xx * (self.time_maa_k + mk)), token_mask)  # padding adds nothing to S
+        k = call.real(self.key(x + xx * (self.time_maa_k + mk)))  # padding adds nothing to S
         v = self.value(x + xx * (self.time_maa_v + mv))
         g = F.silu(self.gate(x + xx * (self.time_maa_g + mg)))
         xw = x + xx * (self.time_maa_w + mw)
         d = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2  # (B, T, A)
         log_w = to_heads(-torch.exp(at_least_float32(d)), self.n_heads)  # (B, H, T, N): log of exp(-exp(d)), <= 0
-        y, weights = _wkv(self, r, k, v, log_w, cache, return_weights)
-        out = self.output(real_tokens(head_group_norm(y, self.ln_x) * g, token_mask))
-        return (out, weights) if return_weights else out
+        y, weights = _wkv(self, call, r, k, v, log_w)
+        return self.output(call.real(head_group_norm(y, self.ln_x) * g)), weights
 
 
 class RWKV6ChannelMix(nn.Module):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..ops.delta_rule import DeltaRuleState, wkv7
 from .cache import RecurrentCache
-from .mixers import RecurrentMixer, check_mixer_call, check_weights_call, real_tokens
+from .mixers import MixerCall, RecurrentMixer
 from .rwkv import token_shift
 from .rwkv6 import at_least_float32, from_heads, head_group_norm, to_heads
 from .layers import Linear
@@ -80,17 +80,12 @@ class RWKV7TimeMix(RecurrentMixer):
     def _lora(C: int, rank: int):
         return nn.Parameter(torch.randn(C, rank) * 0.02), nn.Parameter(torch.randn(rank, C) * 0.1 / rank ** 0.5)
 
-    def forward(self, x, context=None, *, mask=None, causal: bool = True, cache: RecurrentCache | None = None,
-                return_weights: bool = False, rope=None, bias=None, window=None, shared: dict | None = None,
-                token_mask=None):
-        """x: ln1 of the residual stream, (B, T, d_model) -> (B, T, d_model) [, weights (B, H, T, T)].
-        shared: this forward's dict across blocks; holds "v_first" (B, T, C) once the first block has run."""
-        check_mixer_call("RWKV7TimeMix", context=context, mask=mask, bias=bias, window=window, rope=rope,
-                         causal=causal, cache=cache, token_mask=token_mask)
-        check_weights_call("RWKV7TimeMix", cache, return_weights)
+    def mix(self, x, call: MixerCall, shared: dict | None = None):
+        """x: ln1 of the residual stream, (B, T, d_model). shared: this forward's dict across blocks; holds
+        "v_first" (B, T, C) once the first block has run. The state S is (B, H, N, N)."""
         shared = {} if shared is None else shared
         H = self.n_heads
-        xx = token_shift(x, cache, "att_shift", token_mask) - x  # (B, T, C)
+        xx = token_shift(x, call.cache, "att_shift", call.token_mask) - x  # (B, T, C)
         r = self.receptance(x + xx * self.x_r)
         k = self.key(x + xx * self.x_k)
         xv = x + xx * self.x_v
@@ -107,20 +102,14 @@ class RWKV7TimeMix(RecurrentMixer):
         z = self.w0 + torch.tanh((x + xx * self.x_w) @ self.w1) @ self.w2
         log_w = -_MAX_LOG_DECAY * torch.sigmoid(at_least_float32(z))  # (B, T, C), in (-0.607, 0)
         kk = F.normalize(to_heads(k * self.k_k, H), dim=-1)  # (B, H, T, N), unit length per head
-        k = real_tokens(k * (1 + (a - 1) * self.k_a), token_mask)  # padding adds nothing to S
+        k = call.real(k * (1 + (a - 1) * self.k_a))  # padding adds nothing to S
         ah = to_heads(a, H)
-        state = DeltaRuleState(cache["S"]) if cache is not None and "S" in cache else None
-        mode = "recurrent" if cache is not None and x.shape[1] == 1 else "chunk"
         rh, kh, vh = to_heads(r, H), to_heads(k, H), to_heads(v, H)
-        y, *weights, state = wkv7(rh, kh, vh, to_heads(log_w, H), -kk, kk * ah, mode=mode, chunk_size=self.chunk_size,
-                                  initial_state=state, return_state=True, return_weights=return_weights)
-        if cache is not None:
-            cache["S"] = state.S  # (B, H, N, N)
-            cache.commit(x.shape[1])
+        y, weights = call.run(wkv7, rh, kh, vh, to_heads(log_w, H), -kk, kk * ah, state_type=DeltaRuleState,
+                              chunk_size=self.chunk_size)
         y = head_group_norm(from_heads(y), self.ln_x)
         y = y + from_heads((rh * kh * self.r_k.unsqueeze(1)).sum(-1, keepdim=True) * vh)  # the current token's bonus
-        out = self.output(real_tokens(y * gate, token_mask))
-        return (out, weights[0]) if return_weights else out
+        return self.output(call.real(y * gate)), weights
 
 
 def default_ranks(d_model: int) -> dict:

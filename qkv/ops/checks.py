@@ -1,11 +1,18 @@
 """Input checks shared by the linear-time ops (one message per mistake, naming the argument and the value), the
-switch for checks that read tensor values, and the plumbing every entry point shares (state in, results out)."""
+switch for checks that read tensor values, and the plumbing every entry point shares: the three forms and the one
+dispatch over them, the carried state in, the results out."""
 from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Callable, TypeVar
 
 import torch
+
+R = TypeVar("R")
+# The forms every linear-time op computes, equal to each other: "parallel" (the definition, quadratic in T),
+# "recurrent" (token by token: the decode step) and "chunk" (parallel inside blocks, recurrent between them).
+FORMS = ("parallel", "recurrent", "chunk")
 
 _TRUSTED = contextvars.ContextVar("qkv_trusted_values", default=False)
 
@@ -47,6 +54,32 @@ def check_qkv_mode(q, k, v, mode, modes, chunk_size) -> None:
 
 # -- the plumbing every linear-time entry point shares (gla, generalized_delta_rule, retention, linear_attention,
 # -- wkv4): one refusal, one compute dtype, one way of starting from a state, one shape of result
+def run_form(mode: str, *, recurrent: Callable[[], R], chunk: Callable[[int], R], tokens: int, chunk_size: int,
+             parallel: Callable[[], R] | None = None) -> R:
+    """The one dispatch of the linear-time ops over their forms (``mode`` already checked against ``FORMS``):
+    ``recurrent()``, ``chunk(C)`` with blocks of C = ``chunk_size`` tokens, or ``parallel()``; an op without a
+    parallel form of its own computes it as one block of all ``tokens`` (the chunk form with C = T is the
+    definition: one block, no state carried between blocks)."""
+    if mode == "recurrent":
+        return recurrent()
+    if mode == "parallel":
+        return parallel() if parallel is not None else chunk(max(tokens, 1))
+    return chunk(chunk_size)
+
+
+def check_matrix_state(initial_state, state_type, q: torch.Tensor, v: torch.Tensor) -> None:
+    """``initial_state``: None, a ``state_type`` record (its field S) or the tensor S itself, of shape
+    (B, H, D, Dv) for q (B, H, T, D) and v (B, H, T, Dv)."""
+    if initial_state is None:
+        return
+    S0 = initial_state.S if isinstance(initial_state, state_type) else initial_state
+    want = (q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
+    if not isinstance(S0, torch.Tensor) or tuple(S0.shape) != want:
+        got = tuple(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__
+        raise ValueError(f"initial_state must be a {state_type.__name__} or a tensor of shape (B, H, D, Dv) = "
+                         f"{want}, got {got}")
+
+
 def refuse_weights_with_state(return_weights: bool, state, name: str = "initial_state") -> None:
     if return_weights and state is not None:
         raise ValueError(f"return_weights=True needs {name}=None: the weights cover the tokens of this call, and a "

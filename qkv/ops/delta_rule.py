@@ -38,10 +38,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_qkv_mode, checks_values, compute_dtype, outputs, refuse_weights_with_state, start_state
+from .checks import (FORMS, check_matrix_state, check_qkv_mode, checks_values, compute_dtype, outputs,
+                     refuse_weights_with_state, run_form, start_state)
 from .gla import blocks, decayed_scores, prefix_sums, suffix_sums
 
-MODES = ("parallel", "recurrent", "chunk")
+MODES = FORMS
 
 
 @dataclass
@@ -70,13 +71,7 @@ def _check(q, k, v, a, b, g, mode, chunk_size, initial_state) -> None:
         # a host read: skipped under torch.compile and inside trusted_values() (decoding steps)
         if checks_values() and g.numel() and not bool((g <= 0).all()):
             raise ValueError(f"g must hold log gates <= 0 (decays in (0, 1]), got max(g) = {g.max().item():.6g}")
-    if initial_state is not None:
-        S0 = initial_state.S if isinstance(initial_state, DeltaRuleState) else initial_state
-        want = (q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
-        if not isinstance(S0, torch.Tensor) or tuple(S0.shape) != want:
-            got = tuple(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__
-            raise ValueError(f"initial_state must be a DeltaRuleState or a tensor of shape (B, H, D, Dv) = {want}, "
-                             f"got {got}")
+    check_matrix_state(initial_state, DeltaRuleState, q, v)
 
 
 def _system(q, k, a, b, g):
@@ -170,10 +165,8 @@ def generalized_delta_rule(
     qq, kk, vv, aa, bb = (x.to(cdt) for x in (q, k, v, a, b))
     gg = q.new_zeros((), dtype=cdt).expand(B, H, T, D) if g is None else g.to(cdt).expand(B, H, T, D)
     S0 = start_state(initial_state, DeltaRuleState, q, v, cdt)  # (B, H, D, Dv)
-    if mode == "recurrent":
-        out, S = _recurrent(qq, kk, vv, aa, bb, gg, S0)
-    else:  # parallel: the whole sequence as one block
-        out, S = _chunk(qq, kk, vv, aa, bb, gg, S0, max(T, 1) if mode == "parallel" else chunk_size)
+    out, S = run_form(mode, recurrent=lambda: _recurrent(qq, kk, vv, aa, bb, gg, S0),
+                      chunk=lambda C: _chunk(qq, kk, vv, aa, bb, gg, S0, C), tokens=T, chunk_size=chunk_size)
     weights = None
     if return_weights:
         A_qk, A_qb, M, A_ak = _system(qq, kk, aa, bb, gg)

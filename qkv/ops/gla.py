@@ -42,9 +42,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_qkv_mode, checks_values, compute_dtype, outputs, refuse_weights_with_state, start_state
+from .checks import (FORMS, check_matrix_state, check_qkv_mode, checks_values, compute_dtype, outputs,
+                     refuse_weights_with_state, run_form, start_state)
 
-MODES = ("parallel", "recurrent", "chunk")
+MODES = FORMS
 
 
 @dataclass
@@ -116,12 +117,7 @@ def _check(q, k, v, g, bonus, mode, chunk_size, initial_state) -> None:
     if bonus is not None and (not isinstance(bonus, torch.Tensor) or tuple(bonus.shape) != (H, D)):
         got = tuple(bonus.shape) if isinstance(bonus, torch.Tensor) else type(bonus).__name__
         raise ValueError(f"bonus must be a tensor of shape (H, D) = {(H, D)}, got {got}")
-    if initial_state is not None:
-        S0 = initial_state.S if isinstance(initial_state, GLAState) else initial_state
-        want = (B, H, D, v.shape[-1])
-        if not isinstance(S0, torch.Tensor) or tuple(S0.shape) != want:
-            got = tuple(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__
-            raise ValueError(f"initial_state must be a GLAState or a tensor of shape (B, H, D, Dv) = {want}, got {got}")
+    check_matrix_state(initial_state, GLAState, q, v)
 
 
 def _weights(q, k, g, bonus):
@@ -214,10 +210,8 @@ def gla(
     gg = g.to(cdt).expand(B, H, T, D)
     uu = None if bonus is None else bonus.to(cdt)
     S0 = start_state(initial_state, GLAState, q, v, cdt)  # (B, H, D, Dv)
-    if mode == "recurrent":
-        out, S = _recurrent(qq, kk, vv, gg, uu, S0)
-    else:  # parallel: the whole sequence as one block
-        out, S = _chunk(qq, kk, vv, gg, uu, S0, max(T, 1) if mode == "parallel" else chunk_size)
+    out, S = run_form(mode, recurrent=lambda: _recurrent(qq, kk, vv, gg, uu, S0),
+                      chunk=lambda C: _chunk(qq, kk, vv, gg, uu, S0, C), tokens=T, chunk_size=chunk_size)
     weights = (scale * _weights(qq, kk, gg, uu)).to(v.dtype) if return_weights else None  # (B, H, T, T)
     return outputs((scale * out).to(v.dtype), weights, GLAState(S) if return_state else None)
 

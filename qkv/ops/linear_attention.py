@@ -32,10 +32,10 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-from .checks import check_qkv_mode, compute_dtype, outputs, refuse_weights_with_state
+from .checks import FORMS, check_qkv_mode, compute_dtype, outputs, refuse_weights_with_state, run_form
 
 FeatureMap = Union[str, None, Callable[[torch.Tensor], torch.Tensor]]
-MODES = ("parallel", "recurrent", "chunk")
+MODES = FORMS
 
 
 @dataclass
@@ -211,14 +211,10 @@ def linear_attention(
         z0 = q.new_zeros(B, H, D, dtype=cdt)  # (B, H, D)
     else:
         S0, z0 = initial_state.S.to(cdt), initial_state.z.to(cdt)
-    if mode == "parallel":
-        num, den, S, z = _parallel(fq, fk, vv, S0, z0, causal)
-    elif not causal:
-        num, den, S, z = _global(fq, fk, vv, S0, z0)
-    elif mode == "recurrent":
-        num, den, S, z = _recurrent(fq, fk, vv, S0, z0)
-    else:
-        num, den, S, z = _chunk(fq, fk, vv, S0, z0, chunk_size)
+    global_sums = not causal and mode != "parallel"  # every query reads the same sums: one form serves both
+    num, den, S, z = _global(fq, fk, vv, S0, z0) if global_sums else run_form(
+        mode, parallel=lambda: _parallel(fq, fk, vv, S0, z0, causal), recurrent=lambda: _recurrent(fq, fk, vv, S0, z0),
+        chunk=lambda C: _chunk(fq, fk, vv, S0, z0, C), tokens=T, chunk_size=chunk_size)
     out = num / (den + eps).unsqueeze(-1) if normalize else num
     weights = implicit_weights(fq, fk, causal, normalize, eps).to(v.dtype) if return_weights else None
     return outputs(out.to(v.dtype), weights, LinearAttentionState(S, z) if return_state else None)

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_qkv_mode, checks_values, compute_dtype, outputs, refuse_weights_with_state, start_state
+from .checks import (FORMS, check_matrix_state, check_qkv_mode, checks_values, compute_dtype, outputs,
+                     refuse_weights_with_state, run_form, start_state)
 
-MODES = ("parallel", "recurrent", "chunk")
+MODES = FORMS
 
 
 @dataclass
@@ -53,14 +54,7 @@ def _check(q, k, v, decay, mode, chunk_size, initial_state) -> torch.Tensor:
     if checks_values() and not bool(((decay > 0) & (decay < 1)).all()):
         shown = ", ".join(f"{g:.6g}" for g in decay.flatten().tolist())
         raise ValueError(f"decay=[{shown}] is invalid; expected every gamma strictly inside (0, 1)")
-    if initial_state is not None:
-        S0 = initial_state.S if isinstance(initial_state, RetentionState) else initial_state
-        want = (q.shape[0], H, q.shape[-1], v.shape[-1])
-        if not isinstance(S0, torch.Tensor) or tuple(S0.shape) != want:
-            got = tuple(S0.shape) if isinstance(S0, torch.Tensor) else type(S0).__name__
-            raise ValueError(
-                f"initial_state must be a RetentionState or a tensor of shape (B, H, D, Dv) = {want}, got {got}"
-            )
+    check_matrix_state(initial_state, RetentionState, q, v)
     return decay
 
 
@@ -177,12 +171,9 @@ def retention(
     scale = D**-0.5 if scale is None else scale
     qq, kk, vv = q.to(cdt), k.to(cdt), v.to(cdt)
     S0 = start_state(initial_state, RetentionState, q, v, cdt)  # (B, H, D, Dv)
-    if mode == "parallel":
-        out, S = _parallel(qq, kk, vv, S0, log_g)
-    elif mode == "recurrent":
-        out, S = _recurrent(qq, kk, vv, S0, log_g)
-    else:
-        out, S = _chunk(qq, kk, vv, S0, log_g, chunk_size)
+    out, S = run_form(mode, parallel=lambda: _parallel(qq, kk, vv, S0, log_g),
+                      recurrent=lambda: _recurrent(qq, kk, vv, S0, log_g),
+                      chunk=lambda C: _chunk(qq, kk, vv, S0, log_g, C), tokens=T, chunk_size=chunk_size)
     # Scale applied once at the end: the state stays unscaled, so pieces with the same scale chain exactly.
     weights = None
     if return_weights:  # (B, H, T, T)

@@ -82,9 +82,18 @@ def check_rope_scaling(scaling: dict, rotary_dim: int) -> dict:
     if missing:
         raise ValueError(f"rope_scaling {kind!r} needs {list(required)}; missing {missing}")
     out = {"rope_type": kind, **{k: scaling[k] for k in required + optional if scaling.get(k) is not None}}
-    for key in ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"):
-        if key in out and not (isinstance(out[key], (int, float)) and not isinstance(out[key], bool) and out[key] > 0):
-            raise ValueError(f"rope_scaling {key} must be a number > 0, got {out[key]!r}")
+    def number(v) -> bool:  # finite: an infinite factor passes "> 0" and makes every angle NaN
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    for key in ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor",
+                "attention_factor"):
+        if key in out and not (number(out[key]) and out[key] > 0):
+            raise ValueError(f"rope_scaling {key} must be a number > 0 (and finite), got {out[key]!r}")
+    for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+        if key in out and not number(out[key]):
+            raise ValueError(f"rope_scaling {key} must be a finite number, got {out[key]!r}")
+    for key in ("long_factor", "short_factor"):
+        if key in out and not (isinstance(out[key], (list, tuple)) and all(number(v) and v > 0 for v in out[key])):
+            raise ValueError(f"rope_scaling {key} must be a list of finite numbers > 0, got {str(out[key])[:60]}")
     if kind == "llama3" and out["high_freq_factor"] <= out["low_freq_factor"]:
         raise ValueError(f"rope_scaling llama3 needs high_freq_factor > low_freq_factor, got "
                          f"{out['high_freq_factor']} <= {out['low_freq_factor']}")

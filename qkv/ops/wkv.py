@@ -39,9 +39,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import checks_values, compute_dtype, outputs, refuse_weights_with_state
+from .checks import FORMS, checks_values, compute_dtype, outputs, refuse_weights_with_state, run_form
 
-MODES = ("parallel", "recurrent", "chunk")
+MODES = FORMS
 _NEGLIGIBLE = 60.0  # log-space cut below the row maximum (see _parallel)
 
 
@@ -206,12 +206,10 @@ def wkv4(
         state = WKVState.zeros(k.shape[0], k.shape[-1], device=k.device, dtype=cdt)
     else:
         state = WKVState(state.a.to(cdt), state.b.to(cdt), state.p.to(cdt))
-    if mode == "recurrent":
-        out, state = _recurrent(ww, uu, kk, vv, state)
-    elif mode == "parallel":
-        out, state = _parallel(ww, uu, kk, vv, state)
-    else:
-        out, state = _chunk(ww, uu, kk, vv, state, chunk_size)
+    start = state
+    out, state = run_form(mode, parallel=lambda: _parallel(ww, uu, kk, vv, start),
+                          recurrent=lambda: _recurrent(ww, uu, kk, vv, start),
+                          chunk=lambda C: _chunk(ww, uu, kk, vv, start, C), tokens=k.shape[1], chunk_size=chunk_size)
     weights = None
     if return_weights:
         empty = WKVState.zeros(k.shape[0], k.shape[-1], device=k.device, dtype=cdt)

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from .. import checkpoint as ckpt
-from .. import safety
+from .. import files
 from ..config import TrainConfig
 from . import processes
 from .state_checks import IMPLEMENTATION, check_trainer_state
@@ -58,7 +58,7 @@ def check_run_folder(cfg: TrainConfig, tokenizer, data, max_positions: int | Non
     the config changes to record). A resumed run always uses the tokenizer saved with its checkpoint.
     max_positions: the model's, the block size runs of an older qkv recorded as null."""
     out = Path(cfg.out_dir)
-    safety.check_no_links(out, ckpt.RUN_FILES + ("data", ckpt.LOCK), what="out_dir")  # writes would reach elsewhere
+    files.check_no_links(out, ckpt.RUN_FILES + ("data", ckpt.LOCK), what="out_dir")  # writes would reach elsewhere
     if not cfg.resume:
         earlier = ckpt.earlier_run(out)
         if earlier and not cfg.overwrite and ckpt.resumable(out):
@@ -80,7 +80,7 @@ def check_saved_config(resume_from: Path, max_positions: int | None, uses_block:
     against the checkpoint's step; for a run cut into blocks (``uses_block``), a block_size of null (qkv before
     block sizes were resolved) is the model's max_positions, the block those runs trained on."""
     path = resume_from / ckpt.TRAIN_CONFIG_FILE
-    saved = safety.read_json(path)
+    saved = files.read_json(path)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
         TrainConfig.from_dict({k: v for k, v in saved.items() if k in known})
@@ -138,8 +138,8 @@ def write_run_files(cfg: TrainConfig, model_config, tokenizer, resumed: bool) ->
         log.warning("overwrite=True: removing the earlier run in %s (checkpoints, metrics, logs)", out)
         ckpt.clear_run(out)
     ckpt.remove_stale_tmp(out)
-    safety.write_atomic(out / "config.json", model_config.to_json())
-    safety.write_atomic(out / ckpt.TRAIN_CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    files.write_atomic(out / "config.json", model_config.to_json())
+    files.write_atomic(out / ckpt.TRAIN_CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     if tokenizer is not None:
         tokenizer.save(out / ckpt.TOKENIZER_DIR)
 
@@ -177,7 +177,7 @@ def restore(run, resume_from: Path, changes: dict) -> None:
     fresh = {"param_groups": processes.optimizer_groups(run.task_loss, run.opt, run.procs),
              "scheduler": run.sched.state_dict(), "data": run.data.train.state_dict()}
     check_trainer_state(state, source=resume_from / ckpt.STATE_FILE, folder_step=ckpt.folder_step(resume_from),
-                        run=run, saved_config=safety.read_json(resume_from / ckpt.TRAIN_CONFIG_FILE), fresh=fresh)
+                        run=run, saved_config=files.read_json(resume_from / ckpt.TRAIN_CONFIG_FILE), fresh=fresh)
     chosen = [{k: g[k] for k in IMPLEMENTATION if k in g} for g in run.opt.param_groups]
     processes.load_optimizer(run.task_loss, run.opt, state["optimizer"], run.procs)
     for group, keep in zip(run.opt.param_groups, chosen):  # how to compute the update is this run's choice

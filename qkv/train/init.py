@@ -103,21 +103,21 @@ def _trains_like_transformers(tok, config: ModelConfig) -> bool:
 def _locate(p: Path, source, flag: str):
     """(format, folder, config) of a qkv model folder, a qkv run folder or a Hugging Face folder / hub id."""
     from .. import checkpoint as ckpt
-    from .. import safety
+    from .. import files
     if p.is_dir():
         latest = ckpt.latest_checkpoint(p)
         folder = latest if latest is not None else p
         config_file = folder / "config.json"
-        if config_file.is_file() and "family" in safety.read_json(safety.inside(folder, config_file,
-                                                                                what="config.json")):
+        if config_file.is_file() and "family" in files.read_json(files.inside(folder, config_file,
+                                                                              what="config.json")):
             from ..models.common import load_config
             return "qkv", folder, load_config(folder)
     elif not p.exists():
-        from ..hub.resolve import is_repo_id
+        from ..files import is_repo_id
         if not is_repo_id(str(source)):
             raise FileNotFoundError(f"{flag}: no such file or folder (nor a Hugging Face hub id like 'org/name')")
     from ..hub.hf import hf_config
-    from ..hub.resolve import resolve
+    from ..files import resolve
     folder = resolve(source)
     return "hf", folder, hf_config(folder)
 

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from .. import checkpoint as ckpt
-from .. import safety
+from .. import files
+from ..viz import plot_curves
 
 log = logging.getLogger("qkv.train")
 
@@ -108,7 +109,7 @@ def truncate(path: Path, step: int) -> None:
             keep.append(ln)
     if broken:
         log.warning("%s: dropped %d line(s) that are not whole JSON records (cut short by a crash?)", path, broken)
-    safety.write_atomic(path, "".join(ln + "\n" for ln in keep))
+    files.write_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
 def _tensorboard(out: Path):
@@ -121,28 +122,6 @@ def _tensorboard(out: Path):
 
 def _plot(metrics: Path, png: Path, label_smoothing: float | None = None) -> None:
     try:
-        from ..viz import plot_curves
-    except ImportError:
-        plot_curves = None
-    try:
-        if plot_curves is not None:
-            plot_curves(metrics, png, label_smoothing=label_smoothing)
-            return
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        plot_curves(metrics, png, label_smoothing=label_smoothing)
+    except ImportError:  # matplotlib is optional
         log.info("matplotlib is not installed: no loss plot")
-        return
-    records = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("train_loss", "val_loss"):
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), label=key, marker="o" if key == "val_loss" else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(png, dpi=100, bbox_inches="tight")
-    plt.close(fig)

@@ -327,7 +327,8 @@ def check_memory(model_config: ModelConfig, cfg: TrainConfig, task, device, worl
     """Refuse a run whose smallest possible footprint cannot fit on ``device``: fp32 weights, gradients and the two
     AdamW moments; the grad_accum global micro-batches drawn per step; this process's share of one micro-batch's
     logits and their gradient. A lower bound: activations come on top."""
-    from ..safety import check_fits, model_bytes, model_sizes
+    from ..files import check_fits
+    from ..models.sizing import model_bytes, model_sizes
     params, _ = model_bytes(model_config)
     check_fits(16 * params, device=device, what=f"training a model of {params:,} parameters "
                f"({model_sizes(model_config)}: fp32 weights, gradients and two AdamW moments)")

@@ -212,7 +212,7 @@ def test_a_safetensors_header_of_garbage_is_refused(world, lm_folder, capsys):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_an_hf_folder_with_non_finite_weights_is_refused_naming_the_tensor(world, hf_folder, capsys, bad):
-    from qkv.safety import load_safetensors
+    from qkv.files import load_safetensors
     folder = copy(hf_folder, world.root / "hf")
     state = load_safetensors(folder / "model.safetensors")
     state["transformer.h.1.mlp.c_fc.weight"][3, 2] = bad

@@ -219,7 +219,7 @@ def test_resume_refuses_a_tokenizer_flag_other_than_the_saved_one(world, lm_run,
 @pytest.mark.parametrize("where", ["weights", "trainer state", "manifest", "latest", "rename", "library error"])
 def test_a_full_disk_mid_save_is_one_line_and_loses_nothing(world, lm_run, corpus, capsys, monkeypatch, where):
     import safetensors.torch
-    from qkv import safety
+    from qkv import files as safety
     run = copy(lm_run, world.root / "run")
     before = {"checkpoints": snapshot(run / "checkpoints"), "latest": (run / "latest").read_bytes()}
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from qkv import checkpoint as ckpt
-from qkv import safety
+from qkv import files
 
 from .conftest import copy, refused, snapshot, train_argv
 
@@ -99,7 +99,7 @@ def handed(run, edit):
     meta = json.loads(path.read_text())
     edit(meta["state"])
     path.write_text(json.dumps(meta))
-    safety.write_manifest(folder)
+    files.write_manifest(folder)
     return path
 
 
@@ -130,7 +130,7 @@ def test_a_handed_train_config_json_is_checked_as_a_train_config(world, lm_run, 
     folder = ckpt.latest_checkpoint(run)
     cfg = json.loads((folder / ckpt.TRAIN_CONFIG_FILE).read_text())
     (folder / ckpt.TRAIN_CONFIG_FILE).write_text(json.dumps({**cfg, field: value}))
-    safety.write_manifest(folder)
+    files.write_manifest(folder)
     refused(capsys, train_argv(corpus, run, "--resume", "--max-steps", "6"), ckpt.TRAIN_CONFIG_FILE, field)
 
 
@@ -142,5 +142,5 @@ def test_non_finite_weights_in_a_handed_checkpoint_are_refused_on_resume(world, 
     name = sorted(weights)[0]
     weights[name][0] = float("nan")
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    safety.write_manifest(folder)
+    files.write_manifest(folder)
     refused(capsys, train_argv(corpus, run, "--resume", "--max-steps", "6"), "model.safetensors", name, "NaN")
