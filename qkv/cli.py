@@ -770,7 +770,8 @@ def _explore_args(p):
 
 
 def _explore(args):
-    from .explore import Explorer, ExploreInputError, make_server
+    from .explore import Explorer, ExploreInputError
+    from .explore_server import make_server
     model, tok = _model_and_tokenizer(args)
     explorer = Explorer(model, tok, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     examples = []

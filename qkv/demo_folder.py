@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import files
-from .checkpoint import LOCK
+from .checkpoint import LOCK, TRAIN_CONFIG_FILE
 
 # What the demo writes in its folder: all it removes with overwrite=True, and all a folder of its own may hold
 # (with the run lock and the marker that says the demo made the folder).
@@ -55,7 +55,6 @@ def is_demo_folder(out: Path) -> bool:
     except (ValueError, OSError):
         pass
     try:
-        from .checkpoint import TRAIN_CONFIG_FILE
         config = json.loads((out / "train" / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
         return isinstance(config, dict) and isinstance(config.get("out_dir"), str) and \
             Path(config["out_dir"]).resolve() == (out / "train").resolve()

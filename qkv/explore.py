@@ -2,7 +2,7 @@
 
     explorer = Explorer(model, tokenizer)            # a translation model, a language model or an encoder
     example = explorer.example("twenty-one thousand")  # plain data for the page (``qkv.viz.explorer_page``)
-    server = make_server(explorer, port=8000)          # http://127.0.0.1:8000/ ; server.serve_forever()
+    server = qkv.explore_server.make_server(explorer, port=8000)   # http://127.0.0.1:8000/
 
 What an example holds, by the model's family:
   encoder-decoder  the translation by beam search (and greedy's), the encoder's self-attention, the decoder's
@@ -296,13 +296,3 @@ def sequence_logprob(model, src: list[int], tokens: list[int]) -> float:
         logits = decoding_of(model).teacher_forced(model, src, tokens)  # (L, V)
     logp = logits.double().log_softmax(-1)
     return float(logp.gather(1, torch.tensor(tokens)[:, None]).sum())
-
-
-# -- the server -------------------------------------------------------------------------------------------------
-
-def make_server(explorer: Explorer, *, port: int = 8000, title: str | None = None, examples: list[dict] | tuple = (),
-                **limits):
-    """The explorer served on 127.0.0.1:port (``qkv.explore_server.make_server``: one thread per connection with
-    a socket timeout, loopback names and origins only, a JSON content type and the page's token on every POST)."""
-    from .explore_server import make_server as serve
-    return serve(explorer, port=port, title=title, examples=examples, **limits)

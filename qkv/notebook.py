@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from .explore import Explorer
+from .interpret import attention_flow, rollout, self_attention
 from .viz import AttentionMaps, explorer_example, explorer_page
 
 EXPLORER_HEIGHT = 820  # pixels: the explorer's links, heatmap and beam view without an inner scroll bar
@@ -72,7 +74,6 @@ def explore(model, tokenizer, texts: str | Sequence[str], *, num_beams: int = 4,
     """Run a text model on one sentence or several and show the explorer: the output by beam search and greedy's,
     every layer's and head's self, masked and cross attention (implicit maps for linear-time mixers), and the beam
     search step by step (``qkv.explore.Explorer``). Bad input raises ``qkv.explore.ExploreInputError``."""
-    from .explore import Explorer
     explorer = Explorer(model, tokenizer, num_beams=num_beams, max_new_tokens=max_new_tokens)
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
@@ -128,7 +129,6 @@ def rollout_view(model, inputs: torch.Tensor, tokens: Sequence[str], *, attentio
     """Attention rollout (or, with flow=True, attention flow) of one example through the whole encoder, as a
     token x token table (``qkv.interpret.rollout``, ``attention_flow``). tokens: one label per position of
     ``inputs[index]`` (for a ViT: the class token, then the patches)."""
-    from .interpret import attention_flow, rollout, self_attention
     weights = [w[index:index + 1] for w in self_attention(model, inputs, attention_mask)]
     T = weights[0].shape[-1]
     if len(tokens) != T:

@@ -69,9 +69,8 @@ def from_hf_folder(path, model) -> Kept:
     """What the Hugging Face folder (or hub id) ``path`` that ``model`` was read from holds besides ``model``'s
     weights: the tensors its converter's export would not write (those equal to one it writes, tied copies older
     checkpoints saved, aside), its tokenizer and settings files and its config.json."""
-    from .hf import CONVERTERS, hf_folder
-    from .resolve import resolve
-    top, folder = resolve(path), hf_folder(path)
+    from .hf import CONVERTERS, hf_folder  # hf.py imports this module: a top-level import would close a circle
+    top, folder = files.resolve(path), hf_folder(path)
     tokenizer = _files(folder, TOKENIZER_FILES) or _files(top, TOKENIZER_FILES)
     hf_config = files.read_json(files.inside(folder, folder / "config.json", what="config.json"))
     conv = CONVERTERS[hf_config["model_type"]]
@@ -81,7 +80,7 @@ def from_hf_folder(path, model) -> Kept:
 
 
 def _unmapped(folder: Path, exported: StateDict) -> StateDict:
-    from .hf import read_weights, weight_files
+    from .hf import read_weights, weight_files  # hf.py imports this module (a circle at the top level)
     names = set(read_weights(folder, shapes_only=True)) - set(exported)
     if not names:
         return {}
@@ -141,7 +140,7 @@ def write_hf(kept: Kept, model, folder) -> tuple[Path, Kept]:
     """``to_hf(model, folder)`` with what ``kept`` holds: the files beside the weights, and the source config.json's
     fields and unmapped tensors while that config.json still describes the model. Returns (the folder, what was
     written of ``kept``)."""
-    from .hf import describes, to_hf
+    from .hf import describes, to_hf  # hf.py imports this module (a circle at the top level)
     same = kept.hf_config is not None and describes(kept.hf_config, model.config)
     path = to_hf(model, folder, source_config=kept.hf_config if same else None,
                  unmapped=kept.unmapped if same else None)

@@ -100,8 +100,7 @@ def read_weights(folder: Path, *, shapes_only: bool = False) -> StateDict:
 def hf_folder(path) -> Path:
     """The folder that holds config.json for a Hugging Face folder or hub id (a sentence-transformers folder may keep
     it in a sub-folder)."""
-    from .resolve import resolve
-    return _resolve_folder(resolve(path))
+    return _resolve_folder(files.resolve(path))
 
 
 def hf_config(path) -> ModelConfig:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from ..models import family_of
 from ..nn import Block, MultiHeadAttention
 
 
@@ -35,7 +36,6 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """Every attention sublayer of a qkv model, in the order the model runs them: the encoder's self-attention,
     then per decoder block its self-attention and cross-attention (listed by kind: all "masked", then all
     "cross")."""
-    from ..models import family_of
     record = family_of(model)
     try:
         decoding = {id(b) for b in model.decoder_blocks()}

@@ -22,7 +22,7 @@ import torch
 
 from ..nn import MultiHeadAttention
 from ..ops import apply_rope, causal_mask, window_mask
-from .layers import find_layer
+from .layers import attention_layers, find_layer
 
 
 @dataclass
@@ -67,7 +67,7 @@ class NeuronView:
 
     def to_html(self, *, decimals: int = 3) -> str:
         """The view as one self-contained HTML fragment (inline CSS, no script): see ``qkv.interpret.neuron_html``."""
-        from .neuron_html import neuron_html
+        from .neuron_html import neuron_html  # the HTML is built only when asked for
         return neuron_html(self, decimals=decimals)
 
     def _repr_html_(self) -> str:
@@ -174,7 +174,6 @@ def neuron_view(model, *inputs, head: int, query: int, layer: int = 0, kind: str
     kind: "self", "masked" or "cross" (default: the model's first kind, see ``qkv.interpret.attention_layers``);
     layer: the index within that kind. tokens: labels of the query side (the query token is tokens[query]);
     key_tokens: of the key side (default: tokens, except for cross-attention)."""
-    from .layers import attention_layers
     kind = kind if kind is not None else attention_layers(model)[0].kind
     target = find_layer(model, kind, layer)
     seen = {}

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..models import family_of
 from .maxflow import max_flow
 
 FUSIONS = ("mean", "max", "min")
@@ -30,7 +31,6 @@ def self_attention(model, inputs: torch.Tensor, attention_mask: torch.Tensor | N
     (B, H, T, T). inputs: token ids (B, T) for a text model (an encoder-decoder's source: its encoder is read), or
     pixels (B, C, H, W) for an image model (T = 1 + patches). attention_mask: (B, T), 1 = token, for text models.
     Runs under ``torch.no_grad``; a layer without a (T, T) map (a linear-time mixer) raises ValueError."""
-    from ..models import family_of
     record = family_of(model)
     with torch.no_grad():
         if not record.text:

@@ -12,6 +12,7 @@ import sys
 
 from ..config import (ModelConfig, TrainConfig, add_dataclass_arguments, dataclass_from_args, join_negative_values,
                       load_config_file)
+from ..presets import preset
 
 log = logging.getLogger("qkv.train")
 
@@ -53,7 +54,6 @@ def configs_from_args(args) -> tuple[ModelConfig | None, TrainConfig]:
 
 
 def _configs(args) -> tuple[ModelConfig | None, TrainConfig]:
-    from ..presets import preset
     file = load_config_file(args.config) if args.config else {}
     unknown = sorted(set(file) - {"model", "preset", "train"})
     if unknown:
@@ -120,8 +120,8 @@ def main(argv=None):
     """``python -m qkv.train FLAGS``: train, then log the summary (on rank 0) as JSON; returns the summary. A bad
     flag, file or value ends the process with one line on stderr (status 2 for flags, 1 for the run), as `qkv
     train` does; ``--debug`` shows the traceback instead."""
-    from .loop import train
-    from .stopping import TrainingInterrupted
+    from .loop import train  # start-up time: building the parser (qkv train --help) loads no training loop
+    from .stopping import TrainingInterrupted  # with the loop above
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(join_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))

@@ -141,13 +141,13 @@ class Stop:
 @pytest.fixture
 def first_view(monkeypatch):
     """The examples `qkv explore` would serve first, filled by each run of the command."""
-    import qkv.explore
+    import qkv.explore_server
     served = {}
 
     def fake_server(explorer, *, port, examples, **kw):
         served["examples"] = examples
         return Stop()
-    monkeypatch.setattr(qkv.explore, "make_server", fake_server)
+    monkeypatch.setattr(qkv.explore_server, "make_server", fake_server)
     return served
 
 

@@ -13,7 +13,8 @@ import torch
 
 import qkv
 from qkv.data import CharTokenizer
-from qkv.explore import Explorer, ExploreInputError, make_server
+from qkv.explore import Explorer, ExploreInputError
+from qkv.explore_server import make_server
 from qkv.explore_server import MAX_BODY, read_request
 
 CORPUS = ["el gato compró tres árboles", "the cat sat on the mat"] * 3
