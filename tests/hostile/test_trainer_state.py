@@ -82,7 +82,8 @@ EDITS = {
     "history[0].step": _set(["history"], [{"step": 99, "changed": {}}]),
     "absent optimizer": lambda s: s.pop("optimizer"),
     "unknown field": _set(["evil"], 1),
-    "deep nesting": _set(["history"], _deep(200)),
+    "deep nesting": _set(["history"], _deep(200)),  # past the JSON reader's bound (qkv.files: 64 levels)
+    "nesting past the state's bound": _set(["history"], _deep(40)),  # within the reader's, past the state's (32)
     "items that are not pairs": _set(["optimizer", "state"], {"__items__": [[[1], {}]]}),
 }
 NAMED = {"step is True": "step", "step is -5": "step", "step is 3": "step", "step is 4.0": "step",
@@ -108,8 +109,9 @@ def test_a_handed_trainer_state_value_is_refused_naming_file_and_field(world, lm
     run = copy(lm_run, world.root / "run")
     handed(run, EDITS[case])
     kept = {p: snapshot(run / p) for p in ("checkpoints",)}, (run / "metrics.jsonl").read_bytes()
-    named = "trainer_state.json: history[0][0]" if case == "deep nesting" else \
-        f"trainer_state.json: {NAMED.get(case, case)} is "
+    named = {"deep nesting": "trainer_state.json: objects and lists nested more than 64 levels deep",
+             "nesting past the state's bound": "trainer_state.json: history[0][0]"}.get(
+        case, f"trainer_state.json: {NAMED.get(case, case)} is ")
     line = refused(capsys, train_argv(corpus, run, "--resume", "--max-steps", "6"), named)
     assert "expected" in line
     assert ({p: snapshot(run / p) for p in ("checkpoints",)}, (run / "metrics.jsonl").read_bytes()) == kept
