@@ -1,7 +1,7 @@
 """qkv: one PyTorch library for the whole attention family. See README.md for the map of concepts to files."""
 from . import ops
 from .config import ModelConfig, TrainConfig
-from .generate import generate, stream
+from .decoding import GenerationConfig, generate, stream
 from .hub import from_hf, from_rwkv, to_hf
 from .models import build, load
 from .nn import MultiHeadAttention
@@ -9,5 +9,5 @@ from .nn.cache import Cache, KVCache
 from .presets import PRESETS, preset
 
 __version__ = "0.1.0"
-__all__ = ["ops", "Cache", "KVCache", "ModelConfig", "TrainConfig", "generate", "stream", "from_hf", "from_rwkv",
+__all__ = ["ops", "Cache", "KVCache", "ModelConfig", "TrainConfig", "GenerationConfig", "generate", "stream", "from_hf", "from_rwkv",
            "to_hf", "build", "load", "MultiHeadAttention", "PRESETS", "preset", "__version__"]

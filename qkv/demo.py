@@ -150,7 +150,7 @@ def _checkpoint_step(path: Path) -> int | None:
 
 def _quality_callback(sources, references, tokenizer, max_new_tokens: int):
     """An eval_callback: greedy exact match and BLEU on held-out pairs, for the quality curves."""
-    from .generate import translate
+    from .decoding import translate
 
     def callback(model, step):
         was_training = model.training
@@ -192,7 +192,7 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     from .config import TrainConfig
     from .data.demo_task import fresh_numbers, kind_of
     from .explore import Explorer
-    from .generate import translate
+    from .decoding import translate
     from .models.build import load
     from .presets import preset
     from .train import train

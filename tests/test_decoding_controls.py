@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import qkv
-from qkv.generate import GenerateOutput, generate
-from qkv.logits_controls import make_controls
+from qkv.decoding import GenerateOutput, generate
+from qkv.decoding import make_controls
 from tests.test_generate import _hf_generate, _hf_model, _peaky, eager_static  # noqa: F401 (a fixture)
 
 transformers = pytest.importorskip("transformers")

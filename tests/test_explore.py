@@ -13,7 +13,7 @@ import torch
 import qkv
 from qkv.data import CharTokenizer, train_bpe
 from qkv.explore import Explorer, ExploreInputError, make_server, token_labels
-from qkv.generate import generate
+from qkv.decoding import generate
 from qkv.viz import explorer_html
 
 from tests.chromium import BASH, CHROMIUM, Browser

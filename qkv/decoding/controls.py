@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checks as c
+
 
 @dataclass(frozen=True)
 class LogitsControls:
@@ -156,47 +158,45 @@ def _bad_words(bad_words, sequences, scores) -> torch.Tensor:
 
 def make_controls(*, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, min_new_tokens=0,
                   forced_bos_token_id=None, forced_eos_token_id=None, renormalize_logits=False,
-                  logits_processor=None, min_p=None, typical_p=None, vocab_size: int, eos_ids=()) -> LogitsControls:
-    """Validated controls; ValueError names the argument, its value and what it should be. As in transformers,
-    bad words that are just an EOS id are dropped (a sequence must be able to end)."""
-    def is_int(x):
-        return isinstance(x, int) and not isinstance(x, bool)
+                  logits_processor=None, min_p=None, typical_p=None, vocab_size: int, eos_ids=(),
+                  where: str = "") -> LogitsControls:
+    """Validated controls (the value rules are ``GenerationConfig``'s, plus the vocabulary); ValueError names the
+    argument, its value and what it should be, after ``where`` (a file's name). As in transformers, bad words
+    that are just an EOS id are dropped (a sequence must be able to end)."""
+    values = dict(no_repeat_ngram_size=(no_repeat_ngram_size, c.int_at_least(0)),
+                  min_length=(min_length, c.int_at_least(0)), min_new_tokens=(min_new_tokens, c.int_at_least(0)),
+                  bad_words_ids=(bad_words_ids, c.token_sequences), forced_eos_token_id=(forced_eos_token_id, c.token_ids),
+                  forced_bos_token_id=(forced_bos_token_id, lambda x: c.token_id(x, optional=True)),
+                  min_p=(min_p, c.number(low=0, high=1, optional=True)),
+                  typical_p=(typical_p, c.number(low=0, high=1, optional=True)),
+                  renormalize_logits=(renormalize_logits, c.boolean))
+    checked = {}
+    for name, (value, rule) in values.items():
+        try:
+            checked[name] = rule(value)
+        except c.Bad as e:
+            raise ValueError(f"{where}{name} must be {e}, got {value!r}") from None
+    forced_eos = checked["forced_eos_token_id"]
+    forced_eos = () if forced_eos is None else (forced_eos,) if c.is_int(forced_eos) else forced_eos
+    words = checked["bad_words_ids"] or ()
+    for name, ids in (("bad_words_ids", [t for w in words for t in w]), ("forced_eos_token_id", forced_eos),
+                      ("forced_bos_token_id", [] if forced_bos_token_id is None else [forced_bos_token_id])):
+        for t in ids:
+            if t >= vocab_size:
+                raise ValueError(f"{where}{name} must hold token ids in [0, {vocab_size}), got {t!r}")
+    words = tuple(w for w in words if not (len(w) == 1 and w[0] in set(eos_ids)))
+    return LogitsControls(checked["no_repeat_ngram_size"], words, checked["min_length"], checked["min_new_tokens"],
+                          forced_bos_token_id, forced_eos, checked["renormalize_logits"],
+                          _processors(logits_processor), checked["min_p"], checked["typical_p"])
 
-    def token(name, x):
-        if not is_int(x) or not 0 <= x < vocab_size:
-            raise ValueError(f"{name} must hold token ids in [0, {vocab_size}), got {x!r}")
-        return x
 
-    for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_length", min_length),
-                        ("min_new_tokens", min_new_tokens)):
-        if not is_int(value) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    words = ()
-    if bad_words_ids is not None:
-        if not isinstance(bad_words_ids, (list, tuple)) or \
-                any(not isinstance(w, (list, tuple)) or not w for w in bad_words_ids):
-            raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids, got {bad_words_ids!r}")
-        words = tuple(tuple(token("bad_words_ids", t) for t in w) for w in bad_words_ids
-                      if not (len(w) == 1 and w[0] in set(eos_ids)))
-    if forced_bos_token_id is not None:
-        token("forced_bos_token_id", forced_bos_token_id)
-    forced_eos = ()
-    if forced_eos_token_id is not None:
-        forced_eos = tuple(token("forced_eos_token_id", t) for t in
-                           ([forced_eos_token_id] if is_int(forced_eos_token_id) else forced_eos_token_id))
+def _processors(logits_processor) -> tuple:
+    """The caller's logits_processor: None, a function or a list of functions -> a tuple of functions."""
     if logits_processor is None:
-        processors = ()
-    elif callable(logits_processor):
-        processors = (logits_processor,)
-    elif isinstance(logits_processor, (list, tuple)) and all(callable(f) for f in logits_processor):
-        processors = tuple(logits_processor)
-    else:
-        raise TypeError(f"logits_processor must be a function (input_ids, scores) -> scores or a list of them, got "
-                        f"{logits_processor!r}")
-    for name, value in (("min_p", min_p), ("typical_p", typical_p)):
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                      and 0 <= value <= 1):
-            raise ValueError(f"{name} must be None or a number in [0, 1], got {value!r}")
-    return LogitsControls(no_repeat_ngram_size, words, min_length, min_new_tokens, forced_bos_token_id, forced_eos,
-                          bool(renormalize_logits), processors, None if min_p is None else float(min_p),
-                          None if typical_p is None else float(typical_p))
+        return ()
+    if callable(logits_processor):
+        return (logits_processor,)
+    if isinstance(logits_processor, (list, tuple)) and all(callable(f) for f in logits_processor):
+        return tuple(logits_processor)
+    raise TypeError(f"logits_processor must be a function (input_ids, scores) -> scores or a list of them, got "
+                    f"{logits_processor!r}")
