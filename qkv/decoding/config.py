@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import checks as c
-from .controls import LogitsControls, make_controls
+from .controls import RULES, LogitsControls, make_controls
 
 DEFAULT_NEW_TOKENS = 20  # transformers' default length (max_length 20) when nothing says otherwise
 # what transformers assumes for a field its file leaves out, where that differs from qkv's default
@@ -43,8 +43,8 @@ class GenerationConfig:
     # -- how long
     max_new_tokens: int | None = _setting(c.int_at_least(1, optional=True), flag="--max-new-tokens")  # tokens to generate at most (unset: max_length minus the prompt, else 20 within the model's positions)
     max_length: int | None = _setting(c.int_at_least(1, optional=True))  # the longest sequence, prompt (or decoder-start token) included; max_new_tokens wins over it
-    min_new_tokens: int = _setting(c.int_at_least(0), 0, flag="--min-new-tokens")  # no end-of-sequence before this many new tokens
-    min_length: int = _setting(c.int_at_least(0), 0)  # no end-of-sequence while the sequence, prompt included, is shorter than this
+    min_new_tokens: int = _setting(RULES["min_new_tokens"], 0, flag="--min-new-tokens")  # no end-of-sequence before this many new tokens
+    min_length: int = _setting(RULES["min_length"], 0)  # no end-of-sequence while the sequence, prompt included, is shorter than this
     # -- which search
     num_beams: int = _setting(c.int_at_least(1), 1, flag="--num-beams")  # beam search width; 1 is greedy decoding or sampling
     do_sample: bool = _setting(c.boolean, False, flag="--sample")  # sample the next token instead of taking the most likely one
@@ -55,14 +55,15 @@ class GenerationConfig:
     temperature: float = _setting(c.number(low=0, expected="a finite number >= 0 (> 0 when sampling)"), 1.0, flag="--temperature")  # sampling: divide the logits by this (< 1 sharper, > 1 flatter)
     top_k: int | None = _setting(c.int_at_least(1, optional=True), flag="--top-k")  # sampling: only among the k most likely tokens
     top_p: float | None = _setting(c.number(low=0, high=1, low_open=True, optional=True), flag="--top-p")  # sampling: only among the most likely tokens that hold this much probability (nucleus sampling)
-    min_p: float | None = _setting(c.number(low=0, high=1, optional=True), flag="--min-p")  # sampling: only tokens at least min_p times as likely as the most likely one
-    typical_p: float | None = _setting(c.number(low=0, high=1, optional=True), flag="--typical-p")  # sampling: the tokens whose surprisal is closest to the entropy, up to this much probability (locally typical sampling)
+    min_p: float | None = _setting(RULES["min_p"], flag="--min-p")  # sampling: only tokens at least min_p times as likely as the most likely one
+    typical_p: float | None = _setting(RULES["typical_p"], flag="--typical-p")  # sampling: the tokens whose surprisal is closest to the entropy, up to this much probability (locally typical sampling)
+    epsilon_cutoff: float | None = _setting(RULES["epsilon_cutoff"], flag="--epsilon-cutoff")  # sampling: only tokens at least this likely, the most likely one always kept (truncation sampling; 0 = off)
     repetition_penalty: float = _setting(c.number(low=0, low_open=True), 1.0, flag="--repetition-penalty")  # > 1 discourages tokens already in the sequence (1 = off)
-    no_repeat_ngram_size: int = _setting(c.int_at_least(0), 0, flag="--no-repeat-ngram-size")  # no n-gram of this size appears twice (0 = off)
-    bad_words_ids: tuple | None = _setting(c.token_sequences)  # token sequences never produced
-    forced_bos_token_id: int | None = _setting(lambda x: c.token_id(x, optional=True))  # the first generated token (mBART-50: the target language)
-    forced_eos_token_id: int | tuple | None = _setting(c.token_ids)  # end-of-sequence as the last token the length allows
-    renormalize_logits: bool = _setting(c.boolean, False)  # log-softmax the scores again after the controls
+    no_repeat_ngram_size: int = _setting(RULES["no_repeat_ngram_size"], 0, flag="--no-repeat-ngram-size")  # no n-gram of this size appears twice (0 = off)
+    bad_words_ids: tuple | None = _setting(RULES["bad_words_ids"])  # token sequences never produced
+    forced_bos_token_id: int | None = _setting(RULES["forced_bos_token_id"])  # the first generated token (mBART-50: the target language)
+    forced_eos_token_id: int | tuple | None = _setting(RULES["forced_eos_token_id"])  # end-of-sequence as the last token the length allows
+    renormalize_logits: bool = _setting(RULES["renormalize_logits"], False)  # log-softmax the scores again after the controls
     # -- token ids
     eos_token_id: int | tuple | None = _setting(c.token_ids)  # id(s) that end a sequence (unset: the model's; an empty list: none)
     pad_token_id: int | None = _setting(lambda x: c.token_id(x, optional=True))  # fills finished rows (unset: the model's padding id, else the first end-of-sequence id, else 0)
@@ -185,13 +186,8 @@ class GenerationConfig:
             bad = [t for t in ids if not c.is_int(t) or not 0 <= t < V]
             if bad:
                 raise ValueError(f"{where}{name} must hold token ids in [0, {V}) (the vocabulary), got {bad[0]!r}")
-        controls = make_controls(no_repeat_ngram_size=self.no_repeat_ngram_size, bad_words_ids=self.bad_words_ids,
-                                 min_length=self.min_length, min_new_tokens=self.min_new_tokens,
-                                 forced_bos_token_id=self.forced_bos_token_id,
-                                 forced_eos_token_id=self.forced_eos_token_id,
-                                 renormalize_logits=self.renormalize_logits, logits_processor=logits_processor,
-                                 min_p=self.min_p, typical_p=self.typical_p, vocab_size=V, eos_ids=eos_ids,
-                                 where=where)
+        controls = make_controls(**{name: getattr(self, name) for name in RULES}, vocab_size=V, eos_ids=eos_ids,
+                                 logits_processor=logits_processor, where=where)
         return Resolved(config=self, max_new_tokens=self._new_tokens(prompt_length, cfg), vocab_size=V,
                         eos=torch.tensor(eos_ids, dtype=torch.long) if eos_ids else None, eos_ids=eos_ids, pad=pad,
                         decoder_start=start, controls=controls, stop_strings=self.stop_strings or ())

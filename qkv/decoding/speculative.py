@@ -200,7 +200,7 @@ class _Speculation:
             tokens = torch.tensor([[self.seq[-1]] + guesses], device=self.device)  # (1, 1 + k)
             logits = self.model(tokens, self.cache)[0]  # (1 + k, V): p_0 .. p_k
             if not bool(torch.isfinite(logits).all()):  # one more read in a round that reads its tokens anyway
-                refuse(self, len(generated))
+                refuse(self, len(generated) if generated else None)
             accepted, new, chosen = self._accept(logits, guesses, dists)
             stats.rounds += 1
             stats.proposed += k

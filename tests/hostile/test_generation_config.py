@@ -26,6 +26,7 @@ KIND = dict(max_new_tokens="int", max_length="int", min_new_tokens="int", min_le
             num_return_sequences="int", top_k="int", no_repeat_ngram_size="int", num_draft_tokens="int",
             prompt_lookup_num_tokens="int", prompt_lookup_max_ngram="int", max_len="int",
             length_penalty="number", temperature="number", top_p="number", min_p="number", typical_p="number",
+            epsilon_cutoff="number",
             repetition_penalty="number", do_sample="bool", renormalize_logits="bool", adaptive_draft="bool",
             static_cache="bool", compile="bool", return_scores="bool", forced_bos_token_id="token",
             pad_token_id="token", bos_token_id="token", decoder_start_token_id="token", eos_token_id="tokens",
@@ -36,6 +37,7 @@ OUT_OF_RANGE = dict(max_new_tokens=[0, -3], max_length=[0], num_beams=[0, -2], n
                     min_new_tokens=[-1], min_length=[-5], top_k=[-1], no_repeat_ngram_size=[-1],
                     num_draft_tokens=[0], prompt_lookup_num_tokens=[0], prompt_lookup_max_ngram=[0], max_len=[0],
                     temperature=[-0.5], top_p=[0, 1.5, -0.1], min_p=[-0.1, 1.01], typical_p=[2.0],
+                    epsilon_cutoff=[1, 1.0, -0.1],
                     repetition_penalty=[0, -1.0])
 
 
