@@ -3,8 +3,14 @@
 A GPT-2 shaped model with random weights (default 6 layers, 384 wide, vocabulary 50257) is built in
 transformers, saved, and imported with ``qkv.from_hf`` (the production converter). Both decode the same prompts
 (32 tokens) for 128 new tokens, no EOS, greedy and 4-beam search, batch 1 and 8; tokens/s counts new tokens
-per input times the batch. Each cell is the median of ``--repeats`` timed runs after a warm-up; the tokens of
-the two libraries are compared as well.
+per input times the batch. Each cell is the best of ``--repeats`` timed runs after a warm-up, the two libraries'
+runs interleaved (on a shared machine the fastest run is the least disturbed one); the tokens of the two
+libraries are compared as well.
+
+The overhead rows measure the decoding machinery itself: ``qkv.generate`` (greedy, batch 1) against a bare loop
+of the same model steps (the model called on each new token over a preallocated cache, argmax, nothing else), on
+a tiny model (2 layers x 64, vocabulary 256), where the machinery's share is largest, and on the benchmark's
+model: microseconds per token over the bare step, and that as a share of it.
 
 qkv runs twice: eagerly, and with ``compile=True`` (every step after the prompt is one torch.compile'd graph over
 the static cache; CUDA graphs on a GPU). The compiled run's first call, which compiles, is reported apart
@@ -15,7 +21,6 @@ the static cache; CUDA graphs on a GPU). The compiled run's first call, which co
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +43,7 @@ def parse_args():
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--beams", type=int, nargs="+", default=[1, 4])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip qkv's compiled decoding")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -46,14 +51,44 @@ def parse_args():
     return p.parse_args()
 
 
-def timed(fn, repeats):
-    fn()  # warm-up (allocator, lazy init, compilation)
-    times = []
+def timed(fns, repeats):
+    """Each function's best time over ``repeats`` rounds (the functions interleaved within a round, so a busy
+    moment of a shared machine falls on all of them) and its last output; one warm-up call each first."""
+    outs = [fn() for fn in fns]  # warm-up (allocator, lazy init, compilation)
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best, outs
+
+
+def bare_loop(model, ids, new):
+    """The floor under ``qkv.generate``: prefill, then one model step per token over a preallocated cache and an
+    argmax, with the same packed weights and without value checks, as generate runs its steps."""
+    from qkv.nn.layers import packed_weights
+    from qkv.ops.checks import trusted_values
+    with torch.inference_mode(), packed_weights(model):
+        cache = model.new_cache(ids.shape[0], ids.shape[1] + new)
+        token = model(ids, cache, last_only=True)[:, -1:].argmax(-1)  # (B, 1)
+        out = [token]
+        with trusted_values():
+            for _ in range(new - 1):
+                token = model(token, cache, last_only=True)[:, -1:].argmax(-1)
+                out.append(token)
+        return torch.cat([ids] + out, 1)
+
+
+def overhead_row(name, model, ids, new, repeats):
+    """generate against the bare loop on the same model and prompt: per-token times and the difference."""
+    (t_gen, t_bare), (out_gen, out_bare) = timed(
+        [lambda: qkv.generate(model, ids, max_new_tokens=new, eos_token_id=()), lambda: bare_loop(model, ids, new)],
+        repeats)
+    step = t_bare / new * 1e6
+    extra = (t_gen - t_bare) / new * 1e6
+    return dict(model=name, generate_us=t_gen / new * 1e6, bare_us=step, overhead_us=extra,
+                share=extra / step, same=torch.equal(out_gen, out_bare))
 
 
 def main():
@@ -61,50 +96,13 @@ def main():
     torch.set_num_threads(args.threads)
     import transformers
     transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=args.vocab, n_positions=1024, n_embd=args.width,
-                                     n_layer=args.layers, n_head=args.heads, bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    with tempfile.TemporaryDirectory() as folder:
-        hf.save_pretrained(folder)
-        ours = qkv.from_hf(folder).eval()
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 1
-    dtype = getattr(torch, args.dtype)
-    hf, ours = hf.to(args.device, dtype), ours.to(args.device, dtype)
-
-    rows = []
-    for beams in args.beams:
-        for batch in args.batches:
-            ids = torch.randint(2, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
-            ids = ids.to(args.device)
-
-            def run_hf():
-                with torch.inference_mode():
-                    return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new,
-                                       min_new_tokens=args.new, do_sample=False, num_beams=beams,
-                                       length_penalty=1.0, early_stopping=True)
-
-            def run_qkv(compile=False):
-                out = qkv.generate(ours, ids, max_new_tokens=args.new, num_beams=beams, eos_token_id=(),
-                                   pad_token_id=1, compile=compile)
-                out.cpu()  # waits for the device
-                return out
-
-            t_hf, out_hf = timed(run_hf, args.repeats)
-            t_qkv, out_qkv = timed(run_qkv, args.repeats)
-            row = dict(mode="greedy" if beams == 1 else f"beam {beams}", batch=batch,
-                       hf=batch * args.new / t_hf, qkv=batch * args.new / t_qkv,
-                       same=torch.equal(out_hf, out_qkv))
-            if args.compile:
-                start = time.perf_counter()
-                first = run_qkv(compile=True)
-                row["compile_s"] = time.perf_counter() - start
-                t_c, out_c = timed(lambda: run_qkv(compile=True), args.repeats)
-                row["compiled"] = batch * args.new / t_c
-                row["same"] = row["same"] and torch.equal(out_c, out_qkv) and torch.equal(first, out_qkv)
-            rows.append(row)
-            print(_format_row(row, args.compile), flush=True)
+    hf, ours = build_pair(args)
+    rows = [speed_row(args, hf, ours, beams, batch) for beams in args.beams for batch in args.batches]
+    tiny = qkv.build(qkv.preset("gpt2-tiny", max_positions=args.prompt + args.new)).eval().to(args.device)
+    prompt = torch.randint(2, 256, (1, args.prompt), generator=torch.Generator().manual_seed(0)).to(args.device)
+    overheads = [overhead_row("tiny 2 x 64, V 256", tiny, prompt, args.new, args.repeats),
+                 overhead_row(f"bench {args.layers} x {args.width}, V {args.vocab}", ours,
+                              prompt % args.vocab, args.new, args.repeats)]
     if args.profile:
         import cProfile
         import pstats
@@ -115,11 +113,66 @@ def main():
     print()
     print(f"GPT-2 {args.layers} layers x {args.width} wide, vocab {args.vocab}, random weights; prompt {args.prompt}, "
           f"{args.new} new tokens, no EOS; {args.device} {args.dtype}, {args.threads} threads, torch "
-          f"{torch.__version__}, transformers {transformers.__version__}; median of {args.repeats}")
+          f"{torch.__version__}, transformers {transformers.__version__}; best of {args.repeats}, interleaved")
     print(_header(args.compile))
     for row in rows:
         print(_format_row(row, args.compile))
+    print("\ndecoding overhead: qkv.generate (greedy, batch 1) over a bare loop of the same model steps")
+    print("| model | generate us/token | bare step us/token | overhead us/token | share | same tokens |")
+    print("|---|---|---|---|---|---|")
+    for r in overheads:
+        print(f"| {r['model']} | {r['generate_us']:.1f} | {r['bare_us']:.1f} | {r['overhead_us']:.1f} | "
+              f"{100 * r['share']:.1f}% | {'yes' if r['same'] else 'NO'} |")
     print("\ncommand: python " + " ".join(sys.argv))
+
+
+def build_pair(args):
+    """transformers' GPT-2 with random weights, and qkv's import of the same folder."""
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=args.vocab, n_positions=1024, n_embd=args.width,
+                                     n_layer=args.layers, n_head=args.heads, bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        ours = qkv.from_hf(folder).eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 1
+    dtype = getattr(torch, args.dtype)
+    return hf.to(args.device, dtype), ours.to(args.device, dtype)
+
+
+def speed_row(args, hf, ours, beams, batch):
+    """One cell of the table: both libraries (and qkv compiled) on the same prompts, interleaved."""
+    ids = torch.randint(2, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
+    ids = ids.to(args.device)
+
+    def run_hf():
+        with torch.inference_mode():
+            return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new,
+                               min_new_tokens=args.new, do_sample=False, num_beams=beams,
+                               length_penalty=1.0, early_stopping=True)
+
+    def run_qkv(compile=False):
+        out = qkv.generate(ours, ids, max_new_tokens=args.new, num_beams=beams, eos_token_id=(),
+                           pad_token_id=1, compile=compile)
+        out.cpu()  # waits for the device
+        return out
+
+    row = dict(mode="greedy" if beams == 1 else f"beam {beams}", batch=batch)
+    runs = [run_hf, run_qkv]
+    if args.compile:
+        start = time.perf_counter()
+        first = run_qkv(compile=True)
+        row["compile_s"] = time.perf_counter() - start
+        runs.append(lambda: run_qkv(compile=True))
+    times, outs = timed(runs, args.repeats)
+    row.update(hf=batch * args.new / times[0], qkv=batch * args.new / times[1], same=torch.equal(outs[0], outs[1]))
+    if args.compile:
+        row["compiled"] = batch * args.new / times[2]
+        row["same"] = row["same"] and torch.equal(outs[2], outs[1]) and torch.equal(first, outs[1])
+    print(_format_row(row, args.compile), flush=True)
+    return row
 
 
 def _header(compiled):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import qkv  # noqa: E402
-from qkv.speculative import SpeculativeStats  # noqa: E402
+from qkv.decoding import SpeculativeStats  # noqa: E402
 from qkv.train import native_bf16  # noqa: E402
 
 DATA = Path("/work/shared/data/tinyshakespeare/input.txt")

@@ -43,7 +43,13 @@ def _warn_once(key: str, text: str) -> None:
         print(f"qkv: warning: {text}", file=sys.stderr)
 
 
-def _warn_loop(where: str, tokens, limit, tok, eos=None) -> None:
+def _limit_and_eos(config, model, prompt_length: int) -> tuple:
+    """(new tokens allowed, the first end-of-sequence id or None) of ``config`` met with ``model``."""
+    resolved = config.resolved(model, prompt_length)
+    return resolved.max_new_tokens, (resolved.eos_ids[0] if resolved.eos_ids else None)
+
+
+def _warn_loop(where: str, tokens, limit, eos=None, *, tok) -> None:
     """One line on stderr when a decode's new tokens ran to ``limit`` repeating themselves (``qkv.repetition``):
     its score says nothing of it. ``where`` names the input line."""
     from .repetition import describe, repetition
@@ -237,22 +243,13 @@ def _train(args):
 
 # -- generate / translate -------------------------------------------------------------------------------------
 
-def _decoding_args(p, *, beams_default, tokens_default):
+def _decoding_args(p, defaults, *, speculative: bool = False):
+    """The decoding flags, generated from GenerationConfig's fields (``qkv/decoding/args.py``; help shows this
+    command's ``defaults``), and the flags of the command itself."""
+    from .decoding.args import add_decoding_arguments
     # Defaults are None so that, with --hf, the folder's generation_config.json fills what no flag gives.
-    hf = " (--hf: the folder's generation_config.json, as transformers' generate)"
-    p.add_argument("--max-new-tokens", type=int, help=f"tokens to generate at most (default: {tokens_default}{hf})")
-    p.add_argument("--num-beams", type=int,
-                   help=f"beam search width; 1 is greedy or sampling (default: {beams_default}{hf})")
-    p.add_argument("--sample", action=argparse.BooleanOptionalAction, default=None,
-                   help="sample instead of taking the most likely token")
-    p.add_argument("--temperature", type=float, help=f"sampling temperature (default: 1.0{hf})")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability")
-    p.add_argument("--repetition-penalty", type=float, help=f"> 1 discourages repeats (default: 1.0{hf})")
+    add_decoding_arguments(p, defaults, speculative=speculative)
     p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
-    p.add_argument("--no-repeat-ngram-size", type=int,
-                   help=f"no n-gram of this size appears twice (transformers' no_repeat_ngram_size){hf}")
-    p.add_argument("--min-new-tokens", type=int, help=f"no end-of-sequence before this many new tokens{hf}")
     p.add_argument("--show-scores", action="store_true",
                    help="after each output, a tab and its score: the beam score (sum log p / length ** "
                         "length_penalty), or the summed log-probability of the generated tokens")
@@ -263,87 +260,31 @@ def _decoding_args(p, *, beams_default, tokens_default):
                    help="--file: rows x (longest input + max new tokens) x beams per batch (default: 32768, about "
                         "the padded size of the library's translate batches of 64 sentences with 4 beams; lower it "
                         "for a large model on a small machine)")
-    p.set_defaults(qkv_defaults=dict(max_new_tokens=tokens_default, num_beams=beams_default))
-
-
-def _compile_arg(p):
-    p.add_argument("--compile", action="store_true",
-                   help="decode through one torch.compile'd step (softmax-attention models): faster per token "
-                        "where overhead dominates (small models, GPUs), after a one-off compilation of seconds "
-                        "to a minute; the same tokens")
+    p.set_defaults(qkv_defaults=defaults, qkv_speculative=speculative)
 
 
 def _check_decoding(args) -> None:
-    """The decoding flags, checked by their names before any model is loaded."""
-    _positive_flag(args.max_new_tokens, "--max-new-tokens")
-    _positive_flag(args.num_beams, "--num-beams")
-    _positive_flag(args.top_k, "--top-k")
-    _positive_flag(args.no_repeat_ngram_size, "--no-repeat-ngram-size", zero_ok=True)
-    _positive_flag(args.min_new_tokens, "--min-new-tokens", zero_ok=True)
+    """The decoding flags, checked by their names (over the command's defaults) before any model is loaded."""
     _positive_flag(args.tokens_per_batch, "--tokens-per-batch")
-    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise CLIError(f"--temperature {args.temperature}: expected a number > 0")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CLIError(f"--top-p {args.top_p}: expected a number in (0, 1]")
-    if args.repetition_penalty is not None and not (math.isfinite(args.repetition_penalty)
-                                                    and args.repetition_penalty > 0):
-        raise CLIError(f"--repetition-penalty {args.repetition_penalty}: expected a number > 0 (1 = off)")
+    _decoding_config(args)
 
 
-def _decoding_kwargs(args):
-    """generate's arguments for a qkv checkpoint: the flags over qkv's defaults."""
+def _decoding_config(args, folder=None):
+    """The GenerationConfig of the command: the flags over a Hugging Face folder's generation settings (--hf:
+    what transformers' generate would use, so both print the same text) or over the command's defaults."""
+    from .decoding import GenerationConfig
+    from .decoding.args import config_from_arguments
+    base = args.qkv_defaults if folder is None else GenerationConfig.from_folder(folder)
+    try:
+        return config_from_arguments(args, base, speculative=args.qkv_speculative)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _generator(args):
+    """--seed: a torch.Generator for sampling, or None."""
     import torch
-    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-
-    def given(name, default):
-        value = getattr(args, name)
-        return default if value is None else value
-
-    return dict(max_new_tokens=given("max_new_tokens", args.qkv_defaults["max_new_tokens"]),
-                num_beams=given("num_beams", args.qkv_defaults["num_beams"]), do_sample=bool(args.sample),
-                temperature=given("temperature", 1.0), top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=given("repetition_penalty", 1.0), generator=generator,
-                no_repeat_ngram_size=given("no_repeat_ngram_size", 0), min_new_tokens=given("min_new_tokens", 0))
-
-
-def _hf_decoding_kwargs(args, folder, model, prompt_length: int) -> dict:
-    """generate's arguments for --hf: the flags over the folder's generation defaults (what transformers'
-    generate would use), so both print the same text. ``prompt_length``: tokens the decoder starts from."""
-    import torch
-    from .hub.generation_config import generation_defaults, new_tokens
-    gen = generation_defaults(folder)
-    flags = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.sample,
-                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                 min_new_tokens=args.min_new_tokens)
-    gen.update({k: v for k, v in flags.items() if v is not None})
-    gen["max_new_tokens"] = new_tokens(gen, prompt_length, _hf_max_positions(folder))
-    if gen["max_new_tokens"] < 1:
-        raise CLIError(f"the prompt has {prompt_length} tokens, max_length is {gen['max_length']} "
-                       f"(generation_config.json): nothing left to generate; pass --max-new-tokens")
-    if gen["decoder_start_token_id"] is not None:
-        model.config.decoder_start_token_id = gen["decoder_start_token_id"]
-    eos = gen["eos_token_id"] if gen["eos_token_id"] is not None else model.config.eos_token_id
-    pad = gen["pad_token_id"] if gen["pad_token_id"] is not None else model.config.pad_token_id
-    sampling = bool(gen["do_sample"])
-    return dict(max_new_tokens=gen["max_new_tokens"], num_beams=gen["num_beams"], do_sample=sampling,
-                temperature=gen["temperature"], top_k=(gen["top_k"] or None) if sampling else None,
-                top_p=gen["top_p"] if sampling and gen["top_p"] < 1.0 else None,
-                repetition_penalty=gen["repetition_penalty"], length_penalty=gen["length_penalty"],
-                early_stopping=gen["early_stopping"], num_return_sequences=gen["num_return_sequences"],
-                eos_token_id=() if eos is None else eos, pad_token_id=pad,
-                no_repeat_ngram_size=gen["no_repeat_ngram_size"], bad_words_ids=gen["bad_words_ids"],
-                min_length=gen["min_length"], min_new_tokens=gen["min_new_tokens"] or 0,
-                forced_bos_token_id=gen["forced_bos_token_id"], forced_eos_token_id=gen["forced_eos_token_id"],
-                renormalize_logits=gen["renormalize_logits"],
-                generator=torch.Generator().manual_seed(args.seed) if args.seed is not None else None)
-
-
-def _hf_max_positions(folder):
-    """config.json's max_position_embeddings (transformers caps its default length there), or None."""
-    from .files import read_json
-    return read_json(folder / "config.json").get("max_position_embeddings") \
-        if (folder / "config.json").is_file() else None
+    return torch.Generator().manual_seed(args.seed) if args.seed is not None else None
 
 
 def _hf_folder(args):
@@ -382,33 +323,25 @@ def _generate_args(p):
     g.add_argument("--prompt", default="", help="text to continue (default: the empty prompt, from BOS)")
     g.add_argument("--file", help="a file of prompts, one a line: each prompt and its continuation printed on one "
                                   "line, in the file's order (newlines inside written as \\n; blank lines stay blank)")
-    _decoding_args(p, beams_default=1, tokens_default=100)
-    _compile_arg(p)
+    from .decoding import GenerationConfig
+    _decoding_args(p, GenerationConfig(max_new_tokens=100), speculative=True)
     p.add_argument("--draft", help="speculative decoding: a smaller qkv model folder with the same vocabulary guesses "
                                    "--num-draft-tokens tokens, the model checks them in one pass (greedy: the same "
                                    "tokens; sampling: the same distribution)")
-    p.add_argument("--num-draft-tokens", type=int, default=4, help="--draft: tokens guessed per round (default: 4)")
-    p.add_argument("--prompt-lookup", type=int, metavar="N",
-                   help="prompt-lookup decoding: guess up to N tokens by copying what followed the text's last "
-                        "n-gram earlier in it (no draft model; the same tokens)")
 
 
-def _speculative_kwargs(args) -> dict:
-    """generate's speculative arguments from --draft / --num-draft-tokens / --prompt-lookup."""
+def _draft(args) -> dict:
+    """generate's draft_model from --draft (--num-draft-tokens and --prompt-lookup are decoding flags)."""
     import qkv
-    _positive_flag(args.num_draft_tokens, "--num-draft-tokens")
-    _positive_flag(args.prompt_lookup, "--prompt-lookup")
-    if args.draft and args.prompt_lookup:
+    if args.draft and args.prompt_lookup_num_tokens:
         raise CLIError("--draft and --prompt-lookup: pass one (prompt lookup is the draft)")
-    if args.prompt_lookup:
-        return dict(prompt_lookup_num_tokens=args.prompt_lookup)
     if not args.draft:
         return {}
     try:
         folder = _model_folder(args.draft)
     except CLIError as e:
         raise CLIError(str(e).replace("--checkpoint", "--draft", 1)) from None
-    return dict(draft_model=qkv.load(folder), num_draft_tokens=args.num_draft_tokens)
+    return dict(draft_model=qkv.load(folder))
 
 
 def _on_one_line(text: str) -> str:
@@ -416,23 +349,20 @@ def _on_one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
-def _decode_lines(model, inputs, kwargs, args, show):
-    """--file without --stream: every non-blank line decoded in batches of similar length (qkv.batching), progress
-    on stderr, then ``show(line index, tokens, score)`` for each line in the file's order (None: a blank line)."""
+def _decode_lines(model, inputs, config, args, show):
+    """--file without --stream: every non-blank line decoded in batches of similar length (qkv.decoding.batch),
+    progress on stderr, then ``show(line index, tokens, score)`` for each line in the file's order (None: a blank
+    line)."""
     from tqdm.auto import tqdm
-    from .batching import generate_many
-    kwargs = dict(kwargs)
-    if kwargs.get("num_return_sequences", 1) > 1:
-        raise CLIError(f"num_return_sequences={kwargs['num_return_sequences']} (generation_config.json): --file "
+    from .decoding import generate_many
+    if config.num_return_sequences > 1:
+        raise CLIError(f"num_return_sequences={config.num_return_sequences} (generation_config.json): --file "
                        f"prints one answer per line; add --stream to print them all")
     present = [i for i, x in enumerate(inputs) if x is not None]
-    pad = kwargs.pop("pad_token_id", None)
-    if pad is None:
-        pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     with tqdm(total=len(present), file=sys.stderr, unit="line", dynamic_ncols=True, desc="decode") as bar:
-        answers = generate_many(model, [inputs[i] for i in present], tokens_per_batch=args.tokens_per_batch,
-                                pad_token_id=pad, return_scores=args.show_scores, progress=bar.update,
-                                compile=args.compile, **kwargs)
+        answers = generate_many(model, [inputs[i] for i in present], config.replace(return_scores=args.show_scores),
+                                tokens_per_batch=args.tokens_per_batch, progress=bar.update,
+                                generator=_generator(args))
     by_line = dict(zip(present, answers))
     for i in range(len(inputs)):
         answer = by_line.get(i)
@@ -450,8 +380,6 @@ def _file_lines(path, what: str) -> list[str]:
 
 def _generate(args):
     _check_decoding(args)
-    if args.sample and (args.num_beams or 1) > 1:
-        raise CLIError(f"--sample with --num-beams {args.num_beams}: sampling draws one sequence; use one of them")
     lines = None
     if args.file is not None:
         lines = _file_lines(args.file, "prompts")
@@ -463,33 +391,32 @@ def _generate(args):
         raise CLIError(f"generate continues text with a decoder-only language model, but this checkpoint holds an "
                        f"{record.name!r} model{hint}")
     hf = bool(getattr(args, "hf", None))
-    spec = _speculative_kwargs(args)
+    config = _decoding_config(args, _hf_folder(args) if hf else None)
+    spec = _draft(args)
     if lines is not None and not args.stream:
         inputs = [_encode(tok, line, f"--file {args.file}", add_special=hf) if line.strip() else None
                   for line in lines]
-        length = max(len(x) for x in inputs if x is not None)
-        kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, length) if hf else _decoding_kwargs(args)
-        if spec:
+        if spec or config.prompt_lookup_num_tokens:
             raise CLIError("--draft / --prompt-lookup decode one prompt at a time: add --stream to --file")
 
         def show(i, tokens, score):
             text = "" if tokens is None else tok.decode(inputs[i] + tokens) if hf else lines[i] + tok.decode(tokens)
             print(_on_one_line(text) + (f"\t{score:.4f}" if score is not None else ""), flush=True)
-            _warn_loop(f"--file {args.file} line {i + 1}", tokens or [], kwargs.get("max_new_tokens"), tok)
-        _decode_lines(model, inputs, kwargs, args, show)
+            _warn_loop(f"--file {args.file} line {i + 1}", tokens or [], config.max_new_tokens, tok=tok)
+        _decode_lines(model, inputs, config, args, show)
         return 0
     for line in (lines if lines is not None else [args.prompt]):
         if lines is not None and not line.strip():
             print()
             continue
-        _generate_one(args, model, tok, line, hf, spec)
+        _generate_one(args, model, tok, line, hf, config, spec)
     return 0
 
 
-def _generate_one(args, model, tok, prompt, hf, spec):
+def _generate_one(args, model, tok, prompt, hf, config, spec):
     """One prompt: streamed token by token (greedy, sampling), or printed at once (beams, speculative, scores)."""
     import torch
-    from .generate import generate, stream
+    from .decoding import generate, stream
     # --hf: the tokenizer's own template (Llama 3's BOS), as transformers' tokenizer(prompt) does
     ids = _encode(tok, prompt, "--prompt", add_special=hf)
     if not ids:
@@ -497,28 +424,24 @@ def _generate_one(args, model, tok, prompt, hf, spec):
             raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
         ids = [tok.bos_id]
     input_ids = torch.tensor([ids])
-    kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, len(ids)) if hf else _decoding_kwargs(args)
-    num_beams = kwargs.pop("num_beams")
-    if num_beams > 1 or kwargs.get("num_return_sequences", 1) > 1 or spec or args.show_scores:
-        out = generate(model, input_ids, num_beams=num_beams, compile=args.compile, return_scores=args.show_scores,
-                       **spec, **kwargs)
+    if config.num_beams > 1 or config.num_return_sequences > 1 or spec or config.prompt_lookup_num_tokens or \
+            args.show_scores:
+        out = generate(model, input_ids, config, return_scores=args.show_scores, generator=_generator(args), **spec)
         rows, scores = (out.sequences, out.sequences_scores.tolist()) if args.show_scores else (out, None)
         for r, row in enumerate(rows.tolist()):
             # --hf: transformers' batch_decode(skip_special_tokens=True) of prompt + continuation
             text = tok.decode(row) if hf else prompt + tok.decode(row[len(ids):])
             print(text + (f"\t{scores[r]:.4f}" if scores else ""))
         if len(rows) == 1:
-            _warn_loop(f"--prompt {prompt!r}", rows[0, len(ids):].tolist(), kwargs.get("max_new_tokens"), tok,
-                       kwargs.get("eos_token_id", model.config.eos_token_id))
+            _warn_loop(f"--prompt {prompt!r}", rows[0, len(ids):].tolist(), *_limit_and_eos(config, model, len(ids)),
+                       tok=tok)
         return 0
-    for name in ("length_penalty", "early_stopping"):  # beam search's
-        kwargs.pop(name, None)
     if not hf:
         print(prompt, end="", flush=True)
     shown, generated = "", []
     decode = (lambda new: tok.decode(ids + new)) if hf else tok.decode
     try:
-        for chunk in stream(model, input_ids, decode=decode, compile=args.compile, **kwargs):
+        for chunk in stream(model, input_ids, config, decode=decode, generator=_generator(args)):
             generated.append(int(chunk.tokens[0]))
             shown += chunk.text[0]
             print(chunk.text[0], end="", flush=True)  # streaming: each piece as soon as it is decoded
@@ -529,12 +452,12 @@ def _generate_one(args, model, tok, prompt, hf, spec):
         final = tok.decode(ids + generated)
         print(final[len(shown):] if final.startswith(shown) else "\n" + final, end="")
     print()
-    _warn_loop(f"--prompt {prompt!r}", generated, kwargs.get("max_new_tokens"), tok,
-               kwargs.get("eos_token_id", model.config.eos_token_id))
+    _warn_loop(f"--prompt {prompt!r}", generated, *_limit_and_eos(config, model, len(ids)), tok=tok)
     return 0
 
 
 def _translate_args(p):
+    from .decoding.batch import TRANSLATION_DEFAULTS
     _source_args(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", action="append", help="a sentence to translate (repeat for more)")
@@ -542,13 +465,10 @@ def _translate_args(p):
     p.add_argument("--src-lang", help="the source language code of a multilingual tokenizer (mBART: en_XX)")
     p.add_argument("--tgt-lang", help="the target language code: its token is forced first (transformers' "
                                       "forced_bos_token_id; mBART-50: es_XX)")
-    _decoding_args(p, beams_default=4, tokens_default=60)
-    _compile_arg(p)
+    _decoding_args(p, TRANSLATION_DEFAULTS.replace(num_beams=4))
 
 
 def _translate(args):
-    import torch
-    from .generate import generate, stream
     _check_decoding(args)
     if args.text is not None:
         for t in args.text:
@@ -566,71 +486,67 @@ def _translate(args):
     flag = "--text" if args.text is not None else f"--file {args.file}"
     for s in sentences:
         _encode(tok, s, flag)
-    forced_bos = None
-    if args.src_lang or args.tgt_lang:
-        languages = getattr(tok, "languages", [])
-        for flag, code in (("--src-lang", args.src_lang), ("--tgt-lang", args.tgt_lang)):
-            if code is not None and code not in languages:
-                raise CLIError(f"{flag} {code}: not a language of this tokenizer; known: {', '.join(languages) or 'none'}")
-        if args.src_lang:
-            tok.set_src_lang(args.src_lang)
-        if args.tgt_lang:
-            forced_bos = tok.token_to_id(args.tgt_lang)
+    forced_bos = _languages(args, tok)
     hf = bool(getattr(args, "hf", None))
-    hf_kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, 1) if hf else None
-    beams = (hf_kwargs if hf else _decoding_kwargs(args))["num_beams"]
+    if hf:
+        config = _decoding_config(args, _hf_folder(args))
+    else:  # the translation rules: the tokenizer's EOS and padding, the decoder's positions
+        from .decoding import translation_config
+        config = translation_config(model, tok, _decoding_config(args))
+    if forced_bos is not None:
+        config = config.replace(forced_bos_token_id=forced_bos)
     # a person watches --text (greedy and sampling stream); files decode in batches unless --stream
-    batched = (args.file is not None and not args.stream) or args.show_scores or (beams > 1 and not args.sample)
-    if batched and not (hf and hf_kwargs.get("num_return_sequences", 1) > 1):
-        if hf:
-            inputs = [tok.encode(s, add_special=True) if s.strip() else None for s in sentences]
-            kwargs = dict(hf_kwargs)
-        else:
-            inputs = [tok.encode(s) + [tok.eos_id] if s.strip() else None for s in sentences]
-            kwargs = _decoding_kwargs(args)
-            kwargs.update(eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-                          max_new_tokens=min(kwargs["max_new_tokens"], model.config.max_positions - 1))
-        if forced_bos is not None:
-            kwargs["forced_bos_token_id"] = forced_bos
+    batched = (args.file is not None and not args.stream) or args.show_scores or config.num_beams > 1
+    if batched and config.num_return_sequences == 1:
+        # --hf: transformers' way, the tokenizer's template; a qkv model: the sentence, then EOS
+        inputs = [(tok.encode(s, add_special=True) if hf else tok.encode(s) + [tok.eos_id]) if s.strip() else None
+                  for s in sentences]
 
         def show(i, tokens, score):
             text = "" if tokens is None else tok.decode(tokens)
             print(_on_one_line(text) + (f"\t{score:.4f}" if score is not None else ""), flush=True)
             _warn_loop(f"--file {args.file} line {i + 1}" if args.file else f"--text {sentences[i]!r}", tokens or [],
-                       kwargs.get("max_new_tokens"), tok)
-        _decode_lines(model, inputs, kwargs, args, show)
+                       config.max_new_tokens, tok=tok)
+        _decode_lines(model, inputs, config, args, show)
         return 0
-    if hf:
-        # transformers' way: the tokenizer's template, the folder's generation defaults, batch_decode of the output
-        for s in sentences:
-            if not s.strip():
-                print(flush=True)
-                continue
-            src = torch.tensor([tok.encode(s, add_special=True)])
-            kwargs = _hf_decoding_kwargs(args, _hf_folder(args), model, 1)
-            if forced_bos is not None:
-                kwargs["forced_bos_token_id"] = forced_bos
-            out = generate(model, src, compile=args.compile, **kwargs)
+    _translate_one_by_one(args, model, tok, sentences, config, hf)
+    return 0
+
+
+def _languages(args, tok):
+    """--src-lang set on the tokenizer; --tgt-lang's token id (forced first), or None."""
+    if not (args.src_lang or args.tgt_lang):
+        return None
+    languages = getattr(tok, "languages", [])
+    for flag, code in (("--src-lang", args.src_lang), ("--tgt-lang", args.tgt_lang)):
+        if code is not None and code not in languages:
+            raise CLIError(f"{flag} {code}: not a language of this tokenizer; known: {', '.join(languages) or 'none'}")
+    if args.src_lang:
+        tok.set_src_lang(args.src_lang)
+    return tok.token_to_id(args.tgt_lang) if args.tgt_lang else None
+
+
+def _translate_one_by_one(args, model, tok, sentences, config, hf):
+    """--text (or --stream): --hf prints transformers' batch_decode of each output (every returned sequence); a
+    qkv model streams each translation token by token."""
+    import torch
+    from .decoding import generate, stream
+    for n, s in enumerate(sentences, 1):
+        if not s.strip():
+            print(flush=True)
+            continue
+        if hf:
+            out = generate(model, torch.tensor([tok.encode(s, add_special=True)]), config, generator=_generator(args))
             for row in out.tolist():
                 print(tok.decode(row), flush=True)
-        return 0
-    kwargs = _decoding_kwargs(args)
-    if args.tgt_lang:
-        kwargs["forced_bos_token_id"] = forced_bos
-    kwargs.pop("num_beams")  # 1 here, or sampling (refused with beams by generate)
-    for n, s in enumerate(sentences, 1):  # greedy or sampling: token by token
-        if not s.strip():
-            print()
             continue
         src, new = torch.tensor([tok.encode(s) + [tok.eos_id]]), []
-        for chunk in stream(model, src, decode=tok.decode, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-                            compile=args.compile, **kwargs):
+        for chunk in stream(model, src, config, decode=tok.decode, generator=_generator(args)):
             new.append(int(chunk.tokens[0]))
             print(chunk.text[0], end="", flush=True)
         print()
-        _warn_loop(f"--file {args.file} line {n}" if args.file else f"--text {s!r}", new,
-                   kwargs["max_new_tokens"], tok, tok.eos_id)
-    return 0
+        where = f"--file {args.file} line {n}" if args.file else f"--text {s!r}"
+        _warn_loop(where, new, config.max_new_tokens, tok.eos_id, tok=tok)
 
 
 # -- eval -------------------------------------------------------------------------------------------------------
@@ -693,7 +609,7 @@ def _eval_translation(args, model, tok):
     """Exact match and BLEU of the model's translations of --data against --tgt."""
     from .data import read_pairs
     from .demo import bleu
-    from .generate import translate
+    from .decoding import translate
     if not args.tgt:
         raise CLIError("a translation model: pass --data SOURCE_FILE --tgt REFERENCE_FILE")
     pairs = read_pairs(args.data, args.tgt)
@@ -863,7 +779,7 @@ def _plot(args):
         if not args.src:
             raise CLIError("a translation model: pass --src (and optionally --tgt)")
         from .demo import attention_maps
-        from .generate import translate
+        from .decoding import translate
         tgt = args.tgt if args.tgt is not None else translate(model, tok, [args.src])[0]
         maps = attention_maps(model, tok, args.src, tgt)
     else:

@@ -156,7 +156,7 @@ def _checkpoint_step(path: Path) -> int | None:
 
 def _quality_callback(sources, references, tokenizer, max_new_tokens: int):
     """An eval_callback: greedy exact match and BLEU on held-out pairs, for the quality curves."""
-    from .generate import translate
+    from .decoding import translate
 
     def callback(model, step):
         was_training = model.training
@@ -230,7 +230,7 @@ def _duration(seconds: float) -> str:
 def _translate_all(model, tokenizer, jobs, max_new: int, progress: bool) -> list[list[str]]:
     """The translations of each job (sentences, beams), in batches of 64 under one bar with the time left."""
     from tqdm.auto import tqdm
-    from .generate import translate
+    from .decoding import translate
     total = sum(len(sentences) for sentences, _ in jobs)
     outputs = []
     with tqdm(total=total, file=sys.stderr, unit="sentence", dynamic_ncols=True, desc="evaluate",

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import qkv
-from qkv.batching import generate_many, length_batches
+from qkv.decoding import generate_many, length_batches
 from qkv.cli import main
-from qkv.generate import generate
+from qkv.decoding import generate
 
 LENGTHS = [3, 41, 1, 17, 2, 29, 5, 11, 1, 33]  # very different lengths, out of order
 

@@ -64,17 +64,17 @@ def test_hybrid_stack_rolls_only_its_window_layers():
 def test_generate_over_rolling_caches_equals_full_caches(monkeypatch):
     """Greedy and beam search (rows reordered in the rolling buffers), left padding included, give the tokens of
     caches that keep every position."""
-    gen = importlib.import_module("qkv.generate")  # the module; ``qkv.generate`` is the function
+    gen = importlib.import_module("qkv.decoding.prefill")  # where a run makes its cache
     model = _model()
     ids = _ids(model, B=2, T=9)
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
-    kept = gen._new_cache
+    kept = gen.new_cache
     for beams in (1, 3):
         rolling = qkv.generate(model, ids, attention_mask=mask, max_new_tokens=12, num_beams=beams, eos_token_id=())
-        monkeypatch.setattr(gen, "_new_cache", lambda m, b, capacity, static: kept(m, b, capacity, static=True))
+        monkeypatch.setattr(gen, "new_cache", lambda m, b, capacity, static: kept(m, b, capacity, static=True))
         full = qkv.generate(model, ids, attention_mask=mask, max_new_tokens=12, num_beams=beams, eos_token_id=())
-        monkeypatch.setattr(gen, "_new_cache", kept)
+        monkeypatch.setattr(gen, "new_cache", kept)
         assert torch.equal(rolling, full)
 
 

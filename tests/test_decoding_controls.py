@@ -6,27 +6,30 @@ import pytest
 import torch
 
 import qkv
-from qkv.generate import GenerateOutput, generate
-from qkv.logits_controls import make_controls
+from qkv.decoding import GenerateOutput, generate
+from qkv.decoding import make_controls
 from tests.test_generate import _hf_generate, _hf_model, _peaky, eager_static  # noqa: F401 (a fixture)
 
 transformers = pytest.importorskip("transformers")
 from transformers.generation import logits_process as lp  # noqa: E402
 
 
-def test_min_p_and_typical_equal_the_transformers_warpers():
+def test_min_p_typical_and_epsilon_equal_the_transformers_warpers():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(6, 17, generator=g) * 3
     scores[0, :5] = float("-inf")  # tokens already forbidden by an earlier control
     for kwargs, warper in ((dict(min_p=0.1), lp.MinPLogitsWarper(0.1)), (dict(min_p=0.6), lp.MinPLogitsWarper(0.6)),
                            (dict(typical_p=0.3), lp.TypicalLogitsWarper(0.3)),
-                           (dict(typical_p=0.9), lp.TypicalLogitsWarper(0.9))):
+                           (dict(typical_p=0.9), lp.TypicalLogitsWarper(0.9)),
+                           (dict(epsilon_cutoff=0.02), lp.EpsilonLogitsWarper(0.02)),
+                           (dict(epsilon_cutoff=0.9), lp.EpsilonLogitsWarper(0.9))):
         ours = make_controls(**kwargs, vocab_size=17).warp(scores.clone())
         torch.testing.assert_close(ours, warper(None, scores.clone()), rtol=0, atol=0, msg=str(kwargs))
 
 
 @pytest.mark.parametrize("kwargs", [dict(min_p=0.2), dict(typical_p=0.5), dict(min_p=0.05, top_k=10, temperature=1.5),
-                                    dict(typical_p=0.7, no_repeat_ngram_size=2)], ids=str)
+                                    dict(typical_p=0.7, no_repeat_ngram_size=2), dict(epsilon_cutoff=0.01),
+                                    dict(epsilon_cutoff=0.003, typical_p=0.9, top_p=0.95)], ids=str)
 def test_sampling_with_min_p_and_typical_p_draws_transformers_tokens(kwargs, tmp_path):
     """The same seed, the same distribution: the same draws (both sample with torch.multinomial)."""
     hf, ours = _hf_model("gpt2", tmp_path)

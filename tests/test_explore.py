@@ -12,9 +12,9 @@ import torch
 
 import qkv
 from qkv.data import CharTokenizer, train_bpe
+from qkv.decoding import generate
 from qkv.explore import Explorer, ExploreInputError, token_labels
 from qkv.explore_server import make_server
-from qkv.generate import generate
 from qkv.viz import explorer_html, visible_token
 
 from tests.chromium import BASH, CHROMIUM, Browser

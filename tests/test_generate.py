@@ -11,7 +11,9 @@ import torch.nn as nn
 
 import qkv
 from qkv.nn.cache import Cache, KVCache
-from qkv.generate import _filter, _options, _Runner, generate, stream
+from qkv.decoding import GenerationConfig, generate, stream
+from qkv.decoding import top_k_top_p as _filter
+from qkv.decoding.prefill import prefill
 from qkv.models.common import Embeddings, QKVModel, final_norm, make_block
 from qkv.ops.masks import padding_mask
 
@@ -136,8 +138,7 @@ def test_cached_step_logits_equal_full_pass(name, padded):
         mask[2, :5] = 0
         if model.config.family == "encoder_decoder":
             mask = mask.flip(1)  # sources are usually right-padded; any pattern must work
-    opts = _options(model, 5, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
-    run = _Runner(model, ids, mask, opts, True, None)
+    run = prefill(model, ids, GenerationConfig(max_new_tokens=5, eos_token_id=()), attention_mask=mask)
     seq2seq = model.config.family == "encoder_decoder"
     prefix = (ids, run.prefix) if seq2seq else ids
     generated = torch.zeros(3, 0, dtype=torch.long)
@@ -184,9 +185,9 @@ STATIC = [("gpt2-tiny", {}), ("llama-tiny", {}), ("gpt2-tiny", {"position": "ali
 @pytest.fixture
 def eager_static(monkeypatch):
     """compile=True without the compiler: the static-slot step runs eagerly, so float64 and exact checks apply."""
-    gen = importlib.import_module("qkv.generate")  # the module; ``qkv.generate`` is the function
-    monkeypatch.setattr(gen, "_compiled_step", lambda decoding, device_type: decoding.step)
-    monkeypatch.setattr(gen, "_compiled_select", lambda device_type: gen._beam_select)
+    step, beam = importlib.import_module("qkv.decoding.step"), importlib.import_module("qkv.decoding.beam")
+    monkeypatch.setattr(step, "compiled_step", lambda decoding, device_type: decoding.step)
+    monkeypatch.setattr(beam, "compiled_select", lambda device_type: beam.beam_select)
 
 
 def _left_padding(ids):
@@ -203,8 +204,8 @@ def test_static_slot_steps_equal_full_pass(name, overrides, padded, eager_static
     model = make(name, **overrides)
     ids = _prompt(model, B=3, T=6)
     mask = _left_padding(ids) if padded else None
-    opts = _options(model, 6, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
-    run = _Runner(model, ids, mask, opts, True, 20, compile=True)  # max_len 20: slots never reach the end
+    run = prefill(model, ids, GenerationConfig(max_new_tokens=6, eos_token_id=(), max_len=20, compile=True),
+                  attention_mask=mask)  # max_len 20: slots never reach the end
     generated = torch.zeros(3, 0, dtype=torch.long)
     logits = run.logits
     for _ in range(6):
@@ -228,8 +229,8 @@ def test_static_recurrent_steps_equal_full_pass_and_keep_their_buffers(name, pad
     model = make(name)
     ids = _prompt(model, B=3, T=6)
     mask = _left_padding(ids) if padded else None
-    opts = _options(model, 5, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
-    run = _Runner(model, ids, mask, opts, True, 16, compile=True)
+    run = prefill(model, ids, GenerationConfig(max_new_tokens=5, eos_token_id=(), max_len=16, compile=True),
+                  attention_mask=mask)
     addresses = [t.data_ptr() for t in run.cache.tensors()]
     generated = torch.zeros(3, 0, dtype=torch.long)
     logits = run.logits
@@ -251,8 +252,8 @@ def test_static_seq2seq_steps_equal_full_pass(name, eager_static):
     src = _prompt(model, B=3, T=6)
     src_mask = torch.ones_like(src)
     src_mask[1, 4:] = 0  # right-padded sources
-    opts = _options(model, 6, 1, False, 1.0, None, None, 1.0, 1.0, (), None, 1, True, None, None, None, None)
-    run = _Runner(model, src, src_mask, opts, True, 12, compile=True)
+    run = prefill(model, src, GenerationConfig(max_new_tokens=6, eos_token_id=(), max_len=12, compile=True),
+                  attention_mask=src_mask)
     generated = torch.zeros(3, 0, dtype=torch.long)
     logits = run.logits
     for _ in range(6):
@@ -401,11 +402,12 @@ def test_one_beam_equals_greedy(name):
 
 
 def _beam_search_one(model, ids, eos):
-    from qkv.generate import _beam_search
-    opts = _options(model, 7, 2, False, 1.0, None, None, 1.0, 1.0, eos, 0, 1, True, None, None, None, None)
-    opts.num_beams = 1  # the beam-search code path with a single beam
+    from qkv.decoding.beam import beam_search
+    config = GenerationConfig(max_new_tokens=7, num_beams=1, eos_token_id=eos, pad_token_id=0, early_stopping=True)
     with torch.inference_mode():
-        return _beam_search(_Runner(model, ids, None, opts, True, None), opts)
+        run = prefill(model, ids, config)
+        with run.steps():
+            return beam_search(run)  # the beam-search code path with a single beam
 
 
 @torch.no_grad()
@@ -508,7 +510,7 @@ def test_default_beam_search_waits_for_the_likely_hypothesis_instead_of_stopping
 @pytest.mark.parametrize("name, length_penalty", [("transformer-tiny", 1.0), ("llama-tiny", 1.0),
                                                    ("gpt2-tiny", 0.0), ("transformer-tiny", 2.0)])
 def test_beam_trace_final_hypotheses_are_generates(name, length_penalty):
-    from qkv.generate import beam_search_trace
+    from qkv.decoding import beam_search_trace
     model = make(name)
     ids = _prompt(model, 1, 5)
     eos = int(generate(model, ids, max_new_tokens=4, eos_token_id=())[0, -1])  # greedy's 4th token ends it
@@ -538,7 +540,7 @@ def _logprob_of(model, ids, tokens):
 
 
 def test_beam_trace_steps_rank_extend_and_mark_candidates():
-    from qkv.generate import beam_search_trace
+    from qkv.decoding import beam_search_trace
     model = make("transformer-tiny")
     ids = _prompt(model, 1, 6)
     K = 3

@@ -4,8 +4,8 @@ them gives transformers' ``generate`` tokens, greedy and beam search, through th
 import pytest
 import torch
 
-from qkv.generate import generate
-from qkv.logits_controls import make_controls
+from qkv.decoding import generate
+from qkv.decoding import make_controls
 from tests.test_generate import _hf_generate, _hf_model
 
 transformers = pytest.importorskip("transformers")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import qkv
-from qkv.generate import generate
-from qkv.speculative import SpeculativeStats
+from qkv.decoding import generate
+from qkv.decoding import SpeculativeStats
 
 
 def _model(name, seed=0, **overrides):

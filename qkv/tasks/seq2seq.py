@@ -77,7 +77,7 @@ class Translation(Task):
         if not (cfg.val_data and cfg.val_data_tgt):
             return None
         from ..data import read_pairs
-        from ..generate import translate
+        from ..decoding import translate
         pairs = read_pairs(cfg.val_data, cfg.val_data_tgt)[:n]
         return bleu_callback([s for s, _ in pairs], [t for _, t in pairs],
                              lambda model, sources: translate(model, tokenizer, sources))

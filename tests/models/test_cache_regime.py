@@ -60,9 +60,9 @@ def test_every_mixer_decodes_through_its_cache_like_the_full_pass(static):
 @pytest.fixture
 def eager_static(monkeypatch):
     """compile=True without the compiler: the static step runs eagerly (float64, exact comparisons)."""
-    gen = importlib.import_module("qkv.generate")
-    monkeypatch.setattr(gen, "_compiled_step", lambda decoding, device_type: decoding.step)
-    monkeypatch.setattr(gen, "_compiled_select", lambda device_type: gen._beam_select)
+    step, beam = importlib.import_module("qkv.decoding.step"), importlib.import_module("qkv.decoding.beam")
+    monkeypatch.setattr(step, "compiled_step", lambda decoding, device_type: decoding.step)
+    monkeypatch.setattr(beam, "compiled_select", lambda device_type: beam.beam_select)
 
 
 @pytest.mark.parametrize("compile", [True])  # growing caches: tests/models/test_linear_models.py, per preset
@@ -84,12 +84,12 @@ def test_every_mixer_compiled_step_gives_the_eager_tokens(monkeypatch):
     transformer-tiny run it in tests/test_generate.py."""
     if not hasattr(torch, "compile"):
         pytest.skip("torch.compile is unavailable")
-    gen = importlib.import_module("qkv.generate")
+    step, beam = importlib.import_module("qkv.decoding.step"), importlib.import_module("qkv.decoding.beam")
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="aot_eager", fullgraph=True,
                                                                     dynamic=kw.get("dynamic")))
-    monkeypatch.setattr(gen, "_COMPILED", {})  # graphs made here stay here
-    monkeypatch.setattr(gen, "_COMPILED_SELECT", {})
+    monkeypatch.setattr(step, "_COMPILED", {})  # graphs made here stay here
+    monkeypatch.setattr(beam, "_COMPILED_SELECT", {})
     model = every_mixer(torch.float32)
     ids = _ids(2, 7)
     mask = torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]])

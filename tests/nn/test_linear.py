@@ -125,7 +125,7 @@ def test_a_bfloat16_model_decodes_from_packed_weights_with_the_same_tokens(monke
     with torch.no_grad(), packed_weights(model):
         assert len(packed_layers(model)) == 8
     packed = qkv.generate(model, prompt, max_new_tokens=12, eos_token_id=())
-    monkeypatch.setattr(importlib.import_module("qkv.generate"), "packed_for_decoding",
+    monkeypatch.setattr(importlib.import_module("qkv.decoding.generate"), "packed_for_decoding",
                         lambda model, compile=False: contextlib.nullcontext())
     plain = qkv.generate(model, prompt, max_new_tokens=12, eos_token_id=())
     assert torch.equal(packed, plain)
@@ -143,7 +143,7 @@ def test_a_model_copied_inside_the_context_leaves_the_packed_copies_behind():
 
 @needs_onednn
 def test_a_file_of_batches_packs_each_weight_once(monkeypatch):
-    from qkv.batching import generate_many
+    from qkv.decoding import generate_many
     layers_module = importlib.import_module("qkv.nn.layers")
     packed = []
     real = layers_module.pack_weight

@@ -16,7 +16,8 @@ They apply in that order (transformers' order); greedy decoding and sampling app
 to the log-probabilities, as transformers does. Sampling then narrows the distribution (``warp``, after the
 temperature, top-k and top-p): ``min_p`` keeps the tokens at least ``min_p`` times as likely as the best one
 (Nguyen et al. 2024), ``typical_p`` the tokens whose surprisal is closest to the entropy, up to that mass (locally
-typical sampling, Meister et al. 2023, sec. 4). Lengths count the whole sequence: prompt (decoder-only) or
+typical sampling, Meister et al. 2023, sec. 4), ``epsilon_cutoff`` the tokens of probability at least epsilon
+(epsilon sampling, Hewitt et al. 2022). Lengths count the whole sequence: prompt (decoder-only) or
 decoder-start token (encoder-decoder) plus the tokens generated so far.
 """
 from __future__ import annotations
@@ -25,9 +26,21 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checks as c
+
+
+# The controls' settings (GenerationConfig's fields of the same names) and the rule each value follows
+RULES = dict(no_repeat_ngram_size=c.int_at_least(0), bad_words_ids=c.token_sequences, min_length=c.int_at_least(0),
+             min_new_tokens=c.int_at_least(0), forced_bos_token_id=lambda x: c.token_id(x, optional=True),
+             forced_eos_token_id=c.token_ids, renormalize_logits=c.boolean,
+             min_p=c.number(low=0, high=1, optional=True), typical_p=c.number(low=0, high=1, optional=True),
+             epsilon_cutoff=c.number(low=0, high=1, high_open=True, optional=True))
+TOKEN_IDS = ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id")  # checked against the vocabulary
+
 
 @dataclass(frozen=True)
 class LogitsControls:
+    """The controls of a run, checked (``make_controls``); ``apply`` and ``warp`` use them."""
     no_repeat_ngram_size: int = 0
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     min_length: int = 0
@@ -35,9 +48,10 @@ class LogitsControls:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: tuple[int, ...] = ()
     renormalize_logits: bool = False
-    processors: tuple = ()  # the caller's logits_processor functions
     min_p: float | None = None  # sampling only (``warp``)
     typical_p: float | None = None  # sampling only (``warp``)
+    epsilon_cutoff: float | None = None  # sampling only (``warp``); 0 is off, as in transformers
+    processors: tuple = ()  # the caller's logits_processor functions
 
     @property
     def active(self) -> bool:
@@ -53,13 +67,18 @@ class LogitsControls:
             bool(self.processors)
 
     def warp(self, scores: torch.Tensor) -> torch.Tensor:
-        """Sampling's min-p and typical filters on (N, V) scores (already divided by the temperature): -inf
-        outside the kept set; the best token (min-p) or the most typical one (typical) always stays."""
+        """Sampling's min-p, typical and epsilon filters, in transformers' order, on (N, V) scores (already divided
+        by the temperature): -inf outside the kept set; the best token (min-p, epsilon) or the most typical one
+        (typical) always stays."""
         if self.min_p is not None:
             probs = scores.softmax(-1)
             scores = scores.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), float("-inf"))
         if self.typical_p is not None and self.typical_p < 1.0:
             scores = _typical(scores, self.typical_p)
+        if self.epsilon_cutoff:
+            # epsilon sampling (Hewitt et al. 2022): drop every token less likely than epsilon but the best
+            unlikely = scores.softmax(-1) < self.epsilon_cutoff
+            scores = scores.masked_fill(unlikely & (scores < scores.amax(-1, keepdim=True)), float("-inf"))
         return scores
 
     def apply(self, scores: torch.Tensor, sequences: torch.Tensor | None, *, length: int, prompt_length: int,
@@ -154,49 +173,44 @@ def _bad_words(bad_words, sequences, scores) -> torch.Tensor:
     return banned
 
 
-def make_controls(*, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, min_new_tokens=0,
-                  forced_bos_token_id=None, forced_eos_token_id=None, renormalize_logits=False,
-                  logits_processor=None, min_p=None, typical_p=None, vocab_size: int, eos_ids=()) -> LogitsControls:
-    """Validated controls; ValueError names the argument, its value and what it should be. As in transformers,
-    bad words that are just an EOS id are dropped (a sequence must be able to end)."""
-    def is_int(x):
-        return isinstance(x, int) and not isinstance(x, bool)
+def make_controls(*, vocab_size: int, eos_ids=(), logits_processor=None, where: str = "",
+                  **settings) -> LogitsControls:
+    """Checked controls from ``settings`` (names of ``RULES``; the others stay off): each value by its rule and
+    token ids against the vocabulary; ValueError names the setting, its value and what it should be, after
+    ``where`` (a file's name). As in transformers, bad words that are just an EOS id are dropped (a sequence must
+    be able to end)."""
+    unknown = sorted(set(settings) - set(RULES))
+    if unknown:
+        raise TypeError(f"unknown logits controls {unknown}; known: {', '.join(RULES)}")
+    checked = {}
+    for name, value in settings.items():
+        try:
+            checked[name] = RULES[name](value)
+        except c.Bad as e:
+            raise ValueError(f"{where}{name} must be {e}, got {value!r}") from None
+    if checked.get("bad_words_ids") is None:
+        checked.pop("bad_words_ids", None)
+    eos = checked.get("forced_eos_token_id")
+    checked["forced_eos_token_id"] = () if eos is None else (eos,) if c.is_int(eos) else eos
+    for name in TOKEN_IDS:
+        value = checked.get(name)
+        ids = [] if value is None else [value] if c.is_int(value) else \
+            [t for w in value for t in (w if isinstance(w, tuple) else (w,))]
+        for t in ids:
+            if t >= vocab_size:
+                raise ValueError(f"{where}{name} must hold token ids in [0, {vocab_size}), got {t!r}")
+    if "bad_words_ids" in checked:
+        checked["bad_words_ids"] = tuple(w for w in checked["bad_words_ids"] if not (len(w) == 1 and w[0] in set(eos_ids)))
+    return LogitsControls(**checked, processors=_processors(logits_processor))
 
-    def token(name, x):
-        if not is_int(x) or not 0 <= x < vocab_size:
-            raise ValueError(f"{name} must hold token ids in [0, {vocab_size}), got {x!r}")
-        return x
 
-    for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_length", min_length),
-                        ("min_new_tokens", min_new_tokens)):
-        if not is_int(value) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    words = ()
-    if bad_words_ids is not None:
-        if not isinstance(bad_words_ids, (list, tuple)) or \
-                any(not isinstance(w, (list, tuple)) or not w for w in bad_words_ids):
-            raise ValueError(f"bad_words_ids must be a list of non-empty lists of token ids, got {bad_words_ids!r}")
-        words = tuple(tuple(token("bad_words_ids", t) for t in w) for w in bad_words_ids
-                      if not (len(w) == 1 and w[0] in set(eos_ids)))
-    if forced_bos_token_id is not None:
-        token("forced_bos_token_id", forced_bos_token_id)
-    forced_eos = ()
-    if forced_eos_token_id is not None:
-        forced_eos = tuple(token("forced_eos_token_id", t) for t in
-                           ([forced_eos_token_id] if is_int(forced_eos_token_id) else forced_eos_token_id))
+def _processors(logits_processor) -> tuple:
+    """The caller's logits_processor: None, a function or a list of functions -> a tuple of functions."""
     if logits_processor is None:
-        processors = ()
-    elif callable(logits_processor):
-        processors = (logits_processor,)
-    elif isinstance(logits_processor, (list, tuple)) and all(callable(f) for f in logits_processor):
-        processors = tuple(logits_processor)
-    else:
-        raise TypeError(f"logits_processor must be a function (input_ids, scores) -> scores or a list of them, got "
-                        f"{logits_processor!r}")
-    for name, value in (("min_p", min_p), ("typical_p", typical_p)):
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                      and 0 <= value <= 1):
-            raise ValueError(f"{name} must be None or a number in [0, 1], got {value!r}")
-    return LogitsControls(no_repeat_ngram_size, words, min_length, min_new_tokens, forced_bos_token_id, forced_eos,
-                          bool(renormalize_logits), processors, None if min_p is None else float(min_p),
-                          None if typical_p is None else float(typical_p))
+        return ()
+    if callable(logits_processor):
+        return (logits_processor,)
+    if isinstance(logits_processor, (list, tuple)) and all(callable(f) for f in logits_processor):
+        return tuple(logits_processor)
+    raise TypeError(f"logits_processor must be a function (input_ids, scores) -> scores or a list of them, got "
+                    f"{logits_processor!r}")

@@ -19,7 +19,7 @@ costs about as much as producing one. Each round (Leviathan et al. 2023, Algorit
 The invariant between rounds: the target has read every token but the last one (``pending``), so a round's
 verify pass always starts with it; the draft has read ``draft_cache.length`` tokens and catches up on the rest.
 One sequence at a time (B = 1), as transformers' assisted generation; the logits controls, temperature, top-k/p,
-min-p and typical-p apply to both distributions. ``adaptive``: K grows by 2 after a round that accepted
+min-p and typical-p apply to both distributions. ``adaptive_draft``: K grows by 2 after a round that accepted
 everything and shrinks by 1 after a rejection (transformers' heuristic), between 1 and 4 x num_draft_tokens.
 """
 from __future__ import annotations
@@ -28,10 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .logits_controls import top_k_top_p
-from .models import decodable_positions, decoding_of
-from .nn.cache import RecurrentCache
-from .ops.checks import trusted_values
+from ..models import decodable_positions, decoding_of
+from ..nn.cache import RecurrentCache
+from ..ops.checks import trusted_values
+from .config import GenerationConfig, Resolved
+from .controls import top_k_top_p
+from .finite import refuse
+from .outputs import GenerateOutput
 
 
 @dataclass
@@ -52,20 +55,47 @@ class SpeculativeStats:
         return self.generated / self.rounds if self.rounds else 0.0
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def speculative_generate(model, input_ids: torch.Tensor, opts, *, attention_mask=None, draft_model=None,
-                         num_draft_tokens: int = 4, adaptive: bool = False, prompt_lookup_num_tokens=None,
-                         prompt_lookup_max_ngram: int = 3, decoder_input_ids=None, return_scores: bool = False,
-                         static_cache: bool = True, compile: bool = False, stats: SpeculativeStats | None = None):
-    """``qkv.generate`` with ``draft_model`` or ``prompt_lookup_num_tokens`` lands here (``opts``: generate's
-    checked options). Returns (1, T + L) ids, or a ``GenerateOutput`` with ``return_scores``; ``stats`` (a
-    ``SpeculativeStats``) is filled when given."""
-    from .generate import GenerateOutput  # the result type generate defines (no cycle at import time)
-    if draft_model is not None and prompt_lookup_num_tokens is not None:
+def speculative_generate(model, input_ids: torch.Tensor, config: GenerationConfig, *, attention_mask=None,
+                         draft_model=None, decoder_input_ids=None, generator=None, stop=None, logits_processor=None,
+                         stats: SpeculativeStats | None = None):
+    """``qkv.generate`` with ``draft_model`` or ``prompt_lookup_num_tokens`` lands here. Returns (1, T + L) ids, or
+    a ``GenerateOutput`` with ``return_scores``; ``stats`` (a ``SpeculativeStats``) is filled when given."""
+    lookup = config.prompt_lookup_num_tokens
+    if draft_model is not None and lookup is not None:
         raise ValueError("pass draft_model or prompt_lookup_num_tokens, not both: prompt lookup is the draft")
+    _check(model, input_ids, attention_mask, draft_model)
+    plan = config.resolved(model, input_ids.shape[1], logits_processor=logits_processor)
+    refused = [(plan.num_beams > 1, f"num_beams={plan.num_beams}"),
+               (plan.num_return_sequences > 1, f"num_return_sequences={plan.num_return_sequences}"),
+               (plan.repetition_penalty != 1.0, f"repetition_penalty={plan.repetition_penalty}"),
+               (bool(plan.stop_strings) or stop is not None, "stop_strings / stop"),
+               (plan.compile, "compile=True"), (decoder_input_ids is not None, "decoder_input_ids")]
+    for bad, what in refused:
+        if bad:
+            raise ValueError(f"speculative decoding (draft_model / prompt_lookup_num_tokens) does not take {what}: "
+                             f"it decodes one sequence greedily or by sampling, with eager steps")
+    needed = input_ids.shape[1] + plan.max_new_tokens
+    for name, m in (("model", model), ("draft_model", draft_model)):
+        bound = None if m is None else decodable_positions(m.config)
+        if bound is not None and needed > bound:
+            raise ValueError(f"max_new_tokens={plan.max_new_tokens} with a {input_ids.shape[1]}-token prompt needs "
+                             f"{needed} positions, more than {name}'s {bound} learned positions (max_positions)")
+    with torch.inference_mode():
+        run = _Speculation(model, draft_model, input_ids.long(), plan, generator,
+                           stats if stats is not None else SpeculativeStats())
+        with trusted_values():  # rounds feed ids checked above or chosen from the shared vocabulary, at positions
+            tokens, logprobs = run.decode()  # checked against max_positions: no host reads to re-check them
+    sequences = torch.cat([input_ids.long(), torch.tensor([tokens], dtype=torch.long, device=input_ids.device)], 1)
+    if not plan.return_scores:
+        return sequences
+    logprobs = torch.tensor([logprobs], dtype=torch.float32, device=input_ids.device)
+    return GenerateOutput(sequences, logprobs, logprobs.sum(-1))
+
+
+def _check(model, input_ids, attention_mask, draft_model) -> None:
+    """One unpadded sequence of token ids, decoder-only models of one vocabulary."""
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a qkv model (qkv.build, qkv.load, qkv.from_hf), got {type(model).__name__}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1 \
             or input_ids.shape[1] < 1:
         raise ValueError(f"speculative decoding takes one sequence, input_ids of shape (1, T) (as transformers' "
@@ -77,15 +107,6 @@ def speculative_generate(model, input_ids: torch.Tensor, opts, *, attention_mask
                          f"values in [{input_ids.min().item()}, {input_ids.max().item()}]")
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         raise ValueError("speculative decoding takes one unpadded sequence: attention_mask must be all ones or None")
-    refused = [(opts.num_beams > 1, f"num_beams={opts.num_beams}"),
-               (opts.num_return_sequences > 1, f"num_return_sequences={opts.num_return_sequences}"),
-               (opts.repetition_penalty != 1.0, f"repetition_penalty={opts.repetition_penalty}"),
-               (bool(opts.stop_strings) or opts.stop is not None, "stop_strings / stop"),
-               (compile, "compile=True"), (decoder_input_ids is not None, "decoder_input_ids")]
-    for bad, what in refused:
-        if bad:
-            raise ValueError(f"speculative decoding (draft_model / prompt_lookup_num_tokens) does not take {what}: "
-                             f"it decodes one sequence greedily or by sampling, with eager steps")
     for name, m in (("model", model), ("draft_model", draft_model)):
         if m is not None and decoding_of(m).has_source:
             raise ValueError(f"speculative decoding continues a prompt: {name} must be a decoder-only model, got "
@@ -93,47 +114,26 @@ def speculative_generate(model, input_ids: torch.Tensor, opts, *, attention_mask
     if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
         raise ValueError(f"draft_model must share the target's vocabulary: vocab_size {draft_model.config.vocab_size}"
                          f" vs the target's {model.config.vocab_size}")
-    if not _is_int(num_draft_tokens) or num_draft_tokens < 1:
-        raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
-    if prompt_lookup_num_tokens is not None and (not _is_int(prompt_lookup_num_tokens) or prompt_lookup_num_tokens < 1):
-        raise ValueError(f"prompt_lookup_num_tokens must be None or an int >= 1, got {prompt_lookup_num_tokens!r}")
-    if not _is_int(prompt_lookup_max_ngram) or prompt_lookup_max_ngram < 1:
-        raise ValueError(f"prompt_lookup_max_ngram must be an int >= 1, got {prompt_lookup_max_ngram!r}")
-    needed = input_ids.shape[1] + opts.max_new_tokens
-    for name, m in (("model", model), ("draft_model", draft_model)):
-        bound = None if m is None else decodable_positions(m.config)
-        if bound is not None and needed > bound:
-            raise ValueError(f"max_new_tokens={opts.max_new_tokens} with a {input_ids.shape[1]}-token prompt needs "
-                             f"{needed} positions, more than {name}'s {bound} learned positions (max_positions)")
-    K = prompt_lookup_num_tokens if prompt_lookup_num_tokens is not None else num_draft_tokens
-    with torch.inference_mode():
-        run = _Speculation(model, draft_model, input_ids.long(), opts, K, adaptive,
-                           prompt_lookup_max_ngram if prompt_lookup_num_tokens is not None else None,
-                           stats if stats is not None else SpeculativeStats())
-        with trusted_values():  # rounds feed ids checked above or chosen from the shared vocabulary, at positions
-            tokens, logprobs = run.decode()  # checked against max_positions: no host reads to re-check them
-    sequences = torch.cat([input_ids.long(), torch.tensor([tokens], dtype=torch.long, device=input_ids.device)], 1)
-    if not return_scores:
-        return sequences
-    logprobs = torch.tensor([logprobs], dtype=torch.float32, device=input_ids.device)
-    return GenerateOutput(sequences, logprobs, logprobs.sum(-1))
 
 
 class _Speculation:
     """One run: the target's and the draft's caches, the sequence so far (host list: B = 1), the rounds."""
 
-    def __init__(self, model, draft, input_ids, opts, K: int, adaptive: bool, lookup_ngram: int | None,
-                 stats: SpeculativeStats):
-        self.model, self.draft, self.opts, self.stats = model, draft, opts, stats
-        self.K, self.adaptive, self.lookup_ngram = K, adaptive, lookup_ngram
-        self.k_max = 4 * K if adaptive else K
+    def __init__(self, model, draft, input_ids, plan: Resolved, generator, stats: SpeculativeStats):
+        self.model, self.draft, self.opts, self.stats, self.generator = model, draft, plan, stats, generator
+        lookup = plan.prompt_lookup_num_tokens
+        K = lookup if lookup is not None else plan.num_draft_tokens
+        self.K, self.adaptive = K, plan.adaptive_draft
+        self.lookup_ngram = plan.prompt_lookup_max_ngram if lookup is not None else None
+        self.decoding, self.inputs = decoding_of(model), (input_ids, None)  # what a refusal re-runs (finite.py)
+        self.k_max = 4 * K if self.adaptive else K
         self.seq = input_ids[0].tolist()
         self.prompt = len(self.seq)
         self.device = input_ids.device
-        capacity = self.prompt + opts.max_new_tokens + self.k_max + 1
+        capacity = self.prompt + plan.max_new_tokens + self.k_max + 1
         self.cache = model.new_cache(1, capacity, rewind=self.k_max + 1)
         self.recurrent = any(isinstance(layer.mixer, RecurrentCache) for layer in self.cache.layers)
-        self.eos = set() if opts.eos is None else set(opts.eos.tolist())
+        self.eos = set(plan.eos_ids)
         if len(self.seq) > 1:  # the target reads all but the last token; every round starts with that one
             model(input_ids[:, :-1], self.cache)
         self.draft_cache = None if draft is None else draft.new_cache(1, capacity, rewind=self.k_max + 1)
@@ -165,7 +165,7 @@ class _Speculation:
             scores = self._scores(logits, self.seq + guesses)
             if self.opts.do_sample:
                 q = scores.softmax(-1)
-                token = int(torch.multinomial(q, 1, generator=self.opts.generator))
+                token = int(torch.multinomial(q, 1, generator=self.generator))
                 dists.append(q)
             else:
                 token = int(scores.argmax())
@@ -199,6 +199,8 @@ class _Speculation:
             snap = self.cache.snapshot() if self.recurrent and k else None
             tokens = torch.tensor([[self.seq[-1]] + guesses], device=self.device)  # (1, 1 + k)
             logits = self.model(tokens, self.cache)[0]  # (1 + k, V): p_0 .. p_k
+            if not bool(torch.isfinite(logits).all()):  # one more read in a round that reads its tokens anyway
+                refuse(self, len(generated) if generated else None)
             accepted, new, chosen = self._accept(logits, guesses, dists)
             stats.rounds += 1
             stats.proposed += k
@@ -249,7 +251,7 @@ class _Speculation:
             p = logp.exp()
             if guess is not None:
                 q_x = 1.0 if dists[i] is None else float(dists[i][guess])
-                r = float(torch.rand((), generator=self.opts.generator))
+                r = float(torch.rand((), generator=self.generator))
                 if r * q_x < float(p[guess]):  # accept with probability min(1, p(x) / q(x))
                     new.append(guess)
                     chosen.append(float(logp[guess]))
@@ -259,7 +261,7 @@ class _Speculation:
                     if dists[i] is None else dists[i]
                 residual = (p - q).clamp(min=0)
                 p = residual / residual.sum() if float(residual.sum()) > 0 else p
-            token = int(torch.multinomial(p, 1, generator=self.opts.generator))
+            token = int(torch.multinomial(p, 1, generator=self.generator))
             new.append(token)
             chosen.append(float(logp[token]))
             return i, new, chosen
