@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import re
 
+from ..config import field_help
 from .config import GenerationConfig, settings_fields
 
 SPECULATIVE = ("num_draft_tokens", "prompt_lookup_num_tokens")  # flags of commands that continue a prompt
@@ -24,7 +25,6 @@ def flag_fields(*, speculative: bool = False) -> list[dataclasses.Field]:
 def add_decoding_arguments(parser, defaults: GenerationConfig, *, speculative: bool = False) -> None:
     """One flag per flagged field of GenerationConfig; help: the field's comment, then ``defaults``' value (the
     command's) and, for what a Hugging Face folder can set, that --hf takes the folder's."""
-    from ..config import field_help
     docs = field_help(GenerationConfig)
     for f in flag_fields(speculative=speculative):
         doc = re.sub(r"\s*\(unset: [^)]*\)$", "", docs.get(f.name, ""))  # the command's default says it
