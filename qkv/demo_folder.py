@@ -4,7 +4,6 @@ a full disk said in one line, and the examples a finished demo showed (for ``qkv
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,13 +48,13 @@ def is_demo_folder(out: Path) -> bool:
     if not names <= set(DEMO_FILES):
         return False
     try:
-        record = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        record = files.read_json(out / "results.json", expect=None)
         if isinstance(record, dict) and {"exact_greedy", "tokenizer_settings"} <= set(record):
             return True
     except (ValueError, OSError):
         pass
     try:
-        config = json.loads((out / "train" / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
+        config = files.read_json(out / "train" / TRAIN_CONFIG_FILE, expect=None)
         return isinstance(config, dict) and isinstance(config.get("out_dir"), str) and \
             Path(config["out_dir"]).resolve() == (out / "train").resolve()
     except (ValueError, OSError):
