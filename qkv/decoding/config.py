@@ -142,7 +142,11 @@ class GenerationConfig:
             source = folder / "config.json"
         settings = read_json(inside(folder, source, what=source.name), what=str(source))
         if source.name == "config.json" and isinstance(settings, dict):
-            settings = {k: v for k, v in settings.items() if k in FILE_SETTINGS or k in UNSUPPORTED}
+            # its token ids are the model's own (the qkv config holds them): ``resolved`` takes them from the model,
+            # where an id outside the vocabulary (a tiny GPT-2 config keeps 50256) never ends a sequence, as in
+            # transformers, instead of refusing a folder that transformers decodes
+            own = {"eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id"}
+            settings = {k: v for k, v in settings.items() if (k in FILE_SETTINGS or k in UNSUPPORTED) and k not in own}
         return cls.from_dict(settings, source=str(source))
 
     def to_dict(self) -> dict:
