@@ -215,6 +215,13 @@ def main(argv=None):
             outputs = qkv_method(name, **kwargs)
             assert outputs == greedy, f"{name} changed the greedy tokens"
         hf_rows = hf_methods(args, target, draft, prompts, greedy) if not args.skip_hf else []
+    report(args, rows, hf_rows)
+    print("reproduce: python bench/speculative.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+def report(args, rows, hf_rows):
+    """The table: each method's tokens/s, its ratio to plain greedy, acceptance and tokens per target pass."""
     base = rows[0][1]
     print(f"\ntarget {args.target_layers}x{args.target_width}, draft {args.draft_layers}x{args.draft_width}, "
           f"{args.prompts} prompts of {args.prompt_length} characters, {args.new} new tokens each, greedy, "
@@ -232,8 +239,6 @@ def main(argv=None):
               f"{drafted / rate['transformers assisted']:.2f}x")
         print(f"qkv prompt lookup / transformers prompt lookup: "
               f"{rate['qkv prompt lookup'] / rate['transformers prompt lookup']:.2f}x")
-    print("reproduce: python bench/speculative.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    return 0
 
 
 def room_past_the_end(hf_model, extra: int):

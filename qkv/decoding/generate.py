@@ -44,20 +44,15 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
         input_ids: (B, T) prompt (decoder-only) or source (encoder-decoder); left-padded when rows differ in
             length, with ``attention_mask`` (B, T) marking tokens 1 and padding 0.
         config: a ``GenerationConfig`` (default: qkv's defaults); ``overrides`` are its fields as keywords
-            (``max_new_tokens=20, num_beams=4``), applied over it. The fields document themselves
-            (``qkv/decoding/config.py``): beam search (num_beams, length_penalty, early_stopping), sampling
-            (do_sample, temperature, top_k, top_p, min_p, typical_p), transformers' logits controls
-            (repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens,
-            forced_bos_token_id, forced_eos_token_id, renormalize_logits), ids (eos_token_id: None takes the
-            model's, ``()`` none; pad_token_id), stop_strings, speculative decoding (num_draft_tokens,
-            adaptive_draft, prompt_lookup_num_tokens, prompt_lookup_max_ngram), static_cache, max_len, compile
-            (every step after the prompt through one ``torch.compile``d graph; the same tokens) and return_scores.
+            (``max_new_tokens=20, num_beams=4``), applied over it. Each field documents itself in
+            ``qkv/decoding/config.py``: beam search, sampling and its filters, transformers' logits controls, the
+            token ids (eos_token_id: None takes the model's, ``()`` none), stop_strings, speculative decoding,
+            static_cache, max_len, compile (one ``torch.compile``d step; the same tokens), return_scores.
         decoder_input_ids: (B, P) or (1, P) encoder-decoder only: the decoder's first tokens (a language code, a
             prefix to continue); the decoder-start token is put in front when they do not begin with it, as in
             transformers. The output starts with them.
-        generator: a ``torch.Generator`` for reproducible sampling.
-        decode, stop: ``decode(generated ids as a list) -> text`` for stop_strings; ``stop(sequences (N, T + L))
-            -> bool (N,)`` ends the rows it marks.
+        generator: a ``torch.Generator`` for reproducible sampling. decode: ``decode(generated ids as a list) ->
+            text`` for stop_strings; stop: ``stop(sequences (N, T + L)) -> bool (N,)`` ends the rows it marks.
         logits_processor: a function ``f(input_ids (N, L), scores (N, V)) -> scores`` or a list of them, applied
             after the controls (input_ids: the sequence so far, prompt or decoder prefix included).
         draft_model, speculative_stats: speculative decoding (``qkv/decoding/speculative.py``): the draft proposes
@@ -73,8 +68,7 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
     check_model(model)
     config = (config or GenerationConfig()).replace(**overrides)
     if draft_model is not None or config.prompt_lookup_num_tokens is not None:
-        draft_packs = contextlib.nullcontext() if draft_model is None else packed_for_decoding(draft_model)
-        with packed_for_decoding(model), draft_packs:
+        with packed_for_decoding(model), _packed_draft(draft_model):
             return speculative_generate(model, input_ids, config, attention_mask=attention_mask,
                                         draft_model=draft_model, decoder_input_ids=decoder_input_ids,
                                         generator=generator, stop=stop, logits_processor=logits_processor,
@@ -96,6 +90,10 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
             return sequences
         logprobs = run.logprobs[:, :length]
         return GenerateOutput(sequences, logprobs, logprobs.sum(-1))
+
+
+def _packed_draft(draft_model):
+    return contextlib.nullcontext() if draft_model is None else packed_for_decoding(draft_model)
 
 
 def stream(model, input_ids: torch.Tensor, config: GenerationConfig | None = None, *,

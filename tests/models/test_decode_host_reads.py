@@ -59,3 +59,20 @@ def test_decoding_steps_make_no_host_reads(name, static, monkeypatch):
         assert seen == []
         _steps(model, cache, token, 1)  # unguarded, value checks read (token ids at least): the probe sees them
         assert "__bool__" in seen
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(do_sample=True), dict(no_repeat_ngram_size=2)], ids=str)
+def test_a_generate_run_reads_the_host_a_fixed_number_of_times(kwargs, monkeypatch):
+    """The loop around the steps (the non-finite check included: an accumulator on the device) reads nothing back
+    per token when no row can finish: 72 tokens take the reads of 8, plus one read of the accumulator per 32 steps."""
+    torch.manual_seed(0)
+    model = qkv.build(qkv.preset("llama-tiny")).eval()
+    prompt = torch.randint(0, 256, (2, 5))
+
+    def reads(n):
+        seen = _probe(monkeypatch)
+        qkv.generate(model, prompt, max_new_tokens=n, eos_token_id=(), **kwargs)
+        monkeypatch.undo()
+        return len(seen)
+    short, long = reads(8), reads(72)
+    assert short > 0 and long - short <= 72 // 32
