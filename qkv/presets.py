@@ -26,7 +26,7 @@ _GATED = dict(family="decoder", position="none", norm="rms", norm_eps=1e-6, acti
 _RNN = dict(family="rnn", position="none", n_heads=1, tie_embeddings=False, max_positions=256, pad_token_id=0,
             bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
 _RNNSEARCH = dict(_RNN, rnn_cell="gru", rnn_attention="bahdanau", rnn_bidirectional="encoder", score="additive")
-_LUONG = dict(_RNN, rnn_cell="lstm", rnn_input_feeding=True)
+_LUONG = dict(_RNN, rnn_cell="lstm")  # input feeding: on by default with Luong's attention
 _VIT = dict(family="vit", position="learned", norm="layer", norm_eps=1e-12, prenorm=True, activation="gelu",
             bias=True, image_size=224, patch_size=16, num_labels=1000)
 
@@ -83,8 +83,7 @@ PRESETS: dict[str, dict] = {
     # Luong et al. 2015, sec. 4.1: 4-layer LSTMs of 1000 cells, 1000-wide embeddings, 50,000 words, dropout 0.2,
     # input feeding; global attention with the dot score, and their best, local-p with the general (bilinear) score
     # and D = 10. (They also read each source reversed; qkv reads it as it comes.)
-    "luong-tiny": dict(_LUONG, rnn_attention="local_p", score="bilinear", rnn_local_window=4, vocab_size=256,
-                       d_model=64, n_layers=2),
+    "luong-tiny": dict(_LUONG, rnn_attention="global", score="bilinear", vocab_size=256, d_model=64, n_layers=2),
     "luong-global": dict(_LUONG, rnn_attention="global", score="dot", vocab_size=50000, d_model=1000, n_layers=4,
                          dropout=0.2),
     "luong-local-p": dict(_LUONG, rnn_attention="local_p", score="bilinear", rnn_local_window=10, vocab_size=50000,

@@ -169,7 +169,7 @@ def build(name, seed=0):
     torch.manual_seed(seed)
     cfg = qkv.preset("luong-tiny", rnn_cell=cell_kind, rnn_attention=attention, score=score_name,
                      rnn_bidirectional=both, vocab_size=V, d_model=N, rnn_embed_dim=E,
-                     **{"n_layers": 1, "rnn_local_window": None, "rnn_input_feeding": None, **extra})
+                     **{"n_layers": 1, **extra})
     model = qkv.build(cfg).to(F64).eval()
     for p in model.parameters():  # larger than U(-0.1, 0.1), so the attention is far from uniform
         torch.nn.init.uniform_(p, -0.8, 0.8)
