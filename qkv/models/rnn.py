@@ -74,7 +74,8 @@ class RecurrentSeq2Seq(QKVModel):
             f"{type(self).__name__} ({cfg.family})",
             f"  parameters:       {n:,} ({n / 1e6:.2f} M)",
             f"  non-embedding:    {self.num_parameters(exclude_embeddings=True):,}",
-            f"  FLOPs per token:  {self.flops_per_token(seq_len) / 1e6:.2f} M (forward, source {seq_len or cfg.max_positions})",
+            f"  FLOPs per token:  {self.flops_per_token(seq_len) / 1e6:.2f} M "
+            f"(forward, source {seq_len or cfg.max_positions})",
             f"  weights memory:   {sum(p.numel() * p.element_size() for p in self.parameters()) / 2**20:.1f} MiB",
             f"  state x embed:    {cfg.d_model} x {cfg.rnn_embed_dim}, vocabulary {cfg.vocab_size}",
             f"  stack:            {self.stack()}"])
