@@ -6,10 +6,15 @@ script runs a smaller model for a time budget and reports what it reaches, hones
 
     python bench/multi30k.py                          # CPU: d_model 256, 3+3 layers, --minutes 8
     python bench/multi30k.py --device cuda --preset transformer-base --minutes 10 --precision bf16
+    python bench/multi30k.py --rnn rnnsearch-50 --minutes 8     # and RNNsearch (Bahdanau attention) beside it
 
 It trains a shared byte-level BPE vocabulary on both sides (so source, target and output share one embedding,
 Vaswani et al. 2017, sec. 3.4), trains with label smoothing 0.1 and the inverse-square-root schedule, then
 decodes the test set with beam search (4 beams) and prints sacreBLEU's corpus BLEU.
+
+With ``--rnn PRESET`` (rnnsearch-50, luong-global, luong-local-p) the recurrent encoder-decoder with attention
+(issue 24) trains next to it on the same data, tokenizer, schedule and budget (the same --minutes, its own probe,
+or the same --max-steps), at CPU sizes on a CPU (--rnn-d-model), and is scored the same way.
 """
 from __future__ import annotations
 
@@ -49,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench-multi30k")
+    p.add_argument("--rnn", metavar="PRESET", help="also train this recurrent preset with attention (rnnsearch-50, "
+                   "luong-global, luong-local-p) with the same budget")
+    p.add_argument("--rnn-d-model", type=int, help="its state size (default 256 on CPU, the preset's elsewhere)")
     args = p.parse_args(argv)
     data = Path(args.data)
     files = {s: (data / f"{s}.{args.src}", data / f"{s}.{args.tgt}") for s in ("train", "val", "test_2016_flickr")}
@@ -89,12 +97,43 @@ def main(argv=None) -> int:
     result = dict(device=args.device, model=sizes, steps=summary.steps, train_minutes=round(summary.wall_s / 60, 2),
                   val_loss=summary.val_loss, test_sentences=len(refs), beams=args.beams,
                   bleu=None if score is None else round(score, 2), decode_s=round(time.time() - started, 1))
+    rnn_hyps = None
+    if args.rnn:  # the recurrent model with attention, same data, tokenizer, schedule and budget
+        result["rnn"], rnn_hyps = train_rnn(args, tok, common, sources, refs)
+        result["params"] = model.num_parameters()
     print(json.dumps(result, indent=1))
-    for s, r, h in list(zip(sources, refs, hyps))[:3]:
-        print(f"  {s}\n    reference: {r}\n    qkv:       {h}")
+    for i, (s, r, h) in enumerate(list(zip(sources, refs, hyps))[:3]):
+        print(f"  {s}\n    reference: {r}\n    qkv:       {h}"
+              + (f"\n    {args.rnn}: {rnn_hyps[i]}" if rnn_hyps else ""))
     print("command: python bench/multi30k.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))
     return 0
+
+
+def train_rnn(args, tok, common: dict, sources: list[str], refs: list[str]) -> tuple[dict, list[str]]:
+    """--rnn: the recurrent preset at CPU sizes on a CPU, trained and scored as the Transformer was; returns (its
+    result, its translations of the test sources)."""
+    cpu = args.device == "cpu"
+    n = args.rnn_d_model or (256 if cpu else None)
+    sizes = {} if n is None else dict(d_model=n, rnn_embed_dim=n, d_ff=n)  # RNNsearch's maxout: 2l = d_model
+    config = qkv.preset(args.rnn, **sizes, vocab_size=tok.vocab_size, max_positions=128, pad_token_id=tok.pad_id,
+                        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id,
+                        dropout=0.2)
+    steps = args.max_steps
+    if steps is None:  # the same minutes, from its own probe
+        probe = train(config, TrainConfig(**{**common, "progress": False}, out_dir=f"{args.out}/rnn-probe",
+                                          max_steps=20, eval_every=0), tokenizer=tok)
+        steps = max(50, int(args.minutes * 60 * probe.steps / probe.wall_s))
+    out = Path(args.out) / "rnn"
+    summary = train(config, TrainConfig(**common, out_dir=str(out), max_steps=steps, eval_every=max(steps // 4, 1),
+                                        resume=(out / "latest").is_file()), tokenizer=tok)
+    model = qkv.load(summary.checkpoint).to(args.device).eval()
+    started = time.time()
+    hyps = translate(model.cpu() if cpu else model, tok, sources, num_beams=args.beams, max_new_tokens=80)
+    score = bleu(hyps, refs)
+    return dict(preset=args.rnn, stack=model.stack(), params=model.num_parameters(), steps=summary.steps,
+                train_minutes=round(summary.wall_s / 60, 2), val_loss=summary.val_loss,
+                bleu=None if score is None else round(score, 2), decode_s=round(time.time() - started, 1)), hyps
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from .files import loads
 
-FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit")
+FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit", "rnn")
+RNN_CELLS = ("gru", "lstm")  # the recurrent family's cells (qkv/nn/rnn_encoder.py, rnn_decoder.py)
+RNN_ATTENTIONS = ("none", "bahdanau", "global", "local_m", "local_p")  # and its attention (qkv/nn/rnn_decoder.py)
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 ROTARY = ("rope",)  # the positions that rotate queries and keys: rotary_dim, rope_scaling, rope_local_base need one
 # The mixers, one letter each for ``layer_pattern``; "W" is softmax attention limited to ``window`` earlier tokens.
@@ -56,14 +58,14 @@ class _Serializable:
 
 @dataclass
 class ModelConfig(_Serializable):
-    family: str = "decoder"  # decoder (GPT, Llama, linear-time), encoder (BERT), encoder_decoder (Transformer, T5, MBART), vit
+    family: str = "decoder"  # decoder (GPT, Llama, linear-time), encoder (BERT), encoder_decoder (Transformer, T5, MBART), vit, rnn (a recurrent encoder-decoder with Bahdanau / Luong attention)
     vocab_size: int = 50257  # tokens in the vocabulary
     d_model: int = 768  # width of the residual stream
     n_layers: int = 12  # blocks (the encoder's, in an encoder-decoder model)
     n_heads: int = 12  # query heads per attention layer
     n_kv_heads: int | None = None  # key/value heads (grouped-query attention); default n_heads
     head_dim: int | None = None  # size of one head; default d_model / n_heads
-    d_ff: int | None = None  # hidden size of the FFN; default 4 * d_model
+    d_ff: int | None = None  # hidden size of the FFN; default 4 * d_model (rnn with bahdanau attention: the maxout deep output's input 2l)
     n_decoder_layers: int | None = None  # decoder blocks of an encoder-decoder model; default n_layers
     max_positions: int = 1024  # longest sequence (learned positions, cache size)
     position: str = "learned"  # learned | sinusoidal | rope | alibi | relative (T5 bias) | none
@@ -113,6 +115,12 @@ class ModelConfig(_Serializable):
     bos_token_id: int | None = None  # beginning of sequence
     eos_token_id: int | None = None  # end of sequence
     decoder_start_token_id: int | None = None  # first decoder input of an encoder-decoder model
+    rnn_cell: str | None = None  # family rnn (whose d_model is the recurrent state size, n_layers / n_decoder_layers its depths): the cell of encoder and decoder, gru | lstm (default lstm)
+    rnn_attention: str | None = None  # family rnn: none (the decoder starts from the encoder's final state and never looks back, Sutskever et al. 2014) | bahdanau (Bahdanau et al. 2015) | global | local_m | local_p (Luong et al. 2015, sec. 3), scored by `score` (Luong's dot = dot, general = bilinear, concat = additive); default global
+    rnn_bidirectional: str | None = None  # family rnn: the side that reads its sentence both ways, encoder (Bahdanau et al. 2015, sec. 3.2) | none (default); a decoder writes left to right and cannot
+    rnn_input_feeding: bool | None = None  # family rnn: feed the previous attentional state h~_{t-1} into the next step (Luong et al. 2015, sec. 3.3); default on for global / local_m / local_p
+    rnn_local_window: int | None = None  # family rnn, local_m / local_p: the window's half-width D around the aligned position p_t; local_p's Gaussian has sigma = D / 2 (default 10, Luong et al. 2015, sec. 4.1)
+    rnn_embed_dim: int | None = None  # family rnn: the word embeddings' size (default d_model; Bahdanau et al. 2015: 620)
     extra: dict = field(default_factory=dict)  # free-form notes carried through save/load (e.g. source format)
 
     def __post_init__(self):
@@ -126,6 +134,7 @@ class ModelConfig(_Serializable):
         self._check_attention()
         self._check_stack()
         self._check_token_ids()
+        _check_recurrent(self)
 
     def _derive(self):
         """The fields left None, from the others: heads, sizes, biases, the final norm."""
@@ -276,6 +285,58 @@ def _check_values(config, rules: dict) -> None:
         expected, ok = rules.get(f.name) or _BY_ANNOTATION[next(k for k in kinds if k != "None")]
         if not ok(value):
             raise ValueError(f"{f.name} must be {'None or ' if 'None' in kinds else ''}{expected}, got {value!r}")
+
+
+_RNN_FIELDS = ("rnn_cell", "rnn_attention", "rnn_bidirectional", "rnn_input_feeding", "rnn_local_window",
+               "rnn_embed_dim")
+
+
+def _check_recurrent(cfg: ModelConfig) -> None:
+    """The recurrent family's fields: refused on other families, checked against each other, defaults derived. A
+    config contradicting itself (a local window without local attention, a bidirectional decoder) is one line."""
+    if cfg.family != "rnn":
+        given = [f"{name}={getattr(cfg, name)!r}" for name in _RNN_FIELDS if getattr(cfg, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: the rnn_* fields configure family='rnn', got family={cfg.family!r}")
+        return
+    if cfg.rnn_bidirectional in ("decoder", "both"):
+        raise ValueError(f"rnn_bidirectional={cfg.rnn_bidirectional!r}: a decoder writes left to right and cannot read "
+                         f"the words it has not written; expected 'encoder' or 'none'")
+    cfg.rnn_cell = cfg.rnn_cell or "lstm"
+    cfg.rnn_attention = cfg.rnn_attention or "global"
+    cfg.rnn_bidirectional = cfg.rnn_bidirectional or "none"
+    _choice("rnn_cell", cfg.rnn_cell, RNN_CELLS)
+    _choice("rnn_attention", cfg.rnn_attention, RNN_ATTENTIONS)
+    _choice("rnn_bidirectional", cfg.rnn_bidirectional, ("encoder", "none"))
+    luong = cfg.rnn_attention in ("global", "local_m", "local_p")
+    if cfg.rnn_input_feeding and not luong:
+        raise ValueError(f"rnn_input_feeding=True feeds Luong's attentional state h~_t back in, but "
+                         f"rnn_attention={cfg.rnn_attention!r} has none; expected global, local_m or local_p")
+    if cfg.rnn_input_feeding is None:
+        cfg.rnn_input_feeding = luong
+    local = cfg.rnn_attention in ("local_m", "local_p")
+    if cfg.rnn_local_window is not None and not local:
+        raise ValueError(f"rnn_local_window={cfg.rnn_local_window!r} is the window of local attention, but "
+                         f"rnn_attention={cfg.rnn_attention!r}; expected local_m or local_p")
+    if local:
+        cfg.rnn_local_window = 10 if cfg.rnn_local_window is None else cfg.rnn_local_window
+        low = 1 if cfg.rnn_attention == "local_p" else 0  # local_p's Gaussian needs sigma = D / 2 > 0
+        if not isinstance(cfg.rnn_local_window, int) or isinstance(cfg.rnn_local_window, bool) \
+                or cfg.rnn_local_window < low:
+            raise ValueError(f"rnn_local_window must be an int >= {low} (the half-width D of the window "
+                             f"[p_t - D, p_t + D]), got {cfg.rnn_local_window!r}")
+    if cfg.rnn_embed_dim is None:
+        cfg.rnn_embed_dim = cfg.d_model
+    _positive("rnn_embed_dim", cfg.rnn_embed_dim)
+    if cfg.rnn_attention == "bahdanau" and cfg.d_ff % 2:
+        raise ValueError(f"d_ff={cfg.d_ff}: Bahdanau's deep output takes the max of pairs (maxout), so d_ff must be "
+                         f"even")
+    head_input = cfg.d_ff // 2 if cfg.rnn_attention == "bahdanau" else cfg.d_model
+    if cfg.tie_embeddings and head_input != cfg.rnn_embed_dim:
+        raise ValueError(f"tie_embeddings=True shares the target embeddings (rnn_embed_dim={cfg.rnn_embed_dim}) with "
+                         f"the output layer, whose input has {head_input} features "
+                         f"({'d_ff / 2' if cfg.rnn_attention == 'bahdanau' else 'd_model'}); set tie_embeddings=False "
+                         f"or make the two equal")
 
 
 def _choice(name, value, allowed):

@@ -21,6 +21,12 @@ _RWKV = dict(family="decoder", position="none", norm="layer", norm_eps=1e-5, bia
              vocab_size=256, d_model=64, n_layers=2, max_positions=4096)
 _GATED = dict(family="decoder", position="none", norm="rms", norm_eps=1e-6, activation="swiglu", bias=False,
               tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=172, max_positions=4096)
+# recurrent encoder-decoders (qkv/models/rnn.py): no position table (order is the recurrence), one attention head,
+# the papers' untied output layers; d_model is the state size per direction
+_RNN = dict(family="rnn", position="none", n_heads=1, tie_embeddings=False, max_positions=256, pad_token_id=0,
+            bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+_RNNSEARCH = dict(_RNN, rnn_cell="gru", rnn_attention="bahdanau", rnn_bidirectional="encoder", score="additive")
+_LUONG = dict(_RNN, rnn_cell="lstm")  # input feeding: on by default with Luong's attention
 _VIT = dict(family="vit", position="learned", norm="layer", norm_eps=1e-12, prenorm=True, activation="gelu",
             bias=True, image_size=224, patch_size=16, num_labels=1000)
 
@@ -69,6 +75,19 @@ PRESETS: dict[str, dict] = {
                         scale_embeddings=True, head_bias=True, vocab_size=256, d_model=64, n_layers=2,
                         n_heads=4, d_ff=128, max_positions=128, pad_token_id=255, eos_token_id=0,
                         decoder_start_token_id=255),
+    # recurrent encoder-decoders with attention. RNNsearch-50 (Bahdanau et al. 2015, sec. 4.2 and appendix A.2):
+    # 30,000 words, 620-wide embeddings, a bidirectional GRU encoder and a GRU decoder of 1000 units, an alignment
+    # MLP of 1000 (additive score), a maxout deep output of l = 500 (d_ff = 2l); trained on sentences of <= 50 words
+    "rnnsearch-tiny": dict(_RNNSEARCH, vocab_size=256, d_model=64, rnn_embed_dim=32, d_ff=64, n_layers=1),
+    "rnnsearch-50": dict(_RNNSEARCH, vocab_size=30000, d_model=1000, rnn_embed_dim=620, d_ff=1000, n_layers=1),
+    # Luong et al. 2015, sec. 4.1: 4-layer LSTMs of 1000 cells, 1000-wide embeddings, 50,000 words, dropout 0.2,
+    # input feeding; global attention with the dot score, and their best, local-p with the general (bilinear) score
+    # and D = 10. (They also read each source reversed; qkv reads it as it comes.)
+    "luong-tiny": dict(_LUONG, rnn_attention="global", score="bilinear", vocab_size=256, d_model=64, n_layers=2),
+    "luong-global": dict(_LUONG, rnn_attention="global", score="dot", vocab_size=50000, d_model=1000, n_layers=4,
+                         dropout=0.2),
+    "luong-local-p": dict(_LUONG, rnn_attention="local_p", score="bilinear", rnn_local_window=10, vocab_size=50000,
+                          d_model=1000, n_layers=4, dropout=0.2),
     # linear-time decoders (qkv/nn/mixers.py, qkv/nn/rwkv.py): a fixed-size state instead of a KV cache
     "linear-tiny": dict(family="decoder", mixer="linear", position="none", norm="layer", activation="gelu",
                         bias=False, tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4,

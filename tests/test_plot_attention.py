@@ -24,8 +24,8 @@ def _folder(tmp_path, name):
 def test_plot_attention_draws_every_preset(name, tmp_path, capsys):
     folder = _folder(tmp_path, name)
     png = tmp_path / "attn.png"
-    text = ["--src", "to be", "--tgt", "or not"] if PRESETS[name]["family"] == "encoder_decoder" else ["--text",
-                                                                                                      "to be, or"]
+    translates = qkv.models.family_of(qkv.preset(name)).has_source  # the record says, not the family's name
+    text = ["--src", "to be", "--tgt", "or not"] if translates else ["--text", "to be, or"]
     assert main(["plot", "attention", "--checkpoint", str(folder), *text, "--out", str(png), "--html"]) == 0
     out = capsys.readouterr().out
     softmax_only = all(kind == "attention" for kind, _ in qkv.load(folder).layer_mixers())

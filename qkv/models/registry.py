@@ -9,7 +9,7 @@ up instead of testing the family's name.
     record.flops(model, seq_len)        # forward FLOPs per token
 
 The records are listed here, explicitly (nothing registers itself on import); the family's own behaviour lives in
-its module (decoder.py, encoder.py, encoder_decoder.py, vit.py). The names are ``qkv.config.FAMILIES``, and this
+its module (decoder.py, encoder.py, encoder_decoder.py, vit.py, rnn.py). The names are ``qkv.config.FAMILIES``, and this
 table covers exactly them (checked at import).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .decoder import CausalDecoding, DecoderLM
 from .decoding import Decoding
 from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder, Seq2SeqDecoding
+from .rnn import RecurrentDecoding, RecurrentSeq2Seq
 from .vit import ViT
 
 
@@ -70,6 +71,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            stacks=("n_layers", "n_decoder_layers"), flops=EncoderDecoder.flops_per_token,
            block_paths=("encoder.blocks", "decoder.blocks")),
     Family("vit", ViT, ("image",), None, text=False, causal=False, stacks=("n_layers",), flops=ViT.flops_per_token),
+    Family("rnn", RecurrentSeq2Seq, ("seq2seq",), RecurrentDecoding(), text=True, causal=True,
+           stacks=("n_layers", "n_decoder_layers"), flops=RecurrentSeq2Seq.flops_per_token),
 )}
 if any(len(f.block_paths) != len(f.stacks) for f in FAMILIES.values()):  # one place of blocks per stack
     raise ImportError(f"qkv.models.registry: every family needs one block path per stack: "

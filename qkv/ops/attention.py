@@ -51,9 +51,12 @@ def _score_bilinear(q, k, params, scale):
 
 def _score_additive(q, k, params, scale):
     # Bahdanau et al. 2015: an MLP, v^T tanh(W_q q + W_k k + b). Memory is O(B H T S A): a reference, not a kernel.
-    W_q, W_k, v = (_param(params, name, "additive") for name in ("W_q", "W_k", "v"))
+    # A decoder scoring the same keys at every step passes their half once, params["k_proj"] = k W_k^T (B, H, S, A).
+    W_q, v = (_param(params, name, "additive") for name in ("W_q", "v"))
     qa = q @ W_q.transpose(-2, -1)  # (B, H, T, A)
-    ka = k @ W_k.transpose(-2, -1)  # (B, H, S, A)
+    ka = params.get("k_proj")  # (B, H, S, A)
+    if ka is None:
+        ka = k @ _param(params, "W_k", "additive").transpose(-2, -1)
     hidden = qa.unsqueeze(-2) + ka.unsqueeze(-3)  # (B, H, T, S, A)
     if params.get("b") is not None:
         hidden = hidden + params["b"]
@@ -66,7 +69,7 @@ _SCORE_FNS = {"additive": _score_additive, "bilinear": _score_bilinear, "dot": _
 
 def _param(params, name, score):
     if params is None or params.get(name) is None:
-        needed = {"additive": "W_q (A, D), W_k (A, Dk), v (A,) and optionally b (A,)",
+        needed = {"additive": "W_q (A, D), W_k (A, Dk) (or k_proj (B, H, S, A)), v (A,) and optionally b (A,)",
                   "bilinear": "W (D, Dk) or (H, D, Dk)"}[score]
         raise ValueError(f"score={score!r} needs params with {needed}; params lacks {name!r}")
     return params[name]
@@ -173,7 +176,8 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
         scale: the logit scale of "scaled_dot" (default D^-0.5) and "cosine" (default sqrt(D)).
         dropout_p: dropout on the attention weights (pass 0 at evaluation).
         return_weights: also return the weights (B, H, T, S).
-        params: learned tensors for "additive" (W_q, W_k, v, b) and "bilinear" (W).
+        params: learned tensors for "additive" (W_q, W_k, v, b; or k_proj = k W_k^T in place of W_k, computed once
+            for keys scored at every decoding step) and "bilinear" (W).
         softcap: logit soft-capping, ``c * tanh(logits / c)`` on the scores before bias and mask (Gemma 2): the
             logits stay in (-c, c). The fused kernel has no such step, so this takes the explicit path.
 

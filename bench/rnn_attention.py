@@ -1,0 +1,225 @@
+"""The bottleneck, measured: an RNN encoder-decoder without attention against the same RNN with Bahdanau's, Luong's
+global and Luong's local-p attention, and a Transformer of about the same size, on the same data; exact match
+against source length, as Bahdanau et al. 2015 plot BLEU against sentence length (their fig. 2).
+
+Claim (issue 24): without attention the decoder sees the source only through one fixed vector, and its accuracy
+falls as sources grow; with attention it reads every source position at every step, and it does not fall.
+
+The task is generated (``qkv/data/alignment_task.py``): strings of letters, 1 to 64 by default, each adjacent pair
+swapped ("abcde" -> "badce"). One letter is one token, so a source of n letters is n + 1 tokens with its EOS; the
+true alignment is known, so each attention model's argmax alignment accuracy is reported too (Transformer: its
+last layer's cross-attention, mean of heads). Every model trains through ``qkv.train.train`` (the seq2seq task:
+teacher forcing, label smoothing, checkpoints) for the same time budget (``--minutes``, from a 20-step probe) or
+the same step count (``--steps``), then greedy-decodes the held-out test set with ``qkv.generate``.
+
+    python bench/rnn_attention.py --minutes 5                # CPU: five models, 5 minutes of training each
+    python bench/rnn_attention.py --steps 3000 --device cuda  # a longer run
+    python bench/rnn_attention.py --quick                     # a smoke run: tiny models, short sources, seconds
+
+Writes OUT/result.json and the figure (default docs/figures/rnn_attention_length.png), prints the table and the
+command that reproduces it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import qkv  # noqa: E402
+from qkv.config import TrainConfig  # noqa: E402
+from qkv.data import CharTokenizer  # noqa: E402
+from qkv.data.alignment_task import LETTERS, alignment_accuracy, make_pairs  # noqa: E402
+from qkv.generate import translate  # noqa: E402
+from qkv.train import train  # noqa: E402
+
+VARIANTS = ("none", "bahdanau", "global", "local_p", "transformer")
+LABELS = {"none": "RNN, no attention", "bahdanau": "RNN + Bahdanau", "global": "RNN + Luong global (general)",
+          "local_p": "RNN + Luong local-p (general)", "local_m": "RNN + Luong local-m (general)",
+          "transformer": "Transformer"}
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "rnn_attention_length.png"
+
+
+def model_config(variant: str, tok, args):
+    """The variant's config: the RNNs share one bidirectional encoder of d_model units per direction (LSTM by
+    default: on this task it finds the alignment in fewer steps than a GRU)."""
+    special = dict(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, bos_token_id=tok.bos_id,
+                   eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id, max_positions=args.max_len + 8)
+    if variant == "transformer":
+        return qkv.preset("transformer-tiny", d_model=args.tf_d_model, n_heads=4, d_ff=2 * args.tf_d_model,
+                          n_layers=args.tf_layers, prenorm=True, **special)  # pre-norm: stable at a high lr
+    fields = dict(rnn_cell=args.cell, rnn_bidirectional="encoder", d_model=args.d_model, rnn_embed_dim=args.embed,
+                  n_layers=1, rnn_attention=variant, **special)
+    if variant == "bahdanau":
+        return qkv.preset("rnnsearch-tiny", **fields, d_ff=args.d_model)
+    score = {"none": "dot"}.get(variant, "bilinear")  # Luong's "general": the state (N) against annotations (2N)
+    window = {"rnn_local_window": args.window} if variant.startswith("local") else {}
+    return qkv.preset("luong-tiny", **fields, score=score, **window)
+
+
+def write_data(out: Path, args) -> dict[str, Path]:
+    """train / val / test .tsv files of (source, target) pairs, disjoint seeds."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, n, seed in (("train", args.train, args.seed), ("val", 200, args.seed + 1),
+                           ("test", args.test, args.seed + 2)):
+        pairs = make_pairs(n, rule=args.rule, min_len=args.min_len, max_len=args.max_len, seed=seed)
+        files[split] = out / f"{split}.tsv"
+        files[split].write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    return files
+
+
+def train_one(variant: str, config, tok, files, args):
+    lr = args.tf_lr if variant == "transformer" else args.lr
+    common = dict(data=str(files["train"]), val_data=str(files["val"]), max_tokens=args.max_tokens, lr=lr,
+                  min_lr=lr / 10, warmup_steps=50, label_smoothing=0.1, weight_decay=0.0,
+                  device=args.device, progress=not args.quick, eval_steps=5, log_every=25, precision="fp32",
+                  seed=args.seed, overwrite=True)
+    quiet = lambda model, step: {}  # noqa: E731  (the bench scores the test set itself, after training)
+    steps = args.steps
+    if steps is None:  # a short probe measures the step time, then the budget sets the step count
+        probe = train(config, TrainConfig(**{**common, "progress": False}, out_dir=f"{args.out}/{variant}-probe",
+                                          max_steps=20, eval_every=0), tokenizer=tok, eval_callback=quiet)
+        steps = max(50, int(args.minutes * 60 * probe.steps / probe.wall_s))
+    summary = train(config, TrainConfig(**common, out_dir=f"{args.out}/{variant}", max_steps=steps,
+                                        eval_every=steps if args.quick else max(steps // 4, 1)),
+                    tokenizer=tok, eval_callback=quiet)
+    return summary
+
+
+def evaluate(model, tok, pairs, args):
+    """Greedy translations of the test sources; per-pair exact match, and the argmax alignment accuracy of the
+    cross-attention under teacher forcing on the references (None without attention)."""
+    sources = [s for s, _ in pairs]
+    hyps = translate(model, tok, sources, max_new_tokens=args.max_len + 4, batch_size=64)
+    exact = [h == t for h, (_, t) in zip(hyps, pairs)]
+    maps, device = [], next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(pairs), 64):
+            chunk = pairs[i: i + 64]
+            src = [tok.encode(s) + [tok.eos_id] for s, _ in chunk]
+            tgt = [[model.config.decoder_start_token_id] + tok.encode(t) for _, t in chunk]
+            S, T = max(map(len, src)), max(map(len, tgt))
+            ids = torch.tensor([x + [tok.pad_id] * (S - len(x)) for x in src], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (S - len(x)) for x in src], device=device)
+            dec = torch.tensor([y + [tok.pad_id] * (T - len(y)) for y in tgt], device=device)
+            _, w = model(ids, dec, mask, return_weights=True)
+            if not w.cross:
+                return exact, None
+            last = w.cross[-1].float().mean(1)  # (B, T, S): the last layer, mean of heads
+            maps += [last[j, : len(tgt[j]), : len(src[j])].cpu() for j in range(len(chunk))]
+    return exact, alignment_accuracy(maps, [len(s) for s, _ in pairs], args.rule)
+
+
+def buckets(pairs, exact, width):
+    """{(low, high): (exact-match share, pairs)} by source length."""
+    out: dict[tuple[int, int], list[bool]] = {}
+    for (s, _), e in zip(pairs, exact):
+        low = (len(s) - 1) // width * width + 1
+        out.setdefault((low, low + width - 1), []).append(e)
+    return {k: (sum(v) / len(v), len(v)) for k, v in sorted(out.items())}
+
+
+def plot(results, path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for variant, r in results.items():
+        xs = [(lo + hi) / 2 for lo, hi in r["buckets"]]
+        ys = [100 * r["buckets"][k][0] for k in r["buckets"]]
+        ax.plot(xs, ys, marker="o", label=f"{LABELS[variant]} ({r['params'] / 1e3:.0f}k)",
+                linestyle="--" if variant == "none" else "-")
+    ax.set_xlabel("source length (letters)")
+    ax.set_ylabel("exact match (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(LABELS)}")
+    p.add_argument("--rule", default="swap", choices=("swap", "reverse", "copy"))
+    p.add_argument("--min-len", type=int, default=1), p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--train", type=int, default=20000, help="training pairs")
+    p.add_argument("--test", type=int, default=800, help="held-out test pairs")
+    p.add_argument("--d-model", type=int, default=64, help="RNN state size per direction")
+    p.add_argument("--embed", type=int, default=32, help="RNN embedding size")
+    p.add_argument("--cell", default="lstm", choices=("lstm", "gru"), help="the RNNs' cell")
+    p.add_argument("--window", type=int, default=8, help="local attention's half-width D")
+    p.add_argument("--tf-d-model", type=int, default=48), p.add_argument("--tf-layers", type=int, default=2)
+    p.add_argument("--minutes", type=float, default=4.0, help="training budget per model (from a 20-step probe)")
+    p.add_argument("--steps", type=int, help="train every model this many steps instead of a time budget")
+    p.add_argument("--max-tokens", type=int, default=2048, help="padded tokens per step")
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate of the RNNs (cosine to a tenth)")
+    p.add_argument("--tf-lr", type=float, default=2e-3, help="peak learning rate of the Transformer")
+    p.add_argument("--bucket", type=int, default=8, help="width of the source-length buckets")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: these small models' products gain nothing from more on a shared CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench-rnn-attention")
+    p.add_argument("--figure", default=str(FIGURE), help="where the PNG goes")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny models, sources of 1-12, 10 steps")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train, args.test, args.max_len, args.d_model, args.embed = 300, 40, 12, 16, 8
+        args.tf_d_model, args.tf_layers, args.window, args.bucket = 16, 1, 2, 4
+        args.steps = args.steps or 10
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(LABELS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; expected some of {', '.join(LABELS)}")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    files = write_data(out / "data", args)
+    tok = CharTokenizer.train(iter([LETTERS]))
+    test_pairs = [tuple(line.split("\t")) for line in files["test"].read_text().splitlines()]
+    results = {}
+    for variant in variants:
+        config = model_config(variant, tok, args)
+        summary = train_one(variant, config, tok, files, args)
+        model = qkv.load(summary.checkpoint).to(args.device).eval()
+        started = time.time()
+        exact, align = evaluate(model, tok, test_pairs, args)
+        results[variant] = dict(params=model.num_parameters(), steps=summary.steps,
+                                train_minutes=round(summary.wall_s / 60, 2), val_loss=summary.val_loss,
+                                exact=sum(exact) / len(exact), alignment=align,
+                                buckets=buckets(test_pairs, exact, args.bucket), eval_s=round(time.time() - started, 1))
+        print(f"{variant}: {results[variant]['exact']:.3f} exact, alignment {align}, {summary.steps} steps",
+              flush=True)
+    print_table(results, args)
+    title = (f"exact match vs source length: '{args.rule}' task, {len(test_pairs)} held-out pairs, "
+             + (f"{args.steps} steps each" if args.steps else f"{args.minutes:g} min of training each"))
+    plot(results, Path(args.figure), title)
+    record = {v: {**r, "buckets": {f"{lo}-{hi}": b for (lo, hi), b in r["buckets"].items()}}
+              for v, r in results.items()}
+    (out / "result.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {args.figure} and {out / 'result.json'}")
+    print("command: python bench/rnn_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+def print_table(results, args) -> None:
+    keys = sorted({k for r in results.values() for k in r["buckets"]})
+    head = ["model", "params", "steps", "min", "exact", "align"] + [f"{lo}-{hi}" for lo, hi in keys]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for variant, r in results.items():
+        cells = [LABELS[variant], f"{r['params'] / 1e3:.0f}k", str(r["steps"]), f"{r['train_minutes']:.1f}",
+                 f"{100 * r['exact']:.1f}", "-" if r["alignment"] is None else f"{100 * r['alignment']:.1f}"]
+        cells += [f"{100 * r['buckets'][k][0]:.0f}" if k in r["buckets"] else "" for k in keys]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

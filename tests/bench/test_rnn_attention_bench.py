@@ -1,0 +1,21 @@
+"""bench/rnn_attention.py, smoke-tested tiny (--quick): every variant trains through `qkv train`'s loop for a few
+steps, decodes the held-out pairs, and the script writes result.json with exact match per source-length bucket,
+the alignment accuracy (none for the model without attention) and the figure. No quality is asserted."""
+import json
+
+from . import load_bench
+
+
+def test_the_bench_trains_every_variant_and_writes_table_and_figure(tmp_path, capsys):
+    out, figure = tmp_path / "out", tmp_path / "length.png"
+    assert load_bench("rnn_attention").main(["--quick", "--out", str(out), "--figure", str(figure)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert list(result) == ["none", "bahdanau", "global", "local_p", "transformer"]
+    for variant, r in result.items():
+        assert r["steps"] == 10 and 0.0 <= r["exact"] <= 1.0 and r["params"] > 0
+        assert (r["alignment"] is None) == (variant == "none")
+        assert set(r["buckets"]) == {"1-4", "5-8", "9-12"}
+        assert sum(n for _, n in r["buckets"].values()) == 40  # every held-out pair in one bucket
+    assert figure.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "| RNN + Bahdanau |" in printed and "command: python bench/rnn_attention.py --quick" in printed
