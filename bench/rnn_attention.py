@@ -34,7 +34,7 @@ import qkv  # noqa: E402
 from qkv.config import TrainConfig  # noqa: E402
 from qkv.data import CharTokenizer  # noqa: E402
 from qkv.data.alignment_task import LETTERS, alignment_accuracy, make_pairs  # noqa: E402
-from qkv.generate import translate  # noqa: E402
+from qkv.decoding import translate  # noqa: E402
 from qkv.train import train  # noqa: E402
 
 VARIANTS = ("none", "bahdanau", "global", "local_p", "transformer")

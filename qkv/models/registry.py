@@ -35,7 +35,8 @@ class Family:
     generates nothing). text: it reads token ids (False: pixels). causal: its self-attention is masked (a token
     sees no later one). stacks: the config fields counting its blocks, one per stack. flops: (model, seq_len) ->
     forward FLOPs per token. block_paths: where each stack's blocks sit in the model (an ``nn.ModuleList``, one
-    block per layer: "blocks", "decoder.blocks"), in the order of ``stacks``; sizing copies blocks past the second
+    block per layer: "blocks", "decoder.blocks"), in the order of ``stacks``, or () for a family whose layers are not one
+    module each (the recurrent family: sizing then builds it whole on the meta device); sizing copies blocks past the second
     repeat of the layer pattern from there (qkv/models/sizing.py)."""
     name: str
     model: type[QKVModel]
@@ -72,9 +73,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            block_paths=("encoder.blocks", "decoder.blocks")),
     Family("vit", ViT, ("image",), None, text=False, causal=False, stacks=("n_layers",), flops=ViT.flops_per_token),
     Family("rnn", RecurrentSeq2Seq, ("seq2seq",), RecurrentDecoding(), text=True, causal=True,
-           stacks=("n_layers", "n_decoder_layers"), flops=RecurrentSeq2Seq.flops_per_token),
+           stacks=("n_layers", "n_decoder_layers"), flops=RecurrentSeq2Seq.flops_per_token,
+           block_paths=()),  # a layer is a cell and its bridge, in two lists: sizing builds it whole (few layers)
 )}
-if any(len(f.block_paths) != len(f.stacks) for f in FAMILIES.values()):  # one place of blocks per stack
+if any(f.block_paths and len(f.block_paths) != len(f.stacks) for f in FAMILIES.values()):  # one place per stack
     raise ImportError(f"qkv.models.registry: every family needs one block path per stack: "
                       f"{ {f.name: (f.stacks, f.block_paths) for f in FAMILIES.values()} }")
 if set(FAMILIES) != set(FAMILY_NAMES):  # one list: the config's names, each with its record here

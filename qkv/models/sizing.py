@@ -125,7 +125,7 @@ def blueprint(config: ModelConfig) -> Blueprint:
     record = family_of(config)
     period = len(config.layer_pattern) if config.layer_pattern else 1
     wanted = record.layer_counts(config)
-    built = {field: min(n, 2 * period) for field, n in wanted.items()}
+    built = {field: min(n, 2 * period) if record.block_paths else n for field, n in wanted.items()}
     small = config if built == wanted else config.replace(**{"n_decoder_layers": built.get("n_layers"), **built})
     model = meta_build(record, small)
     groups: dict[int, list[str]] = {}

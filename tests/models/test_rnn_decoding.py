@@ -127,9 +127,9 @@ def test_static_cache_step_equals_growing(name, monkeypatch):
     """compile=True's static cache (its step run eagerly here: compiling takes a minute on CPU) writes the state in
     place and gives the same tokens, greedy and beam search."""
     import importlib
-    gen = importlib.import_module("qkv.generate")
-    monkeypatch.setattr(gen, "_compiled_step", lambda decoding, device_type: decoding.step)
-    monkeypatch.setattr(gen, "_compiled_select", lambda device_type: gen._beam_select)
+    step, beam = importlib.import_module("qkv.decoding.step"), importlib.import_module("qkv.decoding.beam")
+    monkeypatch.setattr(step, "compiled_step", lambda decoding, device_type: decoding.step)
+    monkeypatch.setattr(beam, "compiled_select", lambda device_type: beam.beam_select)
     model = make(name)
     src, mask = _padded()
     greedy = qkv.generate(model, src, attention_mask=mask, max_new_tokens=7, eos_token_id=())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import qkv
-from qkv.models import FAMILIES
+from qkv.models import FAMILIES, family_of
 from qkv.models.sizing import blueprint
 
 SMALL = dict(d_model=16, n_heads=2, d_ff=32, vocab_size=40)
@@ -18,6 +18,7 @@ CASES = {
     "t5 buckets": ("t5-tiny", dict(n_layers=5, n_decoder_layers=4, head_dim=8)),
     "bert classifier": ("bert-tiny", dict(n_layers=5, num_labels=3, max_positions=32)),
     "vit": ("vit-tiny", dict(n_layers=5, image_size=16, patch_size=8, num_labels=4)),
+    "rnn, built whole": ("rnnsearch-tiny", dict(n_layers=3, n_decoder_layers=4)),  # block_paths (): no copying
 }
 
 
@@ -41,7 +42,8 @@ def test_a_blueprint_is_the_model_it_describes(case):
     assert bp.dtypes() == {k: v.dtype for k, v in state.items()}
     assert bp.aliases() == aliases
     assert bp.parameters == count
-    assert any(built < wanted for _, built, wanted, _ in bp.stacks), "the case should extrapolate past the build"
+    if family_of(config).block_paths:
+        assert any(built < wanted for _, built, wanted, _ in bp.stacks), "the case should extrapolate past the build"
 
 
 def test_every_family_has_a_case_here():
