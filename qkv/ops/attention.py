@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .hard_attention import Choice, Selection, select
 from .masks import causal_mask, global_mask, window_mask
 
 SCORES = ("additive", "bilinear", "dot", "scaled_dot", "cosine")
@@ -140,9 +141,19 @@ def _check(q, k, v, score, mask, bias, window, hard):
                              f"{(B, H, T, S)}") from None
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
         raise ValueError(f"window must be an int >= 0 (how many neighbours a query sees), got {window!r}")
-    if hard is not None and hard != "argmax" and not (isinstance(hard, int) and not isinstance(hard, bool)
-                                                      and hard >= 1):
-        raise ValueError(f"hard must be None, 'argmax' or an int k >= 1 (keep the top-k scores), got {hard!r}")
+    if hard is not None and not isinstance(hard, Selection) and hard != "argmax" and \
+            not (isinstance(hard, int) and not isinstance(hard, bool) and hard >= 1):
+        raise ValueError(f"hard must be None, 'argmax' or an int k >= 1 (keep the top-k scores) or a "
+                         f"qkv.ops.hard_attention.Selection (hard / local attention), got {hard!r}")
+
+
+def _check_number(name, value):
+    """scale and softcap: None or a finite real number (NaN or inf would give zeros on the fused path and NaN on
+    the explicit one: refused on both, before either runs)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be None or a finite number, got {value!r}")
 
 
 def _expand_kv(k, v, H):
@@ -156,7 +167,8 @@ def _expand_kv(k, v, H):
 # ----------------------------------------------------------------------------------------------------------------
 
 def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=None, global_tokens=None,
-              bias=None, hard=None, scale=None, dropout_p=0.0, return_weights=False, params=None, softcap=None):
+              bias=None, hard=None, scale=None, dropout_p=0.0, return_weights=False, params=None, softcap=None,
+              return_choice=False):
     """Softmax attention: ``softmax(score(q, k) + bias, masked) @ v``.
 
     Args:
@@ -168,8 +180,10 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
             ``causal`` is False).
         global_tokens: key positions that attend to all and are attended by all (with ``window``: global + local).
         bias: float (broadcastable to (B, H, T, S)) added to the logits: ALiBi, T5 relative position bias.
-        hard: None (soft attention), an int k (keep the top-k logits of each query, renormalise), or "argmax"
-            (one-hot on the best key; the gradient flows through the softmax: straight-through).
+        hard: None (soft attention), an int k (keep the top-k logits of each query, renormalise), "argmax"
+            (one-hot on the best key; the gradient flows through the softmax: straight-through), or a
+            ``qkv.ops.hard_attention.Selection``: hard attention (one key) or local attention (a window of keys
+            around one, soft inside), picked by sampling (REINFORCE, Gumbel straight-through) or by the argmax.
         scale: the logit scale of "scaled_dot" (default D^-0.5) and "cosine" (default sqrt(D)).
         dropout_p: dropout on the attention weights (pass 0 at evaluation).
         return_weights: also return the weights (B, H, T, S).
@@ -177,13 +191,20 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
         softcap: logit soft-capping, ``c * tanh(logits / c)`` on the scores before bias and mask (Gemma 2): the
             logits stay in (-c, c). The fused kernel has no such step, so this takes the explicit path.
 
+        return_choice: with a Selection, also return its ``Choice`` (the picks, their log-probabilities for
+            REINFORCE, the entropies, alpha), last.
+
     Returns:
-        out (B, H, T, Dv), or (out, weights) when ``return_weights``. A query with no key it may attend to
-        gets zero output and zero weights rather than NaN.
+        out (B, H, T, Dv), or (out, weights) when ``return_weights``, then the Choice when ``return_choice``. A
+        query with no key it may attend to gets zero output and zero weights rather than NaN.
     """
     _check(q, k, v, score, mask, bias, window, hard)
+    _check_number("scale", scale)
+    _check_number("softcap", softcap)
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be None or a number > 0, got {softcap!r}")
+    if return_choice and not isinstance(hard, Selection):
+        raise ValueError(f"return_choice=True needs hard=Selection(...) (a pick to report), got hard={hard!r}")
     if score == "scaled_dot" and not return_weights and hard is None and softcap is None:
         return _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p)
 
@@ -206,17 +227,28 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
     # Rows with no allowed key: softmax of all -inf is NaN. Give them finite logits, then zero their weights.
     empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
     logits = logits.masked_fill(empty, 0.0)
-    weights = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
+    choice = None
+    if isinstance(hard, Selection):
+        weights, choice = select(logits, hard)
+        weights = weights.masked_fill(empty, 0.0)
+        none = empty.squeeze(-1)
+        choice = Choice(choice.index.masked_fill(none, 0), choice.log_prob.masked_fill(none, 0.0),
+                        choice.entropy.masked_fill(none, 0.0), choice.probs.masked_fill(empty, 0.0))
+    else:
+        weights = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
     if hard == "argmax":
         one_hot = F.one_hot(weights.argmax(-1), S).to(weights.dtype).masked_fill(empty, 0.0)
-        weights = one_hot + weights - weights.detach()  # straight-through estimator (Bengio et al. 2013)
+        weights = one_hot + (weights - weights.detach())  # straight-through (Bengio et al. 2013); exactly one-hot
     weights = weights.to(v.dtype)
     if dropout_p > 0.0:
         weights_used = F.dropout(weights, p=dropout_p)
     else:
         weights_used = weights
     out = weights_used @ v  # (B, H, T, Dv)
-    return (out, weights) if return_weights else out
+    result = (out, weights) if return_weights else (out,)
+    if return_choice:
+        result = result + (choice,)
+    return result if len(result) > 1 else out
 
 
 def _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p):
