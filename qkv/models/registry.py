@@ -9,7 +9,7 @@ up instead of testing the family's name.
     record.flops(model, seq_len)        # forward FLOPs per token
 
 The records are listed here, explicitly (nothing registers itself on import); the family's own behaviour lives in
-its module (decoder.py, encoder.py, encoder_decoder.py, vit.py). The names are ``qkv.config.FAMILIES``, and this
+its module (decoder.py, encoder.py, encoder_decoder.py, vit.py, caption.py). The names are ``qkv.config.FAMILIES``, and this
 table covers exactly them (checked at import).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Callable
 
 from ..config import FAMILIES as FAMILY_NAMES
 from ..config import ModelConfig
+from .caption import CaptionDecoding, CaptionModel
 from .common import QKVModel
 from .decoder import CausalDecoding, DecoderLM
 from .decoding import Decoding
@@ -66,6 +67,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("encoder_decoder", EncoderDecoder, ("seq2seq",), Seq2SeqDecoding(), text=True, causal=True,
            stacks=("n_layers", "n_decoder_layers"), flops=EncoderDecoder.flops_per_token),
     Family("vit", ViT, ("image",), None, text=False, causal=False, stacks=("n_layers",), flops=ViT.flops_per_token),
+    Family("caption", CaptionModel, ("caption",), CaptionDecoding(), text=False, causal=True,
+           stacks=("n_layers", "n_decoder_layers"), flops=CaptionModel.flops_per_token),
 )}
 if set(FAMILIES) != set(FAMILY_NAMES):  # one list: the config's names, each with its record here
     raise ImportError(f"qkv.models.registry has families {sorted(FAMILIES)}, but qkv.config.FAMILIES names "

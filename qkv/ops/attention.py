@@ -52,9 +52,12 @@ def _score_bilinear(q, k, params, scale):
 
 def _score_additive(q, k, params, scale):
     # Bahdanau et al. 2015: an MLP, v^T tanh(W_q q + W_k k + b). Memory is O(B H T S A): a reference, not a kernel.
-    W_q, W_k, v = (_param(params, name, "additive") for name in ("W_q", "W_k", "v"))
+    # W_k k does not depend on the query: a decoder asking at every step may pass it once as params["k_proj"]
+    # (Bahdanau et al. 2015, appendix A.1.2: "U_a h_j can be pre-computed").
+    W_q, v = (_param(params, name, "additive") for name in ("W_q", "v"))
     qa = q @ W_q.transpose(-2, -1)  # (B, H, T, A)
-    ka = k @ W_k.transpose(-2, -1)  # (B, H, S, A)
+    ka = params["k_proj"] if params.get("k_proj") is not None else \
+        k @ _param(params, "W_k", "additive").transpose(-2, -1)  # (B, H, S, A)
     hidden = qa.unsqueeze(-2) + ka.unsqueeze(-3)  # (B, H, T, S, A)
     if params.get("b") is not None:
         hidden = hidden + params["b"]
@@ -67,7 +70,8 @@ _SCORE_FNS = {"additive": _score_additive, "bilinear": _score_bilinear, "dot": _
 
 def _param(params, name, score):
     if params is None or params.get(name) is None:
-        needed = {"additive": "W_q (A, D), W_k (A, Dk), v (A,) and optionally b (A,)",
+        needed = {"additive": "W_q (A, D), W_k (A, Dk) (or k_proj (B, H, S, A) = k W_k^T), v (A,) and optionally "
+                              "b (A,)",
                   "bilinear": "W (D, Dk) or (H, D, Dk)"}[score]
         raise ValueError(f"score={score!r} needs params with {needed}; params lacks {name!r}")
     return params[name]
