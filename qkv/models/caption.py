@@ -27,7 +27,7 @@ from ..config import ModelConfig
 from ..nn.cache import Cache, LayerCache, RecurrentCache
 from ..nn.layers import Linear
 from ..ops.checks import checks_values
-from .common import QKVModel, check_ids
+from .common import QKVModel, check_ids, init_weights
 from .decoding import Decoding, Prefilled
 from .encoder_decoder import Stack
 from .image_encoder import ImageEncoder
@@ -79,14 +79,13 @@ class CaptionModel(QKVModel):
             self.head = Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
             if cfg.tie_embeddings:
                 self.head.weight = self.decoder.embed.tokens.weight
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02 if isinstance(module, nn.Linear) else 0.1)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+        if self.lstm:
+            # PyTorch's default initialisation for the LSTM and its layers, as the common Show-Attend-Tell training
+            # recipes keep it (GPT-2's N(0, 0.02) starves the image's path of gradient), embeddings U(-0.1, 0.1)
+            nn.init.uniform_(self.decoder.embed.weight, -0.1, 0.1)
+        else:
+            self.decoder.apply(init_weights)
+            self.head.apply(init_weights)
 
     @property
     def lstm(self) -> bool:

@@ -67,6 +67,10 @@ class ConvFeatures(nn.Module):
             layers.append(nn.ReLU())
             c_in = c_out
         self.layers = nn.Sequential(*layers[:-1])
+        for conv in self.layers:
+            if isinstance(conv, nn.Conv2d):  # He et al. 2015: the features keep their scale through the ReLUs
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
 
     def forward(self, x):
         return self.layers(x)
@@ -90,7 +94,8 @@ class ImageEncoder(nn.Module):
             self.blocks = nn.ModuleList(make_block(soft, layer=i, mixer="attention") for i in range(cfg.n_layers))
         self.positions = nn.Parameter(torch.zeros(1, n_cells, cfg.d_model))
         self.norm = final_norm(cfg) if cfg.image_encoder == "patches" else nn.Identity()
-        nn.init.trunc_normal_(self.positions, std=0.02)
+        # positions on the scale of the features, so that from the first step a cell says where it is
+        nn.init.trunc_normal_(self.positions, std=0.02 if cfg.image_encoder == "patches" else 0.5)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = pixels_from(pixel_values, self.channels, self.size, self.positions.dtype)

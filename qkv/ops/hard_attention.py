@@ -38,8 +38,8 @@ DECODES = ("argmax", "sample")  # how it is made at evaluation and decoding
 class Selection:
     """How each query picks keys: ``qkv.ops.attention(..., hard=Selection(...))``.
 
-    kind: "hard" (one key) or "local" (a window of ``window`` keys, ``window`` x ``window`` cells over a ``grid``,
-    centred on the pick as far as the edges allow, soft inside). how: "reinforce" or "gumbel" (training: a sample;
+    kind: "hard" (one key) or "local" (a window of ``window`` keys centred on the pick, cut at a sequence's ends, or
+    ``window`` x ``window`` cells over a ``grid``, moved inward at its edges; soft inside). how: "reinforce" or "gumbel" (training: a sample;
     REINFORCE's gradient comes from ``reinforce_surrogate`` on the returned ``Choice``), "argmax" or "sample"
     (evaluation, decoding). grid: (R, C) when the S keys are an image's cells, row-major (R * C == S). tau: the
     Gumbel-softmax temperature. noise: Gumbel noise (B, H, T, S) to use instead of drawing it (tests);
@@ -194,12 +194,14 @@ def _starts(center: torch.Tensor, size: int, window: int) -> torch.Tensor:
 
 
 def window_mask(center: torch.Tensor, S: int, window: int, grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """(...) centres -> (..., S) bool, True on the ``window`` keys from centre - window // 2 (moved inward to fit
-    in 0 .. S - 1; every key when window >= S), or over a (R, C) grid the window x window cells around the centre
-    cell. No host read: a decoding step stays on the device."""
+    """(...) centres -> (..., S) bool. A sequence: True on keys centre - window // 2 .. centre - window // 2 +
+    window - 1 that exist (cut at the ends, never moved: a key's window does not depend on how many keys follow, so
+    cached decoding sees the windows a full pass sees). A (R, C) grid: the window x window cells around the centre
+    cell, moved inward at the image's edges so every window holds window^2 cells. No host read: a decoding step
+    stays on the device."""
     positions = torch.arange(S, device=center.device)
     if grid is None:
-        start = _starts(center, S, window).unsqueeze(-1)
+        start = (center - window // 2).unsqueeze(-1)
         return (positions >= start) & (positions < start + window)
     R, C = grid
     if R * C != S:
@@ -220,8 +222,7 @@ def window_mask_reference(center: torch.Tensor, S: int, window: int, grid: tuple
         c = int(center[tuple(idx)])
         r, col = divmod(c, C)
         if grid is None:
-            lo = min(max(c - window // 2, 0), max(S - window, 0))
-            keys = range(lo, min(lo + window, S))
+            keys = [j for j in range(c - window // 2, c - window // 2 + window) if 0 <= j < S]
         else:
             r0 = min(max(r - window // 2, 0), R - window)
             c0 = min(max(col - window // 2, 0), C - window)

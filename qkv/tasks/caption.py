@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .batches import take
-from .loss import IGNORE_INDEX, TaskLoss, label_smoothed_nll, token_sums
+from .loss import IGNORE_INDEX, TaskLoss, token_sums
 from .task import Footprint, Task
 
 log = logging.getLogger("qkv.train")
@@ -85,12 +85,8 @@ class CaptionLoss(TaskLoss):
         if cfg.caption_decoder == "lstm" and cfg.attn_doubly_stochastic:
             from ..models.show_attend_tell import doubly_stochastic_penalty
             s.loss = s.loss + cfg.attn_doubly_stochastic * doubly_stochastic_penalty(weights.alpha.float(), mask).sum()
-        if self.training:
-            from ..nn import reinforce_loss
-            reward = -label_smoothed_nll(logits.detach(), batch.labels, reduction="none").sum(-1)  # (B,) log p(y|a, s)
-            terms = reinforce_loss(self.model, reward)
-            if terms is not None:
-                s.loss = s.loss + terms
+        if self.training and self.rewards:
+            s.loss = s.loss + self.reinforce_terms(logits, batch.labels)  # reward: log p(y | a, picks) per image
         return s
 
 
