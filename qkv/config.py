@@ -119,7 +119,7 @@ class ModelConfig(_Serializable):
     attn_baseline_decay: float | None = 0.9  # REINFORCE: the moving-average baseline b <- d b + (1 - d) R (Xu et al.: 0.9); required
     attn_doubly_stochastic: float = 1.0  # caption, LSTM decoder: lambda of the doubly stochastic penalty lambda sum_i (1 - sum_t alpha_ti)^2 (Xu et al. 2015 sec. 4.2.1)
     caption_decoder: str = "lstm"  # caption: lstm (Show, Attend and Tell: attention, gating scalar, deep output) | transformer (decoder blocks with cross-attention over the image)
-    image_encoder: str = "cnn"  # caption: cnn (log2(patch_size) stride-2 3x3 convolutions, then n_layers more) | patches (ViT's patch embedding, then n_layers encoder blocks)
+    image_encoder: str = "cnn"  # caption: cnn (log2(patch_size) stride-2 3x3 convolutions, then n_layers 1x1 ones) | patches (ViT's patch embedding, then n_layers encoder blocks)
     extra: dict = field(default_factory=dict)  # free-form notes carried through save/load (e.g. source format)
 
     def __post_init__(self):

@@ -83,14 +83,14 @@ def plot_caption(image, words: list[str], maps, path, *, title: str | None = Non
 
 @torch.no_grad()
 def caption_words(model, tokenizer, pixels: torch.Tensor, *, num_beams: int = 1):
-    """Caption one image (C, H, W) uint8 with ``qkv.generate`` and say where each token looked: (words, weights
-    (L, N) the weights each token used, picks (L,)), the EOS token included as "<eos>"."""
+    """Caption one image (C, H, W) uint8 with ``qkv.generate`` and say where each token looked: (tokens as words,
+    weights (L, N) the weights each token used, the caption's text), the EOS token included as "<eos>"."""
     from .tasks.caption import describe
-    tokens, picks, weights = describe(model, pixels[None], num_beams=num_beams)
+    tokens, _, weights = describe(model, pixels[None], num_beams=num_beams)
     ids, eos = tokens[0].tolist(), model.config.eos_token_id
     n = ids.index(eos) + 1 if eos in ids else len(ids)
     words = [tokenizer.decode([i]).strip() or "·" if i != eos else "<eos>" for i in ids[:n]]
-    return words, weights.weights[0, :n], picks[0, :n]
+    return words, weights.weights[0, :n], tokenizer.decode([i for i in ids[:n] if i != eos])
 
 
 def caption_figure(model, tokenizer, image, out, *, seed: int = 0, num_beams: int = 1):
@@ -103,8 +103,7 @@ def caption_figure(model, tokenizer, image, out, *, seed: int = 0, num_beams: in
     else:
         pixels = shapes.read_image(Path(image), cfg.image_size, cfg.num_channels)
     pixels = torch.from_numpy(pixels)
-    words, weights, _ = caption_words(model, tokenizer, pixels, num_beams=num_beams)
-    caption = " ".join(w for w in words if w != "<eos>")
+    words, weights, caption = caption_words(model, tokenizer, pixels, num_beams=num_beams)
     maps = upsample(weights, model.grid, cfg.image_size)
     path = plot_caption(pixels, words, maps, out, title=f"{cfg.attn_select} attention: {caption}")
     return path, caption

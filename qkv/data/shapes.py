@@ -1,5 +1,5 @@
 """Scenes to caption, made offline in seconds: a few shapes and digits in colour, placed at random on a dark canvas,
-and a caption in Spanish reading them left to right ("un círculo rojo, un tres azul y un cuadrado verde"), with the
+and a caption in Spanish reading them left to right ("un círculo rojo, un siete azul y un cuadrado verde"), with the
 true box of every object kept to check where a model looks.
 
     scenes = make_scenes(1000, seed=0, size=48)        # a list of Scene (pixels, caption, objects in reading order)
@@ -22,9 +22,10 @@ from qkv.data._files import PathLike
 
 COLOURS = {"rojo": (225, 45, 45), "verde": (45, 185, 70), "azul": (70, 110, 245), "amarillo": (235, 205, 40)}
 SHAPES = ("círculo", "cuadrado", "triángulo")
-# 3 x 5 bitmaps of the digits (rows top to bottom), stretched over the object's box
-DIGITS = {"dos": ("111", "001", "111", "100", "111"), "tres": ("111", "001", "111", "001", "111"),
-          "cinco": ("111", "100", "111", "001", "111"), "siete": ("111", "001", "010", "010", "010")}
+# 3 x 5 bitmaps of the digits (rows top to bottom), stretched over the object's box; digits whose 3 x 5 forms
+# differ in many pixels (2, 3 and 5 differ in two), so a small CNN can tell them apart at 12 pixels
+DIGITS = {"cuatro": ("101", "101", "111", "001", "001"), "siete": ("111", "001", "010", "010", "010"),
+          "ocho": ("111", "101", "111", "101", "111")}
 NAMES = SHAPES + tuple(DIGITS)
 CAPTIONS_FILE, BOXES_FILE = "captions.tsv", "boxes.jsonl"
 
@@ -47,7 +48,7 @@ class Scene:
 
 
 def caption_of(objects: list[SceneObject]) -> str:
-    """"un círculo rojo", "un círculo rojo y un tres azul", "un círculo rojo, un tres azul y un cuadrado verde"."""
+    """"un círculo rojo", "un círculo rojo y un ocho azul", "un círculo rojo, un ocho azul y un cuadrado verde"."""
     phrases = [f"un {o.name} {o.colour}" for o in objects]
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " y " + phrases[-1]
 
@@ -81,10 +82,15 @@ def _draw(canvas: np.ndarray, name: str, colour, box) -> None:
     canvas[y0:y1, x0:x1][inside] = colour
 
 
-def make_scene(rng: np.random.Generator, size: int = 48, *, max_objects: int = 3,
-               object_size: int | None = None) -> Scene:
+def make_scene(rng: np.random.Generator, size: int = 48, *, max_objects: int = 3, object_size: int | None = None,
+               names: tuple[str, ...] = NAMES, colours: tuple[str, ...] = tuple(COLOURS)) -> Scene:
     """One scene: 1 to ``max_objects`` objects of side ``object_size`` (default size // 4, at least 6) at random,
-    non-overlapping places whose centres differ by 3+ pixels left to right (so the reading order is clear)."""
+    non-overlapping places whose centres differ by 3+ pixels left to right (so the reading order is clear), each a
+    random one of ``names`` in one of ``colours``."""
+    unknown = sorted(set(names) - set(NAMES)) + sorted(set(colours) - set(COLOURS))
+    if unknown or not names or not colours:
+        raise ValueError(f"names and colours must be non-empty subsets of {NAMES} and {tuple(COLOURS)}; got "
+                         f"{unknown or 'an empty one'}")
     s = object_size or max(size // 4, 6)
     if s > size:
         raise ValueError(f"object_size={s} does not fit a {size} x {size} canvas")
@@ -99,7 +105,7 @@ def make_scene(rng: np.random.Generator, size: int = 48, *, max_objects: int = 3
                 and all(abs(box[0] - b[0]) >= 3 for b in boxes):
             boxes.append(box)
     boxes.sort(key=lambda b: b[0])
-    objects = [SceneObject(NAMES[int(rng.integers(len(NAMES)))], list(COLOURS)[int(rng.integers(len(COLOURS)))], b)
+    objects = [SceneObject(names[int(rng.integers(len(names)))], colours[int(rng.integers(len(colours)))], b)
                for b in boxes]
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     for o in objects:
@@ -107,12 +113,13 @@ def make_scene(rng: np.random.Generator, size: int = 48, *, max_objects: int = 3
     return Scene(canvas, caption_of(objects), objects)
 
 
-def make_scenes(n: int, *, seed: int = 0, size: int = 48, max_objects: int = 3) -> list[Scene]:
-    """``n`` scenes from one seeded generator (the same seed gives the same scenes)."""
+def make_scenes(n: int, *, seed: int = 0, size: int = 48, max_objects: int = 3, **kinds) -> list[Scene]:
+    """``n`` scenes from one seeded generator (the same seed gives the same scenes); ``kinds``: make_scene's names,
+    colours, object_size."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an int >= 1 (scenes to make), got {n!r}")
     rng = np.random.default_rng(seed)
-    return [make_scene(rng, size, max_objects=max_objects) for _ in range(n)]
+    return [make_scene(rng, size, max_objects=max_objects, **kinds) for _ in range(n)]
 
 
 def write_scenes(folder: PathLike, scenes: list[Scene]) -> Path:
@@ -170,7 +177,7 @@ def read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
                 raise ValueError(f"{path}: the image has {have if have is not None else 'unknown'} channel(s) "
                                  f"(mode {im.mode}); expected {channels} (num_channels)")
             im = im.convert({1: "L", 3: "RGB", 4: "RGBA"}.get(channels, im.mode))
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.array(im, dtype=np.uint8)  # a copy: writable, as torch.from_numpy wants
     except OSError as e:
         raise ValueError(f"{path}: cannot read as an image ({e})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

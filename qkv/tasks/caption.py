@@ -247,13 +247,15 @@ def caption_metrics(model, tokenizer, data, *, limit: int | None = None, batch_s
                     num_beams: int = 1) -> dict:
     """On (up to ``limit``) images of a CaptionSet: ``exact``, the share of captions decoded exactly; and, when the
     set has boxes, ``align``: over every generated token that names an object correctly (the k-th phrase's shape or
-    digit word and colour word, as in the reference's k-th object), the share whose attended cell (argmax for soft,
-    the pick for hard, the window's centre for local) has its centre inside that object's box; ``align_words``: how
-    many tokens that counted."""
+    digit word, as the reference's k-th object), the share whose attended cell (argmax for soft, the pick for hard,
+    the window's centre for local) has its centre inside that object's box; ``align_words``: how many tokens that
+    counted; ``align_colour``, ``colour_words``: the same for the colour word that follows (it describes the object
+    rather than names it, and the decoder may already look on by then)."""
     from ..data.shapes import object_words
     n = len(data) if limit is None else min(limit, len(data))
     eos, grid, size = model.config.eos_token_id, model.grid, model.config.image_size
-    exact = hits = counted = 0
+    exact = 0
+    hits, counted = [0, 0], [0, 0]  # [names, colours]
     for lo in range(0, n, batch_size):
         hi = min(lo + batch_size, n)
         tokens, picks, _ = describe(model, torch.from_numpy(data.pixels[lo:hi]), num_beams=num_beams)
@@ -276,9 +278,10 @@ def caption_metrics(model, tokenizer, data, *, limit: int | None = None, batch_s
                 place = sum(1 for x in range(w) if names[x] == k)  # 0: the noun, 1: the colour
                 if k >= len(data.boxes[lo + row]) or ref_by_object.get(k, [])[place:place + 1] != [words[w]]:
                     continue
-                counted += 1
-                hits += cell_inside(pick[j], grid, size, data.boxes[lo + row][k])
+                counted[place] += 1
+                hits[place] += cell_inside(pick[j], grid, size, data.boxes[lo + row][k])
     out = {"exact": exact / max(n, 1), "images": n}
     if data.boxes is not None:
-        out.update(align=hits / max(counted, 1), align_words=counted)
+        out.update(align=hits[0] / max(counted[0], 1), align_words=counted[0],
+                   align_colour=hits[1] / max(counted[1], 1), colour_words=counted[1])
     return out

@@ -36,7 +36,7 @@ def test_captions_and_the_words_naming_each_object():
     named = object_words(scene.caption)
     for k, o in enumerate(scene.objects):
         assert [w for w, n in zip(words, named) if n == k] == [o.name, o.colour]
-    assert object_words("un tres azul") == [None, 0, 0]
+    assert object_words("un ocho azul") == [None, 0, 0]
 
 
 def test_a_folder_round_trips(tmp_path):
