@@ -117,9 +117,10 @@ class ModelConfig(_Serializable):
     attn_tau: float = 1.0  # Gumbel-softmax temperature of the straight-through backward pass
     attn_entropy: float = 0.0  # REINFORCE: weight of the entropy bonus (lambda_e, Xu et al. 2015 eq. 12)
     attn_baseline_decay: float | None = 0.9  # REINFORCE: the moving-average baseline b <- d b + (1 - d) R (Xu et al.: 0.9); required
+    attn_expectation: float = 0.0  # caption, LSTM decoder, REINFORCE: the share of training images whose picks are replaced by their expectation alpha (soft attention) for the whole caption (Xu et al. 2015 sec. 4.1: 0.5)
     attn_doubly_stochastic: float = 1.0  # caption, LSTM decoder: lambda of the doubly stochastic penalty lambda sum_i (1 - sum_t alpha_ti)^2 (Xu et al. 2015 sec. 4.2.1)
     caption_decoder: str = "lstm"  # caption: lstm (Show, Attend and Tell: attention, gating scalar, deep output) | transformer (decoder blocks with cross-attention over the image)
-    image_encoder: str = "cnn"  # caption: cnn (log2(patch_size) stride-2 3x3 convolutions, then n_layers 1x1 ones) | patches (ViT's patch embedding, then n_layers encoder blocks)
+    image_encoder: str = "cnn"  # caption: cnn (log2(patch_size) stride-2 3x3 convolutions, then n_layers stride-1 ones, 3x3 but the last 1x1) | patches (ViT's patch embedding, then n_layers encoder blocks)
     extra: dict = field(default_factory=dict)  # free-form notes carried through save/load (e.g. source format)
 
     def __post_init__(self):
@@ -243,6 +244,10 @@ def _check_attention_pick(cfg: "ModelConfig") -> None:
         raise ValueError("attn_tau must be > 0 (the Gumbel-softmax temperature), got 0")
     for name in ("attn_entropy", "attn_doubly_stochastic"):
         _finite(name, getattr(cfg, name), low=0.0)
+    _finite("attn_expectation", cfg.attn_expectation, low=0.0)
+    if cfg.attn_expectation > 1:
+        raise ValueError(f"attn_expectation must be in [0, 1] (a share of the training images), got "
+                         f"{cfg.attn_expectation!r}")
     if cfg.attn_baseline_decay is None:
         if cfg.attn_select != "soft" and cfg.attn_estimator == "reinforce":
             raise ValueError("attn_baseline_decay=None: REINFORCE (attn_estimator='reinforce') needs its moving-average "

@@ -48,6 +48,13 @@ def test_batches_resume_where_they_stopped(scenes):
     assert row[-1] == tok.eos_id and x.decoder_input_ids[0, 1:len(row)].tolist() == row[:-1]
 
 
+def test_cells_inside_a_box_by_their_centres():
+    from qkv.tasks.caption import cell_inside
+    # 4 x 4 cells of 8 pixels: centres at 4, 12, 20, 28; the box covers the plane's [8, 20] x [0, 8]
+    assert [cell_inside(c, (4, 4), 32, (8, 0, 20, 8)) for c in range(4)] == [False, True, True, False]
+    assert not cell_inside(5, (4, 4), 32, (8, 0, 20, 8))  # the row below
+
+
 def test_the_loss_adds_lambda_times_the_doubly_stochastic_penalty(scenes):
     tok = _tokenizer(scenes)
     torch.manual_seed(0)
@@ -65,7 +72,7 @@ def test_the_loss_adds_lambda_times_the_doubly_stochastic_penalty(scenes):
 def test_reinforce_terms_enter_the_loss_and_move_the_baseline(scenes):
     tok = _tokenizer(scenes)
     torch.manual_seed(0)
-    model = _model(tok, name="sat-hard-reinforce", attn_doubly_stochastic=0.0)
+    model = _model(tok, name="sat-hard-reinforce", attn_doubly_stochastic=0.0, attn_expectation=0.0)
     data = shapes.scenes_as_set(scenes[:8])
     batch = collate(data.pixels, [tok.encode(c) for c in data.captions], pad=tok.pad_id, bos=tok.bos_id,
                     eos=tok.eos_id)
@@ -87,18 +94,21 @@ def test_token_words_maps_tokens_to_words(scenes):
     assert [w for w, p in zip(words, pieces) if p == "ocho"] == [4] and words[pieces.index(",")] is None
 
 
-def test_a_tiny_soft_model_learns_to_caption_and_to_look_at_what_it_names(scenes):
-    """Two objects at most on a 32 x 32 canvas (4 x 4 cells), 400 steps: it must read them in order, and when it
-    names one, its attention's argmax must sit in that object's box far more often than chance (about 1 in 8)."""
+def test_a_tiny_soft_model_learns_to_caption_and_to_look_at_what_it_names():
+    """Two shapes in two colours, at most two objects on a 24 x 24 canvas (6 x 6 cells), 300 steps (about 5 CPU
+    seconds): it must read them in order, and when it names one, its attention's argmax must sit in that object's
+    box far more often than chance (about 4 cells in 36)."""
     torch.manual_seed(0)
+    scenes = shapes.make_scenes(600, seed=0, size=24, max_objects=2, names=("círculo", "cuadrado"),
+                                colours=("rojo", "azul"))
     tok = _tokenizer(scenes)
     data, held = shapes.scenes_as_set(scenes[:500]), shapes.scenes_as_set(scenes[500:])
     ids = [tok.encode(c) for c in data.captions]
-    model = _model(tok, attn_doubly_stochastic=0.0)
+    model = _model(tok, image_size=24, max_positions=3 * 24 * 24)
     loss = CaptionLoss(model).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = np.random.default_rng(0)
-    for _ in range(400):
+    for _ in range(300):
         idx = g.integers(len(ids), size=32)
         batch = collate(data.pixels[idx], [ids[i] for i in idx], pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
         s = loss(batch)
@@ -106,7 +116,7 @@ def test_a_tiny_soft_model_learns_to_caption_and_to_look_at_what_it_names(scenes
         opt.step()
         opt.zero_grad()
     metrics = caption_metrics(model.eval(), tok, held)
-    assert metrics["exact"] >= 0.5 and metrics["align"] >= 0.5, metrics
+    assert metrics["exact"] >= 0.5 and metrics["align"] >= 0.4, metrics
 
 
 def test_train_and_plot_from_the_command_line(tmp_path, capsys):

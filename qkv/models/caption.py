@@ -70,7 +70,8 @@ class CaptionModel(QKVModel):
                              window=cfg.attn_local_window, tau=cfg.attn_tau, grid=self.grid)
             self.decoder = LSTMDecoder(cfg.vocab_size, cfg.d_model, cfg.d_model, cfg.d_model, cfg.d_model,
                                        n_layers=cfg.n_decoder_layers, attention=attention,
-                                       tie=cfg.tie_embeddings, dropout=cfg.dropout, reinforce=reinforce)
+                                       tie=cfg.tie_embeddings, dropout=cfg.dropout, reinforce=reinforce,
+                                       expectation=cfg.attn_expectation)
         else:
             self.decoder = Stack(cfg, cfg.n_decoder_layers, tokens=nn.Embedding(cfg.vocab_size, cfg.d_model),
                                  decoder=True)

@@ -3,8 +3,9 @@
 Xu et al. 2015, sec. 3.1.1: a convolutional network's lower feature map keeps where things are, so each annotation
 vector describes one region and attention over them is attention over the image. Two encoders:
 
-- "cnn": log2(patch_size) 3x3 convolutions of stride 2 (each halves the image, ReLU after each), then n_layers 1x1
-  convolutions: a cell's receptive field stays local, so a vector says what is at its place;
+- "cnn": log2(patch_size) 3x3 convolutions of stride 2 (each halves the image, ReLU after each), then n_layers
+  stride-1 ones (3x3, the last 1x1): a cell's receptive field stays about one object wide, so a vector says what
+  is at its place;
 - "patches": ViT's linear patch embedding (Dosovitskiy et al. 2021, eq. 1) followed by n_layers Transformer encoder
   blocks (soft self-attention: a cell may then also describe its neighbours).
 
@@ -55,9 +56,10 @@ def image_bytes(pixels: torch.Tensor) -> torch.Tensor:
 
 class ConvFeatures(nn.Module):
     """(B, C, H, W) -> (B, d_model, H / P, W / P): ``stages`` = log2(P) stride-2 3x3 convolutions (widths doubling up
-    to d_model), then ``n_layers`` 1x1 convolutions; ReLU after each but the last. The 1x1 layers add depth without
-    widening what a cell sees (2P - 1 pixels across): a cell's vector then describes its own place, which is what
-    attention over the cells needs to mean "look here"."""
+    to d_model), then ``n_layers`` stride-1 convolutions, 3x3 but the last, which is 1x1; ReLU after each but the
+    last. What a cell sees stays small: 2P - 1 pixels across, plus 2P per extra 3x3 layer (P = 4, n_layers = 2: 15
+    pixels, about one object), so a cell's vector describes its own place, which attention over the cells needs to
+    mean "look here"."""
 
     def __init__(self, num_channels: int, d_model: int, patch_size: int, n_layers: int):
         super().__init__()
@@ -65,7 +67,9 @@ class ConvFeatures(nn.Module):
         widths = [max(d_model >> (stages - 1 - i), 8) for i in range(stages)] + [d_model] * n_layers
         layers, c_in = [], num_channels
         for i, c_out in enumerate(widths):
-            layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1) if i < stages else nn.Conv2d(c_in, c_out, 1))
+            last = i == len(widths) - 1
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1) if i < stages else
+                          nn.Conv2d(c_in, c_out, 1) if last else nn.Conv2d(c_in, c_out, 3, padding=1))
             layers.append(nn.ReLU())
             c_in = c_out
         self.layers = nn.Sequential(*layers[:-1])

@@ -73,8 +73,10 @@ class AnnotationAttention(nn.Module):
                   "k_proj": None if a_proj is None else a_proj[:, None]}
         return scores(h[:, None, None, :], a[:, None], score="additive", params=params)[:, 0, 0]  # (B, L)
 
-    def forward(self, h: torch.Tensor, a: torch.Tensor, a_proj: torch.Tensor | None = None):
-        """(h (B, n), a (B, L, D)[, a_proj (B, L, A)]) -> (z (B, D), AttentionStep)."""
+    def forward(self, h: torch.Tensor, a: torch.Tensor, a_proj: torch.Tensor | None = None,
+                expected: torch.Tensor | None = None):
+        """(h (B, n), a (B, L, D)[, a_proj (B, L, A)]) -> (z (B, D), AttentionStep). expected: (B,) bool, rows whose
+        pick is replaced by its expectation alpha (soft attention; Xu et al. 2015 sec. 4.1)."""
         e = self.logits(h, a, a_proj)  # (B, L)
         e32 = e.to(torch.promote_types(e.dtype, torch.float32))  # the softmax in float32 at least
         alpha = torch.softmax(e32, -1).to(e.dtype)
@@ -85,6 +87,8 @@ class AnnotationAttention(nn.Module):
             sel = Selection(kind=self.select, how=how, window=self.window, grid=self.grid, tau=self.tau)
             w, choice = select(e32[:, None, None], sel)  # (B, 1, 1, L)
             weights = w[:, 0, 0].to(e.dtype)
+            if expected is not None:
+                weights = torch.where(expected[:, None], alpha, weights)
             step = AttentionStep(alpha, weights, None, choice.index[:, 0, 0], choice.log_prob[:, 0, 0],
                                  choice.entropy[:, 0, 0])
         beta = torch.sigmoid(self.gate(h)).squeeze(-1)  # (B,)
@@ -111,12 +115,15 @@ class LSTMDecoder(nn.Module):
     vocab_size V, d_embed m, d_hidden n, d_annotation D, d_attention A; n_layers stacked LSTM cells (the paper: 1);
     attention: AnnotationAttention's keywords; tie: L_o shares E's matrix (needs m x V both ways, as here); dropout
     before the deep output (sec. 5.2). reinforce: a ``qkv.nn.Reinforce`` (baseline_decay, entropy_weight) when the
-    picks learn by REINFORCE."""
+    picks learn by REINFORCE. expectation: while training by REINFORCE, the share of images whose picks are all
+    replaced by their expectation alpha (soft attention, trained by backpropagation; Xu et al. 2015 sec. 4.1 use
+    0.5 "to further reduce the estimator variance"); their picks get no REINFORCE term."""
 
     def __init__(self, vocab_size: int, d_embed: int, d_hidden: int, d_annotation: int, d_attention: int, *,
                  n_layers: int = 1, attention: dict | None = None, tie: bool = False, dropout: float = 0.0,
-                 reinforce: tuple[float | None, float] | None = None):
+                 reinforce: tuple[float | None, float] | None = None, expectation: float = 0.0):
         super().__init__()
+        self.expectation = expectation
         self.embed = nn.Embedding(vocab_size, d_embed)  # E
         self.attention = AnnotationAttention(d_hidden, d_annotation, d_attention, **(attention or {}))
         self.init_h = nn.ModuleList(Linear(d_annotation, d_hidden) for _ in range(n_layers))  # f_init_h
@@ -135,11 +142,12 @@ class LSTMDecoder(nn.Module):
         mean = a.mean(1)  # (B, D)
         return [torch.tanh(f(mean)) for f in self.init_h], [torch.tanh(f(mean)) for f in self.init_c]
 
-    def step(self, y_prev: torch.Tensor, h: list, c: list, a: torch.Tensor, a_proj: torch.Tensor | None = None):
+    def step(self, y_prev: torch.Tensor, h: list, c: list, a: torch.Tensor, a_proj: torch.Tensor | None = None,
+             expected: torch.Tensor | None = None):
         """One word: y_prev (B,) ids -> (logits (B, V), h, c, AttentionStep). a_proj: the attention's ``project(a)``
-        when already made (it does not change from step to step)."""
+        when already made (it does not change from step to step); expected: AnnotationAttention's."""
         emb = self.embed(y_prev)  # (B, m)
-        z, att = self.attention(h[-1], a, a_proj)  # attends from the top layer's h_{t-1}
+        z, att = self.attention(h[-1], a, a_proj, expected)  # attends from the top layer's h_{t-1}
         x, h, c = torch.cat([emb, z], -1), list(h), list(c)
         for i, cell in enumerate(self.cells):
             h[i], c[i] = cell(x, (h[i], c[i]))
@@ -153,16 +161,23 @@ class LSTMDecoder(nn.Module):
         those picks). Returns logits (B, T, V), the new (h, c), and StepsTaken."""
         h, c = self.initial_state(a) if state is None else state
         a_proj = self.attention.project(a) if ids.shape[1] > 1 else None  # (B, L, A), once for every step
+        sampling = self.reinforce is not None and self.training
+        expected = None
+        if sampling and self.expectation:
+            expected = torch.rand(ids.shape[0], device=ids.device) < self.expectation  # (B,) whole captions
         logits, steps = [], []
         for t in range(ids.shape[1]):
-            out, h, c, att = self.step(ids[:, t], h, c, a, a_proj)
+            out, h, c, att = self.step(ids[:, t], h, c, a, a_proj, expected)
             logits.append(out)
             steps.append(att)
         taken = StepsTaken(*(torch.stack([getattr(s, name) for s in steps], 1) for name in
                              ("alpha", "weights", "beta", "pick")),
                            *(None if steps[0].log_prob is None else torch.stack([getattr(s, name) for s in steps], 1)
                              for name in ("log_prob", "entropy")))
-        if self.reinforce is not None and self.training:
+        if sampling:
+            if expected is not None:  # no pick was made in these rows
+                keep = (~expected)[:, None].to(taken.log_prob.dtype)
+                mask = keep if mask is None else mask * keep
             self.reinforce.record(taken.log_prob, taken.entropy, mask)
         return torch.stack(logits, 1), (h, c), taken
 

@@ -22,7 +22,8 @@ class Reinforce(nn.Module):
 
     The layer calls ``record`` in its forward; the training task calls ``reinforce_loss(model, reward)`` with each
     row's reward (the log-likelihood of its target), which adds -(R - b) log p(picks) - entropy_weight * H for every
-    layer that recorded, then moves the baseline: b <- decay * b + (1 - decay) * mean(R). The first reward sets b."""
+    layer that recorded (as a term worth 0 whose gradient is the estimator's), then moves the baseline:
+    b <- decay * b + (1 - decay) * mean(R). The first reward sets b."""
 
     def __init__(self, decay: float | None = 0.9, entropy_weight: float = 0.0):
         super().__init__()
@@ -64,7 +65,8 @@ class Reinforce(nn.Module):
                                   entropy_weight=self.entropy_weight)
         with torch.no_grad():
             self.baseline.copy_(moving_average(self.baseline, reward, self.decay))
-        return out
+        # the surrogate's value means nothing (only its gradient does): add it as 0, so a logged loss stays the NLL
+        return out - out.detach()
 
 
 def reinforce_loss(model: nn.Module, reward: torch.Tensor) -> torch.Tensor | None:

@@ -221,12 +221,14 @@ def token_words(tokenizer, ids: list[int]) -> list[int | None]:
 
 
 def cell_inside(cell: int, grid: tuple[int, int], image_size: int, box) -> bool:
-    """Whether the centre of ``cell`` (row-major over ``grid``) lies inside ``box`` (x0, y0, x1, y1)."""
+    """Whether the centre of ``cell`` (row-major over ``grid``) lies in ``box``: pixels x0 .. x1 - 1 and y0 .. y1 - 1
+    cover the region [x0, x1] x [y0, y1] of the image plane (pixel i spans [i, i + 1)), and a centre on its edge
+    touches the object."""
     rows, cols = grid
     r, c = divmod(int(cell), cols)
     cy, cx = (r + 0.5) * image_size / rows, (c + 0.5) * image_size / cols
     x0, y0, x1, y1 = box
-    return x0 <= cx < x1 and y0 <= cy < y1
+    return x0 <= cx <= x1 and y0 <= cy <= y1
 
 
 @torch.no_grad()

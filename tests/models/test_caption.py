@@ -145,7 +145,7 @@ def test_decoding_steps_make_no_host_reads(name, monkeypatch):
 # Training: REINFORCE records, save / load
 
 def test_reinforce_picks_record_and_their_loss_reaches_the_attention():
-    model = small("sat-hard-reinforce").train()
+    model = small("sat-hard-reinforce", attn_expectation=0.0).train()
     pixels, ids = torch.rand(4, 3, 16, 16), torch.randint(0, 20, (4, 5))
     logits, weights = model(pixels, ids, return_weights=True)
     assert set(weights.weights.unique().tolist()) == {0.0, 1.0}  # hard: one cell per step
@@ -193,3 +193,20 @@ def test_bad_caption_configs_are_one_line(overrides, message):
     fields = dict(d_model=32, image_size=16, patch_size=4, max_positions=768, vocab_size=20)
     with pytest.raises(ValueError, match=message):
         qkv.preset("sat-soft", **{**fields, **overrides})
+
+
+def test_expectation_share_replaces_whole_captions_picks_by_alpha():
+    """Xu et al. sec. 4.1: with probability p an image's picks become their expectation (soft attention); those rows
+    then carry no REINFORCE term. p = 1: every row soft; p = 0: every row picks."""
+    pixels, ids = torch.rand(4, 3, 16, 16), torch.randint(0, 20, (4, 5))
+    for share in (1.0, 0.0):
+        model = small("sat-hard-reinforce", attn_expectation=share).train()
+        _, weights = model(pixels, ids, return_weights=True)
+        if share:
+            torch.testing.assert_close(weights.weights, weights.alpha)
+            assert (model.decoder.reinforce.pending[0] == 0).all()
+        else:
+            assert set(weights.weights.unique().tolist()) == {0.0, 1.0}
+            assert (model.decoder.reinforce.pending[0] != 0).all()
+    with pytest.raises(ValueError, match=r"attn_expectation must be in \[0, 1\]"):
+        qkv.preset("sat-hard-reinforce", attn_expectation=1.5)
