@@ -735,6 +735,8 @@ def _plot_args(p):
     p.add_argument("--src", help="attention, translation models: the source sentence")
     p.add_argument("--tgt", help="attention, translation models: the target sentence (default: the model's own "
                                  "greedy translation)")
+    p.add_argument("--image", help="attention, image-to-text models: the image to caption (a PNG of the model's size; "
+                                   "default: a generated scene)")
     p.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png); the HTML "
                                                           "explorer goes beside it with --html")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (OUT with .html)")
@@ -768,6 +770,11 @@ def _plot(args):
     tok = _tokenizer_for(folder)
     from .models import family_of
     record = family_of(model)
+    if not record.text and record.has_source:  # image to text: each word beside where it looked (qkv/viz_image.py)
+        from .viz_image import caption_figure
+        path, caption = caption_figure(model, tok, args.image, out)
+        print(f"wrote {path} ({caption})")
+        return 0
     if not record.text:
         raise CLIError(f"plot attention reads text; a {type(model).__name__} model takes images (use qkv.viz on its "
                        f"weights)")

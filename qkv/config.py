@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .files import loads
 
-FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit", "rnn")
+FAMILIES = ("decoder", "encoder", "encoder_decoder", "vit", "rnn", "caption")
 RNN_CELLS = ("gru", "lstm")  # the recurrent family's cells (qkv/nn/rnn_encoder.py, rnn_decoder.py)
 RNN_ATTENTIONS = ("none", "bahdanau", "global", "local_m", "local_p")  # and its attention (qkv/nn/rnn_decoder.py)
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
@@ -58,7 +58,7 @@ class _Serializable:
 
 @dataclass
 class ModelConfig(_Serializable):
-    family: str = "decoder"  # decoder (GPT, Llama, linear-time), encoder (BERT), encoder_decoder (Transformer, T5, MBART), vit, rnn (a recurrent encoder-decoder with Bahdanau / Luong attention)
+    family: str = "decoder"  # decoder (GPT, Llama, linear-time), encoder (BERT), encoder_decoder (Transformer, T5, MBART), vit, rnn (a recurrent encoder-decoder with Bahdanau / Luong attention), caption (image to text: Show, Attend and Tell)
     vocab_size: int = 50257  # tokens in the vocabulary
     d_model: int = 768  # width of the residual stream
     n_layers: int = 12  # blocks (the encoder's, in an encoder-decoder model)
@@ -121,6 +121,17 @@ class ModelConfig(_Serializable):
     rnn_input_feeding: bool | None = None  # family rnn: feed the previous attentional state h~_{t-1} into the next step (Luong et al. 2015, sec. 3.3); default on for global / local_m / local_p
     rnn_local_window: int | None = None  # family rnn, local_m / local_p: the window's half-width D around the aligned position p_t; local_p's Gaussian has sigma = D / 2 (default 10, Luong et al. 2015, sec. 4.1)
     rnn_embed_dim: int | None = None  # family rnn: the word embeddings' size (default d_model; Bahdanau et al. 2015: 620)
+    attn_select: str = "soft"  # how a query picks keys in the attention that reads a context (a block's cross-attention where it has one, else its self-attention; an image-to-text model's attention over the image): soft | hard (one key) | local (a window of attn_local_window keys around a pick, soft inside)
+    attn_estimator: str = "gumbel"  # how hard and local attention learn their pick: gumbel (Gumbel-softmax straight-through, Jang et al. 2017) | reinforce (sampled; REINFORCE with a moving-average baseline and an entropy bonus, Xu et al. 2015 sec. 4.1)
+    attn_decode: str = "argmax"  # hard and local attention at evaluation and decoding: argmax | sample
+    attn_local_window: int = 3  # local attention: the window's side (keys; k x k cells over an image)
+    attn_tau: float = 1.0  # Gumbel-softmax temperature of the straight-through backward pass
+    attn_entropy: float = 0.0  # REINFORCE: weight of the entropy bonus (lambda_e, Xu et al. 2015 eq. 12)
+    attn_baseline_decay: float | None = 0.9  # REINFORCE: the moving-average baseline b <- d b + (1 - d) R (Xu et al.: 0.9); required
+    attn_expectation: float = 0.0  # caption, LSTM decoder, REINFORCE: the share of training images whose picks are replaced by their expectation alpha (soft attention) for the whole caption (Xu et al. 2015 sec. 4.1: 0.5)
+    attn_doubly_stochastic: float = 1.0  # caption, LSTM decoder: lambda of the doubly stochastic penalty lambda sum_i (1 - sum_t alpha_ti)^2 (Xu et al. 2015 sec. 4.2.1)
+    caption_decoder: str = "lstm"  # caption: lstm (Show, Attend and Tell: attention, gating scalar, deep output) | transformer (decoder blocks with cross-attention over the image)
+    image_encoder: str = "cnn"  # caption: cnn (log2(patch_size) stride-2 3x3 convolutions, then n_layers stride-1 ones, 3x3 but the last 1x1) | patches (ViT's patch embedding, then n_layers encoder blocks)
     extra: dict = field(default_factory=dict)  # free-form notes carried through save/load (e.g. source format)
 
     def __post_init__(self):
@@ -135,6 +146,9 @@ class ModelConfig(_Serializable):
         self._check_stack()
         self._check_token_ids()
         _check_recurrent(self)
+        _check_attention_pick(self)
+        if self.family == "caption":
+            _check_caption(self)
 
     def _derive(self):
         """The fields left None, from the others: heads, sizes, biases, the final norm."""
@@ -339,6 +353,65 @@ def _check_recurrent(cfg: ModelConfig) -> None:
                          f"or make the two equal")
 
 
+ATTN_SELECTS = ("soft", "hard", "local")
+ATTN_ESTIMATORS = ("gumbel", "reinforce")
+ATTN_DECODES = ("argmax", "sample")
+CAPTION_DECODERS = ("lstm", "transformer")
+IMAGE_ENCODERS = ("cnn", "patches")
+
+
+def _check_attention_pick(cfg: "ModelConfig") -> None:
+    """The attn_* fields of hard and local attention (qkv/ops/hard_attention.py)."""
+    _choice("attn_select", cfg.attn_select, ATTN_SELECTS)
+    _choice("attn_estimator", cfg.attn_estimator, ATTN_ESTIMATORS)
+    _choice("attn_decode", cfg.attn_decode, ATTN_DECODES)
+    _positive("attn_local_window", cfg.attn_local_window)
+    _finite("attn_tau", cfg.attn_tau, low=0.0)
+    if cfg.attn_tau == 0:
+        raise ValueError("attn_tau must be > 0 (the Gumbel-softmax temperature), got 0")
+    for name in ("attn_entropy", "attn_doubly_stochastic"):
+        _finite(name, getattr(cfg, name), low=0.0)
+    _finite("attn_expectation", cfg.attn_expectation, low=0.0)
+    if cfg.attn_expectation > 1:
+        raise ValueError(f"attn_expectation must be in [0, 1] (a share of the training images), got "
+                         f"{cfg.attn_expectation!r}")
+    if cfg.attn_baseline_decay is None:
+        if cfg.attn_select != "soft" and cfg.attn_estimator == "reinforce":
+            raise ValueError("attn_baseline_decay=None: REINFORCE (attn_estimator='reinforce') needs its moving-average "
+                             "baseline (Xu et al. 2015 sec. 4.1); give a decay in [0, 1), e.g. 0.9")
+    elif isinstance(cfg.attn_baseline_decay, bool) or not isinstance(cfg.attn_baseline_decay, (int, float)) \
+            or not 0.0 <= cfg.attn_baseline_decay < 1.0:
+        raise ValueError(f"attn_baseline_decay must be in [0, 1), got {cfg.attn_baseline_decay!r}")
+    if cfg.attn_select != "soft" and cfg.family != "caption" and cfg.mixer != "attention" \
+            and cfg.layer_pattern is None:
+        raise ValueError(f"attn_select={cfg.attn_select!r} picks keys of softmax attention, but mixer={cfg.mixer!r} "
+                         f"has none")
+
+
+def _check_caption(cfg: "ModelConfig") -> None:
+    """An image-to-text model: its encoder and decoder, its grid of image cells, and its input as qkv.generate
+    reads it (the image's C * H * W bytes as source ids, so max_positions must count them)."""
+    _choice("caption_decoder", cfg.caption_decoder, CAPTION_DECODERS)
+    _choice("image_encoder", cfg.image_encoder, IMAGE_ENCODERS)
+    grid = cfg.image_size // cfg.patch_size
+    if cfg.image_encoder == "cnn" and cfg.patch_size & (cfg.patch_size - 1):
+        raise ValueError(f"image_encoder='cnn' halves the image log2(patch_size) times: patch_size must be a power "
+                         f"of 2, got {cfg.patch_size}")
+    if cfg.attn_select == "local" and cfg.attn_local_window > grid:
+        raise ValueError(f"attn_local_window={cfg.attn_local_window} is larger than the {grid} x {grid} grid of image "
+                         f"cells (image_size {cfg.image_size} / patch_size {cfg.patch_size}); expected "
+                         f"attn_local_window <= {grid}")
+    pixels = cfg.num_channels * cfg.image_size ** 2
+    if cfg.max_positions < pixels:
+        raise ValueError(f"max_positions={cfg.max_positions}: an image-to-text model reads its image as "
+                         f"num_channels * image_size^2 = {pixels} byte ids (qkv.generate's source); expected "
+                         f"max_positions >= {pixels}")
+    if cfg.mixer != "attention" or cfg.layer_pattern is not None:
+        raise ValueError(f"an image-to-text model's decoder uses softmax attention or an LSTM; mixer must be "
+                         f"'attention' with no layer_pattern, got mixer={cfg.mixer!r}, layer_pattern="
+                         f"{cfg.layer_pattern!r}")
+
+
 def _choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -408,7 +481,7 @@ class TrainConfig(_Serializable):
     progress: bool = True  # show a progress bar on stderr
     mlm_probability: float = 0.15  # MLM: share of tokens selected for prediction
     init: str | None = None  # start from a pretrained checkpoint instead of random weights: a qkv model or run folder, a Hugging Face folder or hub id (org/name), or an RWKV-LM .pth file; its model config and tokenizer are used (unlike --resume, no optimizer state)
-    task: str = "auto"  # what to train: auto (the family's own: lm for decoders, seq2seq for encoder-decoders, mlm for encoders, image for ViT) | classify (an encoder's classification head on text<TAB>label lines of a .tsv) | lm | seq2seq | mlm | image
+    task: str = "auto"  # what to train: auto (the family's own: lm for decoders, seq2seq for encoder-decoders, mlm for encoders, image for ViT, caption for image-to-text) | classify (an encoder's classification head on text<TAB>label lines of a .tsv) | lm | seq2seq | mlm | image | caption (images and their captions: a folder with captions.tsv, or 'generated' for qkv.data.shapes' scenes)
 
     def __post_init__(self):
         if isinstance(self.betas, list):

@@ -30,6 +30,15 @@ _LUONG = dict(_RNN, rnn_cell="lstm")  # input feeding: on by default with Luong'
 _VIT = dict(family="vit", position="learned", norm="layer", norm_eps=1e-12, prenorm=True, activation="gelu",
             bias=True, image_size=224, patch_size=16, num_labels=1000)
 
+# Show, Attend and Tell at laptop size (Xu et al. 2015): a 48 x 48 RGB image, a CNN down to 12 x 12 cells that each
+# see about one object (15 pixels), one LSTM; max_positions counts the image's 3 * 48 * 48 bytes, the source
+# qkv.generate reads. No doubly stochastic penalty: on these scenes it spreads the attention over the empty canvas
+# (docs/benchmarks.md); attn_doubly_stochastic=1.0 turns it on.
+_SAT = dict(family="caption", caption_decoder="lstm", image_encoder="cnn", image_size=48, patch_size=4,
+            num_channels=3, d_model=64, n_layers=2, n_decoder_layers=1, n_heads=1, vocab_size=64,
+            max_positions=6912, position="none", tie_embeddings=False, attn_doubly_stochastic=0.0,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+
 PRESETS: dict[str, dict] = {
     # decoder-only
     "gpt2": dict(_GPT2, d_model=768, n_layers=12, n_heads=12),
@@ -119,6 +128,14 @@ PRESETS: dict[str, dict] = {
                         activation="swiglu", bias=False, tie_embeddings=False, vocab_size=256, d_model=64,
                         n_layers=4, n_heads=4, d_ff=128, max_positions=4096),
     # Infini-attention: softmax within 64-token segments plus a compressive linear-attention memory
+    # image to text (qkv/models/caption.py): soft, hard (REINFORCE, Gumbel straight-through) and local attention
+    "sat-soft": dict(_SAT),
+    "sat-hard-reinforce": dict(_SAT, attn_select="hard", attn_estimator="reinforce", attn_entropy=0.01,
+                               attn_expectation=0.5),
+    "sat-hard-gumbel": dict(_SAT, attn_select="hard", attn_estimator="gumbel"),
+    "sat-local": dict(_SAT, attn_select="local", attn_estimator="gumbel", attn_local_window=3),
+    "caption-transformer": dict(_SAT, caption_decoder="transformer", n_decoder_layers=2, n_heads=4, d_ff=128,
+                                position="sinusoidal", tie_embeddings=True),
     "memory-tiny": dict(family="decoder", mixer="memory", position="none", norm="layer", activation="gelu",
                         bias=False, tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4,
                         max_positions=4096),

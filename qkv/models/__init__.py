@@ -1,5 +1,6 @@
 """Model families; the only code that reads ModelConfig. ``registry.py`` holds one record per family."""
 from .build import build, load
+from .caption import CaptionDecoding, CaptionModel, CaptionWeights
 from .common import QKVModel
 from .decoder import DecoderLM
 from .encoder import Encoder
@@ -11,4 +12,4 @@ from .vit import ViT
 
 __all__ = ["FAMILIES", "Family", "family_of", "decoding_of", "decodable_positions", "build", "load", "QKVModel",
            "DecoderLM", "Encoder", "EncoderDecoder", "Seq2SeqWeights", "ViT",
-           "RecurrentSeq2Seq"]
+           "RecurrentSeq2Seq", "CaptionModel", "CaptionDecoding", "CaptionWeights"]

@@ -224,7 +224,10 @@ def make_block(cfg: ModelConfig, *, layer: int = 0, cross: bool = False, mixer: 
             raise ValueError(f"mixer {name!r} builds a whole block without cross-attention; cross=True needs a mixer")
         return kind.block(cfg, layer)
     ffn = FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.ffn_bias, dropout=cfg.ffn_dropout)
-    return Block(cfg.d_model, kind.layer(cfg), ffn, cross=make_attention(cfg) if cross else None,
+    # hard / local attention (attn_select) picks among the context a block reads: its cross-attention's if it has
+    # one, else its own tokens
+    mixer = make_attention(cfg, picks=False) if cross and kind.layer is make_attention else kind.layer(cfg)
+    return Block(cfg.d_model, mixer, ffn, cross=make_attention(cfg) if cross else None,
                  norm=cfg.norm, prenorm=cfg.prenorm, eps=cfg.norm_eps, norm_bias=cfg.norm_bias, dropout=cfg.dropout,
                  window=window, norm_offset=cfg.norm_offset, sandwich=cfg.sandwich_norm)
 

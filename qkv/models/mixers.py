@@ -18,13 +18,19 @@ from ..nn import (DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, Memor
 from ..nn.rwkv7 import default_ranks
 
 
-def make_attention(cfg: ModelConfig) -> MultiHeadAttention:
+def make_attention(cfg: ModelConfig, *, picks: bool = True) -> MultiHeadAttention:
+    """Softmax attention from the config. picks: this layer is the one that reads the block's context, so
+    ``attn_select`` (hard / local attention) applies to it; the self-attention of a block that also has
+    cross-attention passes False and stays soft."""
     def qk_norm():  # one RMSNorm over the D features of every head (Qwen3, Gemma 3)
         return make_norm("rms", cfg.head_dim, eps=cfg.norm_eps, offset=cfg.norm_offset) if cfg.qk_norm else None
 
     return MultiHeadAttention(cfg.d_model, cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
                               score=cfg.score, bias=cfg.bias, out_bias=cfg.out_bias, dropout=cfg.attn_dropout,
-                              scale=cfg.attn_scale, q_norm=qk_norm(), k_norm=qk_norm(), softcap=cfg.attn_softcap)
+                              scale=cfg.attn_scale, q_norm=qk_norm(), k_norm=qk_norm(), softcap=cfg.attn_softcap,
+                              select=cfg.attn_select if picks else "soft", estimator=cfg.attn_estimator,
+                              decode=cfg.attn_decode, local_window=cfg.attn_local_window, tau=cfg.attn_tau,
+                              entropy_weight=cfg.attn_entropy, baseline_decay=cfg.attn_baseline_decay)
 
 
 def make_linear(cfg: ModelConfig) -> LinearAttention:

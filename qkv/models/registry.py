@@ -9,7 +9,7 @@ up instead of testing the family's name.
     record.flops(model, seq_len)        # forward FLOPs per token
 
 The records are listed here, explicitly (nothing registers itself on import); the family's own behaviour lives in
-its module (decoder.py, encoder.py, encoder_decoder.py, vit.py, rnn.py). The names are ``qkv.config.FAMILIES``, and this
+its module (decoder.py, encoder.py, encoder_decoder.py, vit.py, rnn.py, caption.py). The names are ``qkv.config.FAMILIES``, and this
 table covers exactly them (checked at import).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Callable
 
 from ..config import FAMILIES as FAMILY_NAMES
 from ..config import ModelConfig
+from .caption import CaptionDecoding, CaptionModel
 from .common import QKVModel
 from .decoder import CausalDecoding, DecoderLM
 from .decoding import Decoding
@@ -75,6 +76,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("rnn", RecurrentSeq2Seq, ("seq2seq",), RecurrentDecoding(), text=True, causal=True,
            stacks=("n_layers", "n_decoder_layers"), flops=RecurrentSeq2Seq.flops_per_token,
            block_paths=()),  # a layer is a cell and its bridge, in two lists: sizing builds it whole (few layers)
+    Family("caption", CaptionModel, ("caption",), CaptionDecoding(), text=False, causal=True,
+           stacks=("n_layers", "n_decoder_layers"), flops=CaptionModel.flops_per_token,
+           block_paths=()),  # an image encoder and a recurrent or block decoder: sized whole
 )}
 if any(f.block_paths and len(f.block_paths) != len(f.stacks) for f in FAMILIES.values()):  # one place per stack
     raise ImportError(f"qkv.models.registry: every family needs one block path per stack: "

@@ -1,5 +1,5 @@
 """Modules with parameters, built from primitives (d_model, n_heads), never from ModelConfig."""
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, Reinforce, needs_reward, reinforce_loss
 from .block import Block, BlockWeights
 from .cache import Cache, CacheSnapshot, CrossKVCache, KVCache, LayerCache, RecurrentCache
 from .gated import DeltaNet, GatedLinearAttention, Mamba2, short_conv
@@ -10,7 +10,7 @@ from .rwkv import RWKVBlock, RWKVChannelMix, RWKVTimeMix
 from .rwkv6 import RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix
 from .rwkv7 import RWKV7ChannelMix, RWKV7TimeMix
 
-__all__ = ["MultiHeadAttention", "Block", "BlockWeights", "Cache", "CacheSnapshot", "CrossKVCache", "KVCache",
+__all__ = ["MultiHeadAttention", "Reinforce", "reinforce_loss", "needs_reward", "Block", "BlockWeights", "Cache", "CacheSnapshot", "CrossKVCache", "KVCache",
            "LayerCache", "RecurrentCache", "FeedForward", "LayerNorm", "Linear", "RMSNorm", "make_norm",
            "packed_weights",
            "ACTIVATIONS", "NORMS", "ALiBi", "LearnedPositions", "RotaryEmbedding", "SinusoidalPositions",

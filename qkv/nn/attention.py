@@ -5,10 +5,81 @@ import torch
 import torch.nn as nn
 
 from ..ops.attention import SCORES, attention
+from ..ops.hard_attention import DECODES, ESTIMATORS, KINDS, Selection, moving_average, reinforce_surrogate
 from ..ops.linear import linear
 from ..ops.rope import apply_rope
 from .cache import CrossKVCache, KVCache
 from .layers import Linear
+
+
+SELECTIONS = ("soft",) + KINDS  # how a query picks keys: soft weights, one key (hard), a window (local)
+
+
+class Reinforce(nn.Module):
+    """REINFORCE for a layer's stochastic picks (Xu et al. 2015, sec. 4.1, eq. 12): the moving-average baseline of
+    the reward (a buffer: saved with the weights, so a resumed run goes on with it) and the last training forward's
+    log-probabilities and entropies of the picks, summed per batch row.
+
+    The layer calls ``record`` in its forward; the training task calls ``reinforce_loss(model, reward)`` with each
+    row's reward (the log-likelihood of its target), which adds -(R - b) log p(picks) - entropy_weight * H for every
+    layer that recorded (as a term worth 0 whose gradient is the estimator's), then moves the baseline:
+    b <- decay * b + (1 - decay) * mean(R). The first reward sets b."""
+
+    def __init__(self, decay: float | None = 0.9, entropy_weight: float = 0.0):
+        super().__init__()
+        if decay is None:
+            raise ValueError("baseline_decay=None: REINFORCE needs a baseline (a moving average of the reward, Xu et "
+                             "al. 2015 sec. 4.1); give a decay in [0, 1), e.g. 0.9")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {decay!r}")
+        if isinstance(entropy_weight, bool) or not isinstance(entropy_weight, (int, float)) or \
+                not 0.0 <= entropy_weight < float("inf"):
+            raise ValueError(f"entropy_weight must be a finite number >= 0, got {entropy_weight!r}")
+        self.decay, self.entropy_weight = float(decay), float(entropy_weight)
+        self.register_buffer("baseline", torch.zeros(()))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def record(self, log_prob: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """log_prob, entropy: (B, ...) of this forward's picks; mask: (B, ...) 1 where a pick counts (or None).
+        Replaces what an earlier forward recorded."""
+        if mask is not None:
+            log_prob, entropy = log_prob * mask, entropy * mask
+        self.pending = (log_prob.flatten(1).sum(1), entropy.flatten(1).sum(1))  # (B,), (B,)
+
+    def loss(self, reward: torch.Tensor) -> torch.Tensor:
+        """reward (B,) -> the surrogate term for the recorded picks (0 when none); updates the baseline."""
+        if self.pending is None:
+            return reward.new_zeros(())
+        log_prob, ent = self.pending
+        self.pending = None
+        if log_prob.shape != reward.shape:
+            raise ValueError(f"reward must have one value per batch row, shape {tuple(log_prob.shape)}; got "
+                             f"{tuple(reward.shape)}")
+        reward = reward.detach().to(self.baseline.dtype)
+        with torch.no_grad():
+            if not bool(self.started):
+                self.baseline.copy_(reward.mean())
+                self.started.fill_(True)
+        out = reinforce_surrogate(log_prob, reward, self.baseline.clone(), entropy=ent,
+                                  entropy_weight=self.entropy_weight)
+        with torch.no_grad():
+            self.baseline.copy_(moving_average(self.baseline, reward, self.decay))
+        # the surrogate's value means nothing (only its gradient does): add it as 0, so a logged loss stays the NLL
+        return out - out.detach()
+
+
+def reinforce_loss(model: nn.Module, reward: torch.Tensor) -> torch.Tensor | None:
+    """The REINFORCE terms of every layer of ``model`` that recorded picks in its last training forward, given each
+    batch row's reward (B,) (e.g. the log-likelihood of its target); None when none did."""
+    terms = [m.loss(reward) for m in model.modules() if isinstance(m, Reinforce) and m.pending is not None]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def needs_reward(model: nn.Module) -> bool:
+    """Whether ``model`` holds a layer whose picks learn by REINFORCE (a training loss must call
+    ``reinforce_loss``; without it the scores behind the picks get no gradient)."""
+    return any(isinstance(m, Reinforce) for m in model.modules())
 
 
 class MultiHeadAttention(nn.Module):
@@ -25,12 +96,23 @@ class MultiHeadAttention(nn.Module):
         dropout: on the attention weights while training. scale: the logit scale (default D^-0.5).
         q_norm, k_norm: modules applied to each head's queries / keys (D features) before RoPE: query-key
             normalisation (Qwen3, Gemma 3). softcap: attention-logit soft-capping (``qkv.ops.attention``).
+        select: "soft" (default), "hard" (each query picks one key) or "local" (a window of ``local_window`` keys
+            around a pick, soft inside; ``local_window`` x ``local_window`` cells when ``grid`` is set):
+            ``qkv/ops/hard_attention.py``. estimator: how the pick learns while training, "gumbel" (straight-
+            through) or "reinforce" (then ``reinforce_loss`` must be given each row's reward; the baseline decays
+            by ``baseline_decay``, the entropy bonus weighs ``entropy_weight``). decode: the pick at evaluation,
+            "argmax" or "sample". tau: the Gumbel-softmax temperature.
+
+    ``grid`` (attribute, default None): (rows, cols) when the keys are an image's cells, row-major; local windows
+    are then square patches of cells.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, n_kv_heads: int | None = None, head_dim: int | None = None,
                  score: str = "scaled_dot", bias: bool = True, out_bias: bool | None = None, dropout: float = 0.0,
                  scale: float | None = None, q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
-                 softcap: float | None = None):
+                 softcap: float | None = None, select: str = "soft", estimator: str = "gumbel",
+                 decode: str = "argmax", local_window: int = 3, tau: float = 1.0, entropy_weight: float = 0.0,
+                 baseline_decay: float | None = 0.9):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1:
@@ -45,6 +127,17 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        for name, value, known in (("select", select, SELECTIONS), ("estimator", estimator, ESTIMATORS),
+                                   ("decode", decode, DECODES)):
+            if value not in known:
+                raise ValueError(f"{name} must be one of {known}, got {value!r}")
+        self.select, self.estimator, self.decode, self.grid = select, estimator, decode, None
+        if select != "soft":
+            Selection(kind=select, how=estimator, window=local_window, tau=tau)  # checks window and tau
+        self.local_window, self.tau = local_window, tau
+        # the REINFORCE baseline (a buffer) exists only where it is used: every other model's weights stay as they are
+        self.reinforce = Reinforce(baseline_decay, entropy_weight) if select != "soft" and estimator == "reinforce" \
+            else None
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.score, self.scale, self.dropout, self.softcap = score, scale, dropout, softcap
         self.q_norm, self.k_norm = q_norm, k_norm
@@ -71,6 +164,13 @@ class MultiHeadAttention(nn.Module):
         if self.score == "additive":
             return {"W_q": self.W_q, "W_k": self.W_k, "v": self.v}
         return None
+
+    def selection(self) -> Selection | None:
+        """The pick this layer makes now: the estimator while training, ``decode`` at evaluation; None when soft."""
+        if self.select == "soft":
+            return None
+        return Selection(kind=self.select, how=self.estimator if self.training else self.decode,
+                         window=self.local_window, grid=self.grid, tau=self.tau)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -120,9 +220,16 @@ class MultiHeadAttention(nn.Module):
                     k = self.k_norm(k)
                 if cache is not None:
                     cache.k, cache.v = k, v
+        hard = self.selection()
+        records = hard is not None and self.training and self.reinforce is not None
         result = attention(q, k, v, score=self.score, mask=mask, causal=causal, window=window, bias=bias,
                            scale=self.scale, dropout_p=self.dropout if self.training else 0.0,
-                           return_weights=return_weights, params=self._score_params(), softcap=self.softcap)
+                           return_weights=return_weights, params=self._score_params(), softcap=self.softcap,
+                           hard=hard, return_choice=records)
+        if records:
+            *result, choice = result
+            self.reinforce.record(choice.log_prob, choice.entropy)  # (B, H, T) each
+            result = tuple(result) if return_weights else result[0]
         out, weights = result if return_weights else (result, None)
         B, _, T, _ = out.shape
         out = self.out(out.transpose(1, 2).reshape(B, T, H * D))  # concatenate heads, then W_O

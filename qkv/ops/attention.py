@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .hard_attention import Choice, Selection, select
 from .masks import causal_mask, global_mask, window_mask
 
 SCORES = ("additive", "bilinear", "dot", "scaled_dot", "cosine")
@@ -51,12 +52,12 @@ def _score_bilinear(q, k, params, scale):
 
 def _score_additive(q, k, params, scale):
     # Bahdanau et al. 2015: an MLP, v^T tanh(W_q q + W_k k + b). Memory is O(B H T S A): a reference, not a kernel.
-    # A decoder scoring the same keys at every step passes their half once, params["k_proj"] = k W_k^T (B, H, S, A).
+    # W_k k does not depend on the query: a decoder asking at every step may pass it once as params["k_proj"]
+    # (Bahdanau et al. 2015, appendix A.1.2: "U_a h_j can be pre-computed").
     W_q, v = (_param(params, name, "additive") for name in ("W_q", "v"))
     qa = q @ W_q.transpose(-2, -1)  # (B, H, T, A)
-    ka = params.get("k_proj")  # (B, H, S, A)
-    if ka is None:
-        ka = k @ _param(params, "W_k", "additive").transpose(-2, -1)
+    ka = params["k_proj"] if params.get("k_proj") is not None else \
+        k @ _param(params, "W_k", "additive").transpose(-2, -1)  # (B, H, S, A)
     hidden = qa.unsqueeze(-2) + ka.unsqueeze(-3)  # (B, H, T, S, A)
     if params.get("b") is not None:
         hidden = hidden + params["b"]
@@ -69,7 +70,8 @@ _SCORE_FNS = {"additive": _score_additive, "bilinear": _score_bilinear, "dot": _
 
 def _param(params, name, score):
     if params is None or params.get(name) is None:
-        needed = {"additive": "W_q (A, D), W_k (A, Dk) (or k_proj (B, H, S, A)), v (A,) and optionally b (A,)",
+        needed = {"additive": "W_q (A, D), W_k (A, Dk) (or k_proj (B, H, S, A) = k W_k^T), v (A,) and optionally "
+                              "b (A,)",
                   "bilinear": "W (D, Dk) or (H, D, Dk)"}[score]
         raise ValueError(f"score={score!r} needs params with {needed}; params lacks {name!r}")
     return params[name]
@@ -143,9 +145,19 @@ def _check(q, k, v, score, mask, bias, window, hard):
                              f"{(B, H, T, S)}") from None
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
         raise ValueError(f"window must be an int >= 0 (how many neighbours a query sees), got {window!r}")
-    if hard is not None and hard != "argmax" and not (isinstance(hard, int) and not isinstance(hard, bool)
-                                                      and hard >= 1):
-        raise ValueError(f"hard must be None, 'argmax' or an int k >= 1 (keep the top-k scores), got {hard!r}")
+    if hard is not None and not isinstance(hard, Selection) and hard != "argmax" and \
+            not (isinstance(hard, int) and not isinstance(hard, bool) and hard >= 1):
+        raise ValueError(f"hard must be None, 'argmax' or an int k >= 1 (keep the top-k scores) or a "
+                         f"qkv.ops.hard_attention.Selection (hard / local attention), got {hard!r}")
+
+
+def _check_number(name, value):
+    """scale and softcap: None or a finite real number (NaN or inf would give zeros on the fused path and NaN on
+    the explicit one: refused on both, before either runs)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be None or a finite number, got {value!r}")
 
 
 def _expand_kv(k, v, H):
@@ -159,7 +171,8 @@ def _expand_kv(k, v, H):
 # ----------------------------------------------------------------------------------------------------------------
 
 def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=None, global_tokens=None,
-              bias=None, hard=None, scale=None, dropout_p=0.0, return_weights=False, params=None, softcap=None):
+              bias=None, hard=None, scale=None, dropout_p=0.0, return_weights=False, params=None, softcap=None,
+              return_choice=False):
     """Softmax attention: ``softmax(score(q, k) + bias, masked) @ v``.
 
     Args:
@@ -171,8 +184,10 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
             ``causal`` is False).
         global_tokens: key positions that attend to all and are attended by all (with ``window``: global + local).
         bias: float (broadcastable to (B, H, T, S)) added to the logits: ALiBi, T5 relative position bias.
-        hard: None (soft attention), an int k (keep the top-k logits of each query, renormalise), or "argmax"
-            (one-hot on the best key; the gradient flows through the softmax: straight-through).
+        hard: None (soft attention), an int k (keep the top-k logits of each query, renormalise), "argmax"
+            (one-hot on the best key; the gradient flows through the softmax: straight-through), or a
+            ``qkv.ops.hard_attention.Selection``: hard attention (one key) or local attention (a window of keys
+            around one, soft inside), picked by sampling (REINFORCE, Gumbel straight-through) or by the argmax.
         scale: the logit scale of "scaled_dot" (default D^-0.5) and "cosine" (default sqrt(D)).
         dropout_p: dropout on the attention weights (pass 0 at evaluation).
         return_weights: also return the weights (B, H, T, S).
@@ -181,13 +196,20 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
         softcap: logit soft-capping, ``c * tanh(logits / c)`` on the scores before bias and mask (Gemma 2): the
             logits stay in (-c, c). The fused kernel has no such step, so this takes the explicit path.
 
+        return_choice: with a Selection, also return its ``Choice`` (the picks, their log-probabilities for
+            REINFORCE, the entropies, alpha), last.
+
     Returns:
-        out (B, H, T, Dv), or (out, weights) when ``return_weights``. A query with no key it may attend to
-        gets zero output and zero weights rather than NaN.
+        out (B, H, T, Dv), or (out, weights) when ``return_weights``, then the Choice when ``return_choice``. A
+        query with no key it may attend to gets zero output and zero weights rather than NaN.
     """
     _check(q, k, v, score, mask, bias, window, hard)
+    _check_number("scale", scale)
+    _check_number("softcap", softcap)
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be None or a number > 0, got {softcap!r}")
+    if return_choice and not isinstance(hard, Selection):
+        raise ValueError(f"return_choice=True needs hard=Selection(...) (a pick to report), got hard={hard!r}")
     if score == "scaled_dot" and not return_weights and hard is None and softcap is None:
         return _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p)
 
@@ -210,17 +232,28 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
     # Rows with no allowed key: softmax of all -inf is NaN. Give them finite logits, then zero their weights.
     empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
     logits = logits.masked_fill(empty, 0.0)
-    weights = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
+    choice = None
+    if isinstance(hard, Selection):
+        weights, choice = select(logits, hard)
+        weights = weights.masked_fill(empty, 0.0)
+        none = empty.squeeze(-1)
+        choice = Choice(choice.index.masked_fill(none, 0), choice.log_prob.masked_fill(none, 0.0),
+                        choice.entropy.masked_fill(none, 0.0), choice.probs.masked_fill(empty, 0.0))
+    else:
+        weights = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
     if hard == "argmax":
         one_hot = F.one_hot(weights.argmax(-1), S).to(weights.dtype).masked_fill(empty, 0.0)
-        weights = one_hot + weights - weights.detach()  # straight-through estimator (Bengio et al. 2013)
+        weights = one_hot + (weights - weights.detach())  # straight-through (Bengio et al. 2013); exactly one-hot
     weights = weights.to(v.dtype)
     if dropout_p > 0.0:
         weights_used = F.dropout(weights, p=dropout_p)
     else:
         weights_used = weights
     out = weights_used @ v  # (B, H, T, Dv)
-    return (out, weights) if return_weights else out
+    result = (out, weights) if return_weights else (out,)
+    if return_choice:
+        result = result + (choice,)
+    return result if len(result) > 1 else out
 
 
 def _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p):

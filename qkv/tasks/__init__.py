@@ -7,11 +7,13 @@ Tasks:
   mlm       masked LM (encoder)              BERT's 15% masked tokens -> MLM-head logits vs the original ids
   image     image classification (vit)       pixels (B, C, H, W) -> logits (B, classes) vs labels (B,)
   classify  text classification (encoder)    text<TAB>label lines -> [CLS] pooler + classifier (B, C) vs labels (B,)
+  caption   image to text (caption)          teacher forcing: (image, BOS + caption) -> logits vs caption + EOS
 """
 from __future__ import annotations
 
 from .batches import (EndlessBatches, ImageBatches, LMBatches, MLMBatches, TaskData, batch_rows, count_targets,
                       shard_rows, take, to_device)
+from .caption import CaptionBatch, CaptionLoss, Captioning, caption_metrics
 from .classify import Classification, ClassifyLoss
 from .image import ImageClassification, ImageLoss
 from .lm import CausalLM, CausalLMLoss, MaskedLM, MaskedLMLoss
@@ -20,7 +22,7 @@ from .seq2seq import Seq2SeqLoss, Translation, bleu_callback
 from .task import Footprint, Task, perplexity
 
 TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Translation(), MaskedLM(), ImageClassification(),
-                                               Classification())}
+                                               Classification(), Captioning())}
 
 
 
@@ -63,4 +65,5 @@ __all__ = ["TASKS", "Task", "Footprint", "TaskData", "get_task", "task_for", "pr
            "train_tokenizer", "TaskLoss", "LossSums", "token_sums", "label_smoothed_nll", "IGNORE_INDEX", "perplexity",
            "CausalLM", "MaskedLM", "Translation", "ImageClassification", "CausalLMLoss", "MaskedLMLoss",
            "Classification", "ClassifyLoss", "Seq2SeqLoss", "ImageLoss", "bleu_callback", "LMBatches", "MLMBatches", "EndlessBatches", "ImageBatches",
-           "shard_rows", "to_device", "count_targets", "batch_rows", "take"]
+           "shard_rows", "to_device", "count_targets", "batch_rows", "take",
+           "Captioning", "CaptionLoss", "CaptionBatch", "caption_metrics"]

@@ -158,6 +158,8 @@ class ClassifyLoss(TaskLoss):
     def sums(self, batch) -> LossSums:
         logits, labels = self.logits(batch)
         s = token_sums(logits, labels, self.eps, accuracy=not self.training)
+        if self.rewards and self.training:  # attention picks trained by REINFORCE (TaskLoss.reinforce_terms)
+            s.loss = s.loss + self.reinforce_terms(logits, labels)
         if not self.training:  # the confusion matrix, summed over batches and processes like the other sums
             s.extra["confusion"] = confusion_matrix(logits.argmax(-1), labels, logits.shape[-1]).double()
         return s

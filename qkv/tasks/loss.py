@@ -90,7 +90,9 @@ class TaskLoss(nn.Module):
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
         super().__init__()
+        from ..nn import needs_reward
         self.model, self.eps = model, label_smoothing
+        self.rewards = needs_reward(model)  # hard / local attention trained by REINFORCE (qkv.nn.Reinforce)
 
     def forward(self, batch, weight: float = 1.0) -> LossSums:
         s = self.sums(batch)
@@ -98,7 +100,18 @@ class TaskLoss(nn.Module):
 
     def sums(self, batch) -> LossSums:
         logits, targets = self.logits(batch)
-        return token_sums(logits, targets, self.eps, accuracy=not self.training)
+        s = token_sums(logits, targets, self.eps, accuracy=not self.training)
+        if self.rewards and self.training:
+            s.loss = s.loss + self.reinforce_terms(logits, targets)
+        return s
+
+    def reinforce_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The REINFORCE terms of the model's sampled attention picks (``qkv.nn.reinforce_loss``), each batch row
+        rewarded with the log-likelihood of its targets given its picks (Xu et al. 2015, eq. 12)."""
+        from ..nn import reinforce_loss
+        nll = label_smoothed_nll(logits.detach(), targets, reduction="none")  # (B, ...)
+        terms = reinforce_loss(self.model, -nll.reshape(nll.shape[0], -1).sum(-1))
+        return logits.new_zeros(()) if terms is None else terms
 
     def logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
