@@ -771,7 +771,7 @@ def _plot(args):
     from .models import family_of
     record = family_of(model)
     if not record.text and record.has_source:  # image to text: each word beside where it looked (qkv/viz_image.py)
-        from .viz_image import caption_figure
+        from .viz_image import caption_figure  # only for an image model: its figure reads the caption task
         path, caption = caption_figure(model, tok, args.image, out)
         print(f"wrote {path} ({caption})")
         return 0

@@ -15,6 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import shapes
+from .tasks.caption import describe
+
 
 def upsample(weights: torch.Tensor, grid: tuple[int, int], size: int) -> np.ndarray:
     """weights (T, N) over a row-major (R, C) grid of cells -> (T, size, size) maps, bilinear (the paper upsamples
@@ -85,7 +88,6 @@ def plot_caption(image, words: list[str], maps, path, *, title: str | None = Non
 def caption_words(model, tokenizer, pixels: torch.Tensor, *, num_beams: int = 1):
     """Caption one image (C, H, W) uint8 with ``qkv.generate`` and say where each token looked: (tokens as words,
     weights (L, N) the weights each token used, the caption's text), the EOS token included as "<eos>"."""
-    from .tasks.caption import describe
     tokens, _, weights = describe(model, pixels[None], num_beams=num_beams)
     ids, eos = tokens[0].tolist(), model.config.eos_token_id
     n = ids.index(eos) + 1 if eos in ids else len(ids)
@@ -96,7 +98,6 @@ def caption_words(model, tokenizer, pixels: torch.Tensor, *, num_beams: int = 1)
 def caption_figure(model, tokenizer, image, out, *, seed: int = 0, num_beams: int = 1):
     """``qkv plot attention`` for an image-to-text model: caption ``image`` (a PNG path; None: a generated scene of
     qkv.data.shapes, seeded) and write the paper's figure to ``out``. Returns (path, caption)."""
-    from .data import shapes
     cfg = model.config
     if image is None:
         pixels = shapes.scenes_as_set(shapes.make_scenes(1, seed=seed, size=cfg.image_size)).pixels[0]

@@ -25,6 +25,7 @@ RANKS = {
     "tasks": 7,  # training tasks: loss, batches, metrics (seq2seq's BLEU decodes, so decoding sits below)
     "train": 8,
     "explore": 9, "qkv": 9,
+    "viz_image": 9,  # each word over its image: reads the caption task's descriptions and the generated scenes
     "demo": 10,  # the main job: trains, decodes and opens the explorer
     "notebook": 10,  # the explorer's views and the interpretation views inline in Jupyter
     "cli": 11,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qkv.data._files import PathLike
+from ..files import inside, loads
+from ._files import PathLike
 
 COLOURS = {"rojo": (225, 45, 45), "verde": (45, 185, 70), "azul": (70, 110, 245), "amarillo": (235, 205, 40)}
 SHAPES = ("círculo", "cuadrado", "triángulo")
@@ -186,7 +187,6 @@ def read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
 def read_captions(folder: PathLike, image_size: int, channels: int = 3) -> CaptionSet:
     """A folder with captions.tsv (``relative/path<TAB>caption`` per line) and the images it names; boxes.jsonl
     when present. Paths must stay inside the folder."""
-    from qkv.safety import inside
     folder = Path(folder)
     captions_file = folder / CAPTIONS_FILE
     if not captions_file.is_file():
@@ -205,7 +205,8 @@ def read_captions(folder: PathLike, image_size: int, channels: int = 3) -> Capti
     pixels = np.stack([read_image(p, image_size, channels) for p in paths])
     boxes = None
     if (folder / BOXES_FILE).is_file():
-        records = [json.loads(line) for line in (folder / BOXES_FILE).read_text(encoding="utf-8").splitlines()
+        lines = (folder / BOXES_FILE).read_text(encoding="utf-8").splitlines()
+        records = [loads(line, what=f"{BOXES_FILE} line {n}", expect=dict) for n, line in enumerate(lines, 1)
                    if line.strip()]
         by_image = {r["image"]: [tuple(int(v) for v in o["box"]) for o in r["objects"]] for r in records}
         names = [line.split("\t")[0] for line in captions_file.read_text(encoding="utf-8").splitlines() if line.strip()]

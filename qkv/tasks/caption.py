@@ -17,6 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import shapes
+from ..data.shapes import CAPTIONS_FILE, CaptionSet, object_words
+from ..decoding import generate
+from ..models.image_encoder import image_bytes
+from ..models.show_attend_tell import doubly_stochastic_penalty
 from .batches import take
 from .loss import IGNORE_INDEX, TaskLoss, token_sums
 from .task import Footprint, Task
@@ -83,7 +88,6 @@ class CaptionLoss(TaskLoss):
         s = token_sums(logits, batch.labels, self.eps, accuracy=not self.training)
         cfg = self.model.config
         if cfg.caption_decoder == "lstm" and cfg.attn_doubly_stochastic:
-            from ..models.show_attend_tell import doubly_stochastic_penalty
             s.loss = s.loss + cfg.attn_doubly_stochastic * doubly_stochastic_penalty(weights.alpha.float(), mask).sum()
         if self.training and self.rewards:
             s.loss = s.loss + self.reinforce_terms(logits, batch.labels)  # reward: log p(y | a, picks) per image
@@ -105,7 +109,6 @@ def _generated_count(spec: str) -> int | None:
 def load_caption_set(spec: str, image_size: int, channels: int, *, seed: int, held_out: bool = False):
     """A CaptionSet from 'generated[:N]' (scenes of qkv.data.shapes, seeded; ``held_out``: the validation scenes, from
     another seed) or from a folder."""
-    from ..data import shapes
     n = _generated_count(spec)
     if n is None:
         return shapes.read_captions(spec, image_size, channels)
@@ -118,7 +121,6 @@ def load_caption_set(spec: str, image_size: int, channels: int, *, seed: int, he
 
 def split_sets(cfg, image_size: int, channels: int):
     """(train CaptionSet, held-out CaptionSet or None) for a run's flags."""
-    from ..data.shapes import CaptionSet
     train = load_caption_set(cfg.data, image_size, channels, seed=cfg.seed)
     if cfg.val_data:
         return train, load_caption_set(cfg.val_data, image_size, channels, seed=cfg.seed, held_out=True)
@@ -158,7 +160,6 @@ class Captioning(Task):
 
     def tokenizer_texts(self, cfg, kind):
         # the captions only: image_size does not change the words, so any size gives the generated captions
-        from ..data import shapes
         n = _generated_count(cfg.data)
         if n is not None:
             return iter([s.caption for s in shapes.make_scenes(n, seed=cfg.seed)])
@@ -201,7 +202,6 @@ class Captioning(Task):
 
 
 def _captions_only(folder) -> list[str]:
-    from ..data.shapes import CAPTIONS_FILE
     lines = (Path(folder) / CAPTIONS_FILE).read_text(encoding="utf-8").splitlines()
     return [line.split("\t", 1)[1].strip() for line in lines if "\t" in line]
 
@@ -236,8 +236,6 @@ def describe(model, pixels: torch.Tensor, *, num_beams: int = 1, max_new_tokens:
     """Greedy (or beam) captions of a batch of images through ``qkv.generate``, and the cell each generated token
     attended (the teacher-forced pass over the model's own tokens, which equals the decoding in evaluation mode).
     pixels (B, C, H, W) uint8 -> (tokens (B, L) after the start token, picks (B, L), weights CaptionWeights)."""
-    from ..generate import generate
-    from ..models.image_encoder import image_bytes
     device = next(model.parameters()).device
     pixels = pixels.to(device)
     seqs = generate(model, image_bytes(pixels), max_new_tokens=max_new_tokens, num_beams=num_beams)
@@ -253,7 +251,6 @@ def caption_metrics(model, tokenizer, data, *, limit: int | None = None, batch_s
     the window's centre for local) has its centre inside that object's box; ``align_words``: how many tokens that
     counted; ``align_colour``, ``colour_words``: the same for the colour word that follows (it describes the object
     rather than names it, and the decoder may already look on by then)."""
-    from ..data.shapes import object_words
     n = len(data) if limit is None else min(limit, len(data))
     eos, grid, size = model.config.eos_token_id, model.grid, model.config.image_size
     exact = 0

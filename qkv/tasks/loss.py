@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..nn import needs_reward, reinforce_loss
+
 IGNORE_INDEX = -100  # targets at padding (and unmasked MLM positions): counted nowhere
 
 
@@ -90,7 +92,6 @@ class TaskLoss(nn.Module):
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
         super().__init__()
-        from ..nn import needs_reward
         self.model, self.eps = model, label_smoothing
         self.rewards = needs_reward(model)  # hard / local attention trained by REINFORCE (qkv.nn.Reinforce)
 
@@ -108,7 +109,6 @@ class TaskLoss(nn.Module):
     def reinforce_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The REINFORCE terms of the model's sampled attention picks (``qkv.nn.reinforce_loss``), each batch row
         rewarded with the log-likelihood of its targets given its picks (Xu et al. 2015, eq. 12)."""
-        from ..nn import reinforce_loss
         nll = label_smoothed_nll(logits.detach(), targets, reduction="none")  # (B, ...)
         terms = reinforce_loss(self.model, -nll.reshape(nll.shape[0], -1).sum(-1))
         return logits.new_zeros(()) if terms is None else terms

@@ -19,6 +19,7 @@ CASES = {
     "bert classifier": ("bert-tiny", dict(n_layers=5, num_labels=3, max_positions=32)),
     "vit": ("vit-tiny", dict(n_layers=5, image_size=16, patch_size=8, num_labels=4)),
     "rnn, built whole": ("rnnsearch-tiny", dict(n_layers=3, n_decoder_layers=4)),  # block_paths (): no copying
+    "caption, built whole": ("caption-transformer", dict(n_layers=3, n_decoder_layers=3)),
 }
 
 
