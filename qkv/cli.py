@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,12 +207,23 @@ def _convert(args):
         folder = _model_folder(args.checkpoint)
         model = qkv.load(folder)
         kept = carry.from_qkv_folder(folder)
-    if args.to_hf:
-        path, kept = carry.write_hf(kept, model, args.out)
-    else:
-        path = model.save(args.out)
-        carry.write_qkv(kept, path)
-    print(f"wrote {path} ({model.num_parameters():,} parameters, {'Hugging Face' if args.to_hf else 'qkv'} format); "
+    # Written beside --out under a name of its own, renamed at the end: a full disk or a crash leaves no
+    # half-written --out to block the rerun.
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        if args.to_hf:
+            _, kept = carry.write_hf(kept, model, partial)
+        else:
+            carry.write_qkv(kept, model.save(partial))
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        os.replace(partial, out)
+    except OSError as e:
+        raise CLIError(f"--out {out}: writing {e.filename or partial} failed ({e.strerror or e}); nothing was left "
+                       f"at --out: free some space (or choose another --out) and run the command again") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    print(f"wrote {out} ({model.num_parameters():,} parameters, {'Hugging Face' if args.to_hf else 'qkv'} format); "
           f"kept: {kept.summary()}")
     return 0
 
