@@ -362,28 +362,22 @@ IMAGE_ENCODERS = ("cnn", "patches")
 
 def _check_attention_pick(cfg: "ModelConfig") -> None:
     """The attn_* fields of hard and local attention (qkv/ops/hard_attention.py)."""
-    _choice("attn_select", cfg.attn_select, ATTN_SELECTS)
-    _choice("attn_estimator", cfg.attn_estimator, ATTN_ESTIMATORS)
-    _choice("attn_decode", cfg.attn_decode, ATTN_DECODES)
+    for name, known in (("attn_select", ("soft", "hard", "local")), ("attn_estimator", ("gumbel", "reinforce")),
+                        ("attn_decode", ("argmax", "sample"))):
+        _choice(name, getattr(cfg, name), known)
     _positive("attn_local_window", cfg.attn_local_window)
-    _finite("attn_tau", cfg.attn_tau, low=0.0)
-    if cfg.attn_tau == 0:
-        raise ValueError("attn_tau must be > 0 (the Gumbel-softmax temperature), got 0")
-    for name in ("attn_entropy", "attn_doubly_stochastic"):
-        _finite(name, getattr(cfg, name), low=0.0)
-    _finite("attn_expectation", cfg.attn_expectation, low=0.0)
-    if cfg.attn_expectation > 1:
-        raise ValueError(f"attn_expectation must be in [0, 1] (a share of the training images), got "
-                         f"{cfg.attn_expectation!r}")
-    if cfg.attn_baseline_decay is None:
-        if cfg.attn_select != "soft" and cfg.attn_estimator == "reinforce":
-            raise ValueError("attn_baseline_decay=None: REINFORCE (attn_estimator='reinforce') needs its moving-average "
-                             "baseline (Xu et al. 2015 sec. 4.1); give a decay in [0, 1), e.g. 0.9")
-    elif isinstance(cfg.attn_baseline_decay, bool) or not isinstance(cfg.attn_baseline_decay, (int, float)) \
-            or not 0.0 <= cfg.attn_baseline_decay < 1.0:
-        raise ValueError(f"attn_baseline_decay must be in [0, 1), got {cfg.attn_baseline_decay!r}")
-    if cfg.attn_select != "soft" and cfg.family != "caption" and cfg.mixer != "attention" \
-            and cfg.layer_pattern is None:
+    for name in ("attn_tau", "attn_entropy", "attn_doubly_stochastic", "attn_expectation", "attn_baseline_decay"):
+        if getattr(cfg, name) is not None:
+            _finite(name, getattr(cfg, name), low=0.0)
+    for name, ok, expected in (("attn_tau", cfg.attn_tau > 0, "> 0"),
+                               ("attn_expectation", cfg.attn_expectation <= 1, "in [0, 1]"),
+                               ("attn_baseline_decay", (cfg.attn_baseline_decay or 0) < 1, "in [0, 1)")):
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {getattr(cfg, name)!r}")
+    if cfg.attn_baseline_decay is None and cfg.attn_select != "soft" and cfg.attn_estimator == "reinforce":
+        raise ValueError("attn_baseline_decay=None: REINFORCE (attn_estimator='reinforce') needs its moving-average "
+                         "baseline (Xu et al. 2015 sec. 4.1); give a decay in [0, 1), e.g. 0.9")
+    if cfg.attn_select != "soft" and cfg.family != "caption" and cfg.mixer != "attention" and not cfg.layer_pattern:
         raise ValueError(f"attn_select={cfg.attn_select!r} picks keys of softmax attention, but mixer={cfg.mixer!r} "
                          f"has none")
 
@@ -391,25 +385,24 @@ def _check_attention_pick(cfg: "ModelConfig") -> None:
 def _check_caption(cfg: "ModelConfig") -> None:
     """An image-to-text model: its encoder and decoder, its grid of image cells, and its input as qkv.generate
     reads it (the image's C * H * W bytes as source ids, so max_positions must count them)."""
-    _choice("caption_decoder", cfg.caption_decoder, CAPTION_DECODERS)
-    _choice("image_encoder", cfg.image_encoder, IMAGE_ENCODERS)
-    grid = cfg.image_size // cfg.patch_size
-    if cfg.image_encoder == "cnn" and cfg.patch_size & (cfg.patch_size - 1):
-        raise ValueError(f"image_encoder='cnn' halves the image log2(patch_size) times: patch_size must be a power "
-                         f"of 2, got {cfg.patch_size}")
-    if cfg.attn_select == "local" and cfg.attn_local_window > grid:
-        raise ValueError(f"attn_local_window={cfg.attn_local_window} is larger than the {grid} x {grid} grid of image "
-                         f"cells (image_size {cfg.image_size} / patch_size {cfg.patch_size}); expected "
-                         f"attn_local_window <= {grid}")
-    pixels = cfg.num_channels * cfg.image_size ** 2
-    if cfg.max_positions < pixels:
-        raise ValueError(f"max_positions={cfg.max_positions}: an image-to-text model reads its image as "
-                         f"num_channels * image_size^2 = {pixels} byte ids (qkv.generate's source); expected "
-                         f"max_positions >= {pixels}")
-    if cfg.mixer != "attention" or cfg.layer_pattern is not None:
-        raise ValueError(f"an image-to-text model's decoder uses softmax attention or an LSTM; mixer must be "
-                         f"'attention' with no layer_pattern, got mixer={cfg.mixer!r}, layer_pattern="
-                         f"{cfg.layer_pattern!r}")
+    _choice("caption_decoder", cfg.caption_decoder, ("lstm", "transformer"))
+    _choice("image_encoder", cfg.image_encoder, ("cnn", "patches"))
+    grid, pixels = cfg.image_size // cfg.patch_size, cfg.num_channels * cfg.image_size ** 2
+    for bad, message in (
+            (cfg.image_encoder == "cnn" and cfg.patch_size & (cfg.patch_size - 1),
+             f"image_encoder='cnn' halves the image log2(patch_size) times: patch_size must be a power of 2, got "
+             f"{cfg.patch_size}"),
+            (cfg.attn_select == "local" and cfg.attn_local_window > grid,
+             f"attn_local_window={cfg.attn_local_window} is larger than the {grid} x {grid} grid of image cells "
+             f"(image_size / patch_size); expected attn_local_window <= {grid}"),
+            (cfg.max_positions < pixels,
+             f"max_positions={cfg.max_positions}: an image-to-text model reads its image as num_channels * "
+             f"image_size^2 = {pixels} byte ids (qkv.generate's source); expected max_positions >= {pixels}"),
+            (cfg.mixer != "attention" or cfg.layer_pattern is not None,
+             f"an image-to-text model's decoder is an LSTM or softmax attention: mixer must be 'attention' with no "
+             f"layer_pattern, got mixer={cfg.mixer!r}, layer_pattern={cfg.layer_pattern!r}")):
+        if bad:
+            raise ValueError(message)
 
 
 def _choice(name, value, allowed):

@@ -86,9 +86,11 @@ def test_soft_attention_decoder_passes_gradcheck():
 # ----------------------------------------------------------------------------------------------------------------
 # Cached decoding, qkv.generate
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS + ["patches"])
 def test_cached_decoding_equals_the_teacher_forced_full_pass(name):
-    model = small(name).eval()
+    # "patches": ViT's patch embedding and encoder blocks instead of the CNN, local attention over its cells
+    model = (small("sat-local", image_encoder="patches", n_heads=2, attn_local_window=2) if name == "patches"
+             else small(name)).eval()
     pixels = torch.rand(3, 3, 16, 16)
     ids = torch.randint(0, 20, (3, 6))
     with torch.no_grad():
