@@ -1,4 +1,4 @@
-"""Files at library speed (qkv/batching.py, `qkv translate --file`, `qkv generate --file`): inputs batched by
+"""Files at library speed (qkv/decoding/batch.py, `qkv translate --file`, `qkv generate --file`): inputs batched by
 length under a token budget give exactly the tokens of one-at-a-time decoding, in the inputs' order, greedy and
 beam search, for a prompt (left-padded) and a source (right-padded)."""
 import pytest

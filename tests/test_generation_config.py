@@ -98,8 +98,8 @@ def test_every_entry_takes_a_config_and_overrides_with_the_same_tokens():
 
 def test_the_decoding_flags_are_the_config_fields(capsys):
     from qkv.cli import main
-    for command, defaults in (("generate", ["(default: 100;", "(default: 1;"]),
-                              ("translate", ["(default: 60;", "(default: 4;"])):
+    for command, defaults in (("generate", ["(default: 100)", "(default: 1)"]),
+                              ("translate", ["(default: 60)", "(default: 4)"])):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines

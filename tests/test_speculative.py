@@ -1,4 +1,4 @@
-"""Speculative decoding (qkv/speculative.py): greedy gives exactly the target's greedy tokens for any pair of
+"""Speculative decoding (qkv/decoding/speculative.py): greedy gives exactly the target's greedy tokens for any pair of
 families (KV caches cropped, recurrent states restored), prompt lookup too; sampling keeps the target's
 distribution exactly (a chi-square test on a 5-token vocabulary against the float64 distribution of the first two
 tokens, with a check that the test would catch the draft's distribution)."""

@@ -14,7 +14,8 @@ from ..config import field_help
 from .config import GenerationConfig, settings_fields
 
 SPECULATIVE = ("num_draft_tokens", "prompt_lookup_num_tokens")  # flags of commands that continue a prompt
-FOLDER_SETS = "--hf: the folder's generation_config.json, as transformers' generate"
+FOLDER_SETS = ("GenerationConfig's fields (qkv/decoding/config.py). With --hf, the folder's generation_config.json sets "
+               "the defaults of the settings it holds, as transformers' generate reads them; a flag wins over it.")
 
 
 def flag_fields(*, speculative: bool = False) -> list[dataclasses.Field]:
@@ -23,21 +24,21 @@ def flag_fields(*, speculative: bool = False) -> list[dataclasses.Field]:
 
 
 def add_decoding_arguments(parser, defaults: GenerationConfig, *, speculative: bool = False) -> None:
-    """One flag per flagged field of GenerationConfig; help: the field's comment, then ``defaults``' value (the
-    command's) and, for what a Hugging Face folder can set, that --hf takes the folder's."""
+    """One flag per flagged field of GenerationConfig, in a group of their own; help: the field's comment and
+    ``defaults``' value (the command's)."""
     docs = field_help(GenerationConfig)
+    group = parser.add_argument_group("decoding", FOLDER_SETS)
     for f in flag_fields(speculative=speculative):
         doc = re.sub(r"\s*\(unset: [^)]*\)$", "", docs.get(f.name, ""))  # the command's default says it
         value = getattr(defaults, f.name)
-        shown = "off" if value is None else value
-        folder = "" if f.name in SPECULATIVE or f.name == "compile" else f"; {FOLDER_SETS}"
-        kw = dict(default=None, dest=f.name, help=f"{doc} (default: {shown}{folder})".replace("%", "%%"))
+        kw = dict(default=None, dest=f.name, help=f"{doc} (default: {'off' if value is None else value})".replace(
+            "%", "%%"))
         annotation = str(f.type).replace(" ", "")
         if annotation == "bool":
-            parser.add_argument(f.metadata["flag"], action=argparse.BooleanOptionalAction, **kw)
+            group.add_argument(f.metadata["flag"], action=argparse.BooleanOptionalAction, **kw)
         else:
             kind = int if annotation.startswith("int") else float
-            parser.add_argument(f.metadata["flag"], type=kind, metavar=kind.__name__.upper(), **kw)
+            group.add_argument(f.metadata["flag"], type=kind, metavar=kind.__name__.upper(), **kw)
 
 
 def config_from_arguments(args, base: GenerationConfig, *, speculative: bool = False) -> GenerationConfig:

@@ -68,8 +68,7 @@ def beam_search(run: Run, trace: "TraceLog | None" = None) -> torch.Tensor:
         if step % run.sync_every == run.sync_every - 1 and bool(state.done.all()):
             break
         watch.check(run, step, due=(step + 1) % CHECK_EVERY == 0)
-        run.reorder(parent)
-        watch.reorder(parent)
+        run.reorder(parent)  # (the watch's rows need not follow: any non-finite value anywhere stops the run)
         if seen is not None:
             seen = seen[parent]
             seen.scatter_(1, tokens[:, None], True)

@@ -61,14 +61,6 @@ def boolean(x):
     return x
 
 
-def one_of(*choices):
-    def rule(x):
-        if not any(x is c or (type(x) is type(c) and x == c) for c in choices):
-            raise Bad("one of " + ", ".join(repr(c) for c in choices))
-        return x
-    return rule
-
-
 def token_id(x, *, optional: bool = False):
     if x is None and optional:
         return None

@@ -84,10 +84,11 @@ class GenerationConfig:
     # -- where it came from (not settings)
     source: str | None = field(default=None, compare=False, repr=False)  # the file it was read from, named in errors
     extra: dict = field(default_factory=dict, compare=False, repr=False)  # a file's fields qkv does not use, kept
+    from_file: tuple = field(default=(), compare=False, repr=False)  # the settings the file set (errors name it)
 
     def __post_init__(self):
         where = f"{self.source}: " if self.source else ""
-        for f in settings_fields():
+        for f in _FIELDS:
             value = getattr(self, f.name)
             try:
                 object.__setattr__(self, f.name, f.metadata["rule"](value))
@@ -99,11 +100,21 @@ class GenerationConfig:
 
     # -- making one ------------------------------------------------------------------------------------------
     def replace(self, **changes) -> "GenerationConfig":
-        """A copy with ``changes`` (field names), checked again. TypeError names an unknown one."""
+        """A copy with ``changes`` (field names), checked again; an error names the changes, not the file the
+        rest came from. TypeError names an unknown setting."""
         unknown = sorted(set(changes) - set(SETTINGS))
         if unknown:
             raise TypeError(f"unknown decoding setting(s) {unknown}; known: {', '.join(SETTINGS)}")
-        return dataclasses.replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        new = dataclasses.replace(self, source=None, **changes)  # checked without the file's name
+        object.__setattr__(new, "source", self.source)
+        object.__setattr__(new, "from_file", tuple(n for n in self.from_file if n not in changes))
+        return new
+
+    def _where(self, name: str) -> str:
+        """The file's name, before an error about a value that came from it."""
+        return f"{self.source}: " if self.source and name in self.from_file else ""
 
     @classmethod
     def from_dict(cls, settings: dict, *, source: str | None = None) -> "GenerationConfig":
@@ -123,7 +134,7 @@ class GenerationConfig:
         if c.is_int(values.get("top_k")) and values["top_k"] == 0:
             values["top_k"] = None  # transformers: 0 turns top-k off
         extra = {k: v for k, v in settings.items() if k not in FILE_SETTINGS and k not in UNSUPPORTED}
-        return cls(**values, source=source, extra=extra)
+        return cls(**values, source=source, extra=extra, from_file=tuple(values))
 
     @classmethod
     def from_json(cls, path, *, what: str | None = None) -> "GenerationConfig":
@@ -173,7 +184,6 @@ class GenerationConfig:
         - every token id checked against the vocabulary."""
         cfg = model.config
         V = cfg.vocab_size
-        where = f"{self.source}: " if self.source else ""
         eos = self.eos_token_id if self.eos_token_id is not None else getattr(cfg, "eos_token_id", None)
         eos_ids = () if eos is None else (eos,) if c.is_int(eos) else tuple(eos)
         if self.eos_token_id is None:  # the model's own: an id outside its vocabulary (a preset's GPT-2 id on a
@@ -188,15 +198,16 @@ class GenerationConfig:
                                                                                 ((start,) if start is not None else ()))):
             bad = [t for t in ids if not c.is_int(t) or not 0 <= t < V]
             if bad:
-                raise ValueError(f"{where}{name} must hold token ids in [0, {V}) (the vocabulary), got {bad[0]!r}")
+                raise ValueError(f"{self._where(name)}{name} must hold token ids in [0, {V}) (the vocabulary), got "
+                                 f"{bad[0]!r}")
         controls = make_controls(**{name: getattr(self, name) for name in RULES}, vocab_size=V, eos_ids=eos_ids,
-                                 logits_processor=logits_processor, where=where)
+                                 logits_processor=logits_processor, where=self._where)
         return Resolved(config=self, max_new_tokens=self._new_tokens(prompt_length, cfg), vocab_size=V,
                         eos=torch.tensor(eos_ids, dtype=torch.long) if eos_ids else None, eos_ids=eos_ids, pad=pad,
                         decoder_start=start, controls=controls, stop_strings=self.stop_strings or ())
 
     def _new_tokens(self, prompt: int, cfg) -> int:
-        where = f"{self.source}: " if self.source else ""
+        where = self._where("max_length")
         if self.max_new_tokens is not None:
             return self.max_new_tokens
         if self.max_length is not None:
@@ -217,7 +228,8 @@ def settings_fields() -> tuple:
     return tuple(f for f in dataclasses.fields(GenerationConfig) if "rule" in f.metadata)
 
 
-SETTINGS = tuple(f.name for f in settings_fields())
+_FIELDS = settings_fields()
+SETTINGS = tuple(f.name for f in _FIELDS)
 FILE_SETTINGS = tuple(f.name for f in settings_fields() if f.metadata["file"])  # what a generation_config.json sets
 
 

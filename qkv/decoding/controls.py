@@ -23,6 +23,7 @@ decoder-start token (encoder-decoder) plus the tokens generated so far.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -173,21 +174,22 @@ def _bad_words(bad_words, sequences, scores) -> torch.Tensor:
     return banned
 
 
-def make_controls(*, vocab_size: int, eos_ids=(), logits_processor=None, where: str = "",
+def make_controls(*, vocab_size: int, eos_ids=(), logits_processor=None, where: str | Callable = "",
                   **settings) -> LogitsControls:
     """Checked controls from ``settings`` (names of ``RULES``; the others stay off): each value by its rule and
     token ids against the vocabulary; ValueError names the setting, its value and what it should be, after
-    ``where`` (a file's name). As in transformers, bad words that are just an EOS id are dropped (a sequence must
-    be able to end)."""
+    ``where`` (a file's name, or a function of the setting's name giving it). As in transformers, bad words that
+    are just an EOS id are dropped (a sequence must be able to end)."""
     unknown = sorted(set(settings) - set(RULES))
     if unknown:
         raise TypeError(f"unknown logits controls {unknown}; known: {', '.join(RULES)}")
+    prefix = where if callable(where) else (lambda name: where)
     checked = {}
     for name, value in settings.items():
         try:
             checked[name] = RULES[name](value)
         except c.Bad as e:
-            raise ValueError(f"{where}{name} must be {e}, got {value!r}") from None
+            raise ValueError(f"{prefix(name)}{name} must be {e}, got {value!r}") from None
     if checked.get("bad_words_ids") is None:
         checked.pop("bad_words_ids", None)
     eos = checked.get("forced_eos_token_id")
@@ -198,7 +200,7 @@ def make_controls(*, vocab_size: int, eos_ids=(), logits_processor=None, where: 
             [t for w in value for t in (w if isinstance(w, tuple) else (w,))]
         for t in ids:
             if t >= vocab_size:
-                raise ValueError(f"{where}{name} must hold token ids in [0, {vocab_size}), got {t!r}")
+                raise ValueError(f"{prefix(name)}{name} must hold token ids in [0, {vocab_size}), got {t!r}")
     if "bad_words_ids" in checked:
         checked["bad_words_ids"] = tuple(w for w in checked["bad_words_ids"] if not (len(w) == 1 and w[0] in set(eos_ids)))
     return LogitsControls(**checked, processors=_processors(logits_processor))

@@ -25,9 +25,6 @@ class FiniteWatch:
         """values: (N,) one number per row that is non-finite when that row's logits are (their max)."""
         self.acc.addcmul_(values, self._zero)
 
-    def reorder(self, index: torch.Tensor) -> None:
-        self.acc = self.acc[index]
-
     def check(self, run, step: int | None = None, *, due: bool = True) -> None:
         """Raise (``refuse``) when a non-finite value was seen; ``due``: read now (else wait for the next read)."""
         if due and bool(self.acc.isnan().any()):

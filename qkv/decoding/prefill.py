@@ -58,7 +58,7 @@ def prefill(model, input_ids: torch.Tensor, config: GenerationConfig, *, attenti
         pre = decoding.prefill(model, input_ids.long(), attention_mask, cache, capacity or needed)
         run = Run(model, decoding, plan, cache, pre, generator=generator, decode=decode, stop=stop,
                   return_scores=plan.return_scores)
-        run.inputs = (input_ids, attention_mask)  # what a refusal re-runs to find a non-finite tensor
+        run.inputs = (input_ids, attention_mask)
     if prefix_ids is not None and prefix_ids.shape[1] > 1:
         with run.steps():
             for column in prefix_ids[:, 1:].unbind(1):  # the rest of the decoder prefix, token by token

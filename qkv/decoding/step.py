@@ -43,6 +43,7 @@ class Run:
         # return_scores: (N, max_new) log-probability of each chosen token (greedy, sampling)
         self.logprobs = torch.zeros(B, plan.max_new_tokens, device=device) if return_scores else None
         self.beam_scores = None  # beam search with return_scores: ((N,) final scores, (N, L) token log-probs)
+        self.inputs = None  # (input_ids, attention_mask): what a refusal re-runs to name a non-finite tensor
 
     def expand(self, n: int) -> None:
         """Repeat every row n times (beams, samples): cache, encoder state, masks, positions, logits."""

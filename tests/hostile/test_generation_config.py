@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import qkv
 from qkv.decoding import GenerationConfig
 from qkv.decoding.config import FILE_SETTINGS, SETTINGS
 
@@ -131,3 +132,14 @@ def test_a_flag_wins_over_the_file_and_a_good_file_decodes(world, hf_folder, cap
     refused(capsys, ["generate", "--hf", folder, "--prompt", "the"], "num_beams")
     folder = _folder_with(world, hf_folder, num_beams=2, max_new_tokens=3, transformers_version="4.0")
     assert ok(capsys, ["generate", "--hf", folder, "--prompt", "the"]).out.strip()
+
+
+def test_a_bad_flag_over_a_good_file_is_blamed_on_the_flag(world, hf_folder, capsys):
+    folder = _folder_with(world, hf_folder, num_beams=2, eos_token_id=3)
+    line = refused(capsys, ["generate", "--hf", folder, "--prompt", "the", "--top-p", "2"], "--top-p 2", "top_p")
+    assert "generation_config.json" not in line
+    config = GenerationConfig.from_folder(folder)
+    with pytest.raises(ValueError, match=r"^eos_token_id must hold token ids in \[0, 5\)"):
+        config.replace(eos_token_id=9).resolved(qkv.build(qkv.preset("gpt2-tiny", vocab_size=5)), 1)
+    with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id must hold token ids in \[0, 3\)"):
+        config.resolved(qkv.build(qkv.preset("gpt2-tiny", vocab_size=3)), 1)
