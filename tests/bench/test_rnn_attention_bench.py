@@ -14,8 +14,14 @@ def test_the_bench_trains_every_variant_and_writes_table_and_figure(tmp_path, ca
     for variant, r in result.items():
         assert r["steps"] == 10 and 0.0 <= r["exact"] <= 1.0 and r["params"] > 0
         assert (r["alignment"] is None) == (variant == "none")
-        assert set(r["buckets"]) == {"1-4", "5-8", "9-12"}
+        assert set(r["buckets"]) == set(r["letters"]) == {"1-4", "5-8", "9-12"}
+        assert 0.0 <= r["letters_right"] <= 1.0
         assert sum(n for _, n in r["buckets"].values()) == 40  # every held-out pair in one bucket
     assert figure.stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "| RNN + Bahdanau |" in printed and "command: python bench/rnn_attention.py --quick" in printed
+    # --eval-only scores the models the run left behind again, without training them
+    assert load_bench("rnn_attention").main(["--quick", "--out", str(out), "--figure", str(figure), "--eval-only",
+                                             "--variants", "none,local_p"]) == 0
+    again = json.loads((out / "result.json").read_text())
+    assert again["local_p"]["exact"] == result["local_p"]["exact"] and again["none"]["steps"] == 10

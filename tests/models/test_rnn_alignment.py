@@ -1,7 +1,7 @@
 """Attention that can be checked: a tiny Luong model (global attention, general score) trained for a few seconds on
-the swap task (each adjacent pair of letters swapped) attends, for most output letters, to the source letter it copies; the argmax
-alignment is scored against the task's known one. Untrained, it lands there about one time in ten.
-(bench/rnn_attention.py reports the same accuracy for every variant on sources of up to 64 letters.)"""
+the swap task (each adjacent pair of letters swapped) attends, for most output letters, to the source letter it
+copies; the argmax alignment is scored against the task's known one. Untrained, it lands there about one time in
+ten. (bench/rnn_attention.py reports the same accuracy for every variant on sources of up to 64 letters.)"""
 import torch
 
 import qkv

@@ -272,9 +272,11 @@ def test_decoder_step_gradcheck(name):
     values = layer.cross.v.clone().requires_grad_(True) if layer.cross.v is not None else \
         torch.zeros(1, dtype=F64, requires_grad=True)
 
-    def f(x, h, values):
-        s = {**state, "h": h}
+    feed = torch.randn(1, N, dtype=F64, requires_grad=True)  # h~_{t-1}, read where input feeding is on
+
+    def f(x, h, values, feed):
+        s = {**state, "h": h, **({"feed": feed} if "feed" in state else {})}
         keys = dec.keys(values[:, 0]) if dec.attention is not None else None
         out, _, new = dec.step(x, s, keys, values if dec.attention is not None else None)
         return out, new["h"]
-    assert torch.autograd.gradcheck(f, (x, h, values))
+    assert torch.autograd.gradcheck(f, (x, h, values, feed))

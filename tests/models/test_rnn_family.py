@@ -127,12 +127,16 @@ def test_qkv_train_translate_plot_and_explore_an_rnn(tmp_path, capsys):
     assert len(example["kinds"][0]["keys"]) == 5  # a b c d </s>
 
 
-def test_return_weights_gives_one_cross_map_the_viewers_read():
+def test_return_weights_gives_one_cross_map_the_viewers_read(tmp_path):
+    from qkv import viz
     from qkv.explore import seq2seq_maps
     model = qkv.build(qkv.preset("luong-tiny", rnn_attention="local_m", rnn_local_window=1)).eval()
     maps = seq2seq_maps(model, [5, 6, 7, 2], [1, 9, 8], ["a", "b", "c", "</s>"], ["<s>", "x", "y"])
     assert [m.kind for m in maps] == ["cross"] and maps[0].layers[0].shape == (1, 3, 4)
     torch.testing.assert_close(maps[0].layers[0].sum(-1), torch.ones(1, 3))  # local-m's rows: a softmax
     assert maps[0].layers[0][0, 0, 3] == 0  # step 1's window [0, 2] leaves position 4 out
+    cross = maps[0]  # the demo's figure: the last layer's map, mean of heads
+    viz.plot_alignment(cross.mean_heads(-1), cross.queries, cross.keys, tmp_path / "cross.png")
+    assert (tmp_path / "cross.png").stat().st_size > 5_000
     none = qkv.build(qkv.preset("luong-tiny", rnn_attention="none")).eval()
     assert seq2seq_maps(none, [5, 6, 2], [1, 9], ["a", "b", "</s>"], ["<s>", "x"]) == []  # nothing to align

@@ -1,0 +1,24 @@
+"""bench/multi30k.py --rnn, smoke-tested tiny on a made-up parallel corpus: the recurrent model with attention trains
+beside the Transformer for the same two steps, decodes the test side with beams, and gets its own BLEU entry."""
+import json
+
+from . import load_bench, word_corpus
+from .test_multi30k_bench import DE, EN
+
+
+def test_the_rnn_trains_beside_the_transformer_and_is_scored_the_same_way(tmp_path, capsys):
+    data = tmp_path / "multi30k"
+    data.mkdir()
+    for split, lines in (("train", 60), ("val", 8), ("test_2016_flickr", 6)):
+        word_corpus(data / f"{split}.de", DE, lines=lines, per_line=6, seed=len(split))
+        word_corpus(data / f"{split}.en", EN, lines=lines, per_line=5, seed=len(split) + 100)
+    out = tmp_path / "out"
+    assert load_bench("multi30k").main(["--data", str(data), "--max-steps", "2", "--d-model", "32", "--layers", "1",
+                                        "--heads", "2", "--vocab", "300", "--max-tokens", "256", "--beams", "2",
+                                        "--rnn", "rnnsearch-50", "--rnn-d-model", "16", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    rnn = result["rnn"]
+    assert rnn["preset"] == "rnnsearch-50" and rnn["steps"] == result["steps"] == 2
+    assert "bahdanau attention" in rnn["stack"] and rnn["params"] > 0
+    assert rnn["bleu"] is None or 0.0 <= rnn["bleu"] <= 100.0
+    assert "rnnsearch-50:" in capsys.readouterr().out  # its translations printed beside the Transformer's
