@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..nn import needs_reward, reinforce_loss
+
 IGNORE_INDEX = -100  # targets at padding (and unmasked MLM positions): counted nowhere
 
 
@@ -90,7 +92,6 @@ class TaskLoss(nn.Module):
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
         super().__init__()
-        from ..nn import needs_reward
         self.model, self.eps = model, label_smoothing
         self.rewards = needs_reward(model)  # hard / local attention trained by REINFORCE (qkv.nn.Reinforce)
 
@@ -110,7 +111,6 @@ class TaskLoss(nn.Module):
         rewarded with the log-likelihood of its targets given its picks (Xu et al. 2015, eq. 12); per_token: divided
         by the row's number of targets, so rows of different lengths share one baseline (a long row's lower total
         is not read as a worse pick)."""
-        from ..nn import reinforce_loss
         nll = label_smoothed_nll(logits.detach(), targets, reduction="none").reshape(len(targets), -1)  # (B, T)
         reward = -nll.sum(-1)
         if per_token:
