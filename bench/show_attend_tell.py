@@ -9,7 +9,7 @@ exact match of the greedy captions and the alignment: the share of correctly nam
 (argmax for soft, the pick for hard, the window's centre for local) has its centre inside the object's box; the
 colour word after each name is counted apart. It writes the paper's figure for soft and hard on the same images.
 
-    python bench/show_attend_tell.py                                  # 4 variants, 3000 steps each, 1 thread
+    python bench/show_attend_tell.py                                  # 4 variants, 2500 steps each, 1 thread
     python bench/show_attend_tell.py --minutes 6                      # a time budget per variant instead
     python bench/show_attend_tell.py --quick                          # a smoke-sized run (seconds)
 """
@@ -58,12 +58,12 @@ def train_variant(name: str, args, out: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default=",".join(VARIANTS), help="presets to train, comma-separated")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps per variant")
+    p.add_argument("--steps", type=int, default=2500, help="optimizer steps per variant")
     p.add_argument("--minutes", type=float, help="training time per variant instead of --steps (a 20-step probe)")
     p.add_argument("--quick", action="store_true", help="smoke-sized: 30 steps, 64 training images, 16 held out")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--doubly-stochastic", type=float, default=0.0,
                    help="lambda of the doubly stochastic penalty (the LSTM decoder)")
     p.add_argument("--train-images", type=int, default=4000)

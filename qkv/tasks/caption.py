@@ -1,6 +1,7 @@
 """Image captioning (the caption family): teacher forcing on (image, BOS + caption) -> logits vs caption + EOS; the
 loss adds Show, Attend and Tell's doubly stochastic penalty and, for picks trained by REINFORCE, its terms with each
-row's log-likelihood as the reward (Xu et al. 2015, eq. 12 and 14).
+caption's log-likelihood per word as the reward (Xu et al. 2015, eq. 12 and 14, use the total; per word, captions of
+one and of three objects share one baseline).
 
 Data: ``--data generated`` (or ``generated:N``, N training scenes, default 4000) makes qkv.data.shapes' scenes in
 memory, with a held-out set of 400 other scenes for validation; ``--data FOLDER`` reads a folder of images and its
@@ -90,7 +91,8 @@ class CaptionLoss(TaskLoss):
         if cfg.caption_decoder == "lstm" and cfg.attn_doubly_stochastic:
             s.loss = s.loss + cfg.attn_doubly_stochastic * doubly_stochastic_penalty(weights.alpha.float(), mask).sum()
         if self.training and self.rewards:
-            s.loss = s.loss + self.reinforce_terms(logits, batch.labels)  # reward: log p(y | a, picks) per image
+            # reward: log p(y | a, picks) per word of the caption (captions of 1 to 3 objects share one baseline)
+            s.loss = s.loss + self.reinforce_terms(logits, batch.labels, per_token=True)
         return s
 
 

@@ -106,11 +106,16 @@ class TaskLoss(nn.Module):
             s.loss = s.loss + self.reinforce_terms(logits, targets)
         return s
 
-    def reinforce_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def reinforce_terms(self, logits: torch.Tensor, targets: torch.Tensor, *, per_token: bool = False) -> torch.Tensor:
         """The REINFORCE terms of the model's sampled attention picks (``qkv.nn.reinforce_loss``), each batch row
-        rewarded with the log-likelihood of its targets given its picks (Xu et al. 2015, eq. 12)."""
-        nll = label_smoothed_nll(logits.detach(), targets, reduction="none")  # (B, ...)
-        terms = reinforce_loss(self.model, -nll.reshape(nll.shape[0], -1).sum(-1))
+        rewarded with the log-likelihood of its targets given its picks (Xu et al. 2015, eq. 12); per_token: divided
+        by the row's number of targets, so rows of different lengths share one baseline (a long row's lower total
+        is not read as a worse pick)."""
+        nll = label_smoothed_nll(logits.detach(), targets, reduction="none").reshape(len(targets), -1)  # (B, T)
+        reward = -nll.sum(-1)
+        if per_token:
+            reward = reward / (targets != IGNORE_INDEX).reshape(len(targets), -1).sum(-1).clamp(min=1)
+        terms = reinforce_loss(self.model, reward)
         return logits.new_zeros(()) if terms is None else terms
 
     def logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
