@@ -10,7 +10,9 @@ libraries are compared as well.
 The overhead rows measure the decoding machinery itself: ``qkv.generate`` (greedy, batch 1) against a bare loop
 of the same model steps (the model called on each new token over a preallocated cache, argmax, nothing else), on
 a tiny model (2 layers x 64, vocabulary 256), where the machinery's share is largest, and on the benchmark's
-model: microseconds per token over the bare step, and that as a share of it.
+model. Each runs for N and 4N tokens: the slope is the cost per token (microseconds over the bare step, and that
+as a share of it), the rest the cost per call (argument checks, the cache, packing the weights). They run on one
+thread: the machinery is Python, and one thread keeps a shared machine's waits for a second one out of them.
 
 qkv runs twice: eagerly, and with ``compile=True`` (every step after the prompt is one torch.compile'd graph over
 the static cache; CUDA graphs on a GPU). The compiled run's first call, which compiles, is reported apart
@@ -81,14 +83,17 @@ def bare_loop(model, ids, new):
 
 
 def overhead_row(name, model, ids, new, repeats):
-    """generate against the bare loop on the same model and prompt: per-token times and the difference."""
-    (t_gen, t_bare), (out_gen, out_bare) = timed(
-        [lambda: qkv.generate(model, ids, max_new_tokens=new, eos_token_id=()), lambda: bare_loop(model, ids, new)],
-        repeats)
-    step = t_bare / new * 1e6
-    extra = (t_gen - t_bare) / new * 1e6
-    return dict(model=name, generate_us=t_gen / new * 1e6, bare_us=step, overhead_us=extra,
-                share=extra / step, same=torch.equal(out_gen, out_bare))
+    """generate against the bare loop on the same model and prompt, each run for ``new`` and ``4 * new`` tokens:
+    the slope between the two lengths is the cost per token (the decoding machinery's per step: generate's minus
+    the bare loop's), what is left at zero tokens the cost per call (checks, the cache, packing)."""
+    runs = [lambda n=n: qkv.generate(model, ids, max_new_tokens=n, eos_token_id=()) for n in (new, 4 * new)]
+    runs += [lambda n=n: bare_loop(model, ids, n) for n in (new, 4 * new)]
+    (g1, g4, b1, b4), outs = timed(runs, repeats)
+    per_token = ((g4 - g1) - (b4 - b1)) / (3 * new) * 1e6
+    step = (b4 - b1) / (3 * new) * 1e6
+    per_call = ((g1 - b1) * 1e6 - per_token * new) / 1e3
+    return dict(model=name, step_us=step, overhead_us=per_token, share=per_token / step, per_call_ms=per_call,
+                same=torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3]))
 
 
 def main():
@@ -98,11 +103,13 @@ def main():
     transformers.logging.set_verbosity_error()
     hf, ours = build_pair(args)
     rows = [speed_row(args, hf, ours, beams, batch) for beams in args.beams for batch in args.batches]
-    tiny = qkv.build(qkv.preset("gpt2-tiny", max_positions=args.prompt + args.new)).eval().to(args.device)
+    tiny = qkv.build(qkv.preset("gpt2-tiny", max_positions=args.prompt + 4 * args.new)).eval().to(args.device)
     prompt = torch.randint(2, 256, (1, args.prompt), generator=torch.Generator().manual_seed(0)).to(args.device)
+    torch.set_num_threads(1)  # the machinery is Python on one thread; one thread keeps other processes' load out
     overheads = [overhead_row("tiny 2 x 64, V 256", tiny, prompt, args.new, args.repeats),
                  overhead_row(f"bench {args.layers} x {args.width}, V {args.vocab}", ours,
                               prompt % args.vocab, args.new, args.repeats)]
+    torch.set_num_threads(args.threads)
     if args.profile:
         import cProfile
         import pstats
@@ -117,12 +124,13 @@ def main():
     print(_header(args.compile))
     for row in rows:
         print(_format_row(row, args.compile))
-    print("\ndecoding overhead: qkv.generate (greedy, batch 1) over a bare loop of the same model steps")
-    print("| model | generate us/token | bare step us/token | overhead us/token | share | same tokens |")
+    print(f"\ndecoding overhead: qkv.generate (greedy, batch 1) over a bare loop of the same model steps, from runs "
+          f"of {args.new} and {4 * args.new} tokens, 1 thread")
+    print("| model | bare step us/token | overhead us/token | share of the step | overhead ms/call | same tokens |")
     print("|---|---|---|---|---|---|")
     for r in overheads:
-        print(f"| {r['model']} | {r['generate_us']:.1f} | {r['bare_us']:.1f} | {r['overhead_us']:.1f} | "
-              f"{100 * r['share']:.1f}% | {'yes' if r['same'] else 'NO'} |")
+        print(f"| {r['model']} | {r['step_us']:.1f} | {r['overhead_us']:.1f} | {100 * r['share']:.1f}% | "
+              f"{r['per_call_ms']:.2f} | {'yes' if r['same'] else 'NO'} |")
     print("\ncommand: python " + " ".join(sys.argv))
 
 

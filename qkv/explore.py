@@ -7,7 +7,7 @@
 What an example holds, by the model's family:
   encoder-decoder  the translation by beam search (and greedy's), the encoder's self-attention, the decoder's
                    masked self-attention and the cross-attention, all under teacher forcing on that translation;
-                   and the beam search itself, step by step (``qkv.decoding.beam_search_trace``)
+                   and the beam search itself, step by step (``qkv.generate.beam_search_trace``)
   decoder          the prompt's continuation by beam search (and greedy's), masked self-attention over prompt and
                    continuation, and the beam search
   encoder          self-attention only: an encoder reads its input at once and generates nothing

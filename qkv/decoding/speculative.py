@@ -32,9 +32,9 @@ from ..models import decodable_positions, decoding_of
 from ..nn.cache import RecurrentCache
 from ..ops.checks import trusted_values
 from .config import GenerationConfig, Resolved
-from .controls import top_k_top_p
 from .finite import refuse
 from .outputs import GenerateOutput
+from .sample import warp
 
 
 @dataclass
@@ -120,7 +120,7 @@ class _Speculation:
     """One run: the target's and the draft's caches, the sequence so far (host list: B = 1), the rounds."""
 
     def __init__(self, model, draft, input_ids, plan: Resolved, generator, stats: SpeculativeStats):
-        self.model, self.draft, self.opts, self.stats, self.generator = model, draft, plan, stats, generator
+        self.model, self.draft, self.plan, self.stats, self.generator = model, draft, plan, stats, generator
         lookup = plan.prompt_lookup_num_tokens
         K = lookup if lookup is not None else plan.num_draft_tokens
         self.K, self.adaptive = K, plan.adaptive_draft
@@ -141,14 +141,14 @@ class _Speculation:
     # -- scores: generate's pipeline, one position at a time ---------------------------------------------------
     def _scores(self, logits: torch.Tensor, so_far: list[int]) -> torch.Tensor:
         """(V,) logits of the token after ``so_far`` -> (V,) processed scores (controls, then sampling's filters)."""
-        opts = self.opts
+        plan = self.plan
         scores = logits.float()[None]  # (1, V)
-        if opts.controls.active:
-            seq = torch.tensor([so_far], device=self.device) if opts.controls.needs_sequences else None
-            scores = opts.controls.apply(scores, seq, length=len(so_far), prompt_length=self.prompt,
-                                         max_length=self.prompt + opts.max_new_tokens, eos=opts.eos)
-        if opts.do_sample:
-            scores = opts.controls.warp(top_k_top_p(scores / opts.temperature, opts.top_k, opts.top_p))
+        if plan.controls.active:
+            seq = torch.tensor([so_far], device=self.device) if plan.controls.needs_sequences else None
+            scores = plan.controls.apply(scores, seq, length=len(so_far), prompt_length=self.prompt,
+                                         max_length=self.prompt + plan.max_new_tokens, eos=plan.eos)
+        if plan.do_sample:
+            scores = warp(scores, plan)
         return scores[0]
 
     # -- proposing ---------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class _Speculation:
         guesses, dists, self.draft_snaps = [], [], [cache.snapshot()]
         for i in range(k):
             scores = self._scores(logits, self.seq + guesses)
-            if self.opts.do_sample:
+            if self.plan.do_sample:
                 q = scores.softmax(-1)
                 token = int(torch.multinomial(q, 1, generator=self.generator))
                 dists.append(q)
@@ -189,10 +189,10 @@ class _Speculation:
 
     # -- one round ---------------------------------------------------------------------------------------------
     def decode(self) -> tuple[list[int], list[float]]:
-        opts, stats = self.opts, self.stats
+        plan, stats = self.plan, self.stats
         generated, logprobs = [], []
-        while len(generated) < opts.max_new_tokens:
-            room = opts.max_new_tokens - len(generated) - 1  # the round's own token always fits
+        while len(generated) < plan.max_new_tokens:
+            room = plan.max_new_tokens - len(generated) - 1  # the round's own token always fits
             guesses, dists = self._propose(min(self.K, room)) if room > 0 else ([], [])
             k = len(guesses)
             fed = self.cache.length
@@ -227,7 +227,7 @@ class _Speculation:
 
     def _accept(self, logits: torch.Tensor, guesses: list[int], dists: list) -> tuple[int, list[int], list[float]]:
         """(accepted guesses, the round's new tokens, their log-probabilities under the target's scores)."""
-        if not self.opts.do_sample and not self.opts.controls.active:
+        if not self.plan.do_sample and not self.plan.controls.active:
             # plain greedy: every position's choice at once, one read back to the host
             scores = logits.float()  # (1 + k, V)
             best = scores.argmax(-1)
@@ -241,7 +241,7 @@ class _Speculation:
             scores = self._scores(logits[i], self.seq + new)
             logp = scores.log_softmax(-1)
             guess = guesses[i] if i < len(guesses) else None
-            if not self.opts.do_sample:
+            if not self.plan.do_sample:
                 token = int(scores.argmax())
                 new.append(token)
                 chosen.append(float(logp[token]))
