@@ -12,6 +12,7 @@ import sys
 
 from ..config import (ModelConfig, TrainConfig, add_dataclass_arguments, dataclass_from_args, join_negative_values,
                       load_config_file)
+from ..config_args import OneLineParser, one_line
 from ..presets import preset
 
 log = logging.getLogger("qkv.train")
@@ -25,13 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_dataclass_arguments(p.add_argument_group("training (every TrainConfig field)"), TrainConfig,
                             defaults_to_none=True)
     return p
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with its errors as one line (``qkv train: error: ...``), like every other qkv error."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,16 +100,6 @@ def name_flags(message: str, args, cls) -> str:
     return ", ".join(f"--{n.replace('_', '-')} {shown(getattr(args, n))}" for n in given) + f": {message}"
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one line: its message with any line breaks joined; one that is not a user's mistake (bad
-    flags, files or data) also says its type."""
-    msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
-    msg = "; ".join(line.strip() for line in msg.splitlines() if line.strip()) or type(e).__name__
-    if isinstance(e, (ValueError, TypeError, OSError)):
-        return msg
-    return f"{type(e).__name__}: {msg} (--debug shows the traceback)"
-
-
 def main(argv=None):
     """``python -m qkv.train FLAGS``: train, then log the summary (on rank 0) as JSON; returns the summary. A bad
     flag, file or value ends the process with one line on stderr (status 2 for flags, 1 for the run), as `qkv
@@ -142,6 +126,3 @@ def main(argv=None):
     if int(os.environ.get("RANK", "0")) == 0:
         log.info(json.dumps(dataclasses.asdict(summary), indent=1))
     return summary
-
-
-# A negative number: "-1e-3", "-.5", "-inf". argparse takes "-1e-3" for an option (its rule knows no exponents).
