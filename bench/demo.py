@@ -26,7 +26,8 @@ from qkv import data as qd  # noqa: E402
 from qkv.config import TrainConfig  # noqa: E402
 from qkv.data.demo_task import fresh_numbers, kind_of  # noqa: E402
 from qkv.demo import DEMO_MODEL, DEMO_TOKENIZER, DEMO_TRAIN, NUM_BEAMS, accented  # noqa: E402
-from qkv.decoding import generate, translate  # noqa: E402
+from qkv.decoding import generate  # noqa: E402
+from qkv.tasks.seq2seq import translate  # noqa: E402
 from qkv.models.build import load  # noqa: E402
 from qkv.presets import preset  # noqa: E402
 from qkv.train import train  # noqa: E402

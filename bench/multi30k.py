@@ -31,7 +31,7 @@ import qkv  # noqa: E402
 from qkv.config import TrainConfig  # noqa: E402
 from qkv.data import train_bpe  # noqa: E402
 from qkv.demo import bleu  # noqa: E402
-from qkv.decoding import translate  # noqa: E402
+from qkv.tasks.seq2seq import translate  # noqa: E402
 from qkv.train import train  # noqa: E402
 
 _HERE = Path(__file__).resolve()

@@ -36,7 +36,7 @@ from qkv.checkpoint import latest_checkpoint  # noqa: E402
 from qkv.config import TrainConfig  # noqa: E402
 from qkv.data import CharTokenizer  # noqa: E402
 from qkv.data.alignment_task import LETTERS, alignment_accuracy, make_pairs  # noqa: E402
-from qkv.decoding import translate  # noqa: E402
+from qkv.tasks.seq2seq import translate  # noqa: E402
 from qkv.train import train  # noqa: E402
 
 VARIANTS = ("none", "bahdanau", "global", "local_p", "transformer")

@@ -29,9 +29,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from . import files
+from . import checkpoint as ckpt
+from . import data as qd
+from . import files, viz
+from .checkpoint import RunLock
+from .config import TrainConfig
+from .data import split_of
+from .data.demo_task import fresh_numbers, kind_of
 from .demo_folder import MARKER, check_demo_folder, writing
+from .explore import Explorer, attention_maps  # noqa: F401 (qkv.demo.attention_maps: the pair's three kinds)
+from .models.build import load
+from .presets import preset
+from .tasks.seq2seq import sentence_room, translate
+from .train import RESUME_MUST_MATCH, train
 
 log = logging.getLogger("qkv.demo")
 
@@ -83,16 +95,10 @@ def _read_lines(path) -> list[str]:
 def bleu(hyps: list[str], refs: list[str]) -> float | None:
     """Corpus BLEU (sacrebleu, 0-100) of hypotheses against one reference each; None when sacrebleu is missing."""
     try:
-        import sacrebleu
+        import sacrebleu  # optional dependency (qkv[extras]): without it the demo reports no BLEU
     except ImportError:
         return None
     return sacrebleu.corpus_bleu(hyps, [refs]).score
-
-
-def attention_maps(model, tokenizer, source: str, target: str):
-    """The three kinds of attention of one sentence pair under teacher forcing (``qkv.explore.attention_maps``)."""
-    from .explore import attention_maps as maps
-    return maps(model, tokenizer, source, target)
 
 
 def accented(text: str) -> bool:
@@ -103,7 +109,6 @@ def accented(text: str) -> bool:
 def holdout_split(pairs, fraction: float = HOLDOUT, cap: int = HOLDOUT_CAP):
     """(train, val, test) of pairs: a share `fraction` held out by a hash of each source (half validation, half
     test; at most `cap` each, the rest trains), so a source and its repeats always land on the same side."""
-    from .data import split_of
     train, val, test = [], [], []
     for pair in pairs:
         side = {"train": train, "val": val, "test": test}[split_of(pair[0], fraction / 2, fraction / 2)]
@@ -119,7 +124,6 @@ def holdout_split(pairs, fraction: float = HOLDOUT, cap: int = HOLDOUT_CAP):
 
 def _own_data(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, echo):
     """The user's files; without validation files a share is held out into out/data. Returns the six paths."""
-    from . import data as qd
     for flag, path in (("--src", src), ("--tgt", tgt), ("--val-src", val_src), ("--val-tgt", val_tgt)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} {path}: no such file")
@@ -156,7 +160,6 @@ def _checkpoint_step(path: Path) -> int | None:
 
 def _quality_callback(sources, references, tokenizer, max_new_tokens: int):
     """An eval_callback: greedy exact match and BLEU on held-out pairs, for the quality curves."""
-    from .decoding import translate
 
     def callback(model, step):
         was_training = model.training
@@ -195,7 +198,6 @@ def run_demo(out_dir="runs/demo", *, src=None, tgt=None, val_src=None, val_tgt=N
     resumes it with the tokenizer saved in its last checkpoint; a folder holding anything else is refused unless
     ``overwrite`` (``check_demo_folder``). One demo at a time in a folder (``qkv.checkpoint.RunLock``). progress:
     bars with the time left, for training and for the evaluation after it."""
-    from .checkpoint import RunLock
     begun = time.time()
     out = Path(out_dir)
     if (src is None) != (tgt is None):
@@ -229,8 +231,6 @@ def _duration(seconds: float) -> str:
 
 def _translate_all(model, tokenizer, jobs, max_new: int, progress: bool) -> list[list[str]]:
     """The translations of each job (sentences, beams), in batches of 64 under one bar with the time left."""
-    from tqdm.auto import tqdm
-    from .decoding import translate
     total = sum(len(sentences) for sentences, _ in jobs)
     outputs = []
     with tqdm(total=total, file=sys.stderr, unit="sentence", dynamic_ncols=True, desc="evaluate",
@@ -244,26 +244,24 @@ def _translate_all(model, tokenizer, jobs, max_new: int, progress: bool) -> list
     return outputs
 
 
-def _run_demo(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, max_steps, n_train, n_test, n_fresh,
-              n_examples, seed, show, progress, echo, begun: float) -> DemoResult:
-    from . import data as qd
-    from . import checkpoint as ckpt
-    from .config import TrainConfig
-    from .data.demo_task import fresh_numbers, kind_of
-    from .models.build import load
-    from .presets import preset
-
-    builtin = src is None
-    if builtin:
+def _data(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, n_train, n_test, seed, echo) -> tuple:
+    """The six files (train, validation and test; source and target each): the built-in task generated into
+    out/data when no --src is given, else the user's (``_own_data``)."""
+    if src is None:
         echo(f"generating the English -> Spanish task into {out / 'data'} ({n_train} training pairs)")
         with writing(out / "data"):
             made = qd.make_demo_data(out / "data", train=n_train, val=n_test, test=n_test, seed=seed)
-        (src, tgt), (val_src, val_tgt), (test_src, test_tgt) = made["train"], made["val"], made["test"]
-    else:
-        with writing(out / "data"):
-            src, tgt, val_src, val_tgt, test_src, test_tgt = _own_data(out, src, tgt, val_src, val_tgt, test_src,
-                                                                       test_tgt, echo)
+        return (*made["train"], *made["val"], *made["test"])
+    with writing(out / "data"):
+        return _own_data(out, src, tgt, val_src, val_tgt, test_src, test_tgt, echo)
 
+
+def _run_demo(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, max_steps, n_train, n_test, n_fresh,
+              n_examples, seed, show, progress, echo, begun: float) -> DemoResult:
+    """The demo in a folder it may write: data, tokenizer, training (or the finished run), evaluation, views."""
+    builtin = src is None
+    src, tgt, val_src, val_tgt, test_src, test_tgt = _data(out, src, tgt, val_src, val_tgt, test_src, test_tgt,
+                                                           n_train=n_train, n_test=n_test, seed=seed, echo=echo)
     train_dir = out / "train"
     latest = ckpt.latest_checkpoint(train_dir) if train_dir.is_dir() else None
     steps = max_steps or DEMO_TRAIN["max_steps"]
@@ -275,7 +273,7 @@ def _run_demo(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, max_
                                val_data=str(val_src), val_data_tgt=str(val_tgt), out_dir=str(train_dir), seed=seed,
                                progress=progress, resume=latest is not None, tokenizer_type="bpe")
     # Outputs end at EOS; a cap 8 tokens past the longest training target only bounds a model that never ends.
-    max_new = min(config.max_positions - 1, longest + 8)
+    max_new = min(sentence_room(config.max_positions), longest + 8)
     previous = out / "results.json"
     val_pairs = qd.read_pairs(val_src, val_tgt)[:N_EVAL_DURING_TRAINING]
     checkpoint, reused, train_seconds = _train_or_reuse(config, train_config, tokenizer, latest, val_pairs, max_new,
@@ -302,14 +300,13 @@ def _run_demo(out: Path, src, tgt, val_src, val_tgt, test_src, test_tgt, *, max_
     chosen = _examples(sources, references, greedy, beam, pick, kind_of if builtin else None, n_examples)
     _write_views(out, model, tokenizer, sources, references, pick, chosen, max_new,
                  "qkv demo: English -> Spanish" if builtin else "qkv demo: your translation model")
-    curve = train_dir / "loss.png"
     record = {**asdict(result), "wall_seconds": time.time() - begun, "model": DEMO_MODEL,
               "train": {**DEMO_TRAIN, "max_steps": steps}, "tokenizer_settings": DEMO_TOKENIZER,
               "num_beams": NUM_BEAMS, "examples": [{"label": label, "source": s} for label, s in chosen]}
     with writing(previous):
         files.write_atomic(previous, json.dumps(record, indent=2, ensure_ascii=False))
-    echo(f"\nwrote {out}/: train/ (checkpoints, metrics.jsonl, {curve.name}), cross_attention.png, "
-         f"cross_attention_heads.png, explorer.html, results.json"
+    echo(f"\nwrote {out}/: train/ (checkpoints, metrics.jsonl, {(train_dir / 'loss.png').name}), "
+         f"cross_attention.png, cross_attention_heads.png, explorer.html, results.json"
          f"\nexplore any sentence: qkv explore --checkpoint {out} (it opens with these examples)")
     return result
 
@@ -318,8 +315,6 @@ def _tokenizer(src, tgt, latest, echo):
     """(tokenizer, a few words on it, the longest training target in tokens): the one saved with the run's last
     checkpoint (the very ids its weights were trained on), or a shared BPE trained on both sides; says whether
     every training line decodes back exactly."""
-    from . import checkpoint as ckpt
-    from . import data as qd
     if latest is not None:
         saved = latest / ckpt.TOKENIZER_DIR
         if not saved.is_dir():
@@ -361,8 +356,6 @@ def _evaluate(model, tokenizer, sources, references, drawn: dict, kind_of, max_n
 def _train_or_reuse(config, train_config, tokenizer, latest, val_pairs, max_new: int, previous: Path, echo):
     """(checkpoint, reused, seconds of training): a finished run's last checkpoint as it is (its settings compared
     with today's), or the run trained (resumed from ``latest`` when there is one)."""
-    from . import checkpoint as ckpt
-    from .train import RESUME_MUST_MATCH, train
     train_dir = Path(train_config.out_dir)
     if latest is not None and (_checkpoint_step(latest) or 0) >= train_config.max_steps:
         echo(f"{train_dir} holds a finished run ({latest.name}): evaluating it again, no training "
@@ -416,8 +409,6 @@ def _write_views(out: Path, model, tokenizer, sources, references, pick: int, ex
                  title: str) -> None:
     """Where it attends, into ``out``: the alignment of one held-out pair (cross_attention.png), every layer's and
     head's cross-attention (cross_attention_heads.png), and the explorer of ``examples`` (label, sentence)."""
-    from . import viz
-    from .explore import Explorer
     cross = attention_maps(model, tokenizer, sources[pick], references[pick])[2]
     with writing(out / "cross_attention.png"):
         viz.plot_alignment(cross.mean_heads(-1), cross.queries, cross.keys, out / "cross_attention.png",

@@ -24,7 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .decoding import beam_search_trace
+from .models import FAMILIES, decodable_positions, decoding_of, family_of
 from .repetition import describe, repetition
+from .tasks.seq2seq import (decoder_input_ids, end_source, output_text, output_tokens, sentence_room,
+                           source_ids)
 from .viz import AttentionMaps, explorer_example
 
 MAX_CHARS = 500  # the longest input the explorer takes
@@ -80,8 +84,8 @@ def seq2seq_maps(model, src_ids: list[int], tgt_ids: list[int], src_labels: list
 def attention_maps(model, tokenizer, source: str, target: str) -> list[AttentionMaps]:
     """The three kinds of attention of one sentence pair under teacher forcing (``seq2seq_maps``), labelled with
     the tokens' text."""
-    src_ids = tokenizer.encode(source) + [tokenizer.eos_id]
-    tgt_ids = [model.config.decoder_start_token_id] + tokenizer.encode(target)
+    src_ids = source_ids(tokenizer, source)
+    tgt_ids = decoder_input_ids(tokenizer, target, model.config.decoder_start_token_id)
     return seq2seq_maps(model, src_ids, tgt_ids, token_labels(tokenizer, src_ids), token_labels(tokenizer, tgt_ids))
 
 
@@ -114,7 +118,6 @@ _VIEWS = (View("translate", True, True, "translate", "qkv explorer: a translatio
 
 def view_of(model) -> View:
     """The explorer's view of a model; ValueError for a family that reads no text."""
-    from .models import FAMILIES, family_of
     record = family_of(model)
     if not record.text:
         raise ValueError(f"model: family {record.name!r} has no text to explore; expected one of "
@@ -167,7 +170,7 @@ class Explorer:
             ids = self.tokenizer.encode(text, add_special=not self.view.generates)
         except ValueError as e:  # a character tokenizer without an unknown token names the character
             raise ExploreInputError(f"The model's vocabulary cannot spell this: {e}") from None
-        room = self._positions() - (1 if self.view.source else 0)
+        room = sentence_room(self._positions()) if self.view.source else self._positions()
         if self.view.generates and not self.view.source:
             room -= 1  # at least one new token
         if len(ids) > room:
@@ -188,9 +191,8 @@ class Explorer:
         return self.model.config.max_positions or 4 * self.max_chars
 
     def _new_tokens(self, prompt: int) -> int:
-        from .models import decodable_positions
         if self.view.source:
-            limit = min(60, self._positions() - 1)
+            limit = min(60, sentence_room(self._positions()))
         else:  # a position table ends; other positions extrapolate
             bound = decodable_positions(self.model.config)
             limit = min(40, bound - prompt if bound is not None else 40)
@@ -199,7 +201,6 @@ class Explorer:
     def example(self, text: str, *, label: str | None = None) -> dict:
         """Run the model on text; return the page's example (``qkv.viz.explorer_example``): the output by beam
         search and by greedy decoding, the attention maps and the beam view. Raises ExploreInputError."""
-        from .decoding import beam_search_trace
         ids = self.check(text)
         tok, cfg = self.tokenizer, self.model.config
         unknown = self.unknown_characters(text)
@@ -213,7 +214,7 @@ class Explorer:
                                   "generates nothing: here is its self-attention.")
             ex["warning"] = warning
             return ex
-        src = ids + [tok.eos_id] if self.view.source else ids
+        src = end_source(ids, tok.eos_id) if self.view.source else ids
         eos = tok.eos_id if tok.eos_id is not None else ()
         pad = tok.pad_id if tok.pad_id is not None else (0 if eos == () else eos)
         limit = self._new_tokens(len(src))
@@ -221,12 +222,12 @@ class Explorer:
                                   max_new_tokens=limit, length_penalty=self.length_penalty,
                                   eos_token_id=eos, pad_token_id=pad)
         best = trace.sequences[0, trace.prompt_length:].tolist()[: trace.lengths[0]]
-        body = [t for t in best if t != tok.eos_id]
+        body = output_tokens(best, tok.eos_id)
         loop, greedy_loop = self.loop_warning(best, limit), self.loop_warning(trace.greedy, limit)
         loops = ([f"The {self.view.output_label} {loop}" + (" (greedy decoding's too)." if greedy_loop else ".")]
                  if loop else [f"Greedy decoding's {self.view.output_label} {greedy_loop}."] if greedy_loop else [])
         warning = " ".join([warning] * bool(warning) + loops) or None
-        output, greedy = tok.decode(body), tok.decode([t for t in trace.greedy if t != tok.eos_id])
+        output, greedy = tok.decode(body), output_text(tok, trace.greedy)
         if self.view.source:
             start = [cfg.decoder_start_token_id]
             maps = seq2seq_maps(self.model, src, start + body, token_labels(tok, src), token_labels(tok, start + body))
@@ -245,7 +246,7 @@ class Explorer:
         """What a decode did when its generated ids (EOS included, if it came) ran to ``limit`` repeating
         themselves (``qkv.repetition.describe``), else None."""
         eos = self.tokenizer.eos_id
-        body = [t for t in generated if t != eos]
+        body = output_tokens(generated, eos)
         found = repetition(body, hit_limit=len(generated) >= limit and eos not in generated)
         return None if found is None else describe(found, self.tokenizer.decode(list(found.unit)), limit=limit)
 
@@ -262,12 +263,12 @@ class Explorer:
         finals = []
         for row, score, length in zip(trace.sequences.tolist(), trace.scores, trace.lengths):
             out = row[trace.prompt_length:][:length]
-            finals.append({"text": tok.decode([t for t in out if t != tok.eos_id]), "length": length,
+            finals.append({"text": output_text(tok, out), "length": length,
                            "score": _finite(score), "logprob": _finite(score * length ** lp)})
         greedy = None
         if trace.greedy:
             logprob = sequence_logprob(self.model, src, trace.greedy)
-            greedy = {"text": tok.decode([t for t in trace.greedy if t != tok.eos_id]), "length": len(trace.greedy),
+            greedy = {"text": output_text(tok, trace.greedy), "length": len(trace.greedy),
                       "logprob": _finite(logprob), "score": _finite(logprob / len(trace.greedy) ** lp)}
         labels = [_last_label(tok, tuple(trace.greedy[: i + 1])) for i in range(len(trace.greedy))]
         return {"k": self.num_beams, "length_penalty": lp, "steps": steps, "final": finals, "greedy": greedy,
@@ -291,7 +292,6 @@ def _last_label(tokenizer, path: tuple[int, ...]) -> str:
 
 def sequence_logprob(model, src: list[int], tokens: list[int]) -> float:
     """Summed log-probability of tokens after src: the source (encoder-decoder) or the prompt (decoder)."""
-    from .models import decoding_of
     with torch.no_grad():
         logits = decoding_of(model).teacher_forced(model, src, tokens)  # (L, V)
     logp = logits.double().log_softmax(-1)

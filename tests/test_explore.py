@@ -106,7 +106,7 @@ def test_a_hugging_face_folder_explores_with_its_tokenizer_json(tmp_path, bpe):
     """--hf DIR: any model qkv loads, read with the tokenizer.json beside it (a GPT-2 made by transformers)."""
     transformers = pytest.importorskip("transformers")
     import argparse
-    from qkv.cli import _model_and_tokenizer
+    from qkv.cli.loading import model_and_tokenizer
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=bpe.vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                      bos_token_id=bpe.bos_id, eos_token_id=bpe.eos_id)
@@ -114,7 +114,7 @@ def test_a_hugging_face_folder_explores_with_its_tokenizer_json(tmp_path, bpe):
     hf = transformers.GPT2LMHeadModel(config).eval()
     hf.save_pretrained(tmp_path)
     bpe.hf.save(str(tmp_path / "tokenizer.json"))
-    model, tok = _model_and_tokenizer(argparse.Namespace(hf=str(tmp_path), checkpoint=None))
+    model, tok = model_and_tokenizer(argparse.Namespace(hf=str(tmp_path), checkpoint=None))
     ex = Explorer(model, tok, max_new_tokens=5).example("tres mil")
     assert ex["kinds"][0]["kind"] == "masked" and len(ex["kinds"][0]["layers"]) == 2
     with torch.no_grad():

@@ -8,12 +8,13 @@ parts a run is made of, over any family's decode adapter (``qkv.models.decoding`
     controls.py     transformers' logits controls and sampling filters (no_repeat_ngram_size, min_p, ...)
     beam.py         beam search; trace.py records it step by step (``beam_search_trace``)
     speculative.py  a draft (or prompt lookup) guesses, the model checks the guesses in one pass
-    batch.py        many inputs batched by length under a token budget; sentences in, translations out
+    batch.py        many inputs batched by length under a token budget (sentences in, translations out:
+                    ``qkv.tasks.seq2seq.translate``, which owns a translation model's text rules)
     finite.py       non-finite logits stop a decode, naming where they went non-finite
     generate.py     ``generate`` and ``stream``, the entry points
     args.py         the command line's decoding flags, generated from GenerationConfig's fields
 """
-from .batch import Decoded, generate_many, length_batches, translate, translation_config
+from .batch import Decoded, generate_many, length_batches
 from .config import GenerationConfig, Resolved
 from .controls import LogitsControls, make_controls, top_k_top_p
 from .generate import generate, stream
@@ -24,5 +25,5 @@ from .trace import BeamStep, BeamTrace, beam_search_trace
 
 __all__ = ["GenerationConfig", "Resolved", "generate", "stream", "GenerateOutput", "StreamChunk",
            "beam_search_trace", "BeamTrace", "BeamStep", "SpeculativeStats", "generate_many", "length_batches",
-           "Decoded", "translate", "translation_config", "LogitsControls", "make_controls", "top_k_top_p",
+           "Decoded", "LogitsControls", "make_controls", "top_k_top_p",
            "packed_for_decoding"]

@@ -1,5 +1,6 @@
 """Decoding many inputs at library speed, the one batcher: inputs of similar length batched under a token budget,
-answers returned in the inputs' order (``generate_many``), and sentences in, translations out (``translate``).
+answers returned in the inputs' order (``generate_many``); sentences in, translations out is the translation
+task's (``qkv.tasks.seq2seq.translate``, where the text rules of a translation model live).
 
 One input at a time leaves a CPU or GPU mostly idle (a decode step costs about the same for 1 row as for 32), but
 batching inputs of very different lengths wastes the padding. So the inputs are sorted by length, longest first (a
@@ -19,8 +20,6 @@ from ..models import decoding_of
 from .config import GenerationConfig
 from .generate import generate
 from .step import packed_for_decoding
-
-TRANSLATION_DEFAULTS = GenerationConfig(max_new_tokens=60)  # ``translate``'s, and the translate command's base
 
 
 @dataclass
@@ -101,25 +100,3 @@ def _padded(rows: list, pad: int, *, left: bool) -> tuple[torch.Tensor, torch.Te
         span = slice(width - len(x), width) if left else slice(0, len(x))
         ids[row, span], mask[row, span] = torch.tensor(list(x), dtype=torch.long), 1
     return ids, mask
-
-
-def translation_config(model, tokenizer, config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
-    """A translation's settings: the tokenizer's end-of-sequence and padding ids, and max_new_tokens within the
-    decoder's positions (the decoder-start token takes one)."""
-    config = (config or TRANSLATION_DEFAULTS).replace(**overrides)
-    limit = getattr(model.config, "max_positions", None)
-    wanted = config.max_new_tokens or TRANSLATION_DEFAULTS.max_new_tokens
-    return config.replace(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                          max_new_tokens=min(wanted, limit - 1) if limit else wanted)
-
-
-def translate(model, tokenizer, sentences: list[str], config: GenerationConfig | None = None, *,
-              batch_size: int = 64, **overrides) -> list[str]:
-    """Translate sentences (each encoded, then EOS) with ``generate_many`` (greedy or beam search, 60 new tokens
-    at most by default; ``config`` and ``overrides`` as ``generate``'s), at most ``batch_size`` per batch, returning
-    detokenized strings in the sentences' order."""
-    config = translation_config(model, tokenizer, config, **overrides)
-    inputs = [tokenizer.encode(s) + [tokenizer.eos_id] for s in sentences]
-    answers = generate_many(model, inputs, config, tokens_per_batch=1 << 62, max_batch_size=batch_size)
-    start = model.config.decoder_start_token_id
-    return [tokenizer.decode([t for t in a.tokens if t != start]) for a in answers]

@@ -1,0 +1,112 @@
+"""``qkv plot``: attention heatmaps of every layer and head of one input (``qkv.viz``; an image-to-text model's
+words over its image, ``qkv.viz_image``), and the training curves of a run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import qkv
+
+from .. import viz
+from ..explore import attention_maps
+from ..models import family_of
+from ..tasks.seq2seq import translate
+from ..viz_image import caption_figure
+from .common import CLIError, Command, encode
+from .loading import model_folder, tokenizer_for
+
+
+def _plot_args(p):
+    p.add_argument("what", choices=("attention", "curves"), help="attention: heatmaps of every layer and head; "
+                                                                 "curves: the training curves of a run")
+    p.add_argument("--checkpoint", help="attention: a model folder or training output; curves: a training "
+                                        "output folder (or give --metrics)")
+    p.add_argument("--metrics", help="curves: a metrics.jsonl file")
+    p.add_argument("--text", help="attention, language models and encoders: the text to look at")
+    p.add_argument("--src", help="attention, translation models: the source sentence")
+    p.add_argument("--tgt", help="attention, translation models: the target sentence (default: the model's own "
+                                 "greedy translation)")
+    p.add_argument("--image", help="attention, image-to-text models: the image to caption (a PNG of the model's size; "
+                                   "default: a generated scene)")
+    p.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png); the HTML "
+                                                          "explorer goes beside it with --html")
+    p.add_argument("--html", action="store_true", help="also write the interactive explorer (OUT with .html)")
+    p.add_argument("--scale", choices=("auto", "linear", "log"), default="auto",
+                   help="attention: colour scale of the heatmaps; linear (0 to each head's max) or log (symmetric, 3 "
+                        "decades: shows the fading rows of recurrent mixers); auto: log when any layer is not "
+                        "softmax attention")
+
+
+def _plot(args):
+    if args.what == "curves":
+        return _curves(args, Path(args.out))
+    return _attention(args, Path(args.out))
+
+
+def _curves(args, out: Path) -> int:
+    """The training curves of --metrics, or of the run folder --checkpoint (metrics.jsonl there or in train/)."""
+    metrics = Path(args.metrics) if args.metrics else None
+    if metrics is None:
+        if not args.checkpoint:
+            raise CLIError("plot curves needs --metrics FILE or --checkpoint RUN_FOLDER")
+        run = Path(args.checkpoint)
+        metrics = next((m for m in (run / "metrics.jsonl", run / "train" / "metrics.jsonl") if m.is_file()), None)
+        if metrics is None:
+            raise CLIError(f"--checkpoint {run}: no metrics.jsonl there (nor in train/)")
+    viz.plot_curves(metrics, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _attention(args, out: Path) -> int:
+    """The heatmaps of every attention kind of the model over --text (or --src / --tgt, or --image)."""
+    if not args.checkpoint:
+        raise CLIError("plot attention needs --checkpoint")
+    folder = model_folder(args.checkpoint)
+    model = qkv.load(folder)
+    tok = tokenizer_for(folder)
+    record = family_of(model)
+    if not record.text and record.has_source:  # image to text: each word beside where it looked (qkv/viz_image.py)
+        path, caption = caption_figure(model, tok, args.image, out)
+        print(f"wrote {path} ({caption})")
+        return 0
+    if not record.text:
+        raise CLIError(f"plot attention reads text; a {type(model).__name__} model takes images (use qkv.viz on its "
+                       f"weights)")
+    scale = args.scale
+    if scale == "auto":
+        scale = "linear" if all(kind == "attention" for kind, _ in model.layer_mixers()) else "log"
+    maps = _maps(args, model, tok, record)
+    for m in maps:
+        path = out if len(maps) == 1 else out.with_name(f"{out.stem}_{m.kind}{out.suffix}")
+        viz.plot_attention(m, path, title=f"{m.kind} attention", scale=scale)
+        print(f"wrote {path} ({scale} colour scale)")
+    if args.html:
+        viz.explorer_html(maps, out.with_suffix(".html"))
+        print(f"wrote {out.with_suffix('.html')}")
+    return 0
+
+
+def _maps(args, model, tok, record) -> list:
+    """The attention maps of one input: a translation model's three kinds over --src and --tgt (default: its own
+    greedy translation), a language model's or an encoder's self-attention over --text."""
+    if record.has_source:
+        if not args.src:
+            raise CLIError("a translation model: pass --src (and optionally --tgt)")
+        tgt = args.tgt if args.tgt is not None else translate(model, tok, [args.src])[0]
+        return attention_maps(model, tok, args.src, tgt)
+    if not args.text:
+        raise CLIError("pass --text")
+    ids = encode(tok, args.text, "--text")
+    tokens = tok.tokens(args.text)
+    with torch.no_grad():
+        result = model(torch.tensor([ids]), return_weights=True)
+    weights = result[1]
+    kind = "masked" if record.causal else "self"
+    return [viz.AttentionMaps.from_batch(kind, [w.self_attn for w in weights], tokens, tokens)]
+
+
+COMMAND = Command("attention heatmaps (every layer and head) and training curves",
+                  "qkv plot attention --checkpoint runs/demo --src 'march 5, 1999' --out attn.png --html",
+                  _plot_args, _plot)
