@@ -204,17 +204,41 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
         query with no key it may attend to gets zero output and zero weights rather than NaN.
     """
     _check(q, k, v, score, mask, bias, window, hard)
+    _check_options(scale, softcap, hard, return_choice)
+    if score == "scaled_dot" and not return_weights and hard is None and softcap is None:
+        return _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p)
+
+    k, v = _expand_kv(k, v, q.shape[1])
+    logits, empty = _masked_logits(q, k, score=score, params=params, scale=scale, softcap=softcap, mask=mask,
+                                   causal=causal, window=window, global_tokens=global_tokens, bias=bias, hard=hard)
+    weights, choice = _weights(logits, empty, hard)
+    weights = weights.to(v.dtype)
+    if dropout_p > 0.0:
+        weights_used = F.dropout(weights, p=dropout_p)
+    else:
+        weights_used = weights
+    out = weights_used @ v  # (B, H, T, Dv)
+    result = (out, weights) if return_weights else (out,)
+    if return_choice:
+        result = result + (choice,)
+    return result if len(result) > 1 else out
+
+
+def _check_options(scale, softcap, hard, return_choice) -> None:
+    """scale and softcap finite (softcap > 0); return_choice only with a Selection to report."""
     _check_number("scale", scale)
     _check_number("softcap", softcap)
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be None or a number > 0, got {softcap!r}")
     if return_choice and not isinstance(hard, Selection):
         raise ValueError(f"return_choice=True needs hard=Selection(...) (a pick to report), got hard={hard!r}")
-    if score == "scaled_dot" and not return_weights and hard is None and softcap is None:
-        return _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p)
 
+
+def _masked_logits(q, k, *, score, params, scale, softcap, mask, causal, window, global_tokens, bias, hard):
+    """The explicit path's logits (B, H, T, S), in float32 at least, soft-capped, biased and masked (-inf where a
+    query may not look; with an int ``hard``, below its k-th best too), and ``empty`` (B, H, T, 1): the rows left
+    with no key, whose logits are set to 0 so the softmax stays finite (their weights are zeroed after it)."""
     T, S = q.shape[2], k.shape[2]
-    k, v = _expand_kv(k, v, q.shape[1])
     logits = scores(q, k, score=score, params=params, scale=scale)  # (B, H, T, S)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
@@ -231,7 +255,12 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
         logits = logits.masked_fill(logits < kth, float("-inf"))
     # Rows with no allowed key: softmax of all -inf is NaN. Give them finite logits, then zero their weights.
     empty = torch.isneginf(logits).all(dim=-1, keepdim=True)
-    logits = logits.masked_fill(empty, 0.0)
+    return logits.masked_fill(empty, 0.0), empty
+
+
+def _weights(logits, empty, hard):
+    """(weights (B, H, T, S), the Choice of a Selection or None) from masked logits: the softmax, a Selection's
+    pick (hard / local attention), or the argmax one-hot; rows in ``empty`` get zero weights."""
     choice = None
     if isinstance(hard, Selection):
         weights, choice = select(logits, hard)
@@ -242,18 +271,9 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
     else:
         weights = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
     if hard == "argmax":
-        one_hot = F.one_hot(weights.argmax(-1), S).to(weights.dtype).masked_fill(empty, 0.0)
+        one_hot = F.one_hot(weights.argmax(-1), logits.shape[-1]).to(weights.dtype).masked_fill(empty, 0.0)
         weights = one_hot + (weights - weights.detach())  # straight-through (Bengio et al. 2013); exactly one-hot
-    weights = weights.to(v.dtype)
-    if dropout_p > 0.0:
-        weights_used = F.dropout(weights, p=dropout_p)
-    else:
-        weights_used = weights
-    out = weights_used @ v  # (B, H, T, Dv)
-    result = (out, weights) if return_weights else (out,)
-    if return_choice:
-        result = result + (choice,)
-    return result if len(result) > 1 else out
+    return weights, choice
 
 
 def _sdpa(q, k, v, mask, causal, window, global_tokens, bias, scale, dropout_p):
