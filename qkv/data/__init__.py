@@ -10,10 +10,12 @@ from qkv.data.parallel import (IGNORE_INDEX, ParallelBatches, ParallelDataset, T
 from qkv.data.text import LMSplits, WindowSampler, load_lm_data, token_dtype, tokenize_files
 from qkv.data.tokenizer import (ROLES, SPECIALS, CharTokenizer, HFTokenizer, SpecialTokens, Tokenizer, train_bpe,
                                 train_wordpiece)
+# After the base class: Tokenizer.load finds this kind among its subclasses (qkv.data.tokenizer.tokenizer_kinds)
+from qkv.data.sentencepiece import SentencePieceTokenizer
 
 __all__ = [
     "read_text", "read_lines",
-    "Tokenizer", "CharTokenizer", "HFTokenizer", "SpecialTokens", "SPECIALS", "ROLES", "train_bpe", "train_wordpiece",
+    "Tokenizer", "CharTokenizer", "HFTokenizer", "SentencePieceTokenizer", "SpecialTokens", "SPECIALS", "ROLES", "train_bpe", "train_wordpiece",
     "tokenize_files", "load_lm_data", "LMSplits", "WindowSampler", "token_dtype",
     "read_pairs", "load_parallel", "ParallelDataset", "ParallelBatches", "TokenBucketSampler", "TranslationBatch",
     "collate_pairs", "IGNORE_INDEX",

@@ -29,8 +29,9 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from qkv.data.folder_settings import folder_settings, read_folder_json, roles_of, token_of
 from qkv.data.tokenizer import Tokenizer
-from qkv.files import inside, read_json
+from qkv.files import inside
 
 SPIECE_UNDERLINE = "\u2581"  # SentencePiece's mark for a space
 
@@ -79,6 +80,16 @@ class SentencePieceTokenizer(Tokenizer):
             model lacks (Marian's vocab.json is shared by both sides) is a space, as in Marian's output.
     """
     kind = "sentencepiece"
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "SentencePieceTokenizer | None":
+        """The tokenizer of a Hugging Face folder that ships SentencePiece files (``load_sentencepiece``), or None
+        when it ships none: ``Tokenizer.load`` asks after tokenizer.json."""
+        return load_sentencepiece(folder) if has_sentencepiece_files(folder) else None
+
+    @classmethod
+    def folder_files(cls) -> tuple[str, ...]:
+        return tuple(READERS)
 
     def __init__(self, model: bytes, *, decode_model: bytes | None = None, vocab: Mapping[str, int] | None = None,
                  fixed: Mapping[str, int] | None = None, offset: int = 0, added: Mapping[str, int] | None = None,
@@ -304,60 +315,14 @@ class SentencePieceTokenizer(Tokenizer):
 
 # -- reading a Hugging Face folder ------------------------------------------------------------------------------------
 
-def _token(value) -> str | None:
-    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
-    return value.get("content") if isinstance(value, dict) else value
-
-
-def _read_json(folder: Path, name: str) -> dict:
-    """A folder's optional JSON file (tokenizer_config.json, ...): {} when absent, errors naming the file; a link
-    leading out of the folder is refused (``qkv.files.inside``)."""
-    path = folder / name
-    return read_json(inside(folder, path, what=name)) if path.is_file() else {}
-
-
 def _read_bytes(folder: Path, name: str) -> bytes:
     """A SentencePiece model file of the folder, refusing links that lead out of it."""
     return inside(folder, folder / name, what=name).read_bytes()
 
 
-def folder_settings(folder: Path) -> dict:
-    """tokenizer_config.json with special_tokens_map.json's entries filled in where the config lacks them."""
-    config = _read_json(folder, "tokenizer_config.json")
-    for key, value in _read_json(folder, "special_tokens_map.json").items():
-        config.setdefault(key, value)
-    return config
-
-
-def _roles(config: dict, defaults: dict[str, str]) -> dict[str, str]:
-    roles = dict(defaults)
-    for role in ("pad", "bos", "eos", "unk", "mask", "cls", "sep"):
-        if f"{role}_token" in config:
-            token = _token(config[f"{role}_token"])
-            if token is None:
-                roles.pop(role, None)
-            else:
-                roles[role] = token
-    return roles
-
-
-def folder_roles(folder: Path, tokenizer_json: Path) -> dict[str, str] | None:
-    """Special roles a tokenizer.json folder names in tokenizer_config.json / special_tokens_map.json, keeping
-    those whose token the vocabulary has; None when the folder names none (the caller then recognises them)."""
-    roles = _roles(folder_settings(folder), {})
-    if not roles:
-        return None
-    from tokenizers import Tokenizer as HF
-    try:
-        vocab = HF.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True)
-    except Exception:
-        return None  # the loader reports what is wrong with the file
-    return {r: t for r, t in roles.items() if t in vocab} or None
-
-
 def _extra_tokens(config: dict) -> list[str]:
     extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
-    return [_token(t) for t in (extra.values() if isinstance(extra, dict) else extra)]
+    return [token_of(t) for t in (extra.values() if isinstance(extra, dict) else extra)]
 
 
 def _added_from_config(config: dict) -> tuple[dict[str, int], set[str], set[str]]:
@@ -375,7 +340,7 @@ def _added_from_config(config: dict) -> tuple[dict[str, int], set[str], set[str]
 def _t5(folder: Path, config: dict) -> SentencePieceTokenizer:
     model = _read_bytes(folder, "spiece.model")
     sp = _processor(model)
-    roles = _roles(config, {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"})
+    roles = roles_of(config, {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"})
     n_extra = int(config.get("extra_ids", 100))
     sentinels = [t for t in _extra_tokens(config) if t.startswith("<extra_id_")] or \
         [f"<extra_id_{i}>" for i in range(n_extra)]
@@ -390,7 +355,7 @@ def _t5(folder: Path, config: dict) -> SentencePieceTokenizer:
 
 
 def _marian(folder: Path, config: dict) -> SentencePieceTokenizer:
-    vocab = _read_json(folder, "vocab.json")
+    vocab = read_folder_json(folder, "vocab.json")
     if not vocab:
         raise FileNotFoundError(f"{folder}: Marian's vocab.json is missing or empty")
     if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(vocab) for i in vocab.values()):
@@ -398,7 +363,7 @@ def _marian(folder: Path, config: dict) -> SentencePieceTokenizer:
                          f"(one per entry)")
     if config.get("separate_vocabs"):
         raise ValueError(f"{folder}: separate source and target vocabularies (separate_vocabs) are not supported")
-    roles = _roles(config, {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"})
+    roles = roles_of(config, {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"})
     missing = [t for t in roles.values() if t not in vocab]
     if missing:
         raise ValueError(f"{folder / 'vocab.json'}: the special tokens {missing} are not in it")
@@ -415,7 +380,7 @@ def _mbart(folder: Path, config: dict) -> SentencePieceTokenizer:
     roles = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>", "cls": "<s>", "sep": "</s>"}
     if fifty:
         del roles["bos"]  # mBART-50's tokenizer names <s> as its cls token only
-    roles = _roles(config, roles)
+    roles = roles_of(config, roles)
     languages = MBART50_LANGUAGES if fifty else MBART25_LANGUAGES
     first = sp.get_piece_size() + 1  # fairseq: 4 fixed ids, the model's pieces from its id 3 on, one up
     added = {**{t: _FAIRSEQ[t] for t in _FAIRSEQ}, **{code: first + k for k, code in enumerate(languages)}}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from qkv.data._files import PathLike, iter_texts
+from qkv.data.folder_settings import folder_roles
 from qkv.files import inside, read_json, resolve
 
 META_FILE = "qkv_tokenizer.json"
@@ -151,9 +152,6 @@ class Tokenizer:
         """Load a folder written by `save`, a Hugging Face folder (its tokenizer.json, else its SentencePiece files:
         T5, Marian, mBART; see `qkv.data.sentencepiece`), a `tokenizer.json` file, or a hub id "org/name"
         (resolved through huggingface_hub's cache, see `qkv.files.resolve`)."""
-        # the base class's loader knows its SentencePiece subclass, whose module imports this one: imported when
-        # a folder is loaded (the one circle left in qkv; see tests/test_layering.py)
-        from qkv.data import sentencepiece as spm_folders
         p = resolve(path, what="tokenizer")
         if p.is_file() and p.name == META_FILE:
             p = p.parent
@@ -161,9 +159,9 @@ class Tokenizer:
             return HFTokenizer.from_file(p)
         if not p.is_dir():
             raise FileNotFoundError(f"path={str(p)!r}: no such tokenizer folder or tokenizer.json file")
+        kinds = tokenizer_kinds()
         if (p / META_FILE).is_file():
             meta = read_json(inside(p, p / META_FILE, what=META_FILE))
-            kinds = {"char": CharTokenizer, "hf": HFTokenizer, "sentencepiece": spm_folders.SentencePieceTokenizer}
             if meta.get("kind") not in kinds:
                 raise ValueError(f"{str(p / META_FILE)!r}: kind={meta.get('kind')!r}, expected one of {list(kinds)}")
             specials, vocab = meta.get("specials"), meta.get("vocab")
@@ -175,14 +173,41 @@ class Tokenizer:
             return kinds[meta["kind"]]._from_meta(p, meta)
         if (p / HF_FILE).is_file():  # what transformers reads first too
             path = inside(p, p / HF_FILE, what=HF_FILE)
-            return HFTokenizer.from_file(path, spm_folders.folder_roles(p, path))
-        if spm_folders.has_sentencepiece_files(p):
-            return spm_folders.load_sentencepiece(p)
+            return HFTokenizer.from_file(path, folder_roles(p, path))
+        for kind in kinds.values():  # a folder of another format (SentencePiece files: qkv/data/sentencepiece.py)
+            found = kind.from_folder(p)
+            if found is not None:
+                return found
+        other = ", ".join(name for kind in kinds.values() for name in kind.folder_files())
         raise FileNotFoundError(f"path={str(p)!r}: the folder has neither {META_FILE}, {HF_FILE} nor SentencePiece "
-                                f"files ({', '.join(spm_folders.READERS)})")
+                                f"files ({other})")
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "Tokenizer | None":
+        """A kind that reads a Hugging Face folder's own files (not qkv's meta file, not tokenizer.json) returns its
+        tokenizer here, or None when the folder holds none of them (``folder_files``)."""
+        return None
+
+    @classmethod
+    def folder_files(cls) -> tuple[str, ...]:
+        """The files ``from_folder`` recognises."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={list(self.specials)})"
+
+
+def tokenizer_kinds() -> dict[str, type]:
+    """Every kind of tokenizer by its ``kind`` (the name its meta file records): the subclasses of ``Tokenizer``,
+    nearest first. The base class finds its subclasses without importing their modules, so the SentencePiece one
+    (``qkv.data.sentencepiece``, imported by ``qkv.data``) imports this module and not the other way round."""
+    kinds, todo = {}, list(Tokenizer.__subclasses__())
+    while todo:
+        kind = todo.pop(0)
+        todo += kind.__subclasses__()
+        if isinstance(getattr(kind, "kind", None), str):
+            kinds.setdefault(kind.kind, kind)
+    return kinds
 
 
 class CharTokenizer(Tokenizer):
