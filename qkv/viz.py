@@ -193,8 +193,8 @@ def _heatmap(ax, w: np.ndarray, queries: Sequence[str], keys: Sequence[str], *, 
     return im
 
 
-def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = None, dpi: int = 100,
-                   scale: str = "linear") -> Path:
+def plot_attention(maps: AttentionMaps | Sequence[AttentionMaps], path: PathLike, *, title: str | None = None,
+                   dpi: int = 100, scale: str = "linear") -> Path:
     """Save a grid of heatmaps, one per (layer, head): rows are layers, columns heads.
 
     Each panel is a (T, S) matrix with query tokens on y and key tokens on x (labelled on the left column and
@@ -202,10 +202,33 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
     heads are both visible. ``scale="log"`` colours by a symmetric log scale instead (see SCALES), for the
     decay-dominated, possibly signed maps of recurrent mixers; the title says which scale the figure uses. One
     colour bar reads every panel as a share of its head's largest |weight|, which each panel's title gives.
-    Whitespace tokens are labelled with visible signs (``visible_token``). Returns the path of the PNG.
+    Whitespace tokens are labelled with visible signs (``visible_token``). Several maps (an encoder-decoder's
+    self, masked and cross attention) go into the one PNG, a grid each, stacked in their order under their kind's
+    name (``title`` then heads the whole figure). Returns the path of the PNG.
     """
-    signed = any(w is not None and bool((w < 0).any()) for w in maps.layers)
-    note = scale_note(scale, signed)
+    blocks = [maps] if isinstance(maps, AttentionMaps) else list(maps)
+    if not blocks:
+        raise ValueError("maps: expected an AttentionMaps or a non-empty list of them, got an empty list")
+    signed = any(w is not None and bool((w < 0).any()) for m in blocks for w in m.layers)
+    sizes = [_grid_size(m) for m in blocks]  # (cell, margin, width, height) of each grid, in inches
+    if len(blocks) == 1:
+        fig = _figure(sizes[0][2], sizes[0][3])
+        _grid(fig, blocks[0], sizes[0][0], scale=scale, signed=signed,
+              title=f"{title or KIND_NAMES[blocks[0].kind]} ({scale_note(scale, signed)})")
+        return _save(fig, path, dpi)
+    head = 0.5 if title else 0.0
+    fig = _figure(max(w for _, _, w, _ in sizes), sum(h for *_, h in sizes) + head)
+    parts = fig.subfigures(len(blocks), 1, height_ratios=[h for *_, h in sizes])
+    for part, m, (cell, *_) in zip(parts, blocks, sizes):
+        _grid(part, m, cell, scale=scale, signed=signed,
+              title=f"{KIND_NAMES[m.kind]} ({scale_note(scale, signed)})")
+    if title:
+        fig.suptitle(title, fontsize=14)
+    return _save(fig, path, dpi)
+
+
+def _grid_size(maps: AttentionMaps) -> tuple[float, float, float, float]:
+    """(panel side, label margin, width, height) in inches of one grid of L x H panels."""
     L, H = maps.n_layers, maps.n_heads
     T, S = len(maps.queries), len(maps.keys)
     # Panels grow with the token count (~0.15 in a token) so labels stay readable; the margin holds the
@@ -213,7 +236,12 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
     cell = min(5.0, max(1.8, 0.14 * max(T, S) + 0.5))
     longest = max((len(_label(t)) for t in maps.queries + maps.keys), default=1)
     margin = min(2.5, 0.3 + 0.6 * longest * _token_fontsize(cell, max(T, S)) / 72)
-    fig = _figure(H * cell + margin + 0.3 + _COLOURBAR_INCHES, L * (cell + 0.3) + margin + 0.5)
+    return cell, margin, H * cell + margin + 0.3 + _COLOURBAR_INCHES, L * (cell + 0.3) + margin + 0.5
+
+
+def _grid(fig, maps: AttentionMaps, cell: float, *, scale: str, signed: bool, title: str) -> None:
+    """One kind's L x H panels, its colour bar and its title, into ``fig`` (a figure or a subfigure)."""
+    L, H = maps.n_layers, maps.n_heads
     axes = fig.subplots(L, H, squeeze=False)
     for l in range(L):
         for h in range(H):
@@ -227,8 +255,7 @@ def plot_attention(maps: AttentionMaps, path: PathLike, *, title: str | None = N
                      signed=signed)
             ax.set_title(f"layer {l} · head {h} (max {float(np.abs(w).max()) if w.size else 0.0:.2g})", fontsize=8)
     _colourbar(fig, axes, scale, signed)
-    fig.suptitle(f"{title or KIND_NAMES[maps.kind]} ({note})", fontsize=12)
-    return _save(fig, path, dpi)
+    fig.suptitle(title, fontsize=12)
 
 
 _COLOURBAR_INCHES = 0.9  # the colour bar and its label, right of the grid

@@ -22,16 +22,70 @@ def _folder(tmp_path, name):
 
 @pytest.mark.parametrize("name", SMALL)
 def test_plot_attention_draws_every_preset(name, tmp_path, capsys):
+    """--out names the one PNG written (every kind of attention in it), --html the page beside it: nothing else."""
     folder = _folder(tmp_path, name)
-    png = tmp_path / "attn.png"
+    png = tmp_path / "out" / "attn.png"
     translates = qkv.models.family_of(qkv.preset(name)).has_source  # the record says, not the family's name
     text = ["--src", "to be", "--tgt", "or not"] if translates else ["--text", "to be, or"]
     assert main(["plot", "attention", "--checkpoint", str(folder), *text, "--out", str(png), "--html"]) == 0
     out = capsys.readouterr().out
     softmax_only = all(kind == "attention" for kind, _ in qkv.load(folder).layer_mixers())
     assert f"({'linear' if softmax_only else 'log'} colour scale)" in out
-    written = sorted(p.name for p in tmp_path.glob("attn*"))
-    assert "attn.html" in written and any(p.endswith(".png") for p in written)
+    assert sorted(p.name for p in png.parent.iterdir()) == ["attn.html", "attn.png"]
+
+
+def _png_size(path) -> tuple[int, int]:
+    """(width, height) in pixels, from the PNG's IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_an_encoder_decoder_writes_its_three_kinds_into_the_one_file_out_names(tmp_path, capsys):
+    """Self, masked and cross attention of a translation model stacked in --out (three grids: about three times
+    the height of one), and no attn_self.png / attn_masked.png / attn_cross.png beside it."""
+    folder = _folder(tmp_path, "transformer-tiny")
+    out = tmp_path / "out"
+    assert main(["plot", "attention", "--checkpoint", str(folder), "--src", "to be", "--tgt", "to be",
+                 "--out", str(out / "attn.png")]) == 0
+    assert ": self, masked, cross attention (linear colour scale)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["attn.png"]
+    assert main(["plot", "attention", "--checkpoint", str(folder), "--text", "to be", "--out",
+                 str(tmp_path / "lm.png")]) == 2  # a translation model wants --src: refused, nothing written
+    assert not (tmp_path / "lm.png").exists()
+    lm = _folder(tmp_path, "llama-tiny")  # 2 layers, 4 heads, as transformer-tiny's stacks
+    assert main(["plot", "attention", "--checkpoint", str(lm), "--text", "to be", "--out", str(out / "one.png")]) == 0
+    (_, h3), (_, h1) = _png_size(out / "attn.png"), _png_size(out / "one.png")
+    assert h3 > 2 * h1  # three grids stacked, against one
+
+
+def test_the_default_out_is_what_help_says_and_the_only_file_written(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        main(["plot", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: attention.png)" in shown and "OUT with .html" in shown
+    folder = _folder(tmp_path, "transformer-tiny")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["plot", "attention", "--checkpoint", str(folder), "--src", "to be", "--tgt", "be"]) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["attention.png"]
+
+
+def test_a_recurrent_model_without_attention_says_so_in_one_line(tmp_path, capsys):
+    """rnnsearch-tiny with rnn_attention 'none' (Sutskever et al.'s fixed vector): no map to draw, so an error
+    naming why, status 2, and no file (not a crash, not an empty figure)."""
+    folder = tmp_path / "rnn"
+    qkv.build(qkv.preset("rnnsearch-tiny", rnn_attention="none")).save(folder)
+    CharTokenizer.train(iter(["to be, or not to be"])).save(folder / "tokenizer")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["plot", "attention", "--checkpoint", str(folder), "--src", "to be", "--tgt", "or",
+                 "--out", str(out / "attn.png"), "--html"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qkv plot: error: ") and err.count("\n") == 1
+    assert "no attention maps" in err and "rnn_attention 'none'" in err
+    assert list(out.iterdir()) == []
 
 
 def test_plot_attention_scale_can_be_chosen_and_vit_is_refused(tmp_path, capsys):

@@ -29,9 +29,11 @@ def _plot_args(p):
                                  "greedy translation)")
     p.add_argument("--image", help="attention, image-to-text models: the image to caption (a PNG of the model's size; "
                                    "default: a generated scene)")
-    p.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png); the HTML "
-                                                          "explorer goes beside it with --html")
-    p.add_argument("--html", action="store_true", help="also write the interactive explorer (OUT with .html)")
+    p.add_argument("--out", default="attention.png", help="the one PNG to write (default: attention.png): every "
+                                                          "layer and head; a translation model's self, masked and "
+                                                          "cross attention stacked in it")
+    p.add_argument("--html", action="store_true", help="also write the interactive explorer beside it: OUT with "
+                                                       ".html (the only other file written)")
     p.add_argument("--scale", choices=("auto", "linear", "log"), default="auto",
                    help="attention: colour scale of the heatmaps; linear (0 to each head's max) or log (symmetric, 3 "
                         "decades: shows the fading rows of recurrent mixers); auto: log when any layer is not "
@@ -74,14 +76,21 @@ def _attention(args, out: Path) -> int:
     if not record.text:
         raise CLIError(f"plot attention reads text; a {type(model).__name__} model takes images (use qkv.viz on its "
                        f"weights)")
+    if not model.layer_mixers():  # the recurrent baseline without attention (rnn_attention 'none'): no alignment
+        raise CLIError(f"--checkpoint {args.checkpoint}: this {record.name!r} model has no attention maps: none of its "
+                       f"layers attends (as a recurrent model with rnn_attention 'none', whose decoder reads the source "
+                       f"through the encoder's final state)")
     scale = args.scale
     if scale == "auto":
         scale = "linear" if all(kind == "attention" for kind, _ in model.layer_mixers()) else "log"
     maps = _maps(args, model, tok, record)
-    for m in maps:
-        path = out if len(maps) == 1 else out.with_name(f"{out.stem}_{m.kind}{out.suffix}")
-        viz.plot_attention(m, path, title=f"{m.kind} attention", scale=scale)
-        print(f"wrote {path} ({scale} colour scale)")
+    if not maps:
+        raise CLIError(f"--checkpoint {args.checkpoint}: this {record.name!r} model's layers return no attention "
+                       f"maps; nothing to plot")
+    single = len(maps) == 1
+    viz.plot_attention(maps[0] if single else maps, out, title=f"{maps[0].kind} attention" if single else None,
+                       scale=scale)
+    print(f"wrote {out}: {', '.join(m.kind for m in maps)} attention ({scale} colour scale)")
     if args.html:
         viz.explorer_html(maps, out.with_suffix(".html"))
         print(f"wrote {out.with_suffix('.html')}")
