@@ -16,13 +16,14 @@ import sys
 
 from ..config import join_negative_values
 from ..config_args import OneLineParser, one_line
-from . import bench, convert, demo, eval, explore, generate, info, plot, train, translate
+from . import bench, convert, demo, explore, generate, info, plot, train, translate
+from . import eval as evaluate  # the module of `qkv eval`, not the builtin
 from .common import CLIError, Command, Notes
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "CLIError"]
 
 COMMANDS: dict[str, Command] = {
-    "train": train.COMMAND, "generate": generate.COMMAND, "translate": translate.COMMAND, "eval": eval.COMMAND,
+    "train": train.COMMAND, "generate": generate.COMMAND, "translate": translate.COMMAND, "eval": evaluate.COMMAND,
     "demo": demo.COMMAND, "explore": explore.COMMAND, "info": info.COMMAND, "plot": plot.COMMAND,
     "bench": bench.COMMAND, "convert": convert.COMMAND,
 }
