@@ -265,7 +265,9 @@ def _decoding_args(p, defaults, *, speculative: bool = False):
     p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
     p.add_argument("--show-scores", action="store_true",
                    help="after each output, a tab and its score: the beam score (sum log p / length ** "
-                        "length_penalty), or the summed log-probability of the generated tokens")
+                        "length_penalty), or the summed log-probability of the generated tokens"
+                        + ("; with --draft / --prompt-lookup also plain decoding of the prompt, run after it, and "
+                           "the tokens per second of both on stderr" if speculative else ""))
     p.add_argument("--stream", action="store_true",
                    help="--file: decode one line at a time, printing tokens as they come (default: batches of "
                         "similar length, printed in the file's order)")
@@ -437,9 +439,10 @@ def _generate_one(args, model, tok, prompt, hf, config, spec):
             raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
         ids = [tok.bos_id]
     input_ids = torch.tensor([ids])
+    _say_sliding(model, len(ids), config)
     if config.num_beams > 1 or config.num_return_sequences > 1 or spec or config.prompt_lookup_num_tokens or \
             args.show_scores:
-        out = generate(model, input_ids, config, return_scores=args.show_scores, generator=_generator(args), **spec)
+        out = _generate_at_once(args, model, input_ids, config, spec)
         rows, scores = (out.sequences, out.sequences_scores.tolist()) if args.show_scores else (out, None)
         for r, row in enumerate(rows.tolist()):
             # --hf: transformers' batch_decode(skip_special_tokens=True) of prompt + continuation
@@ -467,6 +470,39 @@ def _generate_one(args, model, tok, prompt, hf, config, spec):
     print()
     _warn_loop(f"--prompt {prompt!r}", generated, *_limit_and_eos(config, model, len(ids)), tok=tok)
     return 0
+
+
+def _say_sliding(model, prompt_length: int, config) -> None:
+    """One line on stderr when the decode runs past the model's learned positions (the context slides)."""
+    from .decoding import sliding_context
+    found = sliding_context(model, prompt_length, _limit_and_eos(config, model, prompt_length)[0])
+    if found is not None:
+        print(f"qkv generate: {found.describe()}", file=sys.stderr)
+
+
+def _generate_at_once(args, model, input_ids, config, spec):
+    """generate() for beams, scores and speculative decoding. Speculative: its acceptance on stderr and, with
+    --show-scores, plain decoding of the same prompt run and timed after it (tokens per second of both)."""
+    import time
+    import torch
+    from .decoding import SpeculativeStats, generate
+    speculative = bool(spec) or config.prompt_lookup_num_tokens is not None
+    stats, start = SpeculativeStats(), time.perf_counter()
+    out = generate(model, input_ids, config, return_scores=args.show_scores, generator=_generator(args),
+                   **(dict(spec, speculative_stats=stats) if speculative else {}))
+    took = time.perf_counter() - start
+    if speculative:
+        print(f"qkv generate: {stats.describe()}", file=sys.stderr)
+    if speculative and args.show_scores:
+        start = time.perf_counter()
+        plain = generate(model, input_ids, config.replace(prompt_lookup_num_tokens=None), generator=_generator(args))
+        plain_took = time.perf_counter() - start
+        T = input_ids.shape[1]
+        fast, slow = (out.sequences.shape[1] - T) / took, (plain.shape[1] - T) / plain_took
+        same = "" if config.do_sample else f"; the same tokens: {'yes' if torch.equal(out.sequences, plain) else 'NO'}"
+        print(f"qkv generate: {fast:.1f} tokens/s speculative vs {slow:.1f} tokens/s plain decoding of the same "
+              f"prompt ({fast / slow:.2f}x){same}", file=sys.stderr)
+    return out
 
 
 def _translate_args(p):

@@ -63,6 +63,15 @@ class SpeculativeStats:
     def tokens_per_round(self) -> float:
         return self.generated / self.rounds if self.rounds else 0.0
 
+    def describe(self) -> str:
+        """One line for a person: how many guesses the target kept, and the tokens each of its passes gave."""
+        line = (f"speculative decoding accepted {self.accepted} of {self.proposed} guessed tokens "
+                f"({100 * self.acceptance_rate:.1f}%): {self.generated} tokens in {self.rounds} passes of the model "
+                f"({self.tokens_per_round:.2f} per pass)")
+        if self.slid:
+            line += f"; the last {self.slid} past its learned positions, from its sliding window alone"
+        return line
+
 
 def speculative_generate(model, input_ids: torch.Tensor, config: GenerationConfig, *, attention_mask=None,
                          draft_model=None, decoder_input_ids=None, generator=None, stop=None, logits_processor=None,
@@ -140,7 +149,8 @@ class _Speculation:
         self.prompt = len(self.seq)
         self.device = input_ids.device
         # W: the target's window past its learned positions (None: no table end); the draft's table, if any
-        self.window, self.draft_end = context_window(model), None if draft is None else decodable_positions(draft.config)
+        self.window = context_window(model)
+        self.draft_end = None if draft is None else decodable_positions(draft.config)
         capacity = self.prompt + plan.max_new_tokens + self.k_max + 1
         if self.window is not None:
             capacity = min(capacity, self.window + self.k_max + 1)

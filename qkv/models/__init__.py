@@ -10,6 +10,7 @@ from .registry import FAMILIES, Family, context_window, decoding_of, family_of
 from .rnn import RecurrentSeq2Seq
 from .vit import ViT
 
-__all__ = ["FAMILIES", "Family", "family_of", "decoding_of", "context_window", "decodable_positions", "build", "load", "QKVModel",
+__all__ = ["FAMILIES", "Family", "family_of", "decoding_of", "context_window", "decodable_positions", "build", "load",
+           "QKVModel",
            "DecoderLM", "Encoder", "EncoderDecoder", "Seq2SeqWeights", "ViT",
            "RecurrentSeq2Seq", "CaptionModel", "CaptionDecoding", "CaptionWeights"]
