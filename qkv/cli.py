@@ -474,7 +474,7 @@ def _generate_one(args, model, tok, prompt, hf, config, spec):
 
 def _say_sliding(model, prompt_length: int, config) -> None:
     """One line on stderr when the decode runs past the model's learned positions (the context slides)."""
-    from .decoding import sliding_context
+    from .decoding import sliding_context  # lazy: torch loads on first use (--help stays fast)
     found = sliding_context(model, prompt_length, _limit_and_eos(config, model, prompt_length)[0])
     if found is not None:
         print(f"qkv generate: {found.describe()}", file=sys.stderr)
@@ -485,7 +485,7 @@ def _generate_at_once(args, model, input_ids, config, spec):
     --show-scores, plain decoding of the same prompt run and timed after it (tokens per second of both)."""
     import time
     import torch
-    from .decoding import SpeculativeStats, generate
+    from .decoding import SpeculativeStats, generate  # lazy: torch loads on first use (--help stays fast)
     speculative = bool(spec) or config.prompt_lookup_num_tokens is not None
     stats, start = SpeculativeStats(), time.perf_counter()
     out = generate(model, input_ids, config, return_scores=args.show_scores, generator=_generator(args),
