@@ -184,3 +184,25 @@ def test_compiled_steps_and_static_caches_slide_alike():
     expected = naive(model, ids, new, lambda logits: logits.argmax(-1))
     config = GenerationConfig(max_new_tokens=new, static_cache=True)
     assert torch.equal(generate(model, ids, config), expected)
+
+
+def test_a_sliding_run_reads_the_host_a_fixed_number_of_times(monkeypatch):
+    """Sliding adds no read back to the host per token: 84 new tokens (72 of them from a cropped window) take the
+    reads of 20, plus the non-finite accumulator's one read per 32 steps (as tests/models/test_decode_host_reads.py
+    shows for the cached steps)."""
+    model, prompt = _model(), _prompt(5, B=2)
+
+    def reads(n):
+        seen = []
+        for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+            original = getattr(torch.Tensor, name)
+
+            def wrapped(self, *args, _original=original, **kwargs):
+                seen.append(1)
+                return _original(self, *args, **kwargs)
+            monkeypatch.setattr(torch.Tensor, name, wrapped)
+        generate(model, prompt, max_new_tokens=n, eos_token_id=())
+        monkeypatch.undo()
+        return len(seen)
+    short, long = reads(20), reads(84)
+    assert short > 0 and long - short <= 64 // 32
