@@ -74,10 +74,25 @@ def test_train_then_generate_eval_and_plot_a_language_model(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "5",
                  "--compile"]) == 0
     assert capsys.readouterr().out == out  # compiled decoding prints the same text
-    # an error once the prompt is echoed: the echoed line is ended, so the error line on stderr stands alone
-    assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "100000"]) == 1
+    # past the 64 learned positions the context slides, said on stderr (tests/test_sliding_context.py: exact)
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "70"]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "to be\n" and "max_new_tokens=100000" in captured.err
+    assert len(captured.out.rstrip("\n")) == len("to be") + 70
+    assert "qkv generate: the context slides past the model's 64 learned positions: new tokens from the 61st on " \
+           "are predicted from the last 64 tokens" in captured.err
+    # speculative decoding (the model as its own draft) says what it did and, with --show-scores, how it compares
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "70", "--draft",
+                 str(run), "--num-draft-tokens", "4", "--show-scores"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(out.rstrip("\n")) and captured.out.count("\t") == 1
+    assert re.search(r"speculative decoding accepted (\d+) of \1 guessed tokens \(100\.0%\): 70 tokens in \d+ "
+                     r"passes .*; the last 10 past its learned positions", captured.err), captured.err
+    assert re.search(r"tokens/s speculative vs [\d.]+ tokens/s plain decoding of the same prompt \([\d.]+x\); the "
+                     r"same tokens: yes", captured.err), captured.err
+    # an error once the prompt is echoed: the echoed line is ended, so the error line on stderr stands alone
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "to be", "--max-new-tokens", "10000000000"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "to be\n" and "max_new_tokens=10000000000" in captured.err
     assert main(["eval", "--checkpoint", str(run), "--data", str(text), "--block-size", "16",
                  "--max-batches", "1"]) == 0
     assert "perplexity" in capsys.readouterr().out

@@ -159,8 +159,9 @@ def test_speculative_refusals_are_named():
         generate(target, ids, max_new_tokens=3, draft_model=_model("gpt-char-tiny"))
     with pytest.raises(ValueError, match="num_draft_tokens must be an int >= 1, got 0"):
         generate(target, ids, max_new_tokens=3, draft_model=target, num_draft_tokens=0)
-    with pytest.raises(ValueError, match="more than draft_model's 20 learned positions"):
-        generate(target, ids, max_new_tokens=30, draft_model=_model("gpt2-tiny", max_positions=20))
+    # a draft whose positions end first stops guessing there (tests/test_sliding_context.py): no refusal
+    assert torch.equal(generate(target, ids, max_new_tokens=30, draft_model=_model("gpt2-tiny", max_positions=20)),
+                       generate(target, ids, max_new_tokens=30))
     with pytest.raises(ValueError, match="must be a decoder-only model"):
         generate(target, ids, max_new_tokens=3, draft_model=_model("transformer-tiny"))
     V = target.config.vocab_size

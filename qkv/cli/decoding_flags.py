@@ -20,7 +20,10 @@ def decoding_args(p, defaults, *, speculative: bool = False):
     p.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
     p.add_argument("--show-scores", action="store_true",
                    help="after each output, a tab and its score: the beam score (sum log p / length ** "
-                        "length_penalty), or the summed log-probability of the generated tokens")
+                        "length_penalty), or the summed log-probability of the generated tokens"
+                        + ("; with --draft / --prompt-lookup also plain decoding of the prompt, run after it (both "
+                           "models warmed up first), and the tokens per second of both on stderr" if speculative
+                           else ""))
     p.add_argument("--stream", action="store_true",
                    help="--file: decode one line at a time, printing tokens as they come (default: batches of "
                         "similar length, printed in the file's order)")

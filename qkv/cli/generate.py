@@ -2,11 +2,14 @@
 come; beams, speculative decoding and scores print each output at once."""
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
 
 import qkv
 
-from ..decoding import GenerationConfig, generate, stream
+from ..decoding import GenerationConfig, SpeculativeStats, generate, sliding_context, stream
 from ..models import family_of
 from .common import CLIError, Command, encode, file_lines, limit_and_eos, on_one_line, warn_loop
 from .decoding_flags import check_decoding, decode_lines, decoding_args, decoding_config, generator
@@ -81,9 +84,10 @@ def _generate_one(args, model, tok, prompt, hf, config, spec):
             raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
         ids = [tok.bos_id]
     input_ids = torch.tensor([ids])
+    _say_sliding(model, len(ids), config)
     if config.num_beams > 1 or config.num_return_sequences > 1 or spec or config.prompt_lookup_num_tokens or \
             args.show_scores:
-        out = generate(model, input_ids, config, return_scores=args.show_scores, generator=generator(args), **spec)
+        out = _generate_at_once(args, model, input_ids, config, spec)
         rows, scores = (out.sequences, out.sequences_scores.tolist()) if args.show_scores else (out, None)
         for r, row in enumerate(rows.tolist()):
             # --hf: transformers' batch_decode(skip_special_tokens=True) of prompt + continuation
@@ -113,6 +117,38 @@ def _generate_one(args, model, tok, prompt, hf, config, spec):
     return 0
 
 
+def _say_sliding(model, prompt_length: int, config) -> None:
+    """One line on stderr when the decode runs past the model's learned positions (the context slides)."""
+    found = sliding_context(model, prompt_length, limit_and_eos(config, model, prompt_length)[0])
+    if found is not None:
+        print(f"qkv generate: {found.describe()}", file=sys.stderr)
+
+
+def _generate_at_once(args, model, input_ids, config, spec):
+    """generate() for beams, scores and speculative decoding. Speculative: its acceptance on stderr and, with
+    --show-scores, plain decoding of the same prompt run and timed after it (tokens per second of both)."""
+    speculative = bool(spec) or config.prompt_lookup_num_tokens is not None
+    if speculative and args.show_scores:  # timed: one-time costs (first kernels, packing) paid before, by both
+        for warm in (model, *spec.values()):
+            generate(warm, input_ids, max_new_tokens=2)
+    stats, start = SpeculativeStats(), time.perf_counter()
+    out = generate(model, input_ids, config, return_scores=args.show_scores, generator=generator(args),
+                   **(dict(spec, speculative_stats=stats) if speculative else {}))
+    took = time.perf_counter() - start
+    if speculative:
+        print(f"qkv generate: {stats.describe()}", file=sys.stderr)
+    if speculative and args.show_scores:
+        start = time.perf_counter()
+        plain = generate(model, input_ids, config.replace(prompt_lookup_num_tokens=None), generator=generator(args))
+        plain_took = time.perf_counter() - start
+        T = input_ids.shape[1]
+        fast, slow = (out.sequences.shape[1] - T) / took, (plain.shape[1] - T) / plain_took
+        same = "" if config.do_sample else f"; the same tokens: {'yes' if torch.equal(out.sequences, plain) else 'NO'}"
+        print(f"qkv generate: {fast:.1f} tokens/s speculative vs {slow:.1f} tokens/s plain decoding of the same "
+              f"prompt ({fast / slow:.2f}x){same}", file=sys.stderr)
+    return out
+
+
 COMMAND = Command("continue a prompt with a language model, printing tokens as they come",
-                  "qkv generate --checkpoint runs/shk --prompt 'ROMEO:' --max-new-tokens 200 --sample "
+                  "qkv generate --checkpoint runs/shakespeare --prompt 'ROMEO:' --max-new-tokens 200 --sample "
                   "--top-k 40 --seed 1", _generate_args, _generate)

@@ -11,6 +11,7 @@ parts a run is made of, over any family's decode adapter (``qkv.models.decoding`
     batch.py        many inputs batched by length under a token budget (sentences in, translations out:
                     ``qkv.tasks.seq2seq.translate``, which owns a translation model's text rules)
     finite.py       non-finite logits stop a decode, naming where they went non-finite
+    sliding.py      past a decoder's learned positions: the last max_positions tokens, recomputed each step
     generate.py     ``generate`` and ``stream``, the entry points
     args.py         the command line's decoding flags, generated from GenerationConfig's fields
 """
@@ -19,6 +20,7 @@ from .config import GenerationConfig, Resolved
 from .controls import LogitsControls, make_controls, top_k_top_p
 from .generate import generate, stream
 from .outputs import GenerateOutput, StreamChunk
+from .sliding import SlidingContext, sliding_context
 from .speculative import SpeculativeStats
 from .step import packed_for_decoding
 from .trace import BeamStep, BeamTrace, beam_search_trace
@@ -26,4 +28,4 @@ from .trace import BeamStep, BeamTrace, beam_search_trace
 __all__ = ["GenerationConfig", "Resolved", "generate", "stream", "GenerateOutput", "StreamChunk",
            "beam_search_trace", "BeamTrace", "BeamStep", "SpeculativeStats", "generate_many", "length_batches",
            "Decoded", "LogitsControls", "make_controls", "top_k_top_p",
-           "packed_for_decoding"]
+           "packed_for_decoding", "SlidingContext", "sliding_context"]

@@ -64,6 +64,11 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
         (B * num_return_sequences, 1 + L) for an encoder-decoder model (starting with decoder_start_token_id);
         a ``GenerateOutput`` with ``return_scores``. L <= max_new_tokens: the run stops early once every row has
         finished. ValueError when the model's logits go non-finite (naming where).
+
+    Past a decoder-only model's learned positions the context slides, as in nanoGPT: each later token is predicted
+    from the last ``max_positions`` tokens (greedy, sampling, beam search per beam, speculative decoding;
+    ``qkv/decoding/sliding.py``); ``sliding_context(model, T, max_new_tokens)`` says beforehand whether a run
+    will, ``GenerateOutput.sliding`` afterwards. Families that do not slide (an output for a source) refuse.
     """
     check_model(model)
     config = (config or GenerationConfig()).replace(**overrides)
@@ -82,14 +87,14 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
                 if not config.return_scores:
                     return sequences
                 scores, logprobs = run.beam_scores
-                return GenerateOutput(sequences, logprobs, scores)
+                return GenerateOutput(sequences, logprobs, scores, sliding=run.sliding)
             steps = sum(1 for _ in sample_loop(run))
         length = run.trimmed_length(steps)
         sequences = torch.cat([run.prefix, run.out[:, :length]], dim=1)
         if not config.return_scores:
             return sequences
         logprobs = run.logprobs[:, :length]
-        return GenerateOutput(sequences, logprobs, logprobs.sum(-1))
+        return GenerateOutput(sequences, logprobs, logprobs.sum(-1), sliding=run.sliding)
 
 
 def _packed_draft(draft_model):

@@ -24,7 +24,11 @@ class GenerateOutput:
     ``compute_transition_scores(..., normalize_logits=True)``); beam search, the processed log-probability the beam
     score summed (transformers' with ``beam_indices``). 0.0 after a row finished. sequences_scores: (N,) beam
     search's final score ``sum log p / L ** length_penalty`` (transformers' ``sequences_scores``); greedy and
-    sampling: the sum of ``token_logprobs``."""
+    sampling: the sum of ``token_logprobs``. sliding: a ``SlidingContext`` when the run went past the model's
+    learned positions (the context slid: ``qkv/decoding/sliding.py``), else None. speculative: speculative
+    decoding's ``SpeculativeStats`` (proposed / accepted guesses, target passes), else None."""
     sequences: torch.Tensor
     token_logprobs: torch.Tensor
     sequences_scores: torch.Tensor
+    sliding: object = None
+    speculative: object = None

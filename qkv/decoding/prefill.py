@@ -19,6 +19,7 @@ from ..models import decodable_positions, decoding_of
 from ..nn.cache import KVCache
 from .config import GenerationConfig
 from .finite import check_prefill
+from .sliding import ContextWindow, sliding_context
 from .step import Run
 
 
@@ -26,7 +27,9 @@ def prefill(model, input_ids: torch.Tensor, config: GenerationConfig, *, attenti
             decoder_input_ids=None, logits_processor=None, generator=None, decode=None, stop=None) -> Run:
     """A run of ``model`` on ``input_ids`` (B, T) ready for its first step: ``run.logits`` (B, V) are the next
     token's. ``config`` is resolved here (``GenerationConfig.resolved``); the other arguments as ``generate``'s.
-    The caller decides autograd (``generate`` runs it all under ``torch.inference_mode``)."""
+    The caller decides autograd (``generate`` runs it all under ``torch.inference_mode``). A run past a decoder's
+    learned positions slides its context (``sliding.py``): ``run.sliding`` says so; a prompt longer than them is
+    read from its last W tokens."""
     check_model(model)
     decoding = decoding_of(model)
     _check_shapes(input_ids, attention_mask)
@@ -38,27 +41,35 @@ def prefill(model, input_ids: torch.Tensor, config: GenerationConfig, *, attenti
         if prefix_ids is not None:
             prompt = prefix_ids.shape[1]
         plan = config.resolved(model, prompt, logits_processor=logits_processor)
-        _check_positions(model, input_ids, plan.max_new_tokens, prompt)
+        sliding = sliding_context(model, prompt, plan.max_new_tokens)
+        _check_positions(model, input_ids, plan.max_new_tokens, prompt, sliding)
         if stop is not None and not callable(stop):
             raise TypeError(f"stop must be a callable (sequences (N, L)) -> bool (N,), got {type(stop).__name__}")
         if plan.stop_strings and decode is None:
             raise ValueError("stop_strings need decode (a function from a list of token ids to text), got decode=None")
         if plan.num_beams > 1 and stop is not None:
             raise ValueError(f"stop_strings and stop work with num_beams=1 only, got num_beams={plan.num_beams}")
-        needed = prompt + plan.max_new_tokens
+        # positions the cache holds: sliding, the first W (later steps recompute the window without it)
+        needed = prompt + plan.max_new_tokens if sliding is None else sliding.window
         if plan.max_len is not None and plan.max_len < needed:
-            raise ValueError(f"max_len must be an int >= {needed} (prompt + max_new_tokens), got {plan.max_len!r}")
+            raise ValueError(f"max_len must be an int >= {needed} (prompt + max_new_tokens"
+                             f"{'' if sliding is None else ', at most the learned positions'}), got {plan.max_len!r}")
         capacity = (plan.max_len or needed) if plan.static_cache else None
         _check_memory(model, input_ids, plan, capacity or needed, decoding)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
             if attention_mask.numel() and bool(attention_mask.all()):
                 attention_mask = None  # no padding: the mask-free attention path is the fast one
+        window = None if sliding is None else ContextWindow(input_ids.long(), attention_mask, sliding.window)
+        read = input_ids if window is None else window.ids  # a prompt longer than W: its last W tokens
+        read_mask = attention_mask if window is None else window.mask
         cache = new_cache(model, B, capacity, static=plan.compile)
-        pre = decoding.prefill(model, input_ids.long(), attention_mask, cache, capacity or needed)
+        pre = decoding.prefill(model, read.long(), read_mask, cache, capacity or needed)
+        if read is not input_ids:  # the output still starts with the whole prompt
+            pre.prefix, pre.prefix_mask = input_ids.long(), attention_mask
         run = Run(model, decoding, plan, cache, pre, generator=generator, decode=decode, stop=stop,
-                  return_scores=plan.return_scores)
-        run.inputs = (input_ids, attention_mask)
+                  return_scores=plan.return_scores, window=window, sliding=sliding)
+        run.inputs = (read, read_mask)
     if prefix_ids is not None and prefix_ids.shape[1] > 1:
         with run.steps():
             for column in prefix_ids[:, 1:].unbind(1):  # the rest of the decoder prefix, token by token
@@ -107,19 +118,21 @@ def _check_shapes(input_ids, attention_mask) -> None:
                          f"{tuple(attention_mask.shape)}")
 
 
-def _check_positions(model, input_ids, max_new_tokens: int, prompt: int) -> None:
+def _check_positions(model, input_ids, max_new_tokens: int, prompt: int, sliding) -> None:
     cfg = model.config
     T, limit = input_ids.shape[1], getattr(cfg, "max_positions", None)
-    if limit is None:
+    if limit is None or sliding is not None:  # sliding: any prompt and length, the last W tokens read
         return
     if T > limit:
         raise ValueError(f"input_ids has {T} positions, more than the model's context: max_positions={limit}")
-    # A position table ends; RoPE, ALiBi, sinusoids and relative buckets extrapolate (rarely well).
+    # A position table ends; RoPE, ALiBi, sinusoids and relative buckets extrapolate (rarely well). A family that
+    # slides past the end does (``sliding``); the others are refused here, saying why.
     bound = decodable_positions(cfg)
     if bound is not None and prompt + max_new_tokens > bound:
         raise ValueError(f"max_new_tokens={max_new_tokens} with a {prompt}-token decoder prompt needs "
                          f"{prompt + max_new_tokens} positions, more than the model's {bound} learned positions "
-                         f"(max_positions); expected max_new_tokens <= {bound - prompt}")
+                         f"(max_positions); expected max_new_tokens <= {bound - prompt}. A model of family "
+                         f"{cfg.family!r} does not slide its context past them: {decoding_of(model).no_slide}")
 
 
 def _decoder_prefix(model, decoding, ids, B: int, device) -> torch.Tensor | None:

@@ -18,6 +18,11 @@ costs about as much as producing one. Each round (Leviathan et al. 2023, Algorit
 
 The invariant between rounds: the target has read every token but the last one (``pending``), so a round's
 verify pass always starts with it; the draft has read ``draft_cache.length`` tokens and catches up on the rest.
+
+Past the learned positions (``sliding.py``): a round proposes only guesses that still fit both models' position
+tables; a draft at its end proposes nothing more (rounds are then the target's plain cached steps), and once the
+sequence is longer than the target's W positions every later token is the target's own prediction from its last W
+tokens, one full pass each, no guesses: plain sliding decoding, the same tokens as ``generate`` without a draft.
 One sequence at a time (B = 1), as transformers' assisted generation; the logits controls, temperature, top-k/p,
 min-p and typical-p apply to both distributions. ``adaptive_draft``: K grows by 2 after a round that accepted
 everything and shrinks by 1 after a rejection (transformers' heuristic), between 1 and 4 x num_draft_tokens.
@@ -28,23 +33,27 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import decodable_positions, decoding_of
+from ..models import context_window, decodable_positions, decoding_of
 from ..nn.cache import RecurrentCache
 from ..ops.checks import trusted_values
 from .config import GenerationConfig, Resolved
 from .finite import refuse
 from .outputs import GenerateOutput
 from .sample import warp
+from .sliding import sliding_context
 
 
 @dataclass
 class SpeculativeStats:
-    """What a run did: rounds (target forward passes that checked guesses), proposed and accepted guesses,
-    generated tokens. acceptance_rate = accepted / proposed; tokens_per_round = generated / rounds."""
+    """What a run did: rounds (target forward passes, each checking its guesses, if any), proposed and accepted
+    guesses, generated tokens; slid: tokens the target predicted past its learned positions from its last W tokens
+    (no guesses then: ``sliding.py``). acceptance_rate = accepted / proposed; tokens_per_round = generated /
+    rounds."""
     rounds: int = 0
     proposed: int = 0
     accepted: int = 0
     generated: int = 0
+    slid: int = 0
 
     @property
     def acceptance_rate(self) -> float:
@@ -53,6 +62,15 @@ class SpeculativeStats:
     @property
     def tokens_per_round(self) -> float:
         return self.generated / self.rounds if self.rounds else 0.0
+
+    def describe(self) -> str:
+        """One line for a person: how many guesses the target kept, and the tokens each of its passes gave."""
+        line = (f"speculative decoding accepted {self.accepted} of {self.proposed} guessed tokens "
+                f"({100 * self.acceptance_rate:.1f}%): {self.generated} tokens in {self.rounds} passes of the model "
+                f"({self.tokens_per_round:.2f} per pass)")
+        if self.slid:
+            line += f"; the last {self.slid} past its learned positions, from its sliding window alone"
+        return line
 
 
 def speculative_generate(model, input_ids: torch.Tensor, config: GenerationConfig, *, attention_mask=None,
@@ -74,12 +92,11 @@ def speculative_generate(model, input_ids: torch.Tensor, config: GenerationConfi
         if bad:
             raise ValueError(f"speculative decoding (draft_model / prompt_lookup_num_tokens) does not take {what}: "
                              f"it decodes one sequence greedily or by sampling, with eager steps")
-    needed = input_ids.shape[1] + plan.max_new_tokens
-    for name, m in (("model", model), ("draft_model", draft_model)):
-        bound = None if m is None else decodable_positions(m.config)
-        if bound is not None and needed > bound:
-            raise ValueError(f"max_new_tokens={plan.max_new_tokens} with a {input_ids.shape[1]}-token prompt needs "
-                             f"{needed} positions, more than {name}'s {bound} learned positions (max_positions)")
+    needed, bound = input_ids.shape[1] + plan.max_new_tokens, decodable_positions(model.config)
+    if bound is not None and needed > bound and context_window(model) is None:  # (a draft just stops guessing)
+        raise ValueError(f"max_new_tokens={plan.max_new_tokens} with a {input_ids.shape[1]}-token prompt needs "
+                         f"{needed} positions, more than model's {bound} learned positions (max_positions), and "
+                         f"it does not slide its context past them: {decoding_of(model).no_slide}")
     with torch.inference_mode():
         run = _Speculation(model, draft_model, input_ids.long(), plan, generator,
                            stats if stats is not None else SpeculativeStats())
@@ -89,7 +106,8 @@ def speculative_generate(model, input_ids: torch.Tensor, config: GenerationConfi
     if not plan.return_scores:
         return sequences
     logprobs = torch.tensor([logprobs], dtype=torch.float32, device=input_ids.device)
-    return GenerateOutput(sequences, logprobs, logprobs.sum(-1))
+    return GenerateOutput(sequences, logprobs, logprobs.sum(-1), sliding=sliding_context(model, input_ids.shape[1],
+                          len(run.seq) - run.prompt), speculative=run.stats)
 
 
 def _check(model, input_ids, attention_mask, draft_model) -> None:
@@ -130,12 +148,17 @@ class _Speculation:
         self.seq = input_ids[0].tolist()
         self.prompt = len(self.seq)
         self.device = input_ids.device
+        # W: the target's window past its learned positions (None: no table end); the draft's table, if any
+        self.window = context_window(model)
+        self.draft_end = None if draft is None else decodable_positions(draft.config)
         capacity = self.prompt + plan.max_new_tokens + self.k_max + 1
+        if self.window is not None:
+            capacity = min(capacity, self.window + self.k_max + 1)
         self.cache = model.new_cache(1, capacity, rewind=self.k_max + 1)
         self.recurrent = any(isinstance(layer.mixer, RecurrentCache) for layer in self.cache.layers)
         self.eos = set(plan.eos_ids)
-        if len(self.seq) > 1:  # the target reads all but the last token; every round starts with that one
-            model(input_ids[:, :-1], self.cache)
+        if 1 < len(self.seq) and not self._past_window():  # the target reads all but the last token; every round
+            model(input_ids[:, :-1], self.cache)           # starts with that one
         self.draft_cache = None if draft is None else draft.new_cache(1, capacity, rewind=self.k_max + 1)
 
     # -- scores: generate's pipeline, one position at a time ---------------------------------------------------
@@ -187,18 +210,39 @@ class _Speculation:
                     return seq[start + n: start + n + k]
         return []
 
+    # -- the position tables' ends ------------------------------------------------------------------------------
+    def _past_window(self) -> bool:
+        """The sequence is longer than the target's learned positions: its next token comes from the last W."""
+        return self.window is not None and len(self.seq) > self.window
+
+    def _fitting(self, k: int) -> int:
+        """How many of k guesses fit both tables: the target reads them at positions len(seq) .. len(seq) + k - 1,
+        the draft reads the sequence and k - 1 of them (positions up to len(seq) + k - 2)."""
+        n = len(self.seq)
+        if self.window is not None:
+            k = min(k, self.window - n)
+        if self.draft_end is not None:
+            k = min(k, self.draft_end - n + 1)
+        return max(k, 0)
+
     # -- one round ---------------------------------------------------------------------------------------------
     def decode(self) -> tuple[list[int], list[float]]:
         plan, stats = self.plan, self.stats
         generated, logprobs = [], []
         while len(generated) < plan.max_new_tokens:
             room = plan.max_new_tokens - len(generated) - 1  # the round's own token always fits
-            guesses, dists = self._propose(min(self.K, room)) if room > 0 else ([], [])
-            k = len(guesses)
-            fed = self.cache.length
-            snap = self.cache.snapshot() if self.recurrent and k else None
-            tokens = torch.tensor([[self.seq[-1]] + guesses], device=self.device)  # (1, 1 + k)
-            logits = self.model(tokens, self.cache)[0]  # (1 + k, V): p_0 .. p_k
+            if self._past_window():  # plain sliding decoding: the target alone, over its last W tokens
+                window = torch.tensor([self.seq[-self.window:]], device=self.device)  # (1, W)
+                logits, guesses, dists, k = self.decoding.window_logits(self.model, window, None), [], [], 0
+                stats.slid += 1
+            else:
+                k = self._fitting(min(self.K, room))
+                guesses, dists = self._propose(k) if k > 0 else ([], [])
+                k = len(guesses)
+                fed = self.cache.length
+                snap = self.cache.snapshot() if self.recurrent and k else None
+                tokens = torch.tensor([[self.seq[-1]] + guesses], device=self.device)  # (1, 1 + k)
+                logits = self.model(tokens, self.cache)[0]  # (1 + k, V): p_0 .. p_k
             if not bool(torch.isfinite(logits).all()):  # one more read in a round that reads its tokens anyway
                 refuse(self, len(generated) if generated else None)
             accepted, new, chosen = self._accept(logits, guesses, dists)

@@ -26,10 +26,12 @@ class Run:
 
     ``prefix``: (B, P) prompt or decoder-start (+ prefix) tokens, expanded with the rows; ``out``: (N, max_new)
     generated ids; ``logits``: (N, V) next-token logits after prefill / each step; ``plan``: the resolved config;
-    ``generator`` / ``decode`` / ``stop``: the caller's sampling generator, text decoder and stop callback."""
+    ``generator`` / ``decode`` / ``stop``: the caller's sampling generator, text decoder and stop callback;
+    ``window``: a run past the learned positions, the last W tokens of every row (``sliding.py``), and ``sliding``,
+    what it says about it (a ``SlidingContext``), both None otherwise."""
 
     def __init__(self, model, decoding, plan: Resolved, cache, prefilled, *, generator=None, decode=None,
-                 stop=None, return_scores: bool = False):
+                 stop=None, return_scores: bool = False, window=None, sliding=None):
         self.model, self.decoding, self.plan, self.cache = model, decoding, plan, cache
         self.prefix, self.prefix_mask = prefilled.prefix, prefilled.prefix_mask
         self.logits, self.state = prefilled.logits, prefilled.state
@@ -44,6 +46,7 @@ class Run:
         self.logprobs = torch.zeros(B, plan.max_new_tokens, device=device) if return_scores else None
         self.beam_scores = None  # beam search with return_scores: ((N,) final scores, (N, L) token log-probs)
         self.inputs = None  # (input_ids, attention_mask): what a refusal re-runs to name a non-finite tensor
+        self.window, self.sliding = window, sliding
 
     def expand(self, n: int) -> None:
         """Repeat every row n times (beams, samples): cache, encoder state, masks, positions, logits."""
@@ -55,16 +58,27 @@ class Run:
         if self.logprobs is not None:
             self.logprobs = self.logprobs[index]
         self.prefix_mask = None if self.prefix_mask is None else self.prefix_mask[index]
+        if self.window is not None:
+            self.window.index(index)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Beam search: row i continues row ``index[i]`` of the same input. Encoder state, masks and positions
         are equal across the beams of one input, so only the decoder's own caches move (eagerly, also when
         compiled: only the filled positions, where a graph would copy whole buffers)."""
+        if self.window is not None:
+            self.window.index(index)
+            if self.window.sliding:  # the cache is read no more: nothing else to move
+                return
         self.state = self.decoding.reorder(self.cache, self.state, index)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row, (N,); return the next logits (N, V). The caller holds ``trusted_values()``
         around its loop: the model's own tokens, at positions the prefill checked, need no host reads."""
+        if self.window is not None:
+            self.window.push(tokens)
+            if self.window.sliding:  # past the learned positions: the last W tokens, recomputed (sliding.py)
+                self.logits = self.window.logits(self.model, self.decoding)
+                return self.logits
         tokens = tokens[:, None]  # (N, 1)
         step = self.decoding.step
         if self.compile:

@@ -6,10 +6,11 @@ from .decoder import DecoderLM
 from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder, Seq2SeqWeights
 from .positions import decodable_positions
-from .registry import FAMILIES, Family, decoding_of, family_of
+from .registry import FAMILIES, Family, context_window, decoding_of, family_of
 from .rnn import RecurrentSeq2Seq
 from .vit import ViT
 
-__all__ = ["FAMILIES", "Family", "family_of", "decoding_of", "decodable_positions", "build", "load", "QKVModel",
+__all__ = ["FAMILIES", "Family", "family_of", "decoding_of", "context_window", "decodable_positions", "build", "load",
+           "QKVModel",
            "DecoderLM", "Encoder", "EncoderDecoder", "Seq2SeqWeights", "ViT",
            "RecurrentSeq2Seq", "CaptionModel", "CaptionDecoding", "CaptionWeights"]

@@ -87,7 +87,10 @@ class PaddedRows:
 
 
 class CausalDecoding(Decoding):
-    """A prompt continued: the output is the prompt followed by the new tokens."""
+    """A prompt continued: the output is the prompt followed by the new tokens. Past a position table's end the
+    context slides (``slides``): a language model's next token is defined from any text, and the last
+    ``max_positions`` tokens are the most the model can read (nanoGPT's ``generate`` crops the same way)."""
+    slides = True
 
     def prompt_length(self, input_ids):
         return input_ids.shape[1]
@@ -119,6 +122,12 @@ class CausalDecoding(Decoding):
     def expand(self, cache, state: PaddedRows | None, index):
         cache.reorder(index)
         return None if state is None else PaddedRows(state.mask[index], state.positions[index])
+
+    def window_logits(self, model, ids, mask):
+        if mask is None:
+            return model(ids, last_only=True)[:, -1]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, W): each row's real tokens count from 0
+        return model(ids, attention_mask=mask, position_ids=position_ids, last_only=True)[:, -1]
 
     def teacher_forced(self, model, input_ids, tokens):
         ids = torch.tensor([list(input_ids) + list(tokens[:-1])], device=next(model.parameters()).device)

@@ -9,6 +9,7 @@ decoder-start token). ``generate`` then runs any of them the same way:
     logits = decoding.step(model, tokens, cache, state)  # one token per row; compiled as one graph if asked
     state = decoding.advance(state)                      # after each step, outside any compiled graph
     state = decoding.reorder(cache, state, parents)      # beam search's survivors
+    logits = decoding.window_logits(model, ids, mask)    # past the learned positions: the last W tokens again
 
 Everything a run keeps per row lives in the cache (KV, recurrent states, the encoder output) or in ``state``
 (tensors, batch first), so expanding and reordering rows is indexing both.
@@ -33,8 +34,16 @@ class Prefilled:
 
 class Decoding:
     """The contract (see the module docstring). has_source: the input is a source the output is conditioned on,
-    not a prompt the output continues (it is not returned, and the decoder starts from one token)."""
+    not a prompt the output continues (it is not returned, and the decoder starts from one token).
+
+    slides: past a position table's end (learned positions), the family keeps generating from the last
+    ``max_positions`` tokens, recomputed (``window_logits``), as nanoGPT's ``generate`` does; no_slide: why a
+    family that does not slide refuses instead (said in the refusal)."""
     has_source: bool = False
+    slides: bool = False
+    no_slide: str = ("its output is written for a source it is conditioned on (a translation, a caption) and was "
+                     "trained to fit the learned positions whole: cropping its start would drop the words the rest "
+                     "is aligned with, a different model from the trained one")
 
     def prompt_length(self, input_ids: torch.Tensor) -> int:
         """Decoder positions the input takes before the first new token."""
@@ -68,6 +77,11 @@ class Decoding:
         padding) is equal across its beams, so only the decoder's own caches move."""
         cache.reorder(index, cross=False)
         return state
+
+    def window_logits(self, model, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """A family that ``slides``: (N, V) next-token logits of a full pass over ``ids`` (N, W), the last W tokens
+        of every row (left-padded where ``mask`` (N, W) holds 0s), without a cache, positions counted from 0."""
+        raise NotImplementedError
 
     def teacher_forced(self, model, input_ids: list[int], tokens: list[int]) -> torch.Tensor:
         """(L, V) logits of each of ``tokens`` given the input and the tokens before it (one full pass)."""

@@ -7,6 +7,7 @@ up instead of testing the family's name.
     record.decoding                     # its decode adapter (qkv/models/decoding.py), None if it does not generate
     record.continues, record.has_source # a prompt continued (a language model) / a source conditioned on
     record.flops(model, seq_len)        # forward FLOPs per token
+    context_window(model)               # W: the tokens a decode past the learned positions conditions on
 
 The records are listed here, explicitly (nothing registers itself on import); the family's own behaviour lives in
 its module (decoder.py, encoder.py, encoder_decoder.py, vit.py, rnn.py, caption.py). The names are ``qkv.config.FAMILIES``, and this
@@ -25,6 +26,7 @@ from .decoder import CausalDecoding, DecoderLM
 from .decoding import Decoding
 from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder, Seq2SeqDecoding
+from .positions import decodable_positions
 from .rnn import RecurrentDecoding, RecurrentSeq2Seq
 from .vit import ViT
 
@@ -105,3 +107,16 @@ def decoding_of(model) -> Decoding:
                          f"a family with a decode adapter: "
                          f"{sorted(name for name, f in FAMILIES.items() if f.decoding is not None)}")
     return record.decoding
+
+
+def context_window(config_or_model) -> int | None:
+    """W, the tokens a decode conditions on once it runs past the model's learned positions (the context slides:
+    the last W tokens, recomputed each step), or None when it does not slide: positions that extrapolate (RoPE,
+    ALiBi, sinusoids, relative buckets) or none at all (recurrent mixers) have no end to slide past, and a family
+    whose adapter does not slide (``Decoding.slides``: an output for a source) refuses at the end instead."""
+    config = getattr(config_or_model, "config", config_or_model)
+    bound = decodable_positions(config)
+    record = family_of(config)
+    if bound is None or record.decoding is None or not record.decoding.slides:
+        return None
+    return bound
