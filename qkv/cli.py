@@ -169,7 +169,7 @@ def _info(args):
         else:
             model = _load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
     import json
-    from .models.summary import format_summary, summarize
+    from .models.summary import format_summary, summarize  # start-up time: only info reads it
     summary = summarize(model, args.seq_len)
     if args.json:
         print(json.dumps({"summary": summary.to_dict(), "config": json.loads(model.config.to_json())}, indent=2))
@@ -817,14 +817,24 @@ def _plot(args):
         weights = result[1]
         kind = "masked" if record.causal else "self"
         maps = [viz.AttentionMaps.from_batch(kind, [w.self_attn for w in weights], tokens, tokens)]
-    for m in maps:
-        path = out if len(maps) == 1 else out.with_name(f"{out.stem}_{m.kind}{out.suffix}")
-        viz.plot_attention(m, path, title=f"{m.kind} attention", scale=scale)
-        print(f"wrote {path} ({scale} colour scale)")
+    _plot_maps(maps, out, scale)
     if args.html:
         viz.explorer_html(maps, out.with_suffix(".html"))
         print(f"wrote {out.with_suffix('.html')}")
     return 0
+
+
+def _plot_maps(maps, out: Path, scale: str) -> None:
+    """Each kind's heatmaps (self, masked, cross) as one figure; several kinds stacked into the one file --out names."""
+    import tempfile
+    from . import viz  # matplotlib: loaded only when a plot is drawn
+    from .viz_stack import stack_pngs  # matplotlib, as viz
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [viz.plot_attention(m, out if len(maps) == 1 else Path(tmp) / f"{m.kind}.png",
+                                    title=f"{m.kind} attention", scale=scale) for m in maps]
+        if len(maps) > 1:
+            stack_pngs(parts, out)
+    print(f"wrote {out} ({', '.join(m.kind for m in maps)} attention, {scale} colour scale)")
 
 
 # -- bench ------------------------------------------------------------------------------------------------------

@@ -84,8 +84,6 @@ def make_files(root: Path) -> None:
     en, es = pf.corpus(n=64, seed=5), pf.corpus(n=64, seed=6)
     _lines(root / "train.en", en)
     _lines(root / "train.de", es)
-    _lines(root / "my.en", en)
-    _lines(root / "my.es", es)
     pf.bert_folder(root / "path" / "to" / "bert")
     pf.bert_folder(root / "bert-folder")
     pf.bert_folder(root / "path" / "to" / "minilm")

@@ -43,7 +43,7 @@ BUDGET = [
     (r"--warmup-steps \d+", "--warmup-steps 1", "warmup within the 4 steps"),
     (r"--eval-every \d+", "--eval-every 2", "an evaluation within the 4 steps"),
     (r"--port 8000", "--port {port}", "a free port: the machine may be serving 8000"),
-    (r'data="train\.tsv"\)', 'data="train.tsv", max_steps=4)', "a few optimizer steps (Python)"),
+    (r'data="train\.tsv", ', 'data="train.tsv", max_steps=4, ', "a few optimizer steps (Python)"),
 ]
 
 # An org/name after a flag or call that takes a folder or hub id, and not one of the folders the README's lines (runs/)

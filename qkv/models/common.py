@@ -75,18 +75,13 @@ class QKVModel(nn.Module):
         return f"{letters} ({legend})"
 
     def describe(self) -> list[tuple[str, str]]:
-        """(label, text) lines about the layers, for ``summary`` and ``qkv info``."""
+        """(label, text) lines about the layers, for ``qkv info`` (``qkv.models.summary``)."""
         cfg = self.config
         window = f", window {cfg.window}" if cfg.window is not None else ""
         return [("layers x width", f"{cfg.n_layers} x {cfg.d_model}, heads {cfg.n_heads} (kv {cfg.n_kv_heads}), "
                                    f"head size {cfg.head_dim}, FFN {cfg.d_ff} ({cfg.activation})"),
                 ("position", f"{cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})"),
                 ("stack", f"{self.stack()}{window}")]
-
-    def summary(self, seq_len: int | None = None) -> str:
-        """What ``qkv info`` prints about the model at context ``seq_len``: ``qkv.models.summary``."""
-        from .summary import format_summary, summarize  # it reads the registry, which imports this module
-        return format_summary(summarize(self, seq_len))
 
     def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False,
                   rewind: int = 0) -> Cache:
