@@ -834,7 +834,8 @@ def _plot_maps(maps, out: Path, scale: str) -> None:
                                     title=f"{m.kind} attention", scale=scale) for m in maps]
         if len(maps) > 1:
             stack_pngs(parts, out)
-    print(f"wrote {out} ({', '.join(m.kind for m in maps)} attention, {scale} colour scale)")
+    kinds = f": {', '.join(m.kind for m in maps)} attention, one above another" if len(maps) > 1 else ""
+    print(f"wrote {out} ({scale} colour scale){kinds}")
 
 
 # -- bench ------------------------------------------------------------------------------------------------------

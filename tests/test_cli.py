@@ -209,7 +209,7 @@ def test_the_demo_checkpoint_translates_evaluates_and_plots(demo_run, tmp_path, 
     png = tmp_path / "a.png"
     assert main(["plot", "attention", "--checkpoint", str(out), "--src", "three hundred", "--out", str(png)]) == 0
     said = capsys.readouterr().out
-    assert said.startswith(f"wrote {png} (self, masked, cross attention") and sorted(tmp_path.glob("*.png")) == [png]
+    assert said.startswith(f"wrote {png} (linear colour scale): self, masked, cross attention") and sorted(tmp_path.glob("*.png")) == [png]
 
 
 def test_translate_refuses_a_language_model(tmp_path, capsys):
