@@ -214,6 +214,7 @@ def world(tmp_path_factory):
     return root, units
 
 
+@pytest.mark.slow
 def test_every_readme_line_runs_in_order_on_a_small_budget(world):
     """All units in README order in one folder (later lines read what earlier ones wrote); every failure is
     collected, so one broken line does not hide the next."""
