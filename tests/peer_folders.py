@@ -220,16 +220,16 @@ _DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_a
                 num_key_value_heads=2, max_position_embeddings=64)
 
 
-def gpt2_folder(folder: Path) -> Path:
+def gpt2_folder(folder: Path, positions: int = 64) -> Path:
     import transformers
     size = _byte_bpe(folder, specials=["<|endoftext|>"], bos=None, eos="<|endoftext|>")
-    config = transformers.GPT2Config(vocab_size=size, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
+    config = transformers.GPT2Config(vocab_size=size, n_positions=positions, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
                                      eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     _randomize(transformers.GPT2LMHeadModel(config), 0.3).save_pretrained(folder)
     return folder
 
 
-def llama3_folder(folder: Path) -> Path:
+def llama3_folder(folder: Path, positions: int = 64) -> Path:
     """Llama 3.1/3.2's shape: a BOS template, llama3 RoPE scaling, tied embeddings (3.2)."""
     import transformers
     size = _byte_bpe(folder, specials=["<|begin_of_text|>", "<|end_of_text|>"], bos="<|begin_of_text|>",
@@ -237,16 +237,17 @@ def llama3_folder(folder: Path) -> Path:
     config = transformers.LlamaConfig(vocab_size=size, bos_token_id=0, eos_token_id=1, tie_word_embeddings=True,
                                       rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8,
-                                                       "rope_theta": 500000.0}, **_DECODER)
+                                                       "rope_theta": 500000.0},
+                                      **{**_DECODER, "max_position_embeddings": positions})
     _randomize(transformers.LlamaForCausalLM(config), 0.3).save_pretrained(folder)
     return folder
 
 
-def qwen3_folder(folder: Path) -> Path:
+def qwen3_folder(folder: Path, positions: int = 64) -> Path:
     import transformers
     size = _byte_bpe(folder, specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|endoftext|>")
     config = transformers.Qwen3Config(vocab_size=size, eos_token_id=0, head_dim=8, tie_word_embeddings=True,
-                                      **_DECODER)
+                                      **{**_DECODER, "max_position_embeddings": positions})
     _randomize(transformers.Qwen3ForCausalLM(config), 0.3).save_pretrained(folder)
     return folder
 

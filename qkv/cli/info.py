@@ -1,6 +1,9 @@
 """``qkv info``: what a model is (parameters, FLOPs per token, memory), the presets, what qkv reads."""
 from __future__ import annotations
 
+import json
+import sys
+
 import torch
 
 import qkv
@@ -9,6 +12,7 @@ from ..files import check_fits
 from ..hub.supported import supported_text
 from ..models.common import load_config
 from ..models.sizing import model_bytes, model_sizes
+from ..models.summary import format_summary, summarize
 from .common import Command, positive_flag
 from .loading import load_model, model_folder
 
@@ -21,8 +25,9 @@ def _info_args(p):
     g.add_argument("--preset", help="a named configuration, e.g. gpt2, llama-tiny, transformer-base")
     g.add_argument("--checkpoint", help="a qkv model folder")
     g.add_argument("--hf", help="a Hugging Face checkpoint folder or hub id (org/name)")
-    p.add_argument("--seq-len", type=int, default=None, help="context length for the FLOPs count "
-                                                               "(default: the model's max_positions)")
+    p.add_argument("--seq-len", type=int, default=None, help="context length for the FLOPs count and the decoding "
+                                                               "memory (default: the model's max_positions)")
+    p.add_argument("--json", action="store_true", help="print the summary's numbers and the full config as JSON")
 
 
 def _info(args):
@@ -43,11 +48,13 @@ def _info(args):
             model = qkv.build(config)
         else:
             model = load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
-    print(model.summary(args.seq_len))
-    n = model.num_parameters()
-    print(f"  training memory:  ~{16 * n / 2**30:.2f} GiB for weights, grads and AdamW state in fp32 "
-          f"(activations extra)")
-    print(model.config.to_json())
+    summary = summarize(model, args.seq_len)
+    if args.json:
+        print(json.dumps({"summary": summary.to_dict(), "config": json.loads(model.config.to_json())}, indent=2))
+    else:
+        print(format_summary(summary))
+    for warning in summary.warnings:
+        print(f"qkv info: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -74,20 +74,14 @@ class QKVModel(nn.Module):
         letters, legend = pattern_letters(self.layer_mixers())
         return f"{letters} ({legend})"
 
-    def summary(self, seq_len: int | None = None) -> str:
-        cfg, n = self.config, self.num_parameters()
+    def describe(self) -> list[tuple[str, str]]:
+        """(label, text) lines about the layers, for ``qkv info`` (``qkv.models.summary``)."""
+        cfg = self.config
         window = f", window {cfg.window}" if cfg.window is not None else ""
-        lines = [f"{type(self).__name__} ({cfg.family})",
-                 f"  parameters:       {n:,} ({n / 1e6:.2f} M)",
-                 f"  non-embedding:    {self.num_parameters(exclude_embeddings=True):,}",
-                 f"  FLOPs per token:  {self.flops_per_token(seq_len) / 1e6:.2f} M "
-                 f"(forward, context {seq_len or cfg.max_positions})",
-                 f"  weights memory:   {sum(p.numel() * p.element_size() for p in self.parameters()) / 2**20:.1f} MiB",
-                 f"  layers x width:   {cfg.n_layers} x {cfg.d_model}, heads {cfg.n_heads} "
-                 f"(kv {cfg.n_kv_heads}), head size {cfg.head_dim}, FFN {cfg.d_ff} ({cfg.activation})",
-                 f"  position:         {cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})",
-                 f"  stack:            {self.stack()}{window}"]
-        return "\n".join(lines)
+        return [("layers x width", f"{cfg.n_layers} x {cfg.d_model}, heads {cfg.n_heads} (kv {cfg.n_kv_heads}), "
+                                   f"head size {cfg.head_dim}, FFN {cfg.d_ff} ({cfg.activation})"),
+                ("position", f"{cfg.position}; norm: {cfg.norm} ({'pre' if cfg.prenorm else 'post'})"),
+                ("stack", f"{self.stack()}{window}")]
 
     def new_cache(self, batch_size: int, max_len: int | None = None, *, static: bool = False,
                   rewind: int = 0) -> Cache:

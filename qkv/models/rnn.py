@@ -68,17 +68,10 @@ class RecurrentSeq2Seq(QKVModel):
         return (f"{cfg.n_layers} {both}{cfg.rnn_cell} | {cfg.n_decoder_layers} {cfg.rnn_cell}, {how}{feed} "
                 f"(encoder | decoder)")
 
-    def summary(self, seq_len: int | None = None) -> str:
-        cfg, n = self.config, self.num_parameters()
-        return "\n".join([
-            f"{type(self).__name__} ({cfg.family})",
-            f"  parameters:       {n:,} ({n / 1e6:.2f} M)",
-            f"  non-embedding:    {self.num_parameters(exclude_embeddings=True):,}",
-            f"  FLOPs per token:  {self.flops_per_token(seq_len) / 1e6:.2f} M "
-            f"(forward, source {seq_len or cfg.max_positions})",
-            f"  weights memory:   {sum(p.numel() * p.element_size() for p in self.parameters()) / 2**20:.1f} MiB",
-            f"  state x embed:    {cfg.d_model} x {cfg.rnn_embed_dim}, vocabulary {cfg.vocab_size}",
-            f"  stack:            {self.stack()}"])
+    def describe(self) -> list[tuple[str, str]]:
+        cfg = self.config
+        return [("state x embed", f"{cfg.d_model} x {cfg.rnn_embed_dim}, vocabulary {cfg.vocab_size}"),
+                ("stack", self.stack())]
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Forward FLOPs per target token, with one source token per target token: 2 per weight of every matrix

@@ -78,7 +78,7 @@ def test_the_record_says_what_the_family_does():
     assert decoding_of(model).has_source
     from qkv.explore import view_of
     assert view_of(model).name == "translate"
-    assert "1 bidirectional gru | 1 gru, bahdanau attention (additive)" in model.summary()
+    assert "1 bidirectional gru | 1 gru, bahdanau attention (additive)" in dict(model.describe())["stack"]
     assert model.flops_per_token(30) > 2 * model.num_parameters(exclude_embeddings=True)
 
 
