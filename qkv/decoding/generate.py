@@ -64,6 +64,18 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
         (B * num_return_sequences, 1 + L) for an encoder-decoder model (starting with decoder_start_token_id);
         a ``GenerateOutput`` with ``return_scores``. L <= max_new_tokens: the run stops early once every row has
         finished. ValueError when the model's logits go non-finite (naming where).
+
+    Example:
+
+        >>> import torch, qkv
+        >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
+        >>> prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])              # (B, T)
+        >>> out = qkv.generate(model, prompt, max_new_tokens=4)        # greedy, with a KV cache: (B, T + 4)
+        >>> ids = prompt
+        >>> for _ in range(4):                                         # greedy again, no cache: the whole prefix each step
+        ...     ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        >>> out.shape, torch.equal(out, ids)
+        (torch.Size([2, 7]), True)
     """
     check_model(model)
     config = (config or GenerationConfig()).replace(**overrides)
@@ -102,7 +114,19 @@ def stream(model, input_ids: torch.Tensor, config: GenerationConfig | None = Non
            **overrides) -> Iterator[StreamChunk]:
     """Greedy decoding or sampling, one ``StreamChunk`` per step as soon as it is known (arguments as in
     ``generate``; num_beams must be 1). With ``decode`` (ids list -> str) each chunk also carries every row's new
-    text."""
+    text.
+
+    Example:
+
+        >>> import torch, qkv
+        >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
+        >>> prompt = torch.tensor([[1, 2, 3]])
+        >>> chunks = list(qkv.stream(model, prompt, max_new_tokens=4))   # one StreamChunk per step
+        >>> len(chunks), chunks[0].tokens.shape                         # (N,) new tokens per step
+        (4, torch.Size([1]))
+        >>> torch.equal(torch.stack([c.tokens for c in chunks], 1), qkv.generate(model, prompt, max_new_tokens=4)[:, 3:])
+        True
+    """
     check_model(model)
     config = (config or GenerationConfig()).replace(**overrides)
     if config.num_beams != 1:
