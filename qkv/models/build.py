@@ -49,7 +49,7 @@ def load(path, *, device=None, dtype=None) -> QKVModel:
         >>> import tempfile, torch, qkv
         >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
         >>> with tempfile.TemporaryDirectory() as folder:
-        ...     model.save(folder)                              # config.json + model.safetensors
+        ...     _ = model.save(folder)                          # config.json + model.safetensors
         ...     again = qkv.load(folder).eval()
         >>> ids = torch.tensor([[1, 2, 3]])
         >>> again.config == model.config, torch.equal(again(ids), model(ids))
