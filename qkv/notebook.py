@@ -26,7 +26,8 @@ from .explore import Explorer
 from .interpret import attention_flow, rollout, self_attention
 from .viz import AttentionMaps, explorer_example, explorer_page
 
-__all__ = ["HTMLView", "explorer_view", "maps_view", "explore", "matrix_view", "rollout_view", "importance_view", "enable"]
+__all__ = ["HTMLView", "explorer_view", "maps_view", "explore", "matrix_view", "rollout_view", "importance_view",
+           "enable"]
 
 EXPLORER_HEIGHT = 820  # pixels: the explorer's links, heatmap and beam view without an inner scroll bar
 

@@ -329,7 +329,8 @@ def read_metrics(source: PathLike | Iterable[Mapping]) -> list[dict]:
 
         >>> from pathlib import Path
         >>> from qkv.viz import read_metrics
-        >>> _ = Path("metrics.jsonl").write_text('{"step": 1, "train_loss": 4.0}\\n\\n{"step": 2, "train_loss": 3.5}\\n')
+        >>> lines = ['{"step": 1, "train_loss": 4.0}', "", '{"step": 2, "train_loss": 3.5}']
+        >>> _ = Path("metrics.jsonl").write_text("\\n".join(lines) + "\\n")
         >>> read_metrics("metrics.jsonl")                          # blank lines skipped
         [{'step': 1, 'train_loss': 4.0}, {'step': 2, 'train_loss': 3.5}]
     """

@@ -72,7 +72,7 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
         >>> prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])              # (B, T)
         >>> out = qkv.generate(model, prompt, max_new_tokens=4)        # greedy, with a KV cache: (B, T + 4)
         >>> ids = prompt
-        >>> for _ in range(4):                                         # greedy again, no cache: the whole prefix each step
+        >>> for _ in range(4):                                         # greedy again, no cache: the whole prefix
         ...     ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
         >>> out.shape, torch.equal(out, ids)
         (torch.Size([2, 7]), True)
@@ -124,7 +124,8 @@ def stream(model, input_ids: torch.Tensor, config: GenerationConfig | None = Non
         >>> chunks = list(qkv.stream(model, prompt, max_new_tokens=4))   # one StreamChunk per step
         >>> len(chunks), chunks[0].tokens.shape                         # (N,) new tokens per step
         (4, torch.Size([1]))
-        >>> torch.equal(torch.stack([c.tokens for c in chunks], 1), qkv.generate(model, prompt, max_new_tokens=4)[:, 3:])
+        >>> new = torch.stack([c.tokens for c in chunks], dim=1)        # (N, 4): generate's new tokens
+        >>> torch.equal(new, qkv.generate(model, prompt, max_new_tokens=4)[:, 3:])
         True
     """
     check_model(model)

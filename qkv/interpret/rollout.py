@@ -73,7 +73,8 @@ def residual_matrices(weights: Sequence[torch.Tensor], *, residual: bool = True,
         >>> from qkv.interpret import residual_matrices
         >>> weights = [torch.softmax(torch.randn(2, 4, 3, 3), -1) for _ in range(2)]   # L x (B, H, T, T)
         >>> mats = residual_matrices(weights)                # 0.5 mean-of-heads + 0.5 I per layer
-        >>> mats.shape, torch.allclose(mats[0, 0], 0.5 * weights[0][0].double().mean(0) + 0.5 * torch.eye(3, dtype=torch.float64))
+        >>> expected = 0.5 * weights[0][0].double().mean(0) + 0.5 * torch.eye(3, dtype=torch.float64)
+        >>> mats.shape, torch.allclose(mats[0, 0], expected)   # (B, L, T, T); rows of A + I already sum to 2
         (torch.Size([2, 2, 3, 3]), True)
     """
     if head_fusion not in FUSIONS:

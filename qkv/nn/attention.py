@@ -33,7 +33,7 @@ class Reinforce(nn.Module):
         >>> log_p = torch.log(torch.tensor([[0.5], [0.25]])).requires_grad_()   # (B, picks) of one forward
         >>> r.record(log_p, entropy=torch.zeros(2, 1))
         >>> term = r.loss(torch.tensor([1.0, 3.0]))         # reward (B,); the first one sets the baseline (2.0)
-        >>> float(term), r.baseline.item()                  # worth 0: only its gradient counts
+        >>> term.detach().item(), r.baseline.item()         # worth 0: only its gradient counts
         (0.0, 2.0)
         >>> term.backward(); log_p.grad.flatten().tolist()  # -(R - b): the better row's pick is pushed up
         [1.0, -1.0]
@@ -94,7 +94,7 @@ def reinforce_loss(model: nn.Module, reward: torch.Tensor) -> torch.Tensor | Non
         >>> mha = MultiHeadAttention(8, 2, select="hard", estimator="reinforce").train()
         >>> out = mha(torch.randn(3, 4, 8))                  # the forward records its picks
         >>> term = reinforce_loss(mha, torch.randn(3))       # reward (B,)
-        >>> term.shape, float(term), reinforce_loss(mha, torch.randn(3))   # 0-valued term; then nothing is pending
+        >>> term.shape, term.detach().item(), reinforce_loss(mha, torch.randn(3))   # worth 0; then none pending
         (torch.Size([]), 0.0, None)
     """
     terms = [m.loss(reward) for m in model.modules() if isinstance(m, Reinforce) and m.pending is not None]
@@ -108,7 +108,8 @@ def needs_reward(model: nn.Module) -> bool:
     Example:
 
         >>> from qkv.nn import MultiHeadAttention, needs_reward
-        >>> needs_reward(MultiHeadAttention(8, 2)), needs_reward(MultiHeadAttention(8, 2, select="hard", estimator="reinforce"))
+        >>> hard = MultiHeadAttention(8, 2, select="hard", estimator="reinforce")   # picks one key, learns by REINFORCE
+        >>> needs_reward(MultiHeadAttention(8, 2)), needs_reward(hard)
         (False, True)
     """
     return any(isinstance(m, Reinforce) for m in model.modules())

@@ -359,8 +359,8 @@ class Cache:
         >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
         >>> ids = torch.tensor([[5, 6, 7, 8, 9]])
         >>> cache = model.new_cache(batch_size=1)                 # one LayerCache per block
-        >>> prompt, step = model(ids[:, :4], cache), model(ids[:, 4:], cache)
-        >>> cache.length, len(cache.layers), torch.allclose(step[:, -1], model(ids)[:, -1], atol=1e-5)   # cached = uncached
+        >>> prompt, step = model(ids[:, :4], cache), model(ids[:, 4:], cache)   # 4 tokens, then 1 more
+        >>> cache.length, len(cache.layers), torch.allclose(step[:, -1], model(ids)[:, -1], atol=1e-5)   # = no cache
         (5, 2, True)
     """
     layers: list[LayerCache]

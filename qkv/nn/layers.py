@@ -21,8 +21,9 @@ class Linear(nn.Linear):
         >>> from qkv.nn import Linear
         >>> layer = Linear(8, 4)                                # nn.Linear's parameters and state-dict keys
         >>> x = torch.randn(2, 3, 8)
-        >>> sorted(layer.state_dict()), torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
-        (['bias', 'weight'], True)
+        >>> reference = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        >>> sorted(layer.state_dict()), layer(x).shape, torch.allclose(layer(x), reference)
+        (['bias', 'weight'], torch.Size([2, 3, 4]), True)
     """
 
     packed: tuple | None = None  # (the weight's identity when packed, pack_weight(weight)), set by packed_weights
@@ -127,7 +128,8 @@ class LayerNorm(nn.LayerNorm):
         >>> import torch
         >>> from qkv.nn import LayerNorm
         >>> y = LayerNorm(8)(torch.randn(2, 3, 8) * 5 + 1)
-        >>> torch.allclose(y.mean(-1), torch.zeros(2, 3), atol=1e-5), torch.allclose(y.var(-1, unbiased=False), torch.ones(2, 3), atol=1e-3)
+        >>> mean, var = y.mean(-1), y.var(-1, unbiased=False)              # per position, over d_model
+        >>> torch.allclose(mean, torch.zeros(2, 3), atol=1e-5), torch.allclose(var, torch.ones(2, 3), atol=1e-3)
         (True, True)
     """
 
