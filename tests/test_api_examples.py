@@ -80,12 +80,11 @@ def test_the_names_are_the_references():
         assert any(n.startswith(module + ".") for n in NAMES), module
 
 
-@pytest.mark.parametrize("qualname", NAMES)
-def test_example_runs(qualname, monkeypatch, tmp_path):
-    text, file, line = docstring(qualname)
+def run_example(qualname: str, text: str, file: str = "<docstring>", line: int = 0) -> None:
+    """Run the ``>>>`` examples of one docstring; AssertionError naming ``qualname`` when there is none or one
+    fails (with doctest's report: the line, what was expected, what came)."""
     test = doctest.DocTestParser().get_doctest(text, {}, qualname, file, line)
     assert test.examples, f"{qualname} has no example: add a '>>>' block under 'Example:' to its docstring"
-    monkeypatch.chdir(tmp_path)  # an example that writes a file writes it here
     torch.manual_seed(0)
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     report: list[str] = []
@@ -96,3 +95,25 @@ def test_example_runs(qualname, monkeypatch, tmp_path):
         torch.set_default_dtype(dtype)
         torch.set_num_threads(threads)
     assert result.failed == 0, f"the example of {qualname} broke:\n" + "".join(report)
+
+
+@pytest.mark.parametrize("qualname", NAMES)
+def test_example_runs(qualname, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # an example that writes a file writes it here
+    run_example(qualname, *docstring(qualname))
+
+
+def test_a_name_without_an_example_or_with_a_broken_one_fails():
+    with pytest.raises(AssertionError, match="qkv.fake has no example"):
+        run_example("qkv.fake", "Shapes only.\n\nExample::\n\n    (B, T) -> (B, T, V)")
+    with pytest.raises(AssertionError, match=r"(?s)the example of qkv.fake broke:.*Expected:\s+3.*Got:\s+4"):
+        run_example("qkv.fake", "Example:\n\n    >>> 2 + 2\n    3\n")
+    run_example("qkv.fake", "Example:\n\n    >>> import torch\n    >>> torch.ones(2, 3).sum(-1)\n    tensor([3., 3.])\n")
+
+
+def test_data_finds_the_string_after_its_assignment():
+    """Data has no __doc__ of its own: its docstring is the string after the assignment, followed through imports
+    (qkv.ops.SCORES is assigned in qkv/ops/attention.py), as mkdocstrings reads it."""
+    text, file, _ = docstring("qkv.ops.SCORES")
+    assert file.endswith("attention.py") and ">>> SCORES" in text
+    assert docstring("qkv.__version__")[0] == ""  # a string with no docstring: SKIP keeps it out of NAMES
