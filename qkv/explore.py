@@ -44,12 +44,12 @@ class ExploreInputError(ValueError):
         >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
         >>> lm = qkv.build(qkv.preset("gpt2-tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id)).eval()
         >>> from qkv.explore import Explorer, ExploreInputError
-        >>> explorer = Explorer(lm, tok, max_chars=20)
-        >>> try:
-        ...     explorer.check("x" * 21)                      # said in the page, not raised past it
-        ... except ExploreInputError as e:
-        ...     isinstance(e, ValueError)
-        True
+        >>> explorer = Explorer(lm, tok, max_chars=20)        # the page says the message; the server goes on
+        >>> explorer.check("the cat sat the cat sat")
+        Traceback (most recent call last):
+        qkv.explore.ExploreInputError: That is 23 characters; the explorer takes at most 20.
+        >>> issubclass(ExploreInputError, ValueError), len(explorer.check("the cat"))   # ids of a good input
+        (True, 7)
     """
 
 
