@@ -189,6 +189,9 @@ class LinearAttention(RecurrentMixer):
         >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(6)], dim=1)
         >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
         (torch.Size([2, 6, 16]), True)
+        >>> _, w = layer(x, return_weights=True)                              # the implicit map (B, H, T, T)
+        >>> w.shape, torch.allclose(w.sum(-1), torch.ones(2, 2, 6, dtype=torch.float64))   # rows sum to 1
+        (torch.Size([2, 2, 6, 6]), True)
     """
 
     noncausal_ok = True
