@@ -61,6 +61,19 @@ class _Serializable:
 
 @dataclass
 class ModelConfig(_Serializable):
+    """A model's architecture as one validated dataclass: each field is documented where it is declared, derived
+    fields (``n_kv_heads``, ``head_dim``, ``d_ff``, ...) are filled in ``__post_init__``, and a bad value raises
+    ValueError naming the field. Presets are named configs (``qkv.preset``); only ``qkv/models`` reads one.
+
+    Example:
+
+        >>> import qkv
+        >>> cfg = qkv.ModelConfig(family="decoder", vocab_size=100, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
+        >>> cfg.head_dim, cfg.n_kv_heads                   # D = d_model / H, G
+        (8, 2)
+        >>> qkv.ModelConfig.from_dict(cfg.to_dict()) == cfg, cfg.replace(n_layers=3).n_layers
+        (True, 3)
+    """
     family: str = "decoder"  # decoder (GPT, Llama, linear-time), encoder (BERT), encoder_decoder (Transformer, T5, MBART), vit, rnn (a recurrent encoder-decoder with Bahdanau / Luong attention), caption (image to text: Show, Attend and Tell)
     vocab_size: int = 50257  # tokens in the vocabulary
     d_model: int = 768  # width of the residual stream
@@ -266,6 +279,16 @@ class TrainConfig(_Serializable):
 
     Batch sizes are global: ``batch_size`` sequences (LM) per micro-step summed over every process, so a run
     on N processes sees the same batches, and follows the same loss curve, as one process.
+
+    Example:
+
+        >>> import qkv
+        >>> cfg = qkv.TrainConfig(batch_size=8, lr=3e-4, max_steps=100)
+        >>> cfg.batch_size, cfg.lr, qkv.TrainConfig.from_dict(cfg.to_dict()) == cfg
+        (8, 0.0003, True)
+        >>> qkv.TrainConfig(lr=-1)
+        Traceback (most recent call last):
+        ValueError: need lr > 0 and 0 <= min_lr <= lr, got lr=-1, min_lr=0.0001
     """
     data: str | None = None  # training data: a text file (LM, MLM), a .tsv/.jsonl of pairs or the source side of aligned files (translation), an image folder or .npz (ViT)
     data_tgt: str | None = None  # translation: the target side, aligned line by line with --data

@@ -31,19 +31,47 @@ from .tasks.seq2seq import (decoder_input_ids, end_source, output_text, output_t
                            source_ids)
 from .viz import AttentionMaps, explorer_example
 
+__all__ = ["Explorer", "ExploreInputError", "View", "view_of", "attention_maps", "seq2seq_maps", "self_maps",
+           "token_labels", "sequence_logprob"]
+
 MAX_CHARS = 500  # the longest input the explorer takes
 MAX_HEADS_SHOWN = 32  # maps with more "heads" (RWKV's per-channel maps) are shown as their mean
 
 
 class ExploreInputError(ValueError):
-    """What is wrong with a user's text (empty, too long, not encodable): said in the page, not raised past it."""
+    """What is wrong with a user's text (empty, too long, not encodable): said in the page, not raised past it.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
+        >>> lm = qkv.build(qkv.preset("gpt2-tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id)).eval()
+        >>> from qkv.explore import Explorer, ExploreInputError
+        >>> explorer = Explorer(lm, tok, max_chars=20)        # the page says the message; the server goes on
+        >>> explorer.check("the cat sat the cat sat")
+        Traceback (most recent call last):
+        qkv.explore.ExploreInputError: That is 23 characters; the explorer takes at most 20.
+        >>> issubclass(ExploreInputError, ValueError), len(explorer.check("the cat"))   # ids of a good input
+        (True, 7)
+    """
 
 
 # -- attention maps of one example --------------------------------------------------------------------------
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
     """One readable label per id: the text each token adds (a token that only starts a multi-byte character gets
-    "", the one completing it the character), special tokens by their own string."""
+    "", the one completing it the character), special tokens by their own string.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
+        >>> from qkv.explore import token_labels
+        >>> token_labels(tok, tok.encode("le chat") + [tok.eos_id])   # the text each token adds; specials by name
+        ['l', 'e', ' ', 'c', 'h', 'a', 't', '</s>']
+    """
     specials, V = set(tokenizer.special_ids), tokenizer.vocab_size
     labels, run, shown = [], [], ""
     for i in ids:
@@ -72,7 +100,21 @@ def _heads(w: torch.Tensor | None) -> torch.Tensor | None:
 def seq2seq_maps(model, src_ids: list[int], tgt_ids: list[int], src_labels: list[str],
                  tgt_labels: list[str]) -> list[AttentionMaps]:
     """Encoder self-attention, decoder masked self-attention and cross-attention of one pair under teacher
-    forcing: the source ids (EOS included) and the decoder's input (start token + target)."""
+    forcing: the source ids (EOS included) and the decoder's input (start token + target).
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
+        >>> mt = qkv.build(qkv.preset("transformer-tiny", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
+        ...                           eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id)).eval()
+        >>> from qkv.explore import seq2seq_maps
+        >>> src, tgt = tok.encode("cat") + [tok.eos_id], [tok.bos_id] + tok.encode("chat")
+        >>> maps = seq2seq_maps(mt, src, tgt, ["c", "a", "t", "EOS"], ["BOS", "c", "h", "a", "t"])
+        >>> maps[-1].kind, maps[-1].layers[0].shape                 # cross-attention: (H, T, S)
+        ('cross', torch.Size([4, 5, 4]))
+    """
     with torch.no_grad():
         _, w = model(torch.tensor([src_ids]), torch.tensor([tgt_ids]), return_weights=True)
     kinds = [("self", w.encoder_self, src_labels, src_labels), ("masked", w.decoder_self, tgt_labels, tgt_labels),
@@ -83,14 +125,39 @@ def seq2seq_maps(model, src_ids: list[int], tgt_ids: list[int], src_labels: list
 
 def attention_maps(model, tokenizer, source: str, target: str) -> list[AttentionMaps]:
     """The three kinds of attention of one sentence pair under teacher forcing (``seq2seq_maps``), labelled with
-    the tokens' text."""
+    the tokens' text.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
+        >>> mt = qkv.build(qkv.preset("transformer-tiny", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
+        ...                           eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id)).eval()
+        >>> from qkv.explore import attention_maps
+        >>> maps = attention_maps(mt, tok, "the cat", "le chat")   # teacher forcing on the pair
+        >>> [(m.kind, m.n_layers, len(m.queries), len(m.keys)) for m in maps]   # source 7 chars + EOS, start + 7
+        [('self', 2, 8, 8), ('masked', 2, 8, 8), ('cross', 2, 8, 8)]
+    """
     src_ids = source_ids(tokenizer, source)
     tgt_ids = decoder_input_ids(tokenizer, target, model.config.decoder_start_token_id)
     return seq2seq_maps(model, src_ids, tgt_ids, token_labels(tokenizer, src_ids), token_labels(tokenizer, tgt_ids))
 
 
 def self_maps(model, ids: list[int], labels: list[str], kind: str) -> list[AttentionMaps]:
-    """A decoder's masked (kind "masked") or an encoder's bidirectional ("self") self-attention over ids."""
+    """A decoder's masked (kind "masked") or an encoder's bidirectional ("self") self-attention over ids.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
+        >>> lm = qkv.build(qkv.preset("gpt2-tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id)).eval()
+        >>> from qkv.explore import self_maps
+        >>> (maps,) = self_maps(lm, tok.encode("the cat"), list("the cat"), "masked")
+        >>> maps.n_layers, maps.layers[0].shape, float(maps.layers[0][0, 0, 1:].sum())   # causal: token 0 sees itself
+        (2, torch.Size([4, 7, 7]), 0.0)
+    """
     with torch.no_grad():
         _, weights = model(torch.tensor([ids]), return_weights=True)
     layers = [_heads(w.self_attn) for w in weights]
@@ -102,7 +169,20 @@ def self_maps(model, ids: list[int], labels: list[str], kind: str) -> list[Atten
 @dataclass(frozen=True)
 class View:
     """What the explorer does with a family, from its record (``qkv.models.registry``): translate a source (the
-    record ``has_source``), continue a prompt (``continues``) or read a text at once (an encoder, no decoding)."""
+    record ``has_source``), continue a prompt (``continues``) or read a text at once (an encoder, no decoding).
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
+        >>> mt = qkv.build(qkv.preset("transformer-tiny", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
+        ...                           eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id)).eval()
+        >>> from qkv.explore import view_of
+        >>> view = view_of(mt)                                # a View: what the explorer does with this family
+        >>> view.name, view.source, view.generates, view.output_label
+        ('translate', True, True, 'translation')
+    """
     name: str  # "translate", "generate" or "encode"
     source: bool  # the input is a source: EOS appended, the output translates it
     generates: bool  # an output is decoded (beam search shown)
@@ -117,7 +197,18 @@ _VIEWS = (View("translate", True, True, "translate", "qkv explorer: a translatio
 
 
 def view_of(model) -> View:
-    """The explorer's view of a model; ValueError for a family that reads no text."""
+    """The explorer's view of a model; ValueError for a family that reads no text.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.explore import view_of
+        >>> [view_of(qkv.build(qkv.preset(p))).name for p in ("transformer-tiny", "gpt2-tiny", "bert-tiny")]
+        ['translate', 'generate', 'encode']
+        >>> view_of(qkv.build(qkv.preset("vit-tiny")))
+        Traceback (most recent call last):
+        ValueError: model: family 'vit' has no text to explore; expected one of [...]
+    """
     record = family_of(model)
     if not record.text:
         raise ValueError(f"model: family {record.name!r} has no text to explore; expected one of "
@@ -131,6 +222,18 @@ class Explorer:
 
     num_beams: the beam width shown (>= 2). max_new_tokens: the longest output (default: what the model's
     positions allow, at most 60 tokens for translations and 40 for continuations). max_chars: the longest input.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> tok = CharTokenizer.train(iter(["the cat sat", "le chat"]))
+        >>> lm = qkv.build(qkv.preset("gpt2-tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id)).eval()
+        >>> from qkv.explore import Explorer
+        >>> explorer = Explorer(lm, tok, num_beams=2, max_new_tokens=3)
+        >>> example = explorer.example("the cat")            # the page's data: outputs, maps, the beam search
+        >>> explorer.task, [k["kind"] for k in example["kinds"]], example["beam"] is not None
+        ('generate', ['masked'], True)
     """
     model: torch.nn.Module
     tokenizer: object
@@ -291,7 +394,18 @@ def _last_label(tokenizer, path: tuple[int, ...]) -> str:
 
 
 def sequence_logprob(model, src: list[int], tokens: list[int]) -> float:
-    """Summed log-probability of tokens after src: the source (encoder-decoder) or the prompt (decoder)."""
+    """Summed log-probability of tokens after src: the source (encoder-decoder) or the prompt (decoder).
+
+    Example:
+
+        >>> import math, torch, qkv
+        >>> from qkv.explore import sequence_logprob
+        >>> lm = qkv.build(qkv.preset("gpt2-tiny")).eval()
+        >>> logp = lm(torch.tensor([[1, 2, 3]])).log_softmax(-1)        # (B, T, V)
+        >>> by_hand = logp[0, 0, 2].item() + logp[0, 1, 3].item()       # log p(2 | 1) + log p(3 | 1 2)
+        >>> math.isclose(sequence_logprob(lm, [1], [2, 3]), by_hand, abs_tol=1e-4)
+        True
+    """
     with torch.no_grad():
         logits = decoding_of(model).teacher_forced(model, src, tokens)  # (L, V)
     logp = logits.double().log_softmax(-1)

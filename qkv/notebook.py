@@ -26,12 +26,23 @@ from .explore import Explorer
 from .interpret import attention_flow, rollout, self_attention
 from .viz import AttentionMaps, explorer_example, explorer_page
 
+__all__ = ["HTMLView", "explorer_view", "maps_view", "explore", "matrix_view", "rollout_view", "importance_view",
+           "enable"]
+
 EXPLORER_HEIGHT = 820  # pixels: the explorer's links, heatmap and beam view without an inner scroll bar
 
 
 @dataclass
 class HTMLView:
-    """One HTML fragment that Jupyter displays inline (``_repr_html_``) and ``save`` writes as a page."""
+    """One HTML fragment that Jupyter displays inline (``_repr_html_``) and ``save`` writes as a page.
+
+    Example:
+
+        >>> from qkv.notebook import HTMLView
+        >>> view = HTMLView("<b>attention</b>", title="one view")   # Jupyter shows view._repr_html_() inline
+        >>> view.page().splitlines()[0], view.save("view.html").name   # a plain HTML export
+        ('<!DOCTYPE html>', 'view.html')
+    """
     html: str
     title: str = "qkv"
 
@@ -52,7 +63,20 @@ class HTMLView:
 
 def explorer_view(examples: Sequence[dict], *, title: str = "qkv attention explorer",
                   height: int = EXPLORER_HEIGHT) -> HTMLView:
-    """The explorer page of ``examples`` (``qkv.viz.explorer_example`` dicts, at least one) in an iframe."""
+    """The explorer page of ``examples`` (``qkv.viz.explorer_example`` dicts, at least one) in an iframe.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 3), -1)         # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("masked", list(w), ["the", " cat", " sat"], ["the", " cat", " sat"])
+        >>> from qkv.viz import explorer_example
+        >>> from qkv.notebook import explorer_view
+        >>> view = explorer_view([explorer_example([maps], source="the cat sat")], height=600)
+        >>> view.html.startswith('<iframe class="qkv-explorer"'), "height:600px" in view.html
+        (True, True)
+    """
     if not isinstance(height, int) or height < 100:
         raise ValueError(f"height={height!r}: expected an int >= 100 (pixels)")
     page = explorer_page(list(examples), title=title)
@@ -64,7 +88,19 @@ def explorer_view(examples: Sequence[dict], *, title: str = "qkv attention explo
 
 def maps_view(maps: AttentionMaps | Sequence[AttentionMaps], *, title: str = "qkv attention explorer",
               source: str = "", height: int = EXPLORER_HEIGHT) -> HTMLView:
-    """The explorer for attention maps already computed (one example: its kinds, every layer and head)."""
+    """The explorer for attention maps already computed (one example: its kinds, every layer and head).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 3), -1)         # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("masked", list(w), ["the", " cat", " sat"], ["the", " cat", " sat"])
+        >>> from qkv.notebook import maps_view
+        >>> view = maps_view(maps, source="the cat sat")            # the explorer of maps already computed
+        >>> view.html.startswith("<iframe"), "\\n" in view.html       # one line: safe inside Markdown too
+        (True, False)
+    """
     maps = [maps] if isinstance(maps, AttentionMaps) else list(maps)
     return explorer_view([explorer_example(maps, source=source)], title=title, height=height)
 
@@ -73,7 +109,19 @@ def explore(model, tokenizer, texts: str | Sequence[str], *, num_beams: int = 4,
             title: str | None = None, height: int = EXPLORER_HEIGHT) -> HTMLView:
     """Run a text model on one sentence or several and show the explorer: the output by beam search and greedy's,
     every layer's and head's self, masked and cross attention (implicit maps for linear-time mixers), and the beam
-    search step by step (``qkv.explore.Explorer``). Bad input raises ``qkv.explore.ExploreInputError``."""
+    search step by step (``qkv.explore.Explorer``). Bad input raises ``qkv.explore.ExploreInputError``.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.data import CharTokenizer
+        >>> from qkv.notebook import explore
+        >>> tok = CharTokenizer.train(iter(["the cat sat"]))
+        >>> cfg = qkv.preset("gpt2-tiny", vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+        >>> view = explore(qkv.build(cfg).eval(), tok, "the cat", num_beams=2, max_new_tokens=3)   # beam search too
+        >>> view.title, view.html.startswith('<iframe class="qkv-explorer"')
+        ('qkv explorer: a language model', True)
+    """
     explorer = Explorer(model, tokenizer, num_beams=num_beams, max_new_tokens=max_new_tokens)
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
@@ -102,7 +150,16 @@ def matrix_view(matrix, queries: Sequence[str], keys: Sequence[str] | None = Non
                 decimals: int = 2, tokens: bool = True) -> HTMLView:
     """A (T, S) matrix as an HTML table: query tokens down, key tokens across, every value printed in its cell
     and coloured by it (0 white, the largest dark). For rollout, flow, a mean over heads, any token x token map.
-    tokens=False: the labels are names, not tokens (their spaces are not made visible)."""
+    tokens=False: the labels are names, not tokens (their spaces are not made visible).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.notebook import matrix_view
+        >>> view = matrix_view(torch.tensor([[1.0, 0.0], [0.25, 0.75]]), ["the", " cat"])   # (T, S), queries down
+        >>> view.html.count("<td"), "0.75</td>" in view.html, "\u2423cat" in view.html     # a space shown as ␣
+        (4, True, True)
+    """
     keys = list(queries if keys is None else keys)
     m = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
     if m.shape != (len(queries), len(keys)):
@@ -128,7 +185,17 @@ def rollout_view(model, inputs: torch.Tensor, tokens: Sequence[str], *, attentio
                  index: int = 0, decimals: int = 2) -> HTMLView:
     """Attention rollout (or, with flow=True, attention flow) of one example through the whole encoder, as a
     token x token table (``qkv.interpret.rollout``, ``attention_flow``). tokens: one label per position of
-    ``inputs[index]`` (for a ViT: the class token, then the patches)."""
+    ``inputs[index]`` (for a ViT: the class token, then the patches).
+
+    Example:
+
+        >>> import torch, qkv
+        >>> from qkv.notebook import rollout_view
+        >>> bert = qkv.build(qkv.preset("bert-tiny")).eval()
+        >>> view = rollout_view(bert, torch.tensor([[2, 7, 5, 3]]), ["[CLS]", "a", "cat", "[SEP]"])   # (T, T) table
+        >>> view.html.count("<td"), "attention rollout through 2 layers" in view.html
+        (16, True)
+    """
     weights = [w[index:index + 1] for w in self_attention(model, inputs, attention_mask)]
     T = weights[0].shape[-1]
     if len(tokens) != T:
@@ -141,7 +208,19 @@ def rollout_view(model, inputs: torch.Tensor, tokens: Sequence[str], *, attentio
 
 def importance_view(importance, *, decimals: int = 3) -> HTMLView:
     """Head importance (``qkv.interpret.head_importance``) as a table: one row per attention sublayer, one column
-    per head, each cell the loss rise when that head alone is switched off (shaded by its size)."""
+    per head, each cell the loss rise when that head alone is switched off (shaded by its size).
+
+    Example:
+
+        >>> import torch, qkv
+        >>> from qkv.interpret import head_importance
+        >>> from qkv.notebook import importance_view
+        >>> model, ids = qkv.build(qkv.preset("gpt2-tiny")).eval(), torch.tensor([[1, 2, 3, 4]])
+        >>> imp = head_importance(model, lambda m: torch.nn.functional.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:]))
+        >>> view = importance_view(imp)                              # M rows x H columns
+        >>> view.html.count("<td"), "head 3" in view.html
+        (8, True)
+    """
     M, H = importance.scores.shape
     return matrix_view(importance.scores, importance.names, [f"head {h}" for h in range(H)], decimals=decimals,
                        tokens=False, title=f"loss rise when one head is off (base loss {importance.base:.4f})")
@@ -149,7 +228,14 @@ def importance_view(importance, *, decimals: int = 3) -> HTMLView:
 
 def enable() -> bool:
     """Teach the running IPython to display ``qkv.viz.AttentionMaps`` as the explorer (done on import when IPython
-    runs). Returns False outside IPython."""
+    runs). Returns False outside IPython.
+
+    Example:
+
+        >>> from qkv.notebook import enable
+        >>> enable()                                                  # outside IPython there is nothing to teach
+        False
+    """
     try:
         from IPython import get_ipython
     except ImportError:

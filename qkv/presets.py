@@ -140,10 +140,29 @@ PRESETS: dict[str, dict] = {
                         bias=False, tie_embeddings=False, vocab_size=256, d_model=64, n_layers=2, n_heads=4,
                         max_positions=4096),
 }
+"""Named model sizes, name -> ModelConfig fields: the papers' and checkpoints' sizes, and ``-tiny`` ones that
+build and run in a moment on a CPU (tests, examples, the course).
+
+Example:
+
+    >>> import qkv
+    >>> "gpt2-tiny" in qkv.PRESETS, qkv.PRESETS["gpt2"]["n_layers"]
+    (True, 12)
+    >>> sorted(n for n in qkv.PRESETS if n.startswith("rwkv"))
+    ['rwkv4-tiny', 'rwkv5-tiny', 'rwkv6-tiny', 'rwkv7-tiny']
+"""
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """The ModelConfig of a named preset, with fields overridden (derived fields follow the overrides)."""
+    """The ModelConfig of a named preset, with fields overridden (derived fields follow the overrides).
+
+    Example:
+
+        >>> import qkv
+        >>> cfg = qkv.preset("llama-tiny", n_layers=3)            # overrides; derived fields follow
+        >>> cfg.family, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        ('decoder', 3, 4, 2, 16)
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     return ModelConfig(**{**PRESETS[name], **overrides})

@@ -22,7 +22,22 @@ from typing import Iterable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
+__all__ = ["KINDS", "AttentionMaps", "visible_token", "plot_attention", "plot_alignment", "read_metrics", "plot_curves",
+           "explorer_example", "explorer_data", "explorer_page", "explorer_html"]
+
 KINDS = ("self", "masked", "cross")
+"""The attention kinds the explorer and ``AttentionMaps`` know: an encoder's bidirectional self-attention, a
+decoder's causal (masked) self-attention, and cross-attention from the target to the source.
+
+Example:
+
+    >>> from qkv.viz import KINDS, AttentionMaps
+    >>> KINDS
+    ('self', 'masked', 'cross')
+    >>> AttentionMaps("causal", [[[[1.0]]]], ["a"], ["a"])
+    Traceback (most recent call last):
+    ValueError: kind='causal': expected one of ('self', 'masked', 'cross')
+"""
 KIND_NAMES = {"self": "self-attention", "masked": "masked self-attention", "cross": "cross-attention"}
 # Lines fainter than this are not drawn in the explorer; tests count lines against the same number.
 EXPLORER_MIN_WEIGHT = 0.01
@@ -41,6 +56,18 @@ class AttentionMaps:
     queries: the T query tokens (for cross-attention, the target side).
     keys:    the S key tokens (for cross-attention, the source side).
     Tensors and numpy arrays are accepted and stored as float32 CPU tensors.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 5), -1)          # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("cross", list(w), ["le", "chat", "</s>"], ["the", "cat", "sat", ".", "</s>"])
+        >>> maps.n_layers, maps.n_heads, maps.mean_heads(-1).shape  # the last layer's mean over heads: (T, S)
+        (2, 4, torch.Size([3, 5]))
+        >>> batch = [w[0].unsqueeze(0)]                             # one layer of a model's (B, H, T, S)
+        >>> AttentionMaps.from_batch("cross", batch, ["le"], ["the", "cat"]).layers[0].shape   # cut to (H, T, S)
+        torch.Size([4, 1, 2])
     """
 
     kind: str
@@ -131,7 +158,14 @@ WHITESPACE_SIGNS = {"\n": "⏎", "\t": "⇥"}  # and "␣" for a space or any ot
 def visible_token(token: str) -> str:
     """A token as a person can see it: a token of whitespace only is spelt in signs ("␣" a space, "⏎" a line
     break, "⇥" a tab, "␣" any other blank), and a line break or tab inside any other token too (they would break
-    a label's line); other text is left as it is ("" stays "")."""
+    a label's line); other text is left as it is ("" stays "").
+
+    Example:
+
+        >>> from qkv.viz import visible_token
+        >>> [visible_token(t) for t in (" ", "\\n", "\\t", " cat")]   # only all-blank tokens change
+        ['␣', '⏎', '⇥', ' cat']
+    """
     text = token.replace("\r\n", "\n").replace("\r", "\n")
     if text.isspace():
         return "".join(WHITESPACE_SIGNS.get(c, "␣") for c in text)
@@ -205,6 +239,17 @@ def plot_attention(maps: AttentionMaps | Sequence[AttentionMaps], path: PathLike
     Whitespace tokens are labelled with visible signs (``visible_token``). Several maps (an encoder-decoder's
     self, masked and cross attention) go into the one PNG, a grid each, stacked in their order under their kind's
     name (``title`` then heads the whole figure). Returns the path of the PNG.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 3), -1)         # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("masked", list(w), ["the", " cat", " sat"], ["the", " cat", " sat"])
+        >>> from qkv.viz import plot_attention
+        >>> path = plot_attention(maps, "attention.png")             # a grid: 2 layers x 4 heads
+        >>> path.name, path.read_bytes()[:4] == b"\\x89PNG"
+        ('attention.png', True)
     """
     blocks = [maps] if isinstance(maps, AttentionMaps) else list(maps)
     if not blocks:
@@ -277,6 +322,15 @@ def plot_alignment(weights: Array, queries: Sequence[str], keys: Sequence[str], 
     """Save one large heatmap of weights (T, S), e.g. cross-attention of the last layer averaged over heads,
     where a word alignment between source (keys, x) and target (queries, y) shows as a near-diagonal path.
     Each row's strongest key is marked with a dot. Returns the path of the PNG.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import plot_alignment
+        >>> w = torch.softmax(torch.randn(3, 4), -1)                # (T, S), e.g. cross-attention averaged over heads
+        >>> path = plot_alignment(w, ["le", "chat", "</s>"], ["the", "cat", ".", "</s>"], "alignment.png")
+        >>> path.name, path.stat().st_size > 0
+        ('alignment.png', True)
     """
     w = torch.as_tensor(weights).detach().to("cpu", torch.float32).numpy()
     T, S = len(queries), len(keys)
@@ -296,7 +350,17 @@ def plot_alignment(weights: Array, queries: Sequence[str], keys: Sequence[str], 
 
 
 def read_metrics(source: PathLike | Iterable[Mapping]) -> list[dict]:
-    """Records from a metrics .jsonl file (one JSON object a line, blank lines skipped) or an iterable of dicts."""
+    """Records from a metrics .jsonl file (one JSON object a line, blank lines skipped) or an iterable of dicts.
+
+    Example:
+
+        >>> from pathlib import Path
+        >>> from qkv.viz import read_metrics
+        >>> lines = ['{"step": 1, "train_loss": 4.0}', "", '{"step": 2, "train_loss": 3.5}']
+        >>> _ = Path("metrics.jsonl").write_text("\\n".join(lines) + "\\n")
+        >>> read_metrics("metrics.jsonl")                          # blank lines skipped
+        [{'step': 1, 'train_loss': 4.0}, {'step': 2, 'train_loss': 3.5}]
+    """
     if isinstance(source, (str, Path)):
         records = []
         for n, line in enumerate(Path(source).read_text().splitlines(), 1):
@@ -332,6 +396,14 @@ def plot_curves(metrics: PathLike | Iterable[Mapping], path: PathLike, *, keys: 
     Records may omit any series (validation every N steps, a crashed log line): each series is drawn through
     the steps where it has a finite value, with markers when it is sparse. label_smoothing, when known (the
     training loop passes its eps), names train_loss for what it is. Returns the path of the PNG.
+
+    Example:
+
+        >>> from qkv.viz import plot_curves
+        >>> records = [{"step": s, "train_loss": 4 / s, "val_loss": 4.5 / s, "val_acc": s / 10} for s in range(1, 6)]
+        >>> path = plot_curves(records, "curves.png")               # losses, the same on a log scale, accuracy in %
+        >>> path.name, path.read_bytes()[:4] == b"\\x89PNG"
+        ('curves.png', True)
     """
     records = [r for r in read_metrics(metrics) if isinstance(r.get("step"), (int, float))]
     default = keys is None
@@ -409,7 +481,20 @@ def explorer_example(maps_list: Sequence[AttentionMaps], *, source: str = "", la
                      beam: Mapping | None = None, output_label: str = "output", decimals: int = 4) -> dict:
     """One example of the explorer: the input text, the model's output (and greedy's, when it was run), and per
     attention kind its tokens and weights, layers x heads x T x S, rounded (null for a layer without a map).
-    beam: the beam view's data as ``qkv.explore`` makes it (steps, final hypotheses, greedy), or None."""
+    beam: the beam view's data as ``qkv.explore`` makes it (steps, final hypotheses, greedy), or None.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 3), -1)         # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("masked", list(w), ["the", " cat", " sat"], ["the", " cat", " sat"])
+        >>> from qkv.viz import explorer_example
+        >>> example = explorer_example([maps], source="the cat sat", decimals=2)
+        >>> layers = example["kinds"][0]["layers"]                  # nested lists: layers x H x T x S
+        >>> example["label"], len(layers), len(layers[0]), len(layers[0][0]), len(layers[0][0][0])
+        ('the cat sat', 2, 4, 3, 3)
+    """
     if isinstance(maps_list, AttentionMaps):
         maps_list = [maps_list]
     return {
@@ -432,7 +517,19 @@ def explorer_example(maps_list: Sequence[AttentionMaps], *, source: str = "", la
 
 def explorer_data(maps_list: Sequence[AttentionMaps], *, title: str, decimals: int = 4) -> dict:
     """The explorer's JSON payload for one example: ``{"title", "min_weight", "live", "max_chars", "examples"}``
-    with ``examples[0]`` from ``explorer_example``."""
+    with ``examples[0]`` from ``explorer_example``.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 3), -1)         # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("masked", list(w), ["the", " cat", " sat"], ["the", " cat", " sat"])
+        >>> from qkv.viz import explorer_data
+        >>> data = explorer_data([maps], title="a decoder")          # the page's JSON payload
+        >>> data["title"], len(data["examples"]), data["examples"][0]["kinds"][0]["kind"]
+        ('a decoder', 1, 'masked')
+    """
     return _payload([explorer_example(maps_list, decimals=decimals)], title=title)
 
 
@@ -446,7 +543,19 @@ def explorer_page(examples: Sequence[Mapping], *, title: str = "qkv attention ex
                   max_chars: int = 0, token: str | None = None) -> str:
     """The explorer as one HTML string with its examples inline (``explorer_example`` dicts, at least one).
     live=True shows the form that asks the server it came from (``qkv explore``) for new examples; max_chars is
-    the longest input it sends, token the server's token it echoes with each request (``qkv.explore_server``)."""
+    the longest input it sends, token the server's token it echoes with each request (``qkv.explore_server``).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 3), -1)         # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("masked", list(w), ["the", " cat", " sat"], ["the", " cat", " sat"])
+        >>> from qkv.viz import explorer_example, explorer_page
+        >>> page = explorer_page([explorer_example([maps], source="the cat sat")], title="a decoder")
+        >>> page.lstrip().lower().startswith("<!doctype html>"), "<script src" in page   # one file, nothing fetched
+        (True, False)
+    """
     if not examples:
         raise ValueError("examples=[]: expected at least one example")
     template = resources.files("qkv").joinpath("viz_explorer.html").read_text(encoding="utf-8")
@@ -466,6 +575,18 @@ def explorer_html(maps_list: Sequence[AttentionMaps] | Sequence[Mapping], path: 
     maps_list: the AttentionMaps of one example, or several examples made by ``explorer_example``.
     The page exposes `window.qkvExplorer` and, after rendering, `data-status="ok"` plus counts on <body>;
     `?example=&kind=&layer=&head=&focus=` in the URL choose the initial view (see the template). Returns the path.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.viz import AttentionMaps
+        >>> w = torch.softmax(torch.randn(2, 4, 3, 3), -1)         # 2 layers of (H, T, S)
+        >>> maps = AttentionMaps("masked", list(w), ["the", " cat", " sat"], ["the", " cat", " sat"])
+        >>> from qkv.viz import explorer_html
+        >>> path = explorer_html([maps], "explorer.html")          # open it from disk: no server, no network
+        >>> page = path.read_text()
+        >>> path.name, "window.qkvExplorer" in page, '" cat"' in page     # the script and the tokens inline
+        ('explorer.html', True, True)
     """
     if isinstance(maps_list, (AttentionMaps, Mapping)):
         maps_list = [maps_list]

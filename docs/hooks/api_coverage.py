@@ -11,7 +11,8 @@ import importlib
 import re
 from pathlib import Path
 
-MODULES = {"qkv": "api/qkv", "qkv.ops": "api/ops", "qkv.nn": "api/nn", "qkv.interpret": "api/interpret"}
+MODULES = {"qkv": "api/qkv", "qkv.ops": "api/ops", "qkv.nn": "api/nn", "qkv.interpret": "api/interpret",
+           "qkv.notebook": "api/notebook", "qkv.viz": "api/viz", "qkv.explore": "api/explore"}
 SKIP = {"qkv": {"ops", "__version__"}}  # a subpackage with its own page, and a string
 MARK = re.compile(r"^<!-- api: (?P<module>[\w.]+) -->$", re.M)
 

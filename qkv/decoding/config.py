@@ -40,7 +40,18 @@ def _setting(rule, default=None, *, flag: str | None = None, file: bool = True):
 class GenerationConfig:
     """How to decode. Made with keywords (``GenerationConfig(num_beams=4)``), from a dict or a JSON file with
     transformers' names (``from_dict``, ``from_json``), or changed with ``replace(**changes)``; every value is
-    checked when the config is made (ValueError naming the file, the field, the value and what was expected)."""
+    checked when the config is made (ValueError naming the file, the field, the value and what was expected).
+
+    Example:
+
+        >>> import qkv
+        >>> beam = qkv.GenerationConfig(num_beams=4, max_new_tokens=10)
+        >>> beam.replace(num_beams=1).num_beams, beam.to_dict()["num_beams"]
+        (1, 4)
+        >>> qkv.GenerationConfig(num_beams=0)
+        Traceback (most recent call last):
+        ValueError: num_beams must be an int >= 1, got 0
+    """
     # -- how long
     max_new_tokens: int | None = _setting(c.int_at_least(1, optional=True), flag="--max-new-tokens")  # tokens to generate at most (unset: max_length minus the prompt, else 20 within the model's positions)
     max_length: int | None = _setting(c.int_at_least(1, optional=True))  # the longest sequence, prompt (or decoder-start token) included; max_new_tokens wins over it

@@ -69,6 +69,18 @@ def generate(model, input_ids: torch.Tensor, config: GenerationConfig | None = N
     from the last ``max_positions`` tokens (greedy, sampling, beam search per beam, speculative decoding;
     ``qkv/decoding/sliding.py``); ``sliding_context(model, T, max_new_tokens)`` says beforehand whether a run
     will, ``GenerateOutput.sliding`` afterwards. Families that do not slide (an output for a source) refuse.
+
+    Example:
+
+        >>> import torch, qkv
+        >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
+        >>> prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])              # (B, T)
+        >>> out = qkv.generate(model, prompt, max_new_tokens=4)        # greedy, with a KV cache: (B, T + 4)
+        >>> ids = prompt
+        >>> for _ in range(4):                                         # greedy again, no cache: the whole prefix
+        ...     ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        >>> out.shape, torch.equal(out, ids)
+        (torch.Size([2, 7]), True)
     """
     check_model(model)
     config = (config or GenerationConfig()).replace(**overrides)
@@ -107,7 +119,20 @@ def stream(model, input_ids: torch.Tensor, config: GenerationConfig | None = Non
            **overrides) -> Iterator[StreamChunk]:
     """Greedy decoding or sampling, one ``StreamChunk`` per step as soon as it is known (arguments as in
     ``generate``; num_beams must be 1). With ``decode`` (ids list -> str) each chunk also carries every row's new
-    text."""
+    text.
+
+    Example:
+
+        >>> import torch, qkv
+        >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
+        >>> prompt = torch.tensor([[1, 2, 3]])
+        >>> chunks = list(qkv.stream(model, prompt, max_new_tokens=4))   # one StreamChunk per step
+        >>> len(chunks), chunks[0].tokens.shape                         # (N,) new tokens per step
+        (4, torch.Size([1]))
+        >>> new = torch.stack([c.tokens for c in chunks], dim=1)        # (N, 4): generate's new tokens
+        >>> torch.equal(new, qkv.generate(model, prompt, max_new_tokens=4)[:, 3:])
+        True
+    """
     check_model(model)
     config = (config or GenerationConfig()).replace(**overrides)
     if config.num_beams != 1:

@@ -138,7 +138,19 @@ def from_hf(path, *, dtype: torch.dtype | None = None, num_labels: int | None = 
     num_labels: a sequence-classification head of this many classes (encoders, ViT), as transformers'
     ``from_pretrained(path, num_labels=N)`` gives: the body and any pooler come from the folder, head weights the
     folder lacks (a base model has no classifier) start from qkv's initialisation (seed torch first for a fixed one);
-    a head the folder holds must have N classes."""
+    a head the folder holds must have N classes.
+
+    Example:
+
+        >>> import tempfile, torch, qkv
+        >>> model = qkv.build(qkv.preset("llama-tiny")).eval()
+        >>> with tempfile.TemporaryDirectory() as folder:          # any Hugging Face folder, here one qkv wrote
+        ...     _ = qkv.to_hf(model, folder)
+        ...     again = qkv.from_hf(folder).eval()
+        >>> ids = torch.tensor([[1, 2, 3, 4]])
+        >>> again(ids).shape, torch.allclose(again(ids), model(ids))   # (B, T, V), the same logits
+        (torch.Size([1, 4, 256]), True)
+    """
     path, folder, model_type, config = _read_config(path)
     conv = CONVERTERS[model_type]
     fresh: set[str] = set()
@@ -256,7 +268,18 @@ def to_hf(model, path, *, source_config: dict | None = None, unmapped: StateDict
     source_config: the config.json the model came from, when it still ``describes`` the model: its other fields
     (its ``architectures``: BertForPreTraining rather than the BertForMaskedLM qkv would name) are kept, the ones
     qkv writes win. unmapped: tensors no qkv weight holds (BERT's pooler without a classifier), written as they are
-    beside the mapped ones (``qkv.hub.carry``); a name the map writes too is refused."""
+    beside the mapped ones (``qkv.hub.carry``); a name the map writes too is refused.
+
+    Example:
+
+        >>> import json, tempfile, qkv
+        >>> model = qkv.build(qkv.preset("llama-tiny"))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = qkv.to_hf(model, folder)
+        ...     files, config = sorted(p.name for p in path.iterdir()), json.loads((path / "config.json").read_text())
+        >>> files, config["model_type"], config["num_key_value_heads"]
+        (['config.json', 'model.safetensors'], 'llama', 2)
+    """
     from safetensors.torch import save_file
     config = model.config
     model_type = config.extra.get("hf_model_type")

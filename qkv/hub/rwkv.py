@@ -116,7 +116,21 @@ def from_rwkv(path, *, dtype: torch.dtype | None = torch.float32, device=None):
     """An official RWKV-LM checkpoint (``.pth``, RWKV-4, 5.2, 6 or 7; the path may omit the suffix) as a DecoderLM.
 
     Weights are cast to ``dtype`` (float32 by default: releases are often bf16 / fp16; None keeps them).
-    Feeding tokens through ``model(ids, cache)`` one at a time reproduces RWKV-LM's RNN mode."""
+    Feeding tokens through ``model(ids, cache)`` one at a time reproduces RWKV-LM's RNN mode.
+
+    Example:
+
+        >>> import tempfile, torch, qkv
+        >>> from qkv.hub.rwkv import rwkv_key_map
+        >>> model = qkv.build(qkv.preset("rwkv4-tiny")).eval()
+        >>> state = {rwkv_key_map(model)[name]: t for name, t in model.state_dict().items()}   # RWKV-LM's key names
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     torch.save(state, f"{folder}/rwkv.pth")
+        ...     again = qkv.from_rwkv(f"{folder}/rwkv")               # the suffix may be left out, as RWKV-LM does
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> again.config.mixer, torch.allclose(again(ids), model(ids))
+        ('rwkv4', True)
+    """
     file = _resolve(path)
     state = files.load_tensor_pickle(file)  # plain tensors only, memory-mapped
     try:

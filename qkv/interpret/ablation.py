@@ -21,7 +21,19 @@ def ablate_heads(heads: Mapping[nn.Module, Iterable[int]]):
     """Within the block, the listed heads of each MultiHeadAttention output zeros before W_O.
 
     heads: {MultiHeadAttention module: head indices}. The modules are changed by forward pre-hooks on their
-    ``out`` projection, removed on exit (also on an error)."""
+    ``out`` projection, removed on exit (also on an error).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiHeadAttention
+        >>> from qkv.interpret import ablate_heads
+        >>> mha, x = MultiHeadAttention(8, 2, bias=False), torch.randn(1, 3, 8)
+        >>> with ablate_heads({mha: [0, 1]}):                   # every head off: nothing reaches W_O
+        ...     off = mha(x)
+        >>> torch.count_nonzero(off).item(), torch.count_nonzero(mha(x)).item() > 0   # hooks removed on exit
+        (0, True)
+    """
     handles = []
     try:
         for module, idx in heads.items():
@@ -47,7 +59,18 @@ def ablate_heads(heads: Mapping[nn.Module, Iterable[int]]):
 @dataclass
 class HeadImportance:
     """layers: the ablated attention sublayers (``AttentionLayer``), M of them. base: the loss with every head on.
-    scores: (M, H) float64, the loss with that one head off minus ``base`` (positive: the head helps)."""
+    scores: (M, H) float64, the loss with that one head off minus ``base`` (positive: the head helps).
+
+    Example:
+
+        >>> import torch, qkv
+        >>> from qkv.interpret import head_importance
+        >>> model, ids = qkv.build(qkv.preset("gpt2-tiny")).eval(), torch.tensor([[1, 2, 3, 4, 5]])
+        >>> loss = lambda m: torch.nn.functional.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:])
+        >>> imp = head_importance(model, loss)                  # a HeadImportance
+        >>> imp.names, imp.scores.shape, imp.scores.dtype       # M sublayers x H heads
+        (['masked 0', 'masked 1'], torch.Size([2, 4]), torch.float64)
+    """
     layers: list[AttentionLayer]
     base: float
     scores: torch.Tensor
@@ -63,7 +86,20 @@ def head_importance(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tenso
 
     loss_fn(model) -> a scalar tensor: the loss on the caller's inputs (it runs the model). Runs under
     ``torch.no_grad``; M sublayers of H heads cost 1 + M * H calls of loss_fn. Linear-time mixers have no heads
-    to cut before an output projection of this form and are skipped. Returns ``HeadImportance``."""
+    to cut before an output projection of this form and are skipped. Returns ``HeadImportance``.
+
+    Example:
+
+        >>> import math, torch, qkv
+        >>> from qkv.interpret import ablate_heads, find_layer, head_importance
+        >>> model, ids = qkv.build(qkv.preset("gpt2-tiny")).eval(), torch.tensor([[1, 2, 3, 4, 5]])
+        >>> loss = lambda m: torch.nn.functional.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:])
+        >>> imp = head_importance(model, loss)                  # 1 + M * H calls of loss
+        >>> with torch.no_grad(), ablate_heads({find_layer(model, "masked", 1).module: [3]}):
+        ...     off = loss(model).item()                        # head 3 of layer 1 off, by hand
+        >>> imp.scores.shape, math.isclose(imp.scores[1, 3].item(), off - imp.base, abs_tol=1e-5)
+        (torch.Size([2, 4]), True)
+    """
     kinds = set(kinds)
     layers = [a for a in attention_layers(model) if a.softmax and a.kind in kinds]
     if not layers:

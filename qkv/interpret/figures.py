@@ -22,7 +22,17 @@ def _figure(width: float, height: float):
 
 def plot_token_matrix(matrix, tokens: Sequence[str], *, title: str = "attention rollout", cmap: str = "Blues"):
     """A (T, T) matrix (e.g. ``rollout(w)[0, -1]`` or ``attention_flow(w)[0]``) as a heatmap: rows are the tokens
-    after the stack (queries), columns the input tokens. Returns a matplotlib Figure."""
+    after the stack (queries), columns the input tokens. Returns a matplotlib Figure.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.interpret import plot_token_matrix, rollout
+        >>> weights = [torch.softmax(torch.randn(1, 2, 4, 4), -1) for _ in range(3)]   # L x (B, H, T, T)
+        >>> fig = plot_token_matrix(rollout(weights)[0, -1], ["the", "cat", "sat", "."])
+        >>> fig.savefig("rollout.png"); type(fig).__name__, [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        ('Figure', ['the', 'cat', 'sat', '.'])
+    """
     m = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
     T = len(tokens)
     if m.shape != (T, T):
@@ -42,7 +52,18 @@ def plot_token_matrix(matrix, tokens: Sequence[str], *, title: str = "attention 
 
 def plot_head_importance(importance: HeadImportance, *, title: str = "loss rise when one head is off"):
     """A (M, H) grid of ``importance.scores``, one row per attention sublayer, red where switching the head off
-    raises the loss and blue where it lowers it, each cell labelled with its value. Returns a Figure."""
+    raises the loss and blue where it lowers it, each cell labelled with its value. Returns a Figure.
+
+    Example:
+
+        >>> import torch, qkv
+        >>> from qkv.interpret import head_importance, plot_head_importance
+        >>> model, ids = qkv.build(qkv.preset("gpt2-tiny")).eval(), torch.tensor([[1, 2, 3, 4]])
+        >>> imp = head_importance(model, lambda m: torch.nn.functional.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:]))
+        >>> fig = plot_head_importance(imp)                     # a matplotlib Figure: (M, H) cells
+        >>> type(fig).__name__, fig.axes[0].get_title()
+        ('Figure', 'loss rise when one head is off (base loss ...)')
+    """
     s = importance.scores.numpy()
     M, H = s.shape
     fig = _figure(1.2 + 0.9 * H, 1.0 + 0.5 * M)

@@ -17,7 +17,16 @@ from ..nn import Block, MultiHeadAttention
 @dataclass(frozen=True)
 class AttentionLayer:
     """One attention sublayer. kind: "self", "masked" or "cross"; layer: its index within that kind (0 = first
-    block); module: the mixer (MultiHeadAttention, or a linear-time mixer) or the cross-attention."""
+    block); module: the mixer (MultiHeadAttention, or a linear-time mixer) or the cross-attention.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.interpret import attention_layers
+        >>> layer = attention_layers(qkv.build(qkv.preset("transformer-tiny")))[-1]   # an AttentionLayer
+        >>> layer.kind, layer.layer, type(layer.module).__name__
+        ('cross', 1, 'MultiHeadAttention')
+    """
     kind: str
     layer: int
     module: nn.Module
@@ -35,7 +44,15 @@ class AttentionLayer:
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """Every attention sublayer of a qkv model, in the order the model runs them: the encoder's self-attention,
     then per decoder block its self-attention and cross-attention (listed by kind: all "masked", then all
-    "cross")."""
+    "cross").
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.interpret import attention_layers
+        >>> [a.name for a in attention_layers(qkv.build(qkv.preset("transformer-tiny")))]   # the order they run
+        ['self 0', 'self 1', 'masked 0', 'masked 1', 'cross 0', 'cross 1']
+    """
     record = family_of(model)
     try:
         decoding = {id(b) for b in model.decoder_blocks()}
@@ -57,7 +74,19 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
 
 def find_layer(model: nn.Module, kind: str, layer: int) -> AttentionLayer:
     """The attention sublayer of ``kind`` at index ``layer`` (negative counts from the last); ValueError naming
-    the kinds and counts the model has."""
+    the kinds and counts the model has.
+
+    Example:
+
+        >>> import qkv
+        >>> from qkv.interpret import find_layer
+        >>> model = qkv.build(qkv.preset("gpt2-tiny"))
+        >>> find_layer(model, "masked", -1).name                # negative counts from the last
+        'masked 1'
+        >>> find_layer(model, "cross", 0)
+        Traceback (most recent call last):
+        ValueError: ...
+    """
     layers = [a for a in attention_layers(model) if a.kind == kind]
     if not layers:
         have = sorted({a.kind for a in attention_layers(model)})

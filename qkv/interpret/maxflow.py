@@ -39,7 +39,18 @@ def max_flow(capacity, source: int, sink: int) -> float:
 
     capacity: (N, N) array-like of non-negative capacities; capacity[u, v] is the edge u -> v. Computed in float64
     by Edmonds-Karp (shortest augmenting paths), which ends on real-valued capacities. Returns a float (0 when the
-    sink cannot be reached; ``inf`` is refused)."""
+    sink cannot be reached; ``inf`` is refused).
+
+    Example:
+
+        >>> from qkv.interpret import max_flow
+        >>> cap = [[0, 3, 2, 0],                                # 0 -> 1 (3), 0 -> 2 (2), 1 -> 3 (1), 2 -> 3 (4)
+        ...        [0, 0, 0, 1],
+        ...        [0, 0, 0, 4],
+        ...        [0, 0, 0, 0]]
+        >>> max_flow(cap, 0, 3), max_flow(cap, 3, 0)            # 1 + 2; nothing flows back
+        (3.0, 0.0)
+    """
     cap = np.array(capacity, dtype=np.float64)
     if cap.ndim != 2 or cap.shape[0] != cap.shape[1]:
         raise ValueError(f"capacity has shape {cap.shape}: expected a square (N, N) matrix")

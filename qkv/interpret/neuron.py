@@ -27,7 +27,23 @@ from .layers import attention_layers, find_layer
 
 @dataclass
 class Term:
-    """One step of the score: its name, the formula it computes, and its value (shape per ``NeuronView``)."""
+    """One step of the score: its name, the formula it computes, and its value (shape per ``NeuronView``).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiHeadAttention
+        >>> from qkv.interpret import neuron_view_of
+        >>> view = neuron_view_of(MultiHeadAttention(8, 2, score="additive"), torch.randn(1, 4, 8), head=1, query=0)
+        >>> for t in view.terms:                            # additive, term by term: (A,), then per key (S, A), (S,)
+        ...     print(f"{t.name:14} {tuple(t.value.shape)}  {t.formula}")
+        W_q q          (4,)  the query projected (A,)
+        W_k k          (4, 4)  each key projected
+        W_q q + W_k k  (4, 4)  their sum
+        tanh           (4, 4)  tanh of the sum
+        v_a tanh_a     (4, 4)  weighted by v
+        sum            (4,)  v^T tanh(W_q q + W_k k)
+    """
     name: str
     formula: str
     value: torch.Tensor
@@ -43,7 +59,19 @@ class NeuronView:
     scale where the score has one (else None). softcap: the cap applied, or None. bias: (S,) position bias added
     (T5, ALiBi) or None. allowed: (S,) bool, keys the query may see. logits: (S,) after all of these (masked keys
     -inf). weights: (S,) the softmax. weighted: (S, Dv) weights[s] * values[s]. output: (Dv,) their sum, the head's
-    output before W_O. All float64."""
+    output before W_O. All float64.
+
+    Example:
+
+        >>> import torch, qkv
+        >>> from qkv.interpret import neuron_view, self_attention
+        >>> model, ids = qkv.build(qkv.preset("bert-tiny")).eval(), torch.tensor([[2, 7, 5, 9]])
+        >>> view = neuron_view(model, ids, layer=1, head=0, query=2)     # a NeuronView, float64
+        >>> view.q.shape, view.keys.shape, [t.name for t in view.terms]  # (D,), (S, D), the score's steps
+        (torch.Size([16]), torch.Size([4, 16]), ['q_i k_i', 'sum'])
+        >>> torch.allclose(view.weights.float(), self_attention(model, ids)[1][0, 0, 2], atol=1e-6)   # = the forward
+        True
+    """
     score: str
     kind: str
     layer: int
@@ -117,7 +145,19 @@ def neuron_view_of(module: MultiHeadAttention, x: torch.Tensor, context: torch.T
                    rope=None, bias=None, kind: str = "self", layer: int = 0) -> NeuronView:
     """The neuron view of a MultiHeadAttention called as ``module(x, context, mask=, causal=, window=, rope=,
     bias=)`` (no cache): x (B, T, d_model), context (B, S, d_model) or None. head: a query head; query: a position
-    in 0..T-1; index: the example in the batch."""
+    in 0..T-1; index: the example in the batch.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiHeadAttention
+        >>> from qkv.interpret import neuron_view_of
+        >>> mha, x = MultiHeadAttention(8, 2, score="bilinear"), torch.randn(1, 5, 8)   # x: (B, T, d_model)
+        >>> view = neuron_view_of(mha, x, head=1, query=3, causal=True)
+        >>> _, w = mha(x, causal=True, return_weights=True)                             # (B, H, T, S)
+        >>> view.score, torch.allclose(view.weights, w[0, 1, 3].double(), atol=1e-6)
+        ('bilinear', True)
+    """
     if not isinstance(module, MultiHeadAttention):
         raise ValueError(f"module is a {type(module).__name__}: the neuron view needs softmax attention "
                          f"(MultiHeadAttention); linear-time mixers have no per-key score to show")
@@ -173,7 +213,19 @@ def neuron_view(model, *inputs, head: int, query: int, layer: int = 0, kind: str
 
     kind: "self", "masked" or "cross" (default: the model's first kind, see ``qkv.interpret.attention_layers``);
     layer: the index within that kind. tokens: labels of the query side (the query token is tokens[query]);
-    key_tokens: of the key side (default: tokens, except for cross-attention)."""
+    key_tokens: of the key side (default: tokens, except for cross-attention).
+
+    Example:
+
+        >>> import torch, qkv
+        >>> from qkv.interpret import neuron_view
+        >>> model, ids = qkv.build(qkv.preset("gpt2-tiny")).eval(), torch.tensor([[1, 2, 3, 4]])
+        >>> view = neuron_view(model, ids, head=1, query=2, tokens=["a", "b", "c", "d"])   # kind "masked", layer 0
+        >>> view.kind, view.query_token, view.allowed.tolist()      # a causal query sees keys 0..2
+        ('masked', 'c', [True, True, True, False])
+        >>> round(view.weights.sum().item(), 6), torch.allclose(view.output, view.weights @ view.values)
+        (1.0, True)
+    """
     kind = kind if kind is not None else attention_layers(model)[0].kind
     target = find_layer(model, kind, layer)
     seen = {}

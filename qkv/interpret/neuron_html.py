@@ -47,7 +47,18 @@ def _token(text: str | None, i: int) -> str:
 
 def neuron_html(view, *, decimals: int = 3) -> str:
     """The HTML of a ``NeuronView``: the query vector; a table with one row per key (its token, its vector, the
-    score's terms, the logit, the softmax weight); the weighted sum of the values, the head's output."""
+    score's terms, the logit, the softmax weight); the weighted sum of the values, the head's output.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiHeadAttention
+        >>> from qkv.interpret import neuron_html, neuron_view_of
+        >>> view = neuron_view_of(MultiHeadAttention(8, 2), torch.randn(1, 3, 8), head=0, query=1)
+        >>> page = neuron_html(view, decimals=2)              # also view.to_html(); Jupyter shows the view itself
+        >>> page.count("<tr") >= 3, "<script" in page          # a row per key, no script
+        (True, False)
+    """
     S, D = view.keys.shape
     keys = view.key_tokens or [None] * S
     cut = f" (first {MAX_FEATURES} of {D} features shown)" if D > MAX_FEATURES else ""

@@ -15,7 +15,16 @@ from .sizing import Blueprint, blueprint, check_layer_count, check_shapes
 def build(config: ModelConfig, *, plan: Blueprint | None = None) -> QKVModel:
     """A freshly initialised model for ``config``. A model that cannot fit in the memory the machine has is
     refused before anything is allocated (its ``Blueprint``, from a build on the meta device, sizes it). plan: the
-    blueprint of ``config`` when the caller has it already (a load checked the file against it): not made again."""
+    blueprint of ``config`` when the caller has it already (a load checked the file against it): not made again.
+
+    Example:
+
+        >>> import torch, qkv
+        >>> model = qkv.build(qkv.preset("llama-tiny"))         # freshly initialised
+        >>> logits = model(torch.tensor([[1, 2, 3, 4, 5]]))       # (B, T) ids -> (B, T, V)
+        >>> type(model).__name__, logits.shape
+        ('DecoderLM', torch.Size([1, 5, 256]))
+    """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"build needs a qkv.ModelConfig, got {type(config).__name__}")
     record = family_of(config)
@@ -33,7 +42,19 @@ def load(path, *, device=None, dtype=None) -> QKVModel:
     Before anything is built the folder is checked: its files stay inside it (no links elsewhere), they match the
     sha256 in manifest.json when there is one, the weights file is whole, and config.json describes its tensors
     (layer count, every shape, floating-point weights where the model keeps floats); after loading, every weight
-    is finite. ValueError names the file and what differs."""
+    is finite. ValueError names the file and what differs.
+
+    Example:
+
+        >>> import tempfile, torch, qkv
+        >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = model.save(folder)                          # config.json + model.safetensors
+        ...     again = qkv.load(folder).eval()
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> again.config == model.config, torch.equal(again(ids), model(ids))
+        (True, True)
+    """
     from safetensors.torch import load_model  # optional dependency: read only when a model is loaded
     path = Path(path)
     if not path.is_dir():

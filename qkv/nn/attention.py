@@ -23,7 +23,21 @@ class Reinforce(nn.Module):
     The layer calls ``record`` in its forward; the training task calls ``reinforce_loss(model, reward)`` with each
     row's reward (the log-likelihood of its target), which adds -(R - b) log p(picks) - entropy_weight * H for every
     layer that recorded (as a term worth 0 whose gradient is the estimator's), then moves the baseline:
-    b <- decay * b + (1 - decay) * mean(R). The first reward sets b."""
+    b <- decay * b + (1 - decay) * mean(R). The first reward sets b.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import Reinforce
+        >>> r = Reinforce(decay=0.9)
+        >>> log_p = torch.log(torch.tensor([[0.5], [0.25]])).requires_grad_()   # (B, picks) of one forward
+        >>> r.record(log_p, entropy=torch.zeros(2, 1))
+        >>> term = r.loss(torch.tensor([1.0, 3.0]))         # reward (B,); the first one sets the baseline (2.0)
+        >>> term.detach().item(), r.baseline.item()         # worth 0: only its gradient counts
+        (0.0, 2.0)
+        >>> term.backward(); log_p.grad.flatten().tolist()  # -(R - b): the better row's pick is pushed up
+        [1.0, -1.0]
+    """
 
     def __init__(self, decay: float | None = 0.9, entropy_weight: float = 0.0):
         super().__init__()
@@ -71,14 +85,33 @@ class Reinforce(nn.Module):
 
 def reinforce_loss(model: nn.Module, reward: torch.Tensor) -> torch.Tensor | None:
     """The REINFORCE terms of every layer of ``model`` that recorded picks in its last training forward, given each
-    batch row's reward (B,) (e.g. the log-likelihood of its target); None when none did."""
+    batch row's reward (B,) (e.g. the log-likelihood of its target); None when none did.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiHeadAttention, reinforce_loss
+        >>> mha = MultiHeadAttention(8, 2, select="hard", estimator="reinforce").train()
+        >>> out = mha(torch.randn(3, 4, 8))                  # the forward records its picks
+        >>> term = reinforce_loss(mha, torch.randn(3))       # reward (B,)
+        >>> term.shape, term.detach().item(), reinforce_loss(mha, torch.randn(3))   # worth 0; then none pending
+        (torch.Size([]), 0.0, None)
+    """
     terms = [m.loss(reward) for m in model.modules() if isinstance(m, Reinforce) and m.pending is not None]
     return sum(terms[1:], terms[0]) if terms else None
 
 
 def needs_reward(model: nn.Module) -> bool:
     """Whether ``model`` holds a layer whose picks learn by REINFORCE (a training loss must call
-    ``reinforce_loss``; without it the scores behind the picks get no gradient)."""
+    ``reinforce_loss``; without it the scores behind the picks get no gradient).
+
+    Example:
+
+        >>> from qkv.nn import MultiHeadAttention, needs_reward
+        >>> hard = MultiHeadAttention(8, 2, select="hard", estimator="reinforce")   # picks one key, learns by REINFORCE
+        >>> needs_reward(MultiHeadAttention(8, 2)), needs_reward(hard)
+        (False, True)
+    """
     return any(isinstance(m, Reinforce) for m in model.modules())
 
 
@@ -105,6 +138,18 @@ class MultiHeadAttention(nn.Module):
 
     ``grid`` (attribute, default None): (rows, cols) when the keys are an image's cells, row-major; local windows
     are then square patches of cells.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiHeadAttention
+        >>> mha = MultiHeadAttention(16, 4, n_kv_heads=2)            # d_model 16, H = 4, G = 2 (grouped-query), D = 4
+        >>> x, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)   # (B, T, d_model), (B, S, d_model)
+        >>> out, w = mha(x, causal=True, return_weights=True)
+        >>> out.shape, w.shape, torch.allclose(w.sum(-1), torch.ones(2, 4, 5))
+        (torch.Size([2, 5, 16]), torch.Size([2, 4, 5, 5]), True)
+        >>> mha(x, memory, return_weights=True)[1].shape            # cross-attention: (B, H, T, S)
+        torch.Size([2, 4, 5, 7])
     """
 
     def __init__(self, d_model: int, n_heads: int, *, n_kv_heads: int | None = None, head_dim: int | None = None,

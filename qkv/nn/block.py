@@ -16,7 +16,17 @@ from .layers import make_norm
 
 @dataclass
 class BlockWeights:
-    """Attention weights of one block, (B, H, T, S) each, when asked for (None where the block has none)."""
+    """Attention weights of one block, (B, H, T, S) each, when asked for (None where the block has none).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import Block, FeedForward, MultiHeadAttention
+        >>> block = Block(8, MultiHeadAttention(8, 2), FeedForward(8, 16), cross=MultiHeadAttention(8, 2))
+        >>> _, w = block(torch.randn(1, 3, 8), context=torch.randn(1, 6, 8), causal=True, return_weights=True)
+        >>> w.self_attn.shape, w.cross_attn.shape                        # (B, H, T, T), (B, H, T, S)
+        (torch.Size([1, 2, 3, 3]), torch.Size([1, 2, 3, 6]))
+    """
     self_attn: torch.Tensor | None = None
     cross_attn: torch.Tensor | None = None
 
@@ -24,7 +34,18 @@ class BlockWeights:
 class Block(nn.Module):
     """One layer. ``mixer`` has MultiHeadAttention's forward contract (softmax attention or a linear-time layer);
     ``cross`` is a MultiHeadAttention over the encoder output (decoders of encoder-decoder models only).
-    ``window`` is recorded for the stack, which passes it (or a mask holding it) to the mixer at each call."""
+    ``window`` is recorded for the stack, which passes it (or a mask holding it) to the mixer at each call.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import Block, FeedForward, MultiHeadAttention
+        >>> block = Block(16, MultiHeadAttention(16, 4), FeedForward(16, 64, activation="gelu"), norm="layer")
+        >>> x = torch.randn(2, 5, 16)                                   # (B, T, d_model)
+        >>> y, weights = block(x, causal=True, return_weights=True)
+        >>> y.shape, weights.self_attn.shape, weights.cross_attn        # (B, T, d_model), (B, H, T, T)
+        (torch.Size([2, 5, 16]), torch.Size([2, 4, 5, 5]), None)
+    """
 
     def __init__(self, d_model: int, mixer: nn.Module, ffn: nn.Module, *, cross: nn.Module | None = None,
                  norm: str = "layer", prenorm: bool = True, eps: float = 1e-5, norm_bias: bool = True,

@@ -53,7 +53,20 @@ class KVCache:
     keeping only the last ``window`` keys (plus ``rewind`` more, so that ``crop`` can go that far back) between
     calls, so its memory is bounded by the window, not the sequence (Mistral's rolling buffer, Jiang et al. 2023,
     sec. 2). ``update`` then returns those plus the new ones, in order; ``length`` still counts every token seen.
-    A static cache keeps every position: it never rolls."""
+    A static cache keeps every position: it never rolls.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import KVCache
+        >>> cache = KVCache(max_len=8)                                   # capacity allocated once
+        >>> k, v = cache.update(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4))   # (B, G, T, D)
+        >>> k, v = cache.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
+        >>> k.shape, cache.length, tuple(cache.k.shape)                  # keys to attend over: (B, G, length, D)
+        (torch.Size([1, 2, 4, 4]), 4, (1, 2, 8, 4))
+        >>> cache.crop(2); cache.length
+        2
+    """
 
     def __init__(self, max_len: int | None = None, *, window: int | None = None, static: bool = False,
                  rewind: int = 0):
@@ -185,7 +198,19 @@ class KVCache:
 
 
 class CrossKVCache:
-    """Keys and values of one cross-attention layer: computed once from the encoder output, reused every step."""
+    """Keys and values of one cross-attention layer: computed once from the encoder output, reused every step.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import CrossKVCache, MultiHeadAttention
+        >>> cross, memory = MultiHeadAttention(8, 2), torch.randn(1, 6, 8)   # encoder output (B, S, d_model)
+        >>> cache = CrossKVCache()
+        >>> x = torch.randn(1, 3, 8)
+        >>> steps = torch.cat([cross(x[:, t:t + 1], memory, cache=cache) for t in range(3)], dim=1)
+        >>> cache.length, torch.allclose(steps, cross(x, memory), atol=1e-6)   # keys of the memory computed once
+        (6, True)
+    """
 
     def __init__(self):
         self.k: torch.Tensor | None = None
@@ -208,7 +233,21 @@ class RecurrentCache:
     Each layer owns its names (e.g. ``S`` and ``z`` for linear attention; ``att_shift``, ``a``, ``b``, ``p`` and
     ``ffn_shift`` for an RWKV-4 block). Tensors are created by the layer on first use, from its inputs' dtype and
     device; a later write replaces them, or, in a static cache, is copied into them (their memory never moves, as
-    a CUDA graph needs). ``length`` is advanced by the layer (``commit``), or, static, by its Cache."""
+    a CUDA graph needs). ``length`` is advanced by the layer (``commit``), or, static, by its Cache.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import LinearAttention
+        >>> layer = LinearAttention(16, 2).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+        >>> sorted(cache.state)                                               # named tensors of this layer
+        ['S', 'z']
+    """
 
     def __init__(self, *, static: bool = False):
         self.state: dict[str, torch.Tensor] = {}
@@ -267,7 +306,16 @@ class RecurrentCache:
 @dataclass
 class LayerCache:
     """What one block keeps between steps: its mixer's state (a KVCache or a RecurrentCache) and, in a decoder
-    with cross-attention, the encoder's keys and values."""
+    with cross-attention, the encoder's keys and values.
+
+    Example:
+
+        >>> import qkv
+        >>> model = qkv.build(qkv.preset("transformer-tiny"))
+        >>> layer = model.new_cache(batch_size=1).layers[0]   # one decoder block's part
+        >>> type(layer.mixer).__name__, type(layer.cross).__name__
+        ('KVCache', 'CrossKVCache')
+    """
     mixer: object = None
     cross: CrossKVCache | None = None
 
@@ -279,7 +327,20 @@ class LayerCache:
 
 @dataclass
 class CacheSnapshot:
-    """What ``Cache.snapshot`` took: the length and each layer's part (a KV length, or a copy of a state)."""
+    """What ``Cache.snapshot`` took: the length and each layer's part (a KV length, or a copy of a state).
+
+    Example:
+
+        >>> import torch, qkv
+        >>> model = qkv.build(qkv.preset("rwkv4-tiny")).eval()   # a recurrent state: rewinding needs a copy
+        >>> cache = model.new_cache(batch_size=1)
+        >>> _ = model(torch.tensor([[1, 2, 3]]), cache)
+        >>> snap = cache.snapshot()                               # a CacheSnapshot
+        >>> a = model(torch.tensor([[4]]), cache)
+        >>> cache.restore(snap); b = model(torch.tensor([[4]]), cache)
+        >>> snap.length, torch.equal(a, b)
+        (3, True)
+    """
     length: int
     layers: list
 
@@ -290,7 +351,18 @@ class Cache:
     decoder models) the encoder's output and its padding, kept here once for the whole run.
 
     max_len: positions preallocated per KV layer (None: the caches grow). static: fixed shapes for compiled
-    decoding (see the module docstring); after a compiled forward its caller advances it (``advance``)."""
+    decoding (see the module docstring); after a compiled forward its caller advances it (``advance``).
+
+    Example:
+
+        >>> import torch, qkv
+        >>> model = qkv.build(qkv.preset("gpt2-tiny")).eval()
+        >>> ids = torch.tensor([[5, 6, 7, 8, 9]])
+        >>> cache = model.new_cache(batch_size=1)                 # one LayerCache per block
+        >>> prompt, step = model(ids[:, :4], cache), model(ids[:, 4:], cache)   # 4 tokens, then 1 more
+        >>> cache.length, len(cache.layers), torch.allclose(step[:, -1], model(ids)[:, -1], atol=1e-5)   # = no cache
+        (5, 2, True)
+    """
     layers: list[LayerCache]
     batch_size: int
     length: int = 0

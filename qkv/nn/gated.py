@@ -43,7 +43,18 @@ from .rwkv6 import at_least_float32, to_heads
 def short_conv(x: torch.Tensor, weight: torch.Tensor, cache: RecurrentCache | None, name: str) -> torch.Tensor:
     """Causal depthwise convolution over time: out_t = sum_j weight[:, j] x_{t - K + 1 + j}, (B, T, C) -> (B, T, C),
     with weight (C, K). Inputs before the first token are zeros, or the last K - 1 inputs stored in ``cache[name]``
-    by the previous call (which this call replaces by its own)."""
+    by the previous call (which this call replaces by its own).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RecurrentCache, short_conv
+        >>> x, w = torch.randn(1, 5, 3), torch.randn(3, 4)      # (B, T, C), (C, K)
+        >>> cache = RecurrentCache()
+        >>> steps = torch.cat([short_conv(x[:, t:t + 1], w, cache, "conv") for t in range(5)], dim=1)
+        >>> short_conv(x, w, None, "conv").shape, torch.allclose(steps, short_conv(x, w, None, "conv"), atol=1e-6)
+        (torch.Size([1, 5, 3]), True)
+    """
     B, T, C = x.shape
     K = weight.shape[1]
     if cache is not None and name in cache:
@@ -63,7 +74,19 @@ def _head_rms_norm(y: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
 
 class GatedLinearAttention(RecurrentMixer):
     """GLA (module docstring). gate_rank: rank of the gate's low-rank map (the paper's 16); gate_temperature: the
-    1/16 that keeps alpha near 1 at initialisation, so early training remembers long (Sec. 4.4)."""
+    1/16 that keeps alpha near 1 at initialisation, so early training remembers long (Sec. 4.4).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import GatedLinearAttention
+        >>> layer = GatedLinearAttention(16, 2, gate_rank=4).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, gate_rank: int = 16,
                  gate_temperature: float = 16.0, chunk_size: int = 32, norm_eps: float = 1e-5):
@@ -91,7 +114,19 @@ class GatedLinearAttention(RecurrentMixer):
 
 class DeltaNet(RecurrentMixer):
     """DeltaNet, or Gated DeltaNet with ``gated=True`` (module docstring). conv_size: kernel of the short
-    convolution on q, k, v (0: none)."""
+    convolution on q, k, v (0: none).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import DeltaNet
+        >>> layer = DeltaNet(16, 2, gated=True).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, gated: bool = False,
                  conv_size: int = 4, chunk_size: int = 32, norm_eps: float = 1e-5):
@@ -138,7 +173,19 @@ class DeltaNet(RecurrentMixer):
 
 class Mamba2(RecurrentMixer):
     """Mamba-2 (module docstring): n_heads heads of expand * d_model / n_heads channels, a state of state_size x
-    head channels per head. Parameters follow the paper's names (in_proj, conv, dt_bias, A_log, D, norm, out_proj)."""
+    head channels per head. Parameters follow the paper's names (in_proj, conv, dt_bias, A_log, D, norm, out_proj).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import Mamba2
+        >>> layer = Mamba2(16, 2, state_size=8).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int, *, state_size: int = 64, expand: int = 2, conv_size: int = 4,
                  chunk_size: int = 32, norm_eps: float = 1e-5):

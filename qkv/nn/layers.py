@@ -13,7 +13,18 @@ from ..ops.linear import ONEDNN_DTYPES, ONEDNN_MIN_WEIGHTS, linear, onednn_avail
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state-dict keys) computed by ``qkv.ops.linear``: without autograd on CPU,
     large float32 weights take oneDNN's kernel, and inside ``packed_weights`` float32 and bfloat16 ones take it from
-    a packed copy."""
+    a packed copy.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import Linear
+        >>> layer = Linear(8, 4)                                # nn.Linear's parameters and state-dict keys
+        >>> x = torch.randn(2, 3, 8)
+        >>> reference = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        >>> sorted(layer.state_dict()), layer(x).shape, torch.allclose(layer(x), reference)
+        (['bias', 'weight'], torch.Size([2, 3, 4]), True)
+    """
 
     packed: tuple | None = None  # (the weight's identity when packed, pack_weight(weight)), set by packed_weights
 
@@ -44,7 +55,18 @@ def packed_weights(model: nn.Module, *, max_bytes: int | None = None):
     ``ONEDNN_MIN_WEIGHTS``) multiplies through oneDNN from a packed copy made on entering and dropped on leaving:
     about twice the speed of a decode step, for one more copy of those weights in memory. Nothing is packed (plain
     weights, the same results up to rounding) where the copies would take more than ``max_bytes``. Nested use
-    packs nothing twice."""
+    packs nothing twice.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import Linear, packed_weights
+        >>> model, x = torch.nn.Sequential(Linear(512, 512)), torch.randn(1, 512)   # 262144 weights: large enough
+        >>> with torch.no_grad(), packed_weights(model):
+        ...     y = model(x)                                  # multiplied from oneDNN's packed copy
+        >>> torch.allclose(y, model(x), atol=1e-4)            # the same results up to rounding
+        True
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"packed_weights takes a model (an nn.Module), got {type(model).__name__}")
     if max_bytes is not None and (not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0):
@@ -72,7 +94,16 @@ class RMSNorm(nn.Module):
     """x / rms(x) * g (Zhang & Sennrich 2019): LayerNorm without centring or bias. Computed in float32.
 
     ``offset`` scales by (offset + g) instead (Gemma: offset 1, gains stored around 0, initialised at 1 - offset);
-    that form also multiplies before casting back, in float32, as Gemma does."""
+    that form also multiplies before casting back, in float32, as Gemma does.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RMSNorm
+        >>> y = RMSNorm(8)(torch.randn(2, 3, 8) * 5)
+        >>> torch.allclose(y.pow(2).mean(-1), torch.ones(2, 3), atol=1e-3)    # unit root mean square, no centring
+        True
+    """
 
     def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0):
         super().__init__()
@@ -90,7 +121,17 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm (Ba et al. 2016), computed in float32 and cast back, with an optional bias."""
+    """LayerNorm (Ba et al. 2016), computed in float32 and cast back, with an optional bias.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import LayerNorm
+        >>> y = LayerNorm(8)(torch.randn(2, 3, 8) * 5 + 1)
+        >>> mean, var = y.mean(-1), y.var(-1, unbiased=False)              # per position, over d_model
+        >>> torch.allclose(mean, torch.zeros(2, 3), atol=1e-5), torch.allclose(var, torch.ones(2, 3), atol=1e-3)
+        (True, True)
+    """
 
     def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True):
         super().__init__(dim, eps=eps, bias=bias)
@@ -104,10 +145,25 @@ class LayerNorm(nn.LayerNorm):
 
 
 NORMS = ("layer", "rms")
+"""The norms ``make_norm`` builds, by name (``ModelConfig.norm``).
+
+Example:
+
+    >>> from qkv.nn import NORMS
+    >>> NORMS
+    ('layer', 'rms')
+"""
 
 
 def make_norm(kind: str, dim: int, *, eps: float, bias: bool = True, offset: float = 0.0) -> nn.Module:
-    """A norm by name; ``offset`` is RMSNorm's gain offset (see ``RMSNorm``), which LayerNorm does not have."""
+    """A norm by name; ``offset`` is RMSNorm's gain offset (see ``RMSNorm``), which LayerNorm does not have.
+
+    Example:
+
+        >>> from qkv.nn import NORMS, make_norm
+        >>> [type(make_norm(kind, 8, eps=1e-5)).__name__ for kind in NORMS]
+        ['LayerNorm', 'RMSNorm']
+    """
     if kind == "layer":
         if offset:
             raise ValueError(f"norm offset {offset} is an RMSNorm option; LayerNorm has none")
@@ -126,6 +182,17 @@ PLAIN_ACTIVATIONS = {
 _GATED = {"swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": lambda x: F.gelu(x, approximate="tanh"),
           "reglu": F.relu}
 ACTIVATIONS = tuple(PLAIN_ACTIVATIONS) + tuple(_GATED)
+"""The activations ``FeedForward`` takes by name: the plain ones, then the gated ones (``*glu``).
+
+Example:
+
+    >>> import torch
+    >>> from qkv.nn import ACTIVATIONS, FeedForward
+    >>> {"relu", "gelu", "swiglu"} <= set(ACTIVATIONS)
+    True
+    >>> all(FeedForward(8, 16, activation=a)(torch.randn(1, 2, 8)).shape == (1, 2, 8) for a in ACTIVATIONS)
+    True
+"""
 
 
 class FeedForward(nn.Module):
@@ -133,7 +200,16 @@ class FeedForward(nn.Module):
     W_2 (act(W_gate x) * W_up x) (Shazeer 2020: SwiGLU, GeGLU).
 
     Gated variants keep gate and up in one matrix ``w_in`` of 2 * d_ff rows, [W_gate; W_up]: one matmul.
-    ``dropout`` acts on the hidden activations (T5 puts it there; GPT-2 and BERT do not)."""
+    ``dropout`` acts on the hidden activations (T5 puts it there; GPT-2 and BERT do not).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import FeedForward
+        >>> ffn = FeedForward(16, 32, activation="swiglu")     # gated: w_in holds [W_gate; W_up], 2 * d_ff rows
+        >>> ffn(torch.randn(2, 5, 16)).shape, tuple(ffn.w_in.weight.shape)
+        (torch.Size([2, 5, 16]), (64, 16))
+    """
 
     def __init__(self, d_model: int, d_ff: int, *, activation: str = "relu", bias: bool = True, dropout: float = 0.0):
         super().__init__()

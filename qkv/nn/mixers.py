@@ -177,7 +177,22 @@ class LinearAttention(RecurrentMixer):
 
     Parameters: ``qkv`` (d_model -> 3 H D, [W_Q; W_K; W_V]) and ``out`` (H D -> d_model, W_O).
     Args: feature_map: "elu1" (the paper's elu(x) + 1), "relu", "identity". chunk_size: block length of the
-    training form. causal=False (no cache) gives the non-causal form over global sums. The state is (S, z)."""
+    training form. causal=False (no cache) gives the non-causal form over global sums. The state is (S, z).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import LinearAttention
+        >>> layer = LinearAttention(16, 2, feature_map="elu1").double()
+        >>> x = torch.randn(2, 6, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(6)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 6, 16]), True)
+        >>> _, w = layer(x, return_weights=True)                              # the implicit map (B, H, T, T)
+        >>> w.shape, torch.allclose(w.sum(-1), torch.ones(2, 2, 6, dtype=torch.float64))   # rows sum to 1
+        (torch.Size([2, 2, 6, 6]), True)
+    """
 
     noncausal_ok = True
 
@@ -206,7 +221,14 @@ class LinearAttention(RecurrentMixer):
 
 def retention_decays(n_heads: int, *, device=None) -> torch.Tensor:
     """RetNet's multi-scale decays gamma_h = 1 - 2^(-5 - h), h = 0 .. H-1 (Sun et al. 2023, Sec. 2.2), float64:
-    head 0 forgets fastest (effective span ~32 tokens), each next head remembers twice as long."""
+    head 0 forgets fastest (effective span ~32 tokens), each next head remembers twice as long.
+
+    Example:
+
+        >>> from qkv.nn import retention_decays
+        >>> retention_decays(3).tolist()                    # 1 - 2^(-5 - h): head 0 forgets fastest
+        [0.96875, 0.984375, 0.9921875]
+    """
     h = torch.arange(n_heads, device=device, dtype=torch.float64)
     return 1.0 - 2.0 ** (-5.0 - h)
 
@@ -222,7 +244,19 @@ class MultiScaleRetention(RecurrentMixer):
 
     Parameters: ``qkv`` (d_model -> 2 H D + H Dv), ``gate`` (d_model -> H Dv), ``norm`` (GroupNorm, H groups),
     ``out`` (H Dv -> d_model). value_factor: Dv = value_factor * D (RetNet uses 2 and a smaller FFN). The state is
-    S (B, H, D, Dv)."""
+    S (B, H, D, Dv).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiScaleRetention
+        >>> layer = MultiScaleRetention(16, 2).double()
+        >>> x = torch.randn(2, 6, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(6)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 6, 16]), True)
+    """
 
     rope_ok = True
 
@@ -281,7 +315,19 @@ class MemoryAttention(RecurrentMixer):
     attention batched over segments, memory by an exclusive cumulative sum); decoding keeps (M, z) plus the current
     segment's keys and values in a preallocated (segment)-long buffer: O(1) state in the sequence length. The
     cache holds memory M (B, H, D, D), z (B, H, D), segment buffers (B, H, segment, D), and each row's count of real
-    tokens ``pos`` (B,) (rows of a left-padded batch sit at different places in their segments)."""
+    tokens ``pos`` (B,) (rows of a left-padded batch sit at different places in their segments).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MemoryAttention
+        >>> layer = MemoryAttention(16, 2, segment=2).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int, *, segment: int = 64, head_dim: int | None = None,
                  bias: bool = False, eps: float = 1e-6):

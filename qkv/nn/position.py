@@ -20,7 +20,16 @@ class SinusoidalPositions(nn.Module):
     """Fixed encodings PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
 
     ``interleaved=False`` puts all sines first and all cosines after (the Marian / fairseq layout); the
-    frequencies are the same. No parameters; computed in float32 for the positions asked for."""
+    frequencies are the same. No parameters; computed in float32 for the positions asked for.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import SinusoidalPositions
+        >>> pe = SinusoidalPositions(8)(torch.arange(4))      # (T, d_model): sin, cos, sin, cos, ...
+        >>> pe.shape, pe[0].tolist()                          # position 0: sin 0 = 0, cos 0 = 1
+        (torch.Size([4, 8]), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    """
 
     def __init__(self, d_model: int, *, base: float = 10000.0, interleaved: bool = True):
         super().__init__()
@@ -39,7 +48,16 @@ class SinusoidalPositions(nn.Module):
 
 
 class LearnedPositions(nn.Embedding):
-    """One learned vector per position (GPT-2, BERT, ViT). ``offset`` shifts the table (MBART keeps 2 spare rows)."""
+    """One learned vector per position (GPT-2, BERT, ViT). ``offset`` shifts the table (MBART keeps 2 spare rows).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import LearnedPositions
+        >>> pos = LearnedPositions(16, 8)                   # max_positions 16, d_model 8
+        >>> pos(torch.arange(5)).shape                      # (T,) -> (T, d_model)
+        torch.Size([5, 8])
+    """
 
     def __init__(self, max_positions: int, d_model: int, *, offset: int = 0):
         super().__init__(max_positions + offset, d_model)
@@ -58,7 +76,18 @@ class RotaryEmbedding(nn.Module):
 
     ``scaling`` extends the context as transformers' ``rope_parameters`` do (``qkv.ops.rope.ROPE_SCALINGS``:
     linear, dynamic, yarn, llama3, longrope). "dynamic" and "longrope" pick their frequencies from the longest
-    position of each call (the largest of ``positions`` + 1), as transformers does, with tensor ops only."""
+    position of each call (the largest of ``positions`` + 1), as transformers does, with tensor ops only.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import MultiHeadAttention, RotaryEmbedding
+        >>> rope = RotaryEmbedding(4)                        # head_dim 4
+        >>> cos, sin = rope(torch.arange(5))                 # (T, rotary_dim) each
+        >>> out = MultiHeadAttention(8, 2)(torch.randn(1, 5, 8), causal=True, rope=(cos, sin))
+        >>> cos.shape, out.shape
+        (torch.Size([5, 4]), torch.Size([1, 5, 8]))
+    """
 
     def __init__(self, head_dim: int, *, base: float = 10000.0, rotary_dim: int | None = None,
                  scaling: dict | None = None):
@@ -87,7 +116,14 @@ class RotaryEmbedding(nn.Module):
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """(H,) ALiBi slopes: the geometric sequence 2^(-8 i / n) for n a power of two; otherwise the slopes of the
-    nearest lower power of two, then every other slope of the next power (Press et al. 2022, sec. 3)."""
+    nearest lower power of two, then every other slope of the next power (Press et al. 2022, sec. 3).
+
+    Example:
+
+        >>> from qkv.nn import alibi_slopes
+        >>> alibi_slopes(4).tolist()                         # 2^(-8 i / 4), i = 1..4
+        [0.25, 0.0625, 0.015625, 0.00390625]
+    """
     def powers(n):
         start = 2.0 ** (-8.0 / n)
         return [start ** (i + 1) for i in range(n)]
@@ -100,7 +136,16 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
 
 class ALiBi(nn.Module):
-    """Linear biases: logit(i, j) -= slope_h * |i - j|. No parameters, extrapolates to unseen lengths."""
+    """Linear biases: logit(i, j) -= slope_h * |i - j|. No parameters, extrapolates to unseen lengths.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import ALiBi
+        >>> bias = ALiBi(4)(torch.arange(3), torch.arange(3))   # (1, H, T, S), added to the logits
+        >>> bias.shape, bias[0, 0].tolist()                       # head 0, slope 1/4
+        (torch.Size([1, 4, 3, 3]), [[-0.0, -0.25, -0.5], [-0.25, -0.0, -0.25], [-0.5, -0.25, -0.0]])
+    """
 
     def __init__(self, n_heads: int):
         super().__init__()
@@ -115,7 +160,17 @@ class ALiBi(nn.Module):
 class T5RelativeBias(nn.Module):
     """T5's learned bias per (head, bucket of relative distance). Small distances get a bucket each; larger ones
     share log-spaced buckets up to ``max_distance``; bidirectional models split the buckets between the two
-    directions (Raffel et al. 2020, sec. 2.1)."""
+    directions (Raffel et al. 2020, sec. 2.1).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import T5RelativeBias
+        >>> rel = T5RelativeBias(2, num_buckets=8, max_distance=16)
+        >>> b = rel(torch.arange(4), torch.arange(6))       # (1, H, T, S)
+        >>> b.shape, torch.equal(b[0, :, 1, 2], b[0, :, 2, 3])   # the same distance, the same bias
+        (torch.Size([1, 2, 4, 6]), True)
+    """
 
     def __init__(self, n_heads: int, *, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
         super().__init__()

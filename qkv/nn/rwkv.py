@@ -51,7 +51,19 @@ class RWKVTimeMix(RecurrentMixer):
     d_att: width of k, v, r (RWKV-LM's dim_att, d_model in every released RWKV-4). chunk_size: block length of
     the WKV chunk form used for training and prompts; one token at a time uses the recurrent step.
     n_heads: RWKV-4 has none (every channel decays on its own); its per-channel attention maps are averaged over
-    n_heads groups of adjacent channels for ``return_weights`` (plots), (B, n_heads, T, T)."""
+    n_heads groups of adjacent channels for ``return_weights`` (plots), (B, n_heads, T, T).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RWKVTimeMix
+        >>> layer = RWKVTimeMix(16).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     def __init__(self, d_model: int, d_att: int | None = None, *, layer: int = 0, n_layers: int = 1,
                  chunk_size: int = 16, n_heads: int = 1):
@@ -96,7 +108,18 @@ class RWKVTimeMix(RecurrentMixer):
 
 class RWKVChannelMix(nn.Module):
     """RWKV's FFN: out = sigmoid(W_r mix_r) * W_v relu(W_k mix_k)^2 (Sec. 3.1.2, eq. 17-19): squared ReLU, gated by
-    a receptance, both inputs token-shifted."""
+    a receptance, both inputs token-shifted.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RecurrentCache, RWKVChannelMix
+        >>> ffn = RWKVChannelMix(16, 64).double()
+        >>> x, cache = torch.randn(1, 4, 16, dtype=torch.float64), RecurrentCache()   # (B, T, d_model)
+        >>> steps = torch.cat([ffn(x[:, t:t + 1], cache) for t in range(4)], dim=1)   # the token shift carried
+        >>> ffn(x).shape, torch.allclose(steps, ffn(x))
+        (torch.Size([1, 4, 16]), True)
+    """
 
     def __init__(self, d_model: int, d_ff: int, *, layer: int = 0, n_layers: int = 1):
         super().__init__()
@@ -123,7 +146,19 @@ class RWKVBlock(nn.Module):
 
     Args: d_model; d_ff (RWKV-4: 4 d_model); d_att (time-mix width, default d_model); first: has ln0;
     layer / n_layers: depth, for the initialisation; eps: of the LayerNorms (RWKV-LM: 1e-5); n_heads: channel
-    groups of RWKV-4's attention maps; mixer / ffn: a time mix and a channel mix instead of RWKV-4's."""
+    groups of RWKV-4's attention maps; mixer / ffn: a time mix and a channel mix instead of RWKV-4's.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import LayerCache, RWKVBlock
+        >>> block = RWKVBlock(16, first=True).double()       # RWKV-4 time mix + channel mix
+        >>> x = torch.randn(1, 4, 16, dtype=torch.float64)   # (B, T, d_model)
+        >>> cache = LayerCache(mixer=block.mixer.new_cache())
+        >>> steps = torch.cat([block(x[:, t:t + 1], cache=cache) for t in range(4)], dim=1)
+        >>> block(x).shape, torch.allclose(steps, block(x))   # the RNN mode = the parallel form
+        (torch.Size([1, 4, 16]), True)
+    """
 
     takes_shared = True  # run_blocks hands it the per-forward dict through which RWKV-7 shares its first values
 

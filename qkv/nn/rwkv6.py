@@ -81,7 +81,19 @@ def _wkv(module, call: MixerCall, r, k, v, log_w):
 
 
 class RWKV5TimeMix(RecurrentMixer):
-    """RWKV-5.2 time mixing (module docstring). d_att = n_heads * head_size (RWKV-LM: head_size 64)."""
+    """RWKV-5.2 time mixing (module docstring). d_att = n_heads * head_size (RWKV-LM: head_size 64).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RWKV5TimeMix
+        >>> layer = RWKV5TimeMix(16, 2, 8).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int, head_size: int, *, layer: int = 0, n_layers: int = 1,
                  chunk_size: int = 32):
@@ -115,7 +127,19 @@ class RWKV5TimeMix(RecurrentMixer):
 
 class RWKV6TimeMix(RecurrentMixer):
     """RWKV-6 time mixing (module docstring): data-dependent token shift ("ddlerp") and decay, both through
-    low-rank maps of sizes mix_rank (RWKV-LM: 32) and decay_rank (64)."""
+    low-rank maps of sizes mix_rank (RWKV-LM: 32) and decay_rank (64).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RWKV6TimeMix
+        >>> layer = RWKV6TimeMix(16, 2, 8, mix_rank=4, decay_rank=4).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int, head_size: int, *, mix_rank: int = 32, decay_rank: int = 64,
                  layer: int = 0, n_layers: int = 1, chunk_size: int = 32):
@@ -159,7 +183,18 @@ class RWKV6TimeMix(RecurrentMixer):
 
 
 class RWKV6ChannelMix(nn.Module):
-    """RWKV-6's FFN: RWKV-4's (squared ReLU gated by a receptance) with the shift written as x + (prev - x) maa."""
+    """RWKV-6's FFN: RWKV-4's (squared ReLU gated by a receptance) with the shift written as x + (prev - x) maa.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RecurrentCache, RWKV6ChannelMix
+        >>> ffn = RWKV6ChannelMix(16, 56).double()
+        >>> x, cache = torch.randn(1, 4, 16, dtype=torch.float64), RecurrentCache()   # (B, T, d_model)
+        >>> steps = torch.cat([ffn(x[:, t:t + 1], cache) for t in range(4)], dim=1)
+        >>> ffn(x).shape, torch.allclose(steps, ffn(x))
+        (torch.Size([1, 4, 16]), True)
+    """
 
     def __init__(self, d_model: int, d_ff: int, *, layer: int = 0, n_layers: int = 1):
         super().__init__()

@@ -41,7 +41,19 @@ _MAX_LOG_DECAY = math.exp(-0.5)  # -log w <= e^-0.5: every step keeps at least 5
 
 class RWKV7TimeMix(RecurrentMixer):
     """RWKV-7 time mixing (module docstring). first: this block's v is the stack's v_first (and it has no v0-v2).
-    ranks: sizes of the low-rank maps, {"decay", "a", "v", "gate"} (RWKV-LM derives them from d_model)."""
+    ranks: sizes of the low-rank maps, {"decay", "a", "v", "gate"} (RWKV-LM derives them from d_model).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RWKV7TimeMix
+        >>> layer = RWKV7TimeMix(16, 2, first=True).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()                                          # a RecurrentCache: its size never grows
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> layer(x).shape, torch.allclose(steps, layer(x))                    # token by token = one pass
+        (torch.Size([2, 5, 16]), True)
+    """
 
     takes_shared = True
 
@@ -120,7 +132,18 @@ def default_ranks(d_model: int) -> dict:
 
 
 class RWKV7ChannelMix(nn.Module):
-    """RWKV-7's FFN: W_v relu(W_k (x + (prev - x) x_k))^2, no receptance."""
+    """RWKV-7's FFN: W_v relu(W_k (x + (prev - x) x_k))^2, no receptance.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RecurrentCache, RWKV7ChannelMix
+        >>> ffn = RWKV7ChannelMix(16, 64).double()
+        >>> x, cache = torch.randn(1, 4, 16, dtype=torch.float64), RecurrentCache()   # (B, T, d_model)
+        >>> steps = torch.cat([ffn(x[:, t:t + 1], cache) for t in range(4)], dim=1)
+        >>> ffn(x).shape, torch.allclose(steps, ffn(x))
+        (torch.Size([1, 4, 16]), True)
+    """
 
     def __init__(self, d_model: int, d_ff: int, *, layer: int = 0, n_layers: int = 1):
         super().__init__()

@@ -20,6 +20,18 @@ from .hard_attention import Choice, Selection, select
 from .masks import causal_mask, global_mask, window_mask
 
 SCORES = ("additive", "bilinear", "dot", "scaled_dot", "cosine")
+"""The score functions ``attention`` and ``scores`` know, by name.
+
+Example:
+
+    >>> import torch
+    >>> from qkv.ops import SCORES, attention
+    >>> SCORES
+    ('additive', 'bilinear', 'dot', 'scaled_dot', 'cosine')
+    >>> q = k = v = torch.randn(1, 2, 3, 4)
+    >>> [tuple(attention(q, k, v, score=s).shape) for s in ("dot", "scaled_dot", "cosine")]
+    [(1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4)]
+"""
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
@@ -78,7 +90,17 @@ def _param(params, name, score):
 
 
 def scores(q, k, *, score="scaled_dot", params=None, scale=None) -> torch.Tensor:
-    """Raw attention logits (B, H, T, S) for one of ``SCORES``, before any mask."""
+    """Raw attention logits (B, H, T, S) for one of ``SCORES``, before any mask.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import scores
+        >>> q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)
+        >>> logits = scores(q, k, score="scaled_dot")   # (B, H, T, S), before any mask
+        >>> logits.shape, torch.allclose(logits, q @ k.transpose(-1, -2) / 2)   # scale D^-0.5 = 1/2
+        (torch.Size([1, 2, 3, 5]), True)
+    """
     if score not in _SCORE_FNS:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     return _SCORE_FNS[score](q, k, params, scale)
@@ -202,6 +224,17 @@ def attention(q, k, v, *, score="scaled_dot", mask=None, causal=False, window=No
     Returns:
         out (B, H, T, Dv), or (out, weights) when ``return_weights``, then the Choice when ``return_choice``. A
         query with no key it may attend to gets zero output and zero weights rather than NaN.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import attention
+        >>> q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)  # H=4, G=2: GQA
+        >>> out, w = attention(q, k, v, return_weights=True)
+        >>> out.shape, w.shape                          # (B, H, T, Dv), (B, H, T, S)
+        (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 5, 7]))
+        >>> torch.allclose(w.sum(-1), torch.ones(2, 4, 5)), torch.allclose(attention(q, k, v), out, atol=1e-5)
+        (True, True)
     """
     _check(q, k, v, score, mask, bias, window, hard)
     _check_options(scale, softcap, hard, return_choice)

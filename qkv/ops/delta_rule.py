@@ -47,7 +47,22 @@ MODES = FORMS
 
 @dataclass
 class DeltaRuleState:
-    """The key -> value memory after the tokens seen so far (unscaled), S (B, H, D, Dv)."""
+    """The key -> value memory after the tokens seen so far (unscaled), S (B, H, D, Dv).
+
+    Example:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from qkv.ops import delta_rule
+        >>> q, k = (F.normalize(torch.randn(1, 1, 5, 4, dtype=torch.float64), dim=-1) for _ in range(2))
+        >>> v, beta = torch.randn(1, 1, 5, 4, dtype=torch.float64), torch.rand(1, 1, 5, dtype=torch.float64)
+        >>> _, state = delta_rule(q[:, :, :2], k[:, :, :2], v[:, :, :2], beta[:, :, :2], return_state=True)
+        >>> state.S.shape                                                  # (B, H, D, Dv)
+        torch.Size([1, 1, 4, 4])
+        >>> rest = delta_rule(q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], beta[:, :, 2:], initial_state=state)
+        >>> torch.allclose(rest, delta_rule(q, k, v, beta)[:, :, 2:])
+        True
+    """
 
     S: torch.Tensor
 
@@ -156,6 +171,18 @@ def generalized_delta_rule(
     Returns:
         out (B, H, T, Dv) in the dtype of v; with ``return_weights`` and / or ``return_state`` a tuple
         (out, weights, state) of the ones asked for. The state is float32 (float64 for float64 inputs).
+
+    Example:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from qkv.ops import generalized_delta_rule
+        >>> q, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64) for _ in range(3))
+        >>> kk = F.normalize(k, dim=-1)
+        >>> a, b = -kk, kk * torch.rand(1, 2, 6, 4, dtype=torch.float64)   # RWKV-7's rank-one transition
+        >>> out = generalized_delta_rule(q, k, v, a, b, chunk_size=4)
+        >>> out.shape, torch.allclose(out, generalized_delta_rule(q, k, v, a, b, mode="parallel"))
+        (torch.Size([1, 2, 6, 4]), True)
     """
     _check(q, k, v, a, b, g, mode, chunk_size, initial_state)
     refuse_weights_with_state(return_weights, initial_state)
@@ -180,7 +207,19 @@ def delta_rule(q, k, v, beta, *, g=None, **kwargs):
 
     q, k (B, H, T, D) (the papers L2-normalise them, which keeps the transition a contraction for beta in (0, 2));
     v (B, H, T, Dv); beta (B, H, T) the writing strength; g (B, H, T) log forget gates <= 0 (Gated DeltaNet) or
-    None. Other keywords as ``generalized_delta_rule``."""
+    None. Other keywords as ``generalized_delta_rule``.
+
+    Example:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from qkv.ops import delta_rule
+        >>> q, k = (F.normalize(torch.randn(1, 2, 7, 4, dtype=torch.float64), dim=-1) for _ in range(2))
+        >>> v, beta = torch.randn(1, 2, 7, 4, dtype=torch.float64), torch.rand(1, 2, 7, dtype=torch.float64)
+        >>> out = delta_rule(q, k, v, beta, chunk_size=3)                  # (B, H, T, Dv)
+        >>> out.shape, torch.allclose(out, delta_rule(q, k, v, beta, mode="recurrent"))
+        (torch.Size([1, 2, 7, 4]), True)
+    """
     if not isinstance(beta, torch.Tensor) or beta.shape != q.shape[:3]:
         got = tuple(beta.shape) if isinstance(beta, torch.Tensor) else type(beta).__name__
         raise ValueError(f"beta must have shape (B, H, T) = {tuple(q.shape[:3])}, got {got}")
@@ -197,5 +236,18 @@ def wkv7(r, k, v, w, a, b, **kwargs):
     """RWKV-7 time mixing (RWKV-LM's wkv7 kernel): ``generalized_delta_rule(r, k, v, a, b, g=w, scale=1)``.
 
     r, k, a, b, w (B, H, T, D); v (B, H, T, Dv). w is the log decay <= 0 (RWKV-7: -exp(-0.5) * sigmoid(...)),
-    a = -kk and b = kk * a as the layer computes them. Other keywords as ``generalized_delta_rule``."""
+    a = -kk and b = kk * a as the layer computes them. Other keywords as ``generalized_delta_rule``.
+
+    Example:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from qkv.ops import wkv7
+        >>> r, k, v = (torch.randn(1, 2, 5, 4, dtype=torch.float64) for _ in range(3))
+        >>> kk, w = F.normalize(k, dim=-1), -0.6 * torch.rand(1, 2, 5, 4, dtype=torch.float64)
+        >>> a = torch.rand(1, 2, 5, 4, dtype=torch.float64)
+        >>> out = wkv7(r, k, v, w, -kk, kk * a)                            # (B, H, T, Dv)
+        >>> out.shape, torch.allclose(out, wkv7(r, k, v, w, -kk, kk * a, mode="recurrent"))
+        (torch.Size([1, 2, 5, 4]), True)
+    """
     return generalized_delta_rule(r, k, v, a, b, w, scale=kwargs.pop("scale", 1.0), **kwargs)

@@ -50,7 +50,21 @@ MODES = FORMS
 
 @dataclass
 class GLAState:
-    """S = sum_s (decays since s) k_s^T v_s over the tokens seen so far (unscaled), (B, H, D, Dv)."""
+    """S = sum_s (decays since s) k_s^T v_s over the tokens seen so far (unscaled), (B, H, D, Dv).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import gla
+        >>> q, k, v = (torch.randn(1, 2, 5, 4, dtype=torch.float64) for _ in range(3))
+        >>> g = -torch.rand(1, 2, 5, 4, dtype=torch.float64)
+        >>> _, state = gla(q[:, :, :2], k[:, :, :2], v[:, :, :2], g[:, :, :2], return_state=True)
+        >>> state.S.shape                                                  # (B, H, D, Dv)
+        torch.Size([1, 2, 4, 4])
+        >>> rest = gla(q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], g[:, :, 2:], initial_state=state)
+        >>> torch.allclose(rest, gla(q, k, v, g)[:, :, 2:])                # carried state = one pass
+        True
+    """
 
     S: torch.Tensor
 
@@ -200,6 +214,16 @@ def gla(
     Returns:
         out (B, H, T, Dv) in the dtype of v; with ``return_weights`` and / or ``return_state`` a tuple
         (out, weights, state) of the ones asked for. The state is float32 (float64 for float64 inputs).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import gla
+        >>> q, k, v = (torch.randn(1, 2, 7, 4, dtype=torch.float64) for _ in range(3))
+        >>> g = -torch.rand(1, 2, 7, 4, dtype=torch.float64)                 # log gates <= 0
+        >>> out, w = gla(q, k, v, g, chunk_size=3, return_weights=True)      # (B, H, T, Dv), (B, H, T, T)
+        >>> out.shape, torch.allclose(out, gla(q, k, v, g, mode="recurrent")), torch.allclose(out, w @ v)
+        (torch.Size([1, 2, 7, 4]), True, True)
     """
     _check(q, k, v, g, bonus, mode, chunk_size, initial_state)
     refuse_weights_with_state(return_weights, initial_state)
@@ -220,13 +244,36 @@ def wkv5(r, k, v, w, u, **kwargs):
     """RWKV-5.2 time mixing: ``gla(r, k, v, log w, bonus=u, scale=1)`` with one decay per head and channel.
 
     r, k (B, H, T, D); v (B, H, T, Dv); w (H, D) the log decay <= 0 (RWKV-LM stores time_decay = d and decays by
-    exp(-exp(d)) per step, so w = -exp(time_decay)); u (H, D) the bonus (time_faaaa). Other keywords as ``gla``."""
+    exp(-exp(d)) per step, so w = -exp(time_decay)); u (H, D) the bonus (time_faaaa). Other keywords as ``gla``.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import gla, wkv5
+        >>> r, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64) for _ in range(3))
+        >>> w, u = -torch.rand(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)   # (H, D) each
+        >>> out = wkv5(r, k, v, w, u)                                      # (B, H, T, Dv)
+        >>> out.shape, torch.allclose(out, gla(r, k, v, w[None, :, None], bonus=u, scale=1.0))
+        (torch.Size([1, 2, 6, 4]), True)
+    """
     return gla(r, k, v, w.view(1, *w.shape[:1], 1, w.shape[-1]), bonus=u, scale=kwargs.pop("scale", 1.0), **kwargs)
 
 
 def wkv6(r, k, v, w, u, **kwargs):
     """RWKV-6 time mixing: ``gla(r, k, v, w, bonus=u, scale=1)`` with a data-dependent log decay w (B, H, T, D)
-    (RWKV-6 computes w = -exp(time_decay + lora(x))). Other arguments as ``wkv5``."""
+    (RWKV-6 computes w = -exp(time_decay + lora(x))). Other arguments as ``wkv5``.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import wkv6
+        >>> r, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64) for _ in range(3))
+        >>> w = -torch.rand(1, 2, 6, 4, dtype=torch.float64)               # data-dependent log decay (B, H, T, D)
+        >>> u = torch.randn(2, 4, dtype=torch.float64)
+        >>> out = wkv6(r, k, v, w, u, chunk_size=4)
+        >>> out.shape, torch.allclose(out, wkv6(r, k, v, w, u, mode="recurrent"))
+        (torch.Size([1, 2, 6, 4]), True)
+    """
     return gla(r, k, v, w, bonus=u, scale=kwargs.pop("scale", 1.0), **kwargs)
 
 
@@ -237,7 +284,19 @@ def ssd(x, dt, A, B, C, *, D=None, **kwargs):
 
     x (B, H, T, P) the inputs of each head; dt (B, H, T) > 0 the step sizes; A (H,) < 0; B, C (B, H, T, N) the
     input and output projections of the state (Mamba-2 shares them across heads: pass them expanded); D (H,) or
-    None. Other keywords as ``gla``; with return_weights the map includes D on its diagonal (out == weights @ x)."""
+    None. Other keywords as ``gla``; with return_weights the map includes D on its diagonal (out == weights @ x).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import ssd
+        >>> x = torch.randn(1, 2, 6, 3, dtype=torch.float64)                # (B, H, T, P)
+        >>> dt, A = torch.rand(1, 2, 6, dtype=torch.float64), -torch.rand(2, dtype=torch.float64)
+        >>> B, C = torch.randn(1, 2, 6, 5, dtype=torch.float64), torch.randn(1, 2, 6, 5, dtype=torch.float64)   # N = 5
+        >>> y = ssd(x, dt, A, B, C, D=torch.ones(2, dtype=torch.float64))
+        >>> y.shape, torch.allclose(y, ssd(x, dt, A, B, C, D=torch.ones(2, dtype=torch.float64), mode="recurrent"))
+        (torch.Size([1, 2, 6, 3]), True)
+    """
     H, T = x.shape[1], x.shape[2]
     result = gla(C, B * dt.unsqueeze(-1), x, (dt * A.view(-1, 1)).unsqueeze(-1), scale=1.0, **kwargs)
     if D is None:

@@ -40,7 +40,20 @@ MODES = FORMS
 
 @dataclass
 class LinearAttentionState:
-    """Running sums after the tokens seen so far: S = sum phi(k) v^T (B, H, D, Dv), z = sum phi(k) (B, H, D)."""
+    """Running sums after the tokens seen so far: S = sum phi(k) v^T (B, H, D, Dv), z = sum phi(k) (B, H, D).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import linear_attention
+        >>> q, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64) for _ in range(3))
+        >>> _, state = linear_attention(q[:, :, :4], k[:, :, :4], v[:, :, :4], return_state=True)
+        >>> state.S.shape, state.z.shape                                   # (B, H, D, Dv), (B, H, D)
+        (torch.Size([1, 2, 4, 4]), torch.Size([1, 2, 4]))
+        >>> rest = linear_attention(q[:, :, 4:], k[:, :, 4:], v[:, :, 4:], initial_state=state)
+        >>> torch.allclose(rest, linear_attention(q, k, v)[:, :, 4:])     # carried state = one pass
+        True
+    """
 
     S: torch.Tensor
     z: torch.Tensor
@@ -199,6 +212,18 @@ def linear_attention(
         even for half-precision inputs; the weights are in the dtype of v.
 
     Half-precision inputs are computed in float32 and cast back: the running sums grow with T.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import linear_attention
+        >>> q, k, v = (torch.randn(1, 2, 7, 4, dtype=torch.float64) for _ in range(3))
+        >>> out = linear_attention(q, k, v, mode="chunk", chunk_size=3)     # (B, H, T, Dv)
+        >>> out.shape, torch.allclose(out, linear_attention(q, k, v, mode="recurrent"))
+        (torch.Size([1, 2, 7, 4]), True)
+        >>> _, w = linear_attention(q, k, v, return_weights=True)          # the implicit (B, H, T, T) map
+        >>> torch.allclose(w.sum(-1), torch.ones(1, 2, 7, dtype=torch.float64))
+        True
     """
     initial_state = _check(q, k, v, causal, mode, chunk_size, initial_state)
     refuse_weights_with_state(return_weights, initial_state)

@@ -17,7 +17,19 @@ def _positions(T: int, S: int, device=None) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def causal_mask(T: int, S: int | None = None, *, device=None) -> torch.Tensor:
-    """(T, S) lower-triangular mask: a query sees itself and the keys before it, never a later one."""
+    """(T, S) lower-triangular mask: a query sees itself and the keys before it, never a later one.
+
+    Example:
+
+        >>> from qkv.ops import causal_mask
+        >>> causal_mask(3).int()            # (T, S): query t sees keys 0..t
+        tensor([[1, 0, 0],
+                [1, 1, 0],
+                [1, 1, 1]], dtype=torch.int32)
+        >>> causal_mask(2, 4).int()         # T < S: the queries are the last T positions (a cache holds 2 more)
+        tensor([[1, 1, 1, 0],
+                [1, 1, 1, 1]], dtype=torch.int32)
+    """
     S = T if S is None else S
     q_pos, k_pos = _positions(T, S, device)
     return k_pos <= q_pos
@@ -25,7 +37,17 @@ def causal_mask(T: int, S: int | None = None, *, device=None) -> torch.Tensor:
 
 def window_mask(T: int, S: int | None = None, *, window: int, causal: bool = True, device=None) -> torch.Tensor:
     """(T, S) local attention: a query sees itself and the ``window`` positions before it (and, when not
-    causal, the ``window`` positions after it too)."""
+    causal, the ``window`` positions after it too).
+
+    Example:
+
+        >>> from qkv.ops import window_mask
+        >>> window_mask(4, window=1).int()   # causal: itself and the one key before it
+        tensor([[1, 0, 0, 0],
+                [1, 1, 0, 0],
+                [0, 1, 1, 0],
+                [0, 0, 1, 1]], dtype=torch.int32)
+    """
     if not isinstance(window, int) or isinstance(window, bool) or window < 0:
         raise ValueError(f"window must be an int >= 0 (how many neighbours a query sees), got {window!r}")
     S = T if S is None else S
@@ -38,7 +60,18 @@ def global_mask(T: int, S: int, global_tokens, *, device=None) -> torch.Tensor:
     """(T, S) pattern of global tokens (Longformer, Beltagy et al. 2020, sec. 3.1): a global position attends
     to every key and every query attends to it. Combine with a local mask by ``|``.
 
-    ``global_tokens`` is a sequence of key positions or a bool tensor (S,)."""
+    ``global_tokens`` is a sequence of key positions or a bool tensor (S,).
+
+    Example:
+
+        >>> from qkv.ops import global_mask, window_mask
+        >>> m = global_mask(4, 4, [0]) | window_mask(4, window=1, causal=False)   # Longformer: global token 0 + local
+        >>> m.int()
+        tensor([[1, 1, 1, 1],
+                [1, 1, 1, 0],
+                [1, 1, 1, 1],
+                [1, 0, 1, 1]], dtype=torch.int32)
+    """
     if isinstance(global_tokens, torch.Tensor) and global_tokens.dtype == torch.bool:
         if global_tokens.shape != (S,):
             raise ValueError(f"global_tokens as a bool tensor must have shape ({S},), got {tuple(global_tokens.shape)}")
@@ -56,7 +89,16 @@ def global_mask(T: int, S: int, global_tokens, *, device=None) -> torch.Tensor:
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 1, S) key-padding mask from a (B, S) tensor of 1 = real token, 0 = padding (Hugging Face style)."""
+    """(B, 1, 1, S) key-padding mask from a (B, S) tensor of 1 = real token, 0 = padding (Hugging Face style).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import padding_mask
+        >>> m = padding_mask(torch.tensor([[1, 1, 0], [1, 1, 1]]))   # (B, S) 1 = token, 0 = padding
+        >>> m.shape, m[0, 0, 0].tolist()                              # (B, 1, 1, S), broadcast over H and T
+        (torch.Size([2, 1, 1, 3]), [True, True, False])
+    """
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be (B, S) with 1 for tokens and 0 for padding, "
                          f"got shape {tuple(attention_mask.shape)}")

@@ -37,7 +37,20 @@ MODES = FORMS
 
 @dataclass
 class RetentionState:
-    """S = sum_s gamma^(T-1-s) k_s^T v_s over the tokens seen so far (unscaled), (B, H, D, Dv)."""
+    """S = sum_s gamma^(T-1-s) k_s^T v_s over the tokens seen so far (unscaled), (B, H, D, Dv).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import retention
+        >>> q, k, v = (torch.randn(1, 2, 5, 4, dtype=torch.float64) for _ in range(3))
+        >>> _, state = retention(q[:, :, :3], k[:, :, :3], v[:, :, :3], [0.9, 0.5], return_state=True)
+        >>> state.S.shape                                                  # (B, H, D, Dv)
+        torch.Size([1, 2, 4, 4])
+        >>> rest = retention(q[:, :, 3:], k[:, :, 3:], v[:, :, 3:], [0.9, 0.5], initial_state=state)
+        >>> torch.allclose(rest, retention(q, k, v, [0.9, 0.5])[:, :, 3:])
+        True
+    """
 
     S: torch.Tensor
 
@@ -162,6 +175,16 @@ def retention(
         out (B, H, T, Dv) in the dtype of v; with ``return_weights`` and / or ``return_state`` a tuple
         (out, weights, state) of the ones asked for, in that order. The state is kept in float32 (or float64),
         whatever the input dtype.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import retention
+        >>> q, k, v = (torch.randn(1, 2, 9, 4, dtype=torch.float64) for _ in range(3))
+        >>> decay = [0.9, 0.5]                                             # one gamma per head
+        >>> out = retention(q, k, v, decay, mode="parallel")               # (B, H, T, Dv)
+        >>> out.shape, torch.allclose(out, retention(q, k, v, decay, mode="chunk", chunk_size=4))
+        (torch.Size([1, 2, 9, 4]), True)
     """
     decay = _check(q, k, v, decay, mode, chunk_size, initial_state)
     refuse_weights_with_state(return_weights, initial_state)

@@ -12,7 +12,14 @@ import torch
 
 
 def rope_frequencies(rotary_dim: int, base: float = 10000.0, device=None) -> torch.Tensor:
-    """(rotary_dim / 2,) inverse frequencies base^(-2i / rotary_dim)."""
+    """(rotary_dim / 2,) inverse frequencies base^(-2i / rotary_dim).
+
+    Example:
+
+        >>> from qkv.ops import rope_frequencies
+        >>> rope_frequencies(8, base=10000.0)   # (rotary_dim / 2,): 10000^(-2i/8)
+        tensor([1.0000, 0.1000, 0.0100, 0.0010])
+    """
     if rotary_dim <= 0 or rotary_dim % 2:
         raise ValueError(f"rotary_dim must be a positive even number, got {rotary_dim}")
     if base <= 0:
@@ -24,7 +31,18 @@ def rope_frequencies(rotary_dim: int, base: float = 10000.0, device=None) -> tor
 def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor,
                 attention_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for the given integer positions: (..., T) -> two (..., T, rotary_dim) float32 tensors.
-    ``attention_factor`` multiplies both (YaRN / LongRoPE's temperature; q . k scales by its square)."""
+    ``attention_factor`` multiplies both (YaRN / LongRoPE's temperature; q . k scales by its square).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import rope_frequencies, rope_tables
+        >>> cos, sin = rope_tables(torch.arange(6), rope_frequencies(4))
+        >>> cos.shape, cos.dtype                                      # (T, rotary_dim), float32
+        (torch.Size([6, 4]), torch.float32)
+        >>> torch.allclose(cos ** 2 + sin ** 2, torch.ones(6, 4))
+        True
+    """
     angles = positions.to(inv_freq.dtype).unsqueeze(-1) * inv_freq  # (..., T, rotary_dim / 2)
     angles = torch.cat((angles, angles), dim=-1)  # (..., T, rotary_dim)
     if attention_factor != 1.0:
@@ -40,7 +58,20 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first ``cos.shape[-1]`` features of x (B, H, T, D); the rest pass through (partial rotary).
 
-    cos, sin: (T, rotary_dim) or (B, T, rotary_dim) from ``rope_tables``."""
+    cos, sin: (T, rotary_dim) or (B, T, rotary_dim) from ``rope_tables``.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import apply_rope, rope_frequencies, rope_tables
+        >>> cos, sin = rope_tables(torch.arange(5), rope_frequencies(8))
+        >>> x = torch.randn(8).expand(1, 2, 5, 8)            # one vector at every position, (B, H, T, D)
+        >>> xr = apply_rope(x, cos, sin)                      # rotated by its position
+        >>> torch.allclose(xr.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
+        True
+        >>> torch.isclose(xr[0, 0, 3] @ xr[0, 0, 1], xr[0, 0, 2] @ xr[0, 0, 0]).item()   # q . k sees m - n only
+        True
+    """
     if cos.dim() == 3:  # per-sequence positions (left padding): broadcast over heads
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     r = cos.shape[-1]

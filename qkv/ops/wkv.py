@@ -47,7 +47,20 @@ _NEGLIGIBLE = 60.0  # log-space cut below the row maximum (see _parallel)
 
 @dataclass
 class WKVState:
-    """Running sums over the tokens seen so far: numerator a e^p, denominator b e^p; a, b, p each (B, C)."""
+    """Running sums over the tokens seen so far: numerator a e^p, denominator b e^p; a, b, p each (B, C).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import wkv4
+        >>> w, u = torch.rand(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+        >>> k, v = torch.randn(1, 5, 8, dtype=torch.float64), torch.randn(1, 5, 8, dtype=torch.float64)
+        >>> _, state = wkv4(w, u, k[:, :3], v[:, :3], return_state=True)
+        >>> state.a.shape, state.b.shape, state.p.shape                    # (B, C) each
+        (torch.Size([1, 8]), torch.Size([1, 8]), torch.Size([1, 8]))
+        >>> torch.allclose(wkv4(w, u, k[:, 3:], v[:, 3:], state=state), wkv4(w, u, k, v)[:, 3:])
+        True
+    """
 
     a: torch.Tensor
     b: torch.Tensor
@@ -197,6 +210,16 @@ def wkv4(
         wkv (B, T, C) in the dtype of v; with ``return_weights`` and / or ``return_state`` a tuple
         (wkv, weights, state) of the ones asked for, in that order. The state is float32 (or float64 for
         float64 inputs).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import wkv4
+        >>> w, u = torch.rand(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)   # (C,) decay, bonus
+        >>> k, v = torch.randn(2, 6, 8, dtype=torch.float64), torch.randn(2, 6, 8, dtype=torch.float64)
+        >>> out = wkv4(w, u, k, v, mode="parallel")                        # (B, T, C)
+        >>> out.shape, torch.allclose(out, wkv4(w, u, k, v, mode="recurrent"))
+        (torch.Size([2, 6, 8]), True)
     """
     _check(w, u, k, v, mode, chunk_size, state)
     refuse_weights_with_state(return_weights, state, "state")
