@@ -29,7 +29,7 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 ROTARY = ("rope",)  # the positions that rotate queries and keys: rotary_dim, rope_scaling, rope_local_base need one
 # The mixers, one letter each for ``layer_pattern``; "W" is softmax attention limited to ``window`` earlier tokens.
 PATTERN_LETTERS = {"A": "attention", "W": "attention", "L": "linear", "R": "retention", "K": "rwkv4", "M": "memory",
-                   "5": "rwkv5", "6": "rwkv6", "7": "rwkv7", "G": "gla", "D": "deltanet", "E": "gated_deltanet",
+                   "5": "rwkv5", "6": "rwkv6", "7": "rwkv7", "G": "gla", "H": "hgrn2", "D": "deltanet", "E": "gated_deltanet",
                    "S": "mamba2"}
 MIXERS = tuple(dict.fromkeys(PATTERN_LETTERS.values()))  # the names, in the letters' order
 
@@ -124,8 +124,8 @@ class ModelConfig(_Serializable):
     image_size: int = 224  # ViT: input side in pixels
     patch_size: int = 16  # ViT: patch side in pixels
     num_channels: int = 3  # ViT: image channels
-    mixer: str = "attention"  # token mixer of decoder blocks: attention | linear | retention | rwkv4 | memory | rwkv5 | rwkv6 | rwkv7 | gla | deltanet | gated_deltanet | mamba2 (its state size is head_dim)
-    layer_pattern: str | None = None  # hybrids: the blocks' mixers as letters, repeated over the layers: A attention, W sliding-window attention (window), L linear, R retention, K rwkv4, M memory, 5 / 6 / 7 rwkv5 / rwkv6 / rwkv7, G gla, D deltanet, E gated_deltanet, S mamba2 (SSD); e.g. "LLLA" (default: every block `mixer`)
+    mixer: str = "attention"  # token mixer of decoder blocks: attention | linear | retention | rwkv4 | memory | rwkv5 | rwkv6 | rwkv7 | gla | hgrn2 | deltanet | gated_deltanet | mamba2 (its state size is head_dim)
+    layer_pattern: str | None = None  # hybrids: the blocks' mixers as letters, repeated over the layers: A attention, W sliding-window attention (window), L linear, R retention, K rwkv4, M memory, 5 / 6 / 7 rwkv5 / rwkv6 / rwkv7, G gla, H hgrn2, D deltanet, E gated_deltanet, S mamba2 (SSD); e.g. "LLLA" (default: every block `mixer`)
     rwkv_ranks: dict | None = None  # RWKV-6 / RWKV-7 low-rank sizes by name (6: mix, decay; 7: decay, a, v, gate); default RWKV-LM's, from d_model
     pad_token_id: int | None = None  # padding token
     bos_token_id: int | None = None  # beginning of sequence

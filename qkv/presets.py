@@ -117,6 +117,7 @@ PRESETS: dict[str, dict] = {
                                                                               "gate": 16}),
     # gated linear attention and the delta rule, in Llama-style blocks (RMSNorm, SwiGLU, no positions)
     "gla-tiny": dict(_GATED, mixer="gla"),
+    "hgrn2-tiny": dict(_GATED, mixer="hgrn2"),  # GLA whose key is its forget gate's complement
     "deltanet-tiny": dict(_GATED, mixer="deltanet"),
     "gated-deltanet-tiny": dict(_GATED, mixer="gated_deltanet"),
     # Mamba-2 (SSD) mixers in blocks with an FFN (qkv's Block; the pure Mamba-2 stack has none); state 16 x 32 a head

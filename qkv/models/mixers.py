@@ -12,7 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ..config import MIXERS, ModelConfig
-from ..nn import (DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiHeadAttention,
+from ..nn import (HGRN2, DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiHeadAttention,
                   MultiScaleRetention, RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix, RWKV7ChannelMix, RWKV7TimeMix,
                   RWKVBlock, RWKVChannelMix, make_norm)
 from ..nn.rwkv7 import default_ranks
@@ -48,6 +48,10 @@ def make_memory(cfg: ModelConfig) -> MemoryAttention:
 
 def make_gla(cfg: ModelConfig) -> GatedLinearAttention:
     return GatedLinearAttention(cfg.d_model, cfg.n_heads, head_dim=cfg.head_dim, norm_eps=cfg.norm_eps)
+
+
+def make_hgrn2(cfg: ModelConfig) -> HGRN2:
+    return HGRN2(cfg.d_model, cfg.n_heads, head_dim=cfg.head_dim, norm_eps=cfg.norm_eps)
 
 
 def make_deltanet(cfg: ModelConfig) -> DeltaNet:
@@ -130,6 +134,7 @@ MIXER_KINDS: dict[str, MixerKind] = {
     "rwkv6": MixerKind(_state_flops(7), block=_rwkv_block(6)),
     "rwkv7": MixerKind(_state_flops(9), block=_rwkv_block(7)),
     "gla": MixerKind(_state_flops(5), layer=make_gla),
+    "hgrn2": MixerKind(_state_flops(5), layer=make_hgrn2),  # GLA's passes: its key is 1 - f
     "deltanet": MixerKind(_state_flops(8), layer=make_deltanet),
     "gated_deltanet": MixerKind(_state_flops(9), layer=make_gated_deltanet),
     # a state of head_dim (N) x 2 d_model / H (P) per head, written, decayed and read

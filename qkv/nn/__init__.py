@@ -2,7 +2,7 @@
 from .attention import MultiHeadAttention, Reinforce, needs_reward, reinforce_loss
 from .block import Block, BlockWeights
 from .cache import Cache, CacheSnapshot, CrossKVCache, KVCache, LayerCache, RecurrentCache
-from .gated import DeltaNet, GatedLinearAttention, Mamba2, short_conv
+from .gated import HGRN2, DeltaNet, GatedLinearAttention, Mamba2, short_conv
 from .layers import ACTIVATIONS, NORMS, FeedForward, LayerNorm, Linear, RMSNorm, make_norm, packed_weights
 from .mixers import LinearAttention, MemoryAttention, MultiScaleRetention, retention_decays
 from .position import ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_slopes
@@ -16,5 +16,5 @@ __all__ = ["MultiHeadAttention", "Reinforce", "reinforce_loss", "needs_reward", 
            "ACTIVATIONS", "NORMS", "ALiBi", "LearnedPositions", "RotaryEmbedding", "SinusoidalPositions",
            "T5RelativeBias", "alibi_slopes", "LinearAttention", "MultiScaleRetention", "MemoryAttention",
            "retention_decays", "RWKVBlock", "RWKVTimeMix", "RWKVChannelMix", "RWKV5TimeMix", "RWKV6TimeMix",
-           "RWKV6ChannelMix", "RWKV7TimeMix", "RWKV7ChannelMix", "GatedLinearAttention", "DeltaNet", "Mamba2",
+           "RWKV6ChannelMix", "RWKV7TimeMix", "RWKV7ChannelMix", "GatedLinearAttention", "HGRN2", "DeltaNet", "Mamba2",
            "short_conv"]

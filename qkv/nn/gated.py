@@ -1,5 +1,5 @@
 """Gated linear-time mixers with MultiHeadAttention's forward contract: gated linear attention (GLA), DeltaNet /
-Gated DeltaNet, the most used layers of flash-linear-attention, and Mamba-2, over qkv.ops.gla and qkv.ops.delta_rule.
+Gated DeltaNet, the most used layers of flash-linear-attention, HGRN2 and Mamba-2, over qkv.ops.gla and qkv.ops.delta_rule.
 
 GatedLinearAttention (Yang et al. 2024, Sec. 4.4): per head,
 
@@ -11,6 +11,15 @@ DeltaNet (Yang et al. 2024, Sec. 3-4) and Gated DeltaNet (Yang et al. 2025, Sec.
     q, k, v = silu(conv(x W)), q and k L2-normalised;  beta = sigmoid(x W_b)
     Gated: alpha = exp(-e^A softplus(x W_alpha + dt_bias))        (Mamba-2's gate, one per head and token)
     o = delta_rule(q, k, v, beta[, log alpha]);  out = W_o (RMSNorm(o) [* silu(x W_g)])
+
+HGRN2 (Qin et al. 2024, "HGRN2: Gated Linear RNNs with State Expansion", Sec. 3): the forget gate's complement is
+the key, so what the state forgets in a channel is what the token writes there; per head,
+
+    f = lower + (1 - lower) sigmoid(x W_f);   q = silu(x W_q);   i = x W_i
+    S_t = diag(f_t) S_{t-1} + (1 - f_t)^T i_t;   o_t = q_t S_t;   out = W_o RMSNorm(o)   (GLA with k = 1 - f, scale 1)
+
+The paper's lower bound grows with depth through a softmax shared by the layers; here ``lower`` is one number per
+layer (0 by default: the plain gate), so a layer stays a module of its own.
 
 Mamba2 (Dao & Gu 2024, "Transformers are SSMs", Sec. 7.1, the parallel Mamba block): one input projection gives
 z, x, B, C and dt; x, B, C pass a short convolution and silu; y = SSD(x, dt, A, B, C) + D x (qkv.ops.ssd: GLA with
@@ -110,6 +119,49 @@ class GatedLinearAttention(RecurrentMixer):
         B, _, T, D = y.shape
         y = _head_rms_norm(y.transpose(1, 2), self.norm).reshape(B, T, H * D)
         return self.out(call.real(y * F.silu(self.out_gate(x)))), weights
+
+
+class HGRN2(RecurrentMixer):
+    """HGRN2 (module docstring): GLA whose key is one minus its forget gate. lower: the forget gate's lower bound in
+    [0, 1) (Sec. 3.1 of HGRN, carried into HGRN2): 0 lets a channel forget at once, near 1 makes it remember long.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import HGRN2
+        >>> layer = HGRN2(16, 2, lower=0.5).double()
+        >>> x = torch.randn(2, 5, 16, dtype=torch.float64)                    # (B, T, d_model)
+        >>> cache = layer.new_cache()
+        >>> steps = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(5)], dim=1)
+        >>> torch.allclose(steps, layer(x)), tuple(cache["S"].shape)          # one pass = token by token; S (B, H, D, D)
+        (True, (2, 2, 8, 8))
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, lower: float = 0.0,
+                 chunk_size: int = 32, norm_eps: float = 1e-5):
+        super().__init__()
+        if not 0.0 <= lower < 1.0:
+            raise ValueError(f"HGRN2: lower must be in [0, 1) (the forget gate's lower bound), got {lower!r}")
+        D = head_dim or d_model // n_heads
+        self.n_heads, self.head_dim, self.chunk_size, self.lower = n_heads, D, chunk_size, lower
+        A = n_heads * D
+        self.q, self.forget, self.input = (Linear(d_model, A, bias=False) for _ in range(3))
+        self.norm = RMSNorm(D, eps=norm_eps)
+        self.out = Linear(A, d_model, bias=False)
+
+    def mix(self, x, call: MixerCall):
+        H = self.n_heads
+        z = at_least_float32(self.forget(x))  # (B, T, A)
+        # log f = log(lower + (1 - lower) sigmoid z) and 1 - f = (1 - lower) sigmoid(-z), both without cancellation
+        log_f = torch.logaddexp(torch.full_like(z, math.log(self.lower) if self.lower else -math.inf),
+                                math.log1p(-self.lower) + F.logsigmoid(z))
+        q = to_heads(F.silu(self.q(x)), H)  # (B, H, T, D)
+        k = call.real_heads(to_heads(((1 - self.lower) * torch.sigmoid(-z)).to(x.dtype), H))  # padding writes nothing
+        v = to_heads(self.input(x), H)
+        y, weights = call.run(gla, q, k, v, to_heads(log_f, H), state_type=GLAState, scale=1.0,
+                              chunk_size=self.chunk_size)
+        B, _, T, D = y.shape
+        return self.out(call.real(_head_rms_norm(y.transpose(1, 2), self.norm).reshape(B, T, H * D))), weights
 
 
 class DeltaNet(RecurrentMixer):

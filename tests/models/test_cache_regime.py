@@ -18,7 +18,7 @@ from qkv.nn.cache import KVCache, RecurrentCache
 
 EVERY = "".join(dict.fromkeys(PATTERN_LETTERS))  # each letter once: every mixer, sliding-window attention too
 RECURRENT_PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "rwkv5-tiny", "rwkv6-tiny", "rwkv7-tiny",
-                     "memory-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "mamba2-tiny",
+                     "memory-tiny", "gla-tiny", "hgrn2-tiny", "deltanet-tiny", "gated-deltanet-tiny", "mamba2-tiny",
                      "hybrid-tiny", "gated-deltanet-h1-tiny")
 
 

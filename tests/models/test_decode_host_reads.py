@@ -10,7 +10,7 @@ from qkv.config import PATTERN_LETTERS
 from qkv.ops.checks import trusted_values
 
 PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny", "rwkv5-tiny", "rwkv6-tiny",
-           "rwkv7-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny",
+           "rwkv7-tiny", "gla-tiny", "hgrn2-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny",
            "gpt2-tiny", "llama-tiny")
 EVERY = "".join(dict.fromkeys(PATTERN_LETTERS))  # one block of each mixer, sliding-window attention included
 _READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")

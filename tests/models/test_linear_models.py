@@ -8,7 +8,7 @@ from qkv.nn.cache import KVCache, RecurrentCache
 from qkv.nn import LinearAttention, MemoryAttention, MultiHeadAttention, MultiScaleRetention, RWKVBlock
 
 PRESETS = ("linear-tiny", "retnet-tiny", "rwkv4-tiny", "hybrid-tiny", "memory-tiny", "rwkv5-tiny", "rwkv6-tiny",
-           "rwkv7-tiny", "gla-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny")
+           "rwkv7-tiny", "gla-tiny", "hgrn2-tiny", "deltanet-tiny", "gated-deltanet-tiny", "gated-deltanet-h1-tiny", "mamba2-tiny")
 
 
 def _model(name, **overrides):

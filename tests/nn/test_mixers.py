@@ -3,13 +3,13 @@ import pytest
 import torch
 
 from qkv.nn.cache import LayerCache, RecurrentCache
-from qkv.nn import (DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiHeadAttention,
+from qkv.nn import (HGRN2, DeltaNet, GatedLinearAttention, LinearAttention, Mamba2, MemoryAttention, MultiHeadAttention,
                     MultiScaleRetention, RWKV5TimeMix, RWKV6ChannelMix, RWKV6TimeMix, RWKV7ChannelMix, RWKV7TimeMix,
                     RWKVBlock, RWKVChannelMix, RWKVTimeMix, retention_decays)
 from qkv.ops.rope import rope_frequencies, rope_tables
 
 D_MODEL, H = 16, 2
-MIXERS = ("linear", "retention", "memory", "rwkv_time", "gla", "deltanet", "gated_deltanet", "rwkv5_time",
+MIXERS = ("linear", "retention", "memory", "rwkv_time", "gla", "hgrn2", "deltanet", "gated_deltanet", "rwkv5_time",
           "rwkv6_time", "rwkv7_time", "mamba2")
 KINDS = MIXERS + ("rwkv_block", "rwkv5_block", "rwkv6_block", "rwkv7_block")
 
@@ -22,6 +22,7 @@ def _make(kind):
              "memory": lambda: MemoryAttention(D_MODEL, H, segment=5),
              "rwkv_time": lambda: RWKVTimeMix(D_MODEL, chunk_size=4, n_heads=H),
              "gla": lambda: GatedLinearAttention(D_MODEL, H, gate_rank=4, chunk_size=4),
+             "hgrn2": lambda: HGRN2(D_MODEL, H, lower=0.25, chunk_size=4),
              "deltanet": lambda: DeltaNet(D_MODEL, H, chunk_size=4),
              "gated_deltanet": lambda: DeltaNet(D_MODEL, H, gated=True, chunk_size=4),
              "rwkv5_time": lambda: RWKV5TimeMix(D_MODEL, H, 8, chunk_size=4),
