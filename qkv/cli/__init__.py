@@ -16,7 +16,7 @@ import sys
 
 from ..config import join_negative_values
 from ..config_args import OneLineParser, one_line
-from . import bench, convert, demo, explore, generate, info, plot, train, translate
+from . import bench, convert, demo, explore, generate, info, plot, tokenize, train, translate
 from . import eval as evaluate  # the module of `qkv eval`, not the builtin
 from .common import CLIError, Command, Notes
 
@@ -25,7 +25,7 @@ __all__ = ["main", "build_parser", "COMMANDS", "Command", "CLIError"]
 COMMANDS: dict[str, Command] = {
     "train": train.COMMAND, "generate": generate.COMMAND, "translate": translate.COMMAND, "eval": evaluate.COMMAND,
     "demo": demo.COMMAND, "explore": explore.COMMAND, "info": info.COMMAND, "plot": plot.COMMAND,
-    "bench": bench.COMMAND, "convert": convert.COMMAND,
+    "bench": bench.COMMAND, "convert": convert.COMMAND, "tokenize": tokenize.COMMAND,
 }
 
 
