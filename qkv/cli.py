@@ -691,7 +691,8 @@ def _demo(args):
 def _explore_args(p):
     _source_args(p)
     p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000; 0: any free port)")
-    p.add_argument("--text", action="append", help="a first sentence (or prompt) to show; repeat for more")
+    p.add_argument("--text", action="append", help="a first sentence (or prompt; for an image-to-text model "
+                                                  "a generated scene's number) to show; repeat for more")
     p.add_argument("--num-beams", type=int, default=4, help="beam width of the beam view (default: 4)")
     p.add_argument("--max-new-tokens", type=int, help="longest output in tokens (default: what the model allows, "
                                                       "at most 60)")
@@ -787,6 +788,14 @@ def _plot(args):
         from .viz_image import caption_figure  # only for an image model: its figure reads the caption task
         path, caption = caption_figure(model, tok, args.image, out)
         print(f"wrote {path} ({caption})")
+        if args.html:  # the explorer's view of the same image: each word's weights over the cells, the beam search
+            # the command's imports load on use, as every command's (start-up time of `qkv`)
+            from .explore import Explorer
+            from .viz_image import load_pixels  # (start-up time, as above)
+            example = Explorer(model, tok).image_example(load_pixels(model.config, args.image),
+                                                         source=args.image or "generated scene 0")
+            viz.explorer_html([example], out.with_suffix(".html"), title="qkv explorer: an image-to-text model")
+            print(f"wrote {out.with_suffix('.html')}")
         return 0
     if not record.text:
         raise CLIError(f"plot attention reads text; a {type(model).__name__} model takes images (use qkv.viz on its "
