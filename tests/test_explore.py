@@ -343,3 +343,37 @@ def test_in_chromium_the_static_page_switches_examples_and_shows_layers_without_
         assert page.evaluate("document.querySelectorAll('[data-testid=beam-step]').length") == \
             len(examples[1]["beam"]["steps"])
         assert not [m for m in page.console if m.startswith("Uncaught")], page.console
+
+
+@needs_chromium
+def test_in_chromium_an_image_model_shows_each_word_over_the_image(tmp_path):
+    """Served (its Content-Security-Policy must let the inline PNG through): type a scene's number, see the figure
+    decoded, the words x cells map of the model's own numbers; a sentence instead is said in the page."""
+    model, tok = _captioner("sat-soft")
+    explorer = Explorer(model, tok, num_beams=2, max_new_tokens=4)
+    expected = explorer.example("3")
+    server = make_server(explorer, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Browser(tmp_path / "profile") as page:
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            assert page.evaluate("document.getElementById('text').placeholder").startswith("type a scene number")
+            page.type("[data-testid=input-text]", "3")
+            page.press_enter()
+            page.wait_for("document.getElementById('source').textContent === 'generated scene 3' && "
+                          "document.body.getAttribute('data-busy') === 'false'")
+            page.wait_for("document.getElementById('image-figure').complete && "
+                          "document.getElementById('image-figure').naturalWidth > 0")
+            assert page.evaluate("document.getElementById('image-figure').hidden") is False
+            assert page.evaluate("document.body.getAttribute('data-kind')") == "cross"
+            assert page.evaluate("document.querySelectorAll('[data-testid=heat-cell]').length") == \
+                len(expected["kinds"][0]["queries"]) * 64
+            assert page.evaluate("window.qkvExplorer.matrix()") == expected["kinds"][0]["layers"][0][0]
+            page.type("[data-testid=input-text]", "un gato")
+            page.press_enter()
+            page.wait_for("document.body.getAttribute('data-message') === 'error'")
+            assert "type its number" in page.evaluate("document.getElementById('message').textContent")
+            assert not [m for m in page.console if m.startswith("Uncaught") or "Content Security" in m], page.console
+    finally:
+        server.shutdown()
+        server.server_close()
