@@ -133,7 +133,8 @@ def view_of(model) -> View:
 
 @dataclass
 class Explorer:
-    """A text model and its tokenizer, answering the explorer's questions (``example``).
+    """A model that writes or reads text (an image-to-text model too) and its tokenizer, answering the explorer's
+    questions (``example``; ``image_example`` for an image of the user's).
 
     num_beams: the beam width shown (>= 2). max_new_tokens: the longest output (default: what the model's
     positions allow, at most 60 tokens for translations and 40 for continuations). max_chars: the longest input.
