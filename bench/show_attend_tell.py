@@ -17,7 +17,7 @@ than the training ones (qkv.tasks.caption.VAL_SEED_OFFSET); the recipe was chose
 --seed 7, not on those of the recorded run (--seed 0).
 
     python bench/show_attend_tell.py                                  # 4 variants, 2500 steps each, 1 thread
-    python bench/show_attend_tell.py --steps 4000 --from-soft --warm-steps 1000   # the recorded run
+    python bench/show_attend_tell.py --steps 4000 --from-soft --warm-steps 2000   # the recorded run
     python bench/show_attend_tell.py --minutes 6                      # a time budget per variant instead
     python bench/show_attend_tell.py --quick                          # a smoke-sized run (seconds)
 """
