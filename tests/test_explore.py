@@ -169,6 +169,9 @@ def test_an_image_model_explores_each_words_attention_over_the_image(name):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and ex["image"]["grid"] == [8, 8]
     assert ex["beam"]["greedy"]["text"] == ex["greedy"]
     json.dumps(ex, allow_nan=False)
+    if name == "sat-soft":  # in a notebook too: the same example inline, the figure as a data: URI
+        from qkv.notebook import explore
+        assert ex["image"]["figure"] in explore(model, tok, "7", num_beams=2, max_new_tokens=5)._repr_html_()
     for text in ("", "abc", "-1", str(2 ** 32), "٣", None):  # a scene's number or one line saying so
         with pytest.raises(ExploreInputError, match="type its number, 0 to 4294967295"):
             explorer.example(text)
