@@ -11,6 +11,9 @@ What an example holds, by the model's family:
   decoder          the prompt's continuation by beam search (and greedy's), masked self-attention over prompt and
                    continuation, and the beam search
   encoder          self-attention only: an encoder reads its input at once and generates nothing
+  image to text    a generated scene (its number is the input) captioned by beam search (and greedy), the
+                   attention over the image's cells of each word (the "cross" kind: words x cells), the paper's
+                   figure (each word over its upsampled attention, an inline PNG) and the beam search
 A layer whose mixer returns no (T, S) map (a linear-time mixer without implicit weights) is shown as such.
 
 The server (``qkv.explore_server``) is the standard library's ``http.server`` on 127.0.0.1 only, a thread per
@@ -19,6 +22,7 @@ either as a new example or as a message said in the page, never as a crash.
 """
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 
@@ -30,6 +34,7 @@ from .repetition import describe, repetition
 from .tasks.seq2seq import (decoder_input_ids, end_source, output_text, output_tokens, sentence_room,
                            source_ids)
 from .viz import AttentionMaps, explorer_example
+from .viz_image import caption_png, scene_pixels
 
 __all__ = ["Explorer", "ExploreInputError", "View", "view_of", "attention_maps", "seq2seq_maps", "self_maps",
            "token_labels", "sequence_logprob"]
@@ -183,42 +188,49 @@ class View:
         >>> view.name, view.source, view.generates, view.output_label
         ('translate', True, True, 'translation')
     """
-    name: str  # "translate", "generate" or "encode"
+    name: str  # "translate", "generate", "encode" or "describe"
     source: bool  # the input is a source: EOS appended, the output translates it
     generates: bool  # an output is decoded (beam search shown)
     verb: str
     title: str
     output_label: str
+    image: bool = False  # the input is an image (a generated scene's number), the output its caption
 
 
 _VIEWS = (View("translate", True, True, "translate", "qkv explorer: a translation model", "translation"),
           View("generate", False, True, "continue", "qkv explorer: a language model", "continuation"),
-          View("encode", False, False, "read", "qkv explorer: an encoder", ""))
+          View("encode", False, False, "read", "qkv explorer: an encoder", ""),
+          View("describe", False, True, "caption", "qkv explorer: an image-to-text model", "caption", image=True))
+MAX_SCENE = 2 ** 32 - 1  # a scene's number seeds numpy's generator
 
 
 def view_of(model) -> View:
-    """The explorer's view of a model; ValueError for a family that reads no text.
+    """The explorer's view of a model, from its family's record: a text family's, or "describe" for one that
+    reads pixels and decodes text (an image captioner); ValueError for one that reads pixels and writes no text.
 
     Example:
 
         >>> import qkv
         >>> from qkv.explore import view_of
-        >>> [view_of(qkv.build(qkv.preset(p))).name for p in ("transformer-tiny", "gpt2-tiny", "bert-tiny")]
-        ['translate', 'generate', 'encode']
+        >>> [view_of(qkv.build(qkv.preset(p))).name for p in ("transformer-tiny", "gpt2-tiny", "bert-tiny", "sat-soft")]
+        ['translate', 'generate', 'encode', 'describe']
         >>> view_of(qkv.build(qkv.preset("vit-tiny")))
         Traceback (most recent call last):
-        ValueError: model: family 'vit' has no text to explore; expected one of [...]
+        ValueError: model: family 'vit' writes no text to explore; expected one of [...]
     """
     record = family_of(model)
     if not record.text:
-        raise ValueError(f"model: family {record.name!r} has no text to explore; expected one of "
-                         f"{sorted(name for name, f in FAMILIES.items() if f.text)}")
+        if record.decoding is not None:
+            return _VIEWS[3]
+        raise ValueError(f"model: family {record.name!r} writes no text to explore; expected one of "
+                         f"{sorted(name for name, f in FAMILIES.items() if f.text or f.decoding is not None)}")
     return _VIEWS[0] if record.has_source else _VIEWS[1] if record.continues else _VIEWS[2]
 
 
 @dataclass
 class Explorer:
-    """A text model and its tokenizer, answering the explorer's questions (``example``).
+    """A model that writes or reads text (an image-to-text model too) and its tokenizer, answering the explorer's
+    questions (``example``; ``image_example`` for an image of the user's).
 
     num_beams: the beam width shown (>= 2). max_new_tokens: the longest output (default: what the model's
     positions allow, at most 60 tokens for translations and 40 for continuations). max_chars: the longest input.
@@ -248,8 +260,8 @@ class Explorer:
             raise ValueError(f"num_beams={self.num_beams!r}: the beam view needs an int >= 2")
         if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
             raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: expected an int >= 1 or None")
-        if self.view.source and (self.tokenizer.eos_id is None or self.tokenizer.pad_id is None):
-            raise ValueError("tokenizer: a translation model needs EOS and padding tokens to read its source")
+        if (self.view.source or self.view.image) and (self.tokenizer.eos_id is None or self.tokenizer.pad_id is None):
+            raise ValueError(f"tokenizer: a {self.view.output_label} model needs EOS and padding tokens")
         self.model.eval()
 
     @property
@@ -258,7 +270,10 @@ class Explorer:
         return self.view.name
 
     def check(self, text) -> list[int]:
-        """The ids of a user's text, or ExploreInputError saying what is wrong with it."""
+        """The ids of a user's text (for an image model: [the scene's number]), or ExploreInputError saying what is
+        wrong with it."""
+        if self.view.image:
+            return [self.scene_number(text)]
         if not isinstance(text, str):
             raise ExploreInputError(f"expected a sentence (text), got {type(text).__name__}")
         if not text.strip():
@@ -281,6 +296,15 @@ class Explorer:
         if not ids:
             raise ExploreInputError("The tokenizer made no tokens of this text.")
         return ids
+
+    def scene_number(self, text) -> int:
+        """An image model's input: the number of a generated scene (qkv.data.shapes), 0 .. 2^32 - 1, as text."""
+        shown = text if isinstance(text, str) and len(text) <= 40 else f"{type(text).__name__}"
+        if not isinstance(text, str) or not text.strip().isdigit() or not text.strip().isascii() \
+                or int(text.strip()) > MAX_SCENE:
+            raise ExploreInputError(f"An image model captions a generated scene: type its number, 0 to {MAX_SCENE} "
+                                    f"(got {shown!r}).")
+        return int(text.strip())
 
     def unknown_characters(self, text: str) -> list[str]:
         """Characters of text the vocabulary has no token for (read as the unknown token)."""
@@ -305,6 +329,8 @@ class Explorer:
         """Run the model on text; return the page's example (``qkv.viz.explorer_example``): the output by beam
         search and by greedy decoding, the attention maps and the beam view. Raises ExploreInputError."""
         ids = self.check(text)
+        if self.view.image:
+            return self._image_example(ids[0], label)
         tok, cfg = self.tokenizer, self.model.config
         unknown = self.unknown_characters(text)
         warning = None
@@ -343,6 +369,41 @@ class Explorer:
                               output_label=self.view.output_label,
                               beam=self._beam_view(trace, src), note=note)
         ex["warning"] = warning
+        return ex
+
+    def _image_example(self, scene: int, label: str | None) -> dict:
+        return self.image_example(scene_pixels(self.model.config, scene), source=f"generated scene {scene}",
+                                  label=label)
+
+    def image_example(self, pixels: torch.Tensor, *, source: str, label: str | None = None) -> dict:
+        """An image (C, S, S) uint8 captioned: beam search and greedy, each word's attention over the cells (kind
+        "cross": words x cells "row,col"; the model's cross-attention layers and heads where it has them, else its
+        one attention), the paper's figure as an inline PNG, and the beam view. source: what the page calls it."""
+        tok, model = self.tokenizer, self.model
+        src = pixels.long().flatten().tolist()  # the image's bytes: qkv.generate's source for an image model
+        limit = max(1, min(40, self.max_new_tokens or 40))
+        trace = beam_search_trace(model, torch.tensor([src]), num_beams=self.num_beams, max_new_tokens=limit,
+                                  length_penalty=self.length_penalty, eos_token_id=tok.eos_id,
+                                  pad_token_id=tok.pad_id)
+        best = trace.sequences[0, trace.prompt_length:].tolist()[: trace.lengths[0]]
+        body = [t for t in best if t != tok.eos_id]
+        start = [model.config.decoder_start_token_id]
+        with torch.no_grad():
+            _, w = model(pixels[None], torch.tensor([start + body]), return_weights=True)
+        layers = list(w.cross) if getattr(w, "cross", None) else [w.weights[:, None]]  # (1, H, T, N) each
+        R, C = model.grid
+        # step t reads word t - 1 and writes word t: each query is labelled with the word it wrote
+        maps = [AttentionMaps.from_batch("cross", [_heads(x) for x in layers], token_labels(tok, body + [tok.eos_id]),
+                                         [f"{r},{c}" for r in range(R) for c in range(C)])]
+        png, _, _ = caption_png(model, tok, pixels, num_beams=self.num_beams)
+        ex = explorer_example(maps, source=source, label=label, output=tok.decode(body),
+                              greedy=tok.decode([t for t in trace.greedy if t != tok.eos_id]),
+                              output_label=self.view.output_label, beam=self._beam_view(trace, src),
+                              note=f"Each word over where it looked ({model.config.attn_select} attention over the "
+                                   f"{R} x {C} cells of the image); the maps are words x cells, row-major.")
+        ex["image"] = {"figure": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                       "grid": [R, C], "size": model.config.image_size}
+        ex["warning"], ex["input_hint"] = None, "type a scene number (0, 1, 2, ...)"
         return ex
 
     def loop_warning(self, generated: list[int], limit: int) -> str | None:

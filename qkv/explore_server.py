@@ -129,9 +129,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
-        # The page needs nothing from elsewhere: only its own inline script and style, and requests back here.
+        # The page needs nothing from elsewhere: only its own inline script, style and images, and requests back here.
         self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
-                                                    "style-src 'unsafe-inline'; connect-src 'self'")
+                                                    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         self.wfile.write(body)
@@ -258,9 +258,17 @@ def _nesting(body: str) -> int:
     return deepest
 
 
+IMAGE_HINT = "type a scene number (0, 1, 2, ...)"
+
+
 def _empty_example(explorer) -> dict:
     """The page's first view before anything was typed."""
     verb = explorer.view.verb
+    if explorer.view.image:
+        return {"label": "(type a scene number)", "placeholder": True, "source": "", "output": None, "greedy": None,
+                "beam": None, "kinds": [], "input_hint": IMAGE_HINT,
+                "note": "Type a scene's number (0, 1, 2, ...) and press run: the model captions that generated "
+                        "scene, and the page shows each word over where it looked and the beam search step by step."}
     return {"label": "(type a sentence)", "placeholder": True, "source": "", "output": None, "greedy": None,
             "beam": None, "kinds": [],
             "note": f"Type a sentence above and press run: the model will {verb} it, and the page shows every "

@@ -109,7 +109,9 @@ def explore(model, tokenizer, texts: str | Sequence[str], *, num_beams: int = 4,
             title: str | None = None, height: int = EXPLORER_HEIGHT) -> HTMLView:
     """Run a text model on one sentence or several and show the explorer: the output by beam search and greedy's,
     every layer's and head's self, masked and cross attention (implicit maps for linear-time mixers), and the beam
-    search step by step (``qkv.explore.Explorer``). Bad input raises ``qkv.explore.ExploreInputError``.
+    search step by step (``qkv.explore.Explorer``). For an image-to-text model the texts are generated scenes'
+    numbers ("0", "7"): each word's weights over the image's cells and the paper's figure. Bad input raises
+    ``qkv.explore.ExploreInputError``.
 
     Example:
 

@@ -137,6 +137,16 @@ def test_train_and_plot_from_the_command_line(tmp_path, capsys):
     from PIL import Image
     Image.fromarray(shapes.make_scenes(1, seed=5)[0].pixels).save(scene)
     assert main(["plot", "attention", "--checkpoint", str(run), "--image", str(scene), "--out", str(png)]) == 0
+    # --html: the explorer's page of the same image, the paper's figure inline and each word's weights over the cells
+    assert main(["plot", "attention", "--checkpoint", str(run), "--image", str(scene), "--out", str(png),
+                 "--html"]) == 0
+    page = png.with_suffix(".html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in page and '"cross"' in page and scene.name in page
+    capsys.readouterr()
+    # the explorer's input for an image model is a scene's number: anything else is one line
+    assert main(["explore", "--checkpoint", str(run), "--text", "un gato", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--text 'un gato'" in err and "type its number" in err and "\n" not in err
     # a user's image of the wrong size: one line naming it
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "small.png")
     assert main(["plot", "attention", "--checkpoint", str(run), "--image", str(tmp_path / "small.png"),

@@ -37,7 +37,7 @@ def test_each_page_names_real_files_and_its_snippets_draw_a_figure(page):
     assert not missing, f"{page.name} names files that do not exist: {missing}"
     hook = _hook()
     found = hook.snippets(text)
-    assert len(found) == 1, f"{page.name}: expected one runnable snippet, found {len(found)}"
+    assert found, f"{page.name}: expected a runnable snippet, found none"
     for name, code in found:
         printed, fig, shown = hook.run(name, code)
         assert printed.strip() and fig.axes, name

@@ -128,6 +128,55 @@ def test_a_hugging_face_folder_explores_with_its_tokenizer_json(tmp_path, bpe):
     assert "".join(labels[: ids.shape[1]]) == "tres mil"
 
 
+def _captioner(name, **overrides):
+    """A tiny image-to-text model of preset ``name`` over 32 x 32 scenes (8 x 8 cells) and a BPE of their captions."""
+    from qkv.data import shapes
+    tok = train_bpe(iter([s.caption for s in shapes.make_scenes(40, seed=1, size=32)]), vocab_size=300,
+                    min_frequency=1, prefix_space=True)
+    torch.manual_seed(0)
+    fields = dict(d_model=32, image_size=32, max_positions=3 * 32 * 32, vocab_size=tok.vocab_size,
+                  pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                  decoder_start_token_id=tok.bos_id)
+    return qkv.build(qkv.preset(name, **{**fields, **overrides})).eval(), tok
+
+
+@pytest.mark.parametrize("name", ["sat-soft", "sat-hard-gumbel", "caption-transformer"])
+def test_an_image_model_explores_each_words_attention_over_the_image(name):
+    """The registry's record (reads pixels, decodes text) gives the "describe" view: a generated scene's caption by
+    beam search, each written word's weights over the 8 x 8 cells (the model's own), the paper's figure inline."""
+    import base64
+    from qkv.viz_image import scene_pixels
+    model, tok = _captioner(name)
+    explorer = Explorer(model, tok, num_beams=2, max_new_tokens=5)
+    assert explorer.task == "describe"
+    ex = explorer.example("7")
+    pixels = scene_pixels(model.config, 7)
+    out = generate(model, pixels.long().flatten()[None], num_beams=2, max_new_tokens=5, eos_token_id=tok.eos_id,
+                   pad_token_id=tok.pad_id)[0, 1:].tolist()
+    body = [t for t in (out[: out.index(tok.eos_id)] if tok.eos_id in out else out) if t != tok.pad_id]
+    assert ex["output"] == tok.decode(body) and ex["source"] == "generated scene 7"
+    (cross,) = ex["kinds"]
+    assert cross["kind"] == "cross" and len(cross["keys"]) == 64 and cross["keys"][9] == "1,1"
+    assert cross["queries"] == token_labels(tok, body + [tok.eos_id])  # each step labelled with the word it wrote
+    with torch.no_grad():
+        _, w = model(pixels[None], torch.tensor([[tok.bos_id] + body]), return_weights=True)
+    expected = w.cross[-1][0] if w.cross else w.weights  # (H, T, 64) the last layer, or the LSTM's one attention
+    got = torch.tensor(cross["layers"][-1])
+    torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=0)
+    if name == "sat-hard-gumbel":  # a hard pick: one cell per word, the argmax of alpha at evaluation
+        assert ((got == 0) | (got == 1)).all() and (got.sum(-1) == 1).all()
+    png = base64.b64decode(ex["image"]["figure"].split(",", 1)[1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and ex["image"]["grid"] == [8, 8]
+    assert ex["beam"]["greedy"]["text"] == ex["greedy"]
+    json.dumps(ex, allow_nan=False)
+    if name == "sat-soft":  # in a notebook too: the same example inline, the figure as a data: URI
+        from qkv.notebook import explore
+        assert ex["image"]["figure"] in explore(model, tok, "7", num_beams=2, max_new_tokens=5)._repr_html_()
+    for text in ("", "abc", "-1", str(2 ** 32), "٣", None):  # a scene's number or one line saying so
+        with pytest.raises(ExploreInputError, match="type its number, 0 to 4294967295"):
+            explorer.example(text)
+
+
 # -- the server -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -297,3 +346,37 @@ def test_in_chromium_the_static_page_switches_examples_and_shows_layers_without_
         assert page.evaluate("document.querySelectorAll('[data-testid=beam-step]').length") == \
             len(examples[1]["beam"]["steps"])
         assert not [m for m in page.console if m.startswith("Uncaught")], page.console
+
+
+@needs_chromium
+def test_in_chromium_an_image_model_shows_each_word_over_the_image(tmp_path):
+    """Served (its Content-Security-Policy must let the inline PNG through): type a scene's number, see the figure
+    decoded, the words x cells map of the model's own numbers; a sentence instead is said in the page."""
+    model, tok = _captioner("sat-soft")
+    explorer = Explorer(model, tok, num_beams=2, max_new_tokens=4)
+    expected = explorer.example("3")
+    server = make_server(explorer, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Browser(tmp_path / "profile") as page:
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            assert page.evaluate("document.getElementById('text').placeholder").startswith("type a scene number")
+            page.type("[data-testid=input-text]", "3")
+            page.press_enter()
+            page.wait_for("document.getElementById('source').textContent === 'generated scene 3' && "
+                          "document.body.getAttribute('data-busy') === 'false'")
+            page.wait_for("document.getElementById('image-figure').complete && "
+                          "document.getElementById('image-figure').naturalWidth > 0")
+            assert page.evaluate("document.getElementById('image-figure').hidden") is False
+            assert page.evaluate("document.body.getAttribute('data-kind')") == "cross"
+            assert page.evaluate("document.querySelectorAll('[data-testid=heat-cell]').length") == \
+                len(expected["kinds"][0]["queries"]) * 64
+            assert page.evaluate("window.qkvExplorer.matrix()") == expected["kinds"][0]["layers"][0][0]
+            page.type("[data-testid=input-text]", "un gato")
+            page.press_enter()
+            page.wait_for("document.body.getAttribute('data-message') === 'error'")
+            assert "type its number" in page.evaluate("document.getElementById('message').textContent")
+            assert not [m for m in page.console if m.startswith("Uncaught") or "Content Security" in m], page.console
+    finally:
+        server.shutdown()
+        server.server_close()

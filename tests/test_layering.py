@@ -24,8 +24,8 @@ RANKS = {
     "interpret": 6,  # rollout, flow, head ablation, the neuron view: over any model's attention sublayers
     "tasks": 7,  # training tasks: loss, batches, metrics (seq2seq's BLEU decodes, so decoding sits below)
     "train": 8,
-    "explore": 9, "qkv": 9,
-    "viz_image": 9,  # each word over its image: reads the caption task's descriptions and the generated scenes
+    "viz_image": 8,  # each word over its image: reads the caption task's descriptions and the generated scenes
+    "explore": 9, "qkv": 9,  # (the explorer draws an image model's words over its image with viz_image)
     "demo": 10,  # the main job: trains, decodes and opens the explorer
     "notebook": 10,  # the explorer's views and the interpretation views inline in Jupyter
     "cli": 11,  # the `qkv` command: qkv/cli/, one module per command and the pieces they share

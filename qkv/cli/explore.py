@@ -15,7 +15,8 @@ from .loading import model_and_tokenizer, source_args
 def _explore_args(p):
     source_args(p)
     p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000; 0: any free port)")
-    p.add_argument("--text", action="append", help="a first sentence (or prompt) to show; repeat for more")
+    p.add_argument("--text", action="append", help="a first sentence (or prompt; for an image-to-text model "
+                                                  "a generated scene's number) to show; repeat for more")
     p.add_argument("--num-beams", type=int, default=4, help="beam width of the beam view (default: 4)")
     p.add_argument("--max-new-tokens", type=int, help="longest output in tokens (default: what the model allows, "
                                                       "at most 60)")

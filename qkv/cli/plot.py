@@ -9,10 +9,10 @@ import torch
 import qkv
 
 from .. import viz
-from ..explore import attention_maps
+from ..explore import Explorer, attention_maps
 from ..models import family_of
 from ..tasks.seq2seq import translate
-from ..viz_image import caption_figure
+from ..viz_image import caption_figure, load_pixels
 from .common import CLIError, Command, encode
 from .loading import model_folder, tokenizer_for
 
@@ -72,6 +72,11 @@ def _attention(args, out: Path) -> int:
     if not record.text and record.has_source:  # image to text: each word beside where it looked (qkv/viz_image.py)
         path, caption = caption_figure(model, tok, args.image, out)
         print(f"wrote {path} ({caption})")
+        if args.html:  # the explorer's view of the same image: each word's weights over the cells, the beam search
+            example = Explorer(model, tok).image_example(load_pixels(model.config, args.image),
+                                                         source=args.image or "generated scene 0")
+            viz.explorer_html([example], out.with_suffix(".html"), title="qkv explorer: an image-to-text model")
+            print(f"wrote {out.with_suffix('.html')}")
         return 0
     if not record.text:
         raise CLIError(f"plot attention reads text; a {type(model).__name__} model takes images (use qkv.viz on its "

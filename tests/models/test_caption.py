@@ -212,3 +212,25 @@ def test_expectation_share_replaces_whole_captions_picks_by_alpha():
             assert (model.decoder.reinforce.pending[0] != 0).all()
     with pytest.raises(ValueError, match=r"attn_expectation must be in \[0, 1\]"):
         qkv.preset("sat-hard-reinforce", attn_expectation=1.5)
+
+
+def test_generate_and_the_explorer_refuse_a_wrong_image_in_one_line(tmp_path, capsys):
+    """qkv.generate takes an image model's source as the image's bytes: a wrong count (another size or channel
+    count) is one line naming the expected shape; `qkv plot attention --image` a PNG of the wrong channel count."""
+    from PIL import Image
+    import numpy as np
+    from qkv.cli import main
+    from qkv.data import CharTokenizer
+    model = small("sat-soft")
+    for source, message in ((torch.randint(0, 255, (1, 1 * 16 * 16)), r"\(B, 768\).*got ids of shape \(1, 256\)"),
+                            (torch.randint(0, 255, (1, 3 * 8 * 8)), r"\(B, 768\).*got ids of shape \(1, 192\)")):
+        with pytest.raises(ValueError, match=message):
+            qkv.generate(model, source, max_new_tokens=2)
+    folder = tmp_path / "m"
+    model.save(folder)
+    CharTokenizer.train(iter(["un círculo rojo"])).save(folder / "tokenizer")
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(tmp_path / "grey.png")
+    assert main(["plot", "attention", "--checkpoint", str(folder), "--image", str(tmp_path / "grey.png"),
+                 "--out", str(tmp_path / "a.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "grey.png" in err and "channel" in err and "\n" not in err
