@@ -90,7 +90,8 @@ def bleu(hyps: list[str], refs: list[str]) -> float | None:
 
 
 def attention_maps(model, tokenizer, source: str, target: str):
-    """The three kinds of attention of one sentence pair under teacher forcing (``qkv.explore.attention_maps``)."""
+    """The kinds of attention of one sentence pair under teacher forcing (``qkv.explore.attention_maps``): self,
+    masked and cross for a Transformer, only cross for a recurrent encoder-decoder."""
     from .explore import attention_maps as maps
     return maps(model, tokenizer, source, target)
 
@@ -418,7 +419,8 @@ def _write_views(out: Path, model, tokenizer, sources, references, pick: int, ex
     head's cross-attention (cross_attention_heads.png), and the explorer of ``examples`` (label, sentence)."""
     from . import viz
     from .explore import Explorer
-    cross = attention_maps(model, tokenizer, sources[pick], references[pick])[2]
+    # by kind, not by place: a recurrent encoder-decoder has no self-attention, only the cross map (its alignment)
+    cross = next(m for m in attention_maps(model, tokenizer, sources[pick], references[pick]) if m.kind == "cross")
     with writing(out / "cross_attention.png"):
         viz.plot_alignment(cross.mean_heads(-1), cross.queries, cross.keys, out / "cross_attention.png",
                            title="cross-attention (last layer, mean of heads)")

@@ -140,3 +140,23 @@ def test_return_weights_gives_one_cross_map_the_viewers_read(tmp_path):
     assert (tmp_path / "cross.png").stat().st_size > 5_000
     none = qkv.build(qkv.preset("luong-tiny", rnn_attention="none")).eval()
     assert seq2seq_maps(none, [5, 6, 2], [1, 9], ["a", "b", "</s>"], ["<s>", "x"]) == []  # nothing to align
+
+
+def test_the_demos_figures_and_static_explorer_show_an_rnns_alignment(tmp_path):
+    """The demo's views (its alignment PNGs and explorer.html) take the cross map by kind: an RNN has only that."""
+    from qkv.demo import _write_views
+    from qkv.explore import Explorer
+    tok = CharTokenizer.train(iter(["abcdef"]))
+    torch.manual_seed(0)
+    model = qkv.build(qkv.preset("luong-tiny", d_model=16, rnn_embed_dim=8, vocab_size=tok.vocab_size,
+                                 pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                                 decoder_start_token_id=tok.bos_id)).eval()
+    _write_views(tmp_path, model, tok, ["abcd", "fedcba"], ["badc", "efcdab"], 1, [("x", "abcd"), ("y", "fed")],
+                 6, "an rnn")
+    for png in ("cross_attention.png", "cross_attention_heads.png"):
+        assert (tmp_path / png).stat().st_size > 5_000
+    from qkv.viz import explorer_page
+    explorer = Explorer(model, tok, num_beams=4, max_new_tokens=6)
+    shown = [explorer.example("abcd", label="x"), explorer.example("fed", label="y")]
+    assert all([k["kind"] for k in ex["kinds"]] == ["cross"] and ex["beam"]["steps"] for ex in shown)
+    assert (tmp_path / "explorer.html").read_text(encoding="utf-8") == explorer_page(shown, title="an rnn")
