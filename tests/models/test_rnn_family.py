@@ -41,6 +41,24 @@ def test_a_config_contradicting_itself_is_one_line(fields, message):
     assert "\n" not in str(err.value)
 
 
+
+@pytest.mark.parametrize("model, status, named", [
+    (dict(rnn_attention="none", rnn_local_window=3), 2, "rnn_local_window=3 is the window of local attention"),
+    (dict(rnn_attention="local_p", rnn_local_window=-1), 2, "rnn_local_window must be an int >= 1"),
+    (dict(rnn_bidirectional="decoder"), 2, "rnn_bidirectional='decoder': a decoder writes left to right"),
+    (dict(score="location"), 1, "score must be one of ('additive', 'bilinear', 'dot', 'scaled_dot', 'cosine'), "
+                                "got 'location'"),  # a score's name is checked where scores live, at build
+])
+def test_qkv_train_refuses_a_contradicting_rnn_config_in_one_line(tmp_path, capsys, model, status, named):
+    """`qkv train` has no flag per model field: a --config file's "model" section over the preset reaches them."""
+    config = tmp_path / "rnn.json"
+    config.write_text(json.dumps({"preset": "rnnsearch-tiny", "model": model}))
+    code = main(["train", "--config", str(config), "--data", str(_pairs(tmp_path, n=20)), "--out-dir",
+                 str(tmp_path / "run"), "--max-steps", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == status and err.startswith("qkv train: error: ") and named in err and "\n" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
 def test_rnn_fields_on_another_family_and_mismatched_scores_are_refused():
     with pytest.raises(ValueError, match=r"rnn_cell='gru': the rnn_\* fields configure family='rnn'"):
         qkv.preset("transformer-tiny", rnn_cell="gru")
