@@ -37,15 +37,15 @@ class RecurrentAttention(nn.Module):
 
     Example:
 
-    >>> import torch
-    >>> from qkv.nn import RecurrentAttention
-    >>> attn = RecurrentAttention(8, 16, kind="local_p", score="bilinear", half_width=2)
-    >>> memory = torch.randn(1, 6, 16)                  # encoder outputs (B, S, Dm)
-    >>> context, w = attn(torch.randn(1, 3, 8), attn.keys(memory), memory[:, None])
-    >>> tuple(context.shape), tuple(w.shape)            # (B, T, Dm), (B, T, S)
-    ((1, 3, 16), (1, 3, 6))
-    >>> bool((w.sum(-1) < 1).all())                     # local-p: the Gaussian multiplies after the softmax
-    True
+        >>> import torch
+        >>> from qkv.nn import RecurrentAttention
+        >>> attn = RecurrentAttention(8, 16, kind="local_p", score="bilinear", half_width=2)
+        >>> memory = torch.randn(1, 6, 16)                  # encoder outputs (B, S, Dm)
+        >>> context, w = attn(torch.randn(1, 3, 8), attn.keys(memory), memory[:, None])
+        >>> tuple(context.shape), tuple(w.shape)            # (B, T, Dm), (B, T, S)
+        ((1, 3, 16), (1, 3, 6))
+        >>> bool((w.sum(-1) < 1).all())                     # local-p: the Gaussian multiplies after the softmax
+        True
     """
 
     def __init__(self, query_dim: int, memory_dim: int, *, kind: str, score: str, half_width: int | None = None,
