@@ -14,7 +14,8 @@ decodes the test set with beam search (4 beams) and prints sacreBLEU's corpus BL
 
 With ``--rnn PRESET`` (rnnsearch-50, luong-global, luong-local-p) the recurrent encoder-decoder with attention
 (issue 24) trains next to it on the same data, tokenizer, schedule and budget (the same --minutes, its own probe,
-or the same --max-steps), at CPU sizes on a CPU (--rnn-d-model), and is scored the same way.
+or the same --max-steps), at CPU sizes on a CPU (--rnn-d-model), and is scored the same way. ``--rnn-only`` skips
+the Transformer (to set the RNN beside a Transformer row recorded earlier with the same budget).
 """
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ def main(argv=None) -> int:
     p.add_argument("--rnn", metavar="PRESET", help="also train this recurrent preset with attention (rnnsearch-50, "
                    "luong-global, luong-local-p) with the same budget")
     p.add_argument("--rnn-d-model", type=int, help="its state size (default 256 on CPU, the preset's elsewhere)")
+    p.add_argument("--rnn-only", action="store_true", help="train and score only the --rnn preset, no Transformer")
     args = p.parse_args(argv)
+    if args.rnn_only and not args.rnn:
+        p.error("--rnn-only needs --rnn PRESET")
     data = Path(args.data)
     files = {s: (data / f"{s}.{args.src}", data / f"{s}.{args.tgt}") for s in ("train", "val", "test_2016_flickr")}
     missing = [str(f) for pair in files.values() for f in pair if not f.is_file()]
@@ -65,19 +69,38 @@ def main(argv=None) -> int:
         print(f"skipped: Multi30k not found ({', '.join(missing[:2])} ...); pass --data")
         return 0
     torch.set_num_threads(args.threads)
-    cpu = args.device == "cpu"
-    sizes = dict(d_model=args.d_model or (256 if cpu else 512), n_layers=args.layers or (3 if cpu else 6),
-                 n_heads=args.heads or (4 if cpu else 8))
-    sizes["d_ff"] = 4 * sizes["d_model"] if cpu else 2048
-
     tok = train_bpe([*files["train"]], vocab_size=args.vocab)
-    config = qkv.preset(args.preset, **sizes, vocab_size=tok.vocab_size, max_positions=128, pad_token_id=tok.pad_id,
-                        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id,
-                        prenorm=True)
     common = dict(data=str(files["train"][0]), data_tgt=str(files["train"][1]), val_data=str(files["val"][0]),
                   val_data_tgt=str(files["val"][1]), max_tokens=args.max_tokens, lr=1e-3, warmup_steps=400,
                   schedule="inverse_sqrt", label_smoothing=0.1, weight_decay=0.0, betas=(0.9, 0.98),
                   precision=args.precision, device=args.device, progress=True, eval_steps=10, log_every=25)
+    sources = files["test_2016_flickr"][0].read_text(encoding="utf-8").splitlines()
+    refs = files["test_2016_flickr"][1].read_text(encoding="utf-8").splitlines()
+    result, hyps, rnn_hyps = dict(device=args.device, test_sentences=len(refs), beams=args.beams), None, None
+    if not args.rnn_only:
+        transformer, hyps = train_transformer(args, tok, common, sources, refs)
+        result.update(transformer)
+    if args.rnn:  # the recurrent model with attention, same data, tokenizer, schedule and budget
+        result["rnn"], rnn_hyps = train_rnn(args, tok, common, sources, refs)
+    print(json.dumps(result, indent=1))
+    for i, (s, r) in enumerate(list(zip(sources, refs))[:3]):
+        print(f"  {s}\n    reference: {r}" + (f"\n    qkv:       {hyps[i]}" if hyps else "")
+              + (f"\n    {args.rnn}: {rnn_hyps[i]}" if rnn_hyps else ""))
+    print("command: python bench/multi30k.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def train_transformer(args, tok, common: dict, sources: list[str], refs: list[str]) -> tuple[dict, list[str]]:
+    """The Transformer at CPU sizes on a CPU, for --minutes (from a 20-step probe) or --max-steps; returns (its
+    result, its translations of the test sources)."""
+    cpu = args.device == "cpu"
+    sizes = dict(d_model=args.d_model or (256 if cpu else 512), n_layers=args.layers or (3 if cpu else 6),
+                 n_heads=args.heads or (4 if cpu else 8))
+    sizes["d_ff"] = 4 * sizes["d_model"] if cpu else 2048
+    config = qkv.preset(args.preset, **sizes, vocab_size=tok.vocab_size, max_positions=128, pad_token_id=tok.pad_id,
+                        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id,
+                        prenorm=True)
     steps = args.max_steps
     if steps is None:  # a short probe measures the step time, then the budget sets the step count
         probe = train(config, TrainConfig(**{**common, "progress": False}, out_dir=f"{args.out}/probe",
@@ -89,25 +112,12 @@ def main(argv=None) -> int:
     summary = train(config, TrainConfig(**common, out_dir=str(out), max_steps=steps, eval_every=max(steps // 4, 1),
                                         resume=(out / "latest").is_file()), tokenizer=tok)
     model = qkv.load(summary.checkpoint).to(args.device).eval()
-    sources = files["test_2016_flickr"][0].read_text(encoding="utf-8").splitlines()
-    refs = files["test_2016_flickr"][1].read_text(encoding="utf-8").splitlines()
     started = time.time()
     hyps = translate(model.cpu() if cpu else model, tok, sources, num_beams=args.beams, max_new_tokens=80)
     score = bleu(hyps, refs)
-    result = dict(device=args.device, model=sizes, steps=summary.steps, train_minutes=round(summary.wall_s / 60, 2),
-                  val_loss=summary.val_loss, test_sentences=len(refs), beams=args.beams,
-                  bleu=None if score is None else round(score, 2), decode_s=round(time.time() - started, 1))
-    rnn_hyps = None
-    if args.rnn:  # the recurrent model with attention, same data, tokenizer, schedule and budget
-        result["rnn"], rnn_hyps = train_rnn(args, tok, common, sources, refs)
-        result["params"] = model.num_parameters()
-    print(json.dumps(result, indent=1))
-    for i, (s, r, h) in enumerate(list(zip(sources, refs, hyps))[:3]):
-        print(f"  {s}\n    reference: {r}\n    qkv:       {h}"
-              + (f"\n    {args.rnn}: {rnn_hyps[i]}" if rnn_hyps else ""))
-    print("command: python bench/multi30k.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))
-    return 0
+    return dict(model=sizes, params=model.num_parameters(), steps=summary.steps,
+                train_minutes=round(summary.wall_s / 60, 2), val_loss=summary.val_loss,
+                bleu=None if score is None else round(score, 2), decode_s=round(time.time() - started, 1)), hyps
 
 
 def train_rnn(args, tok, common: dict, sources: list[str], refs: list[str]) -> tuple[dict, list[str]]:

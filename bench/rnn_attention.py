@@ -12,8 +12,8 @@ last layer's cross-attention, mean of heads). Every model trains through ``qkv.t
 teacher forcing, label smoothing, checkpoints) for the same time budget (``--minutes``, from a 20-step probe) or
 the same step count (``--steps``), then greedy-decodes the held-out test set with ``qkv.generate``.
 
-    python bench/rnn_attention.py --steps 800                # CPU: five models, 800 steps each (docs/benchmarks.md)
-    python bench/rnn_attention.py --steps 4000                # the longer run (every model nearer convergence)
+    python bench/rnn_attention.py --steps 2000               # CPU: five models, 2000 steps each (docs/benchmarks.md)
+    python bench/rnn_attention.py --steps 4000               # the longer run (the Transformer nearer convergence)
     python bench/rnn_attention.py --minutes 5                 # or the same wall-clock budget each (a quiet machine)
     python bench/rnn_attention.py --quick                     # a smoke run: tiny models, short sources, seconds
 

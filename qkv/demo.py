@@ -409,7 +409,8 @@ def _write_views(out: Path, model, tokenizer, sources, references, pick: int, ex
                  title: str) -> None:
     """Where it attends, into ``out``: the alignment of one held-out pair (cross_attention.png), every layer's and
     head's cross-attention (cross_attention_heads.png), and the explorer of ``examples`` (label, sentence)."""
-    cross = attention_maps(model, tokenizer, sources[pick], references[pick])[2]
+    # by kind, not by place: a recurrent encoder-decoder has no self-attention, only the cross map (its alignment)
+    cross = next(m for m in attention_maps(model, tokenizer, sources[pick], references[pick]) if m.kind == "cross")
     with writing(out / "cross_attention.png"):
         viz.plot_alignment(cross.mean_heads(-1), cross.queries, cross.keys, out / "cross_attention.png",
                            title="cross-attention (last layer, mean of heads)")

@@ -33,7 +33,20 @@ class RecurrentAttention(nn.Module):
             need Dq == Dm). half_width: D of the local kinds. hidden: A of the additive score and of local-p's
             position network (default Dq).
     Parameters: additive W_q (A, Dq), W_k (A, Dm), v (A,), b (A,); bilinear W (Dq, Dm); local-p W_p (A, Dq),
-    v_p (A,)."""
+    v_p (A,).
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RecurrentAttention
+        >>> attn = RecurrentAttention(8, 16, kind="local_p", score="bilinear", half_width=2)
+        >>> memory = torch.randn(1, 6, 16)                  # encoder outputs (B, S, Dm)
+        >>> context, w = attn(torch.randn(1, 3, 8), attn.keys(memory), memory[:, None])
+        >>> tuple(context.shape), tuple(w.shape)            # (B, T, Dm), (B, T, S)
+        ((1, 3, 16), (1, 3, 6))
+        >>> bool((w.sum(-1) < 1).all())                     # local-p: the Gaussian multiplies after the softmax
+        True
+    """
 
     def __init__(self, query_dim: int, memory_dim: int, *, kind: str, score: str, half_width: int | None = None,
                  hidden: int | None = None):

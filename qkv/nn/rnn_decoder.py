@@ -44,7 +44,20 @@ class RecurrentDecoder(nn.Module):
             encoder state the first state is computed from (s_0 = tanh(W_s h), one W_s per layer: a bidirectional
             encoder's backward state, Bahdanau et al. 2015, A.2.2); None: layer l starts from encoder layer l's
             final state (Sutskever et al. 2014, Luong et al. 2015), or zeros where the encoder has no layer l.
-        dropout: on the embeddings, between layers and before the output layer."""
+        dropout: on the embeddings, between layers and before the output layer.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.nn import RecurrentDecoder, RecurrentEncoder
+        >>> enc = RecurrentEncoder(50, 8, 16, 1)
+        >>> dec = RecurrentDecoder(50, 8, 16, 1, attention="global", score="bilinear", input_feeding=True)
+        >>> encoded = enc(torch.tensor([[5, 6, 7, 2]]))               # one source of S = 4
+        >>> state, keys = dec.initial_state(encoded), dec.keys(encoded.memory)
+        >>> out, w, state = dec.step(dec.embed(torch.tensor([1])), state, keys, encoded.memory[:, None])
+        >>> tuple(dec.head(out).shape), tuple(w.shape)                # one word's logits (B, V), its weights (B, S)
+        ((1, 50), (1, 4))
+    """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden: int, n_layers: int, *, cell: str = "lstm",
                  attention: str = "global", memory_dim: int | None = None, score: str = "dot",

@@ -70,7 +70,20 @@ def local_attention(q, k, v, centers, positions, *, half_width: int, gaussian: b
         score, params, scale: as ``qkv.ops.attention``.
 
     Returns (out (B, H, T, Dv), weights (B, H, T, S)): zero outside the window, and a step whose window holds no
-    token (local-m past the end of a short source) gets zero weights and a zero context."""
+    token (local-m past the end of a short source) gets zero weights and a zero context.
+
+    Example:
+
+        >>> import torch
+        >>> from qkv.ops import local_attention
+        >>> q, k = torch.randn(1, 1, 3, 8), torch.randn(1, 1, 6, 8)  # 3 decoder steps over a source of S = 6
+        >>> centers = torch.tensor([[1., 2., 3.]])                   # local-m: p_t = t
+        >>> out, w = local_attention(q, k, k, centers, torch.arange(1., 7.)[None], half_width=1, gaussian=False)
+        >>> (w[0, 0] > 0).int()                                      # each step reads [p_t - 1, p_t + 1]
+        tensor([[1, 1, 0, 0, 0, 0],
+                [1, 1, 1, 0, 0, 0],
+                [0, 1, 1, 1, 0, 0]], dtype=torch.int32)
+    """
     if not isinstance(half_width, int) or isinstance(half_width, bool) or half_width < (1 if gaussian else 0):
         raise ValueError(f"half_width must be an int >= {1 if gaussian else 0} (the window's half-width D"
                          f"{'; sigma = D / 2 must be positive' if gaussian else ''}), got {half_width!r}")

@@ -41,6 +41,24 @@ def test_a_config_contradicting_itself_is_one_line(fields, message):
     assert "\n" not in str(err.value)
 
 
+
+@pytest.mark.parametrize("model, status, named", [
+    (dict(rnn_attention="none", rnn_local_window=3), 2, "rnn_local_window=3 is the window of local attention"),
+    (dict(rnn_attention="local_p", rnn_local_window=-1), 2, "rnn_local_window must be an int >= 1"),
+    (dict(rnn_bidirectional="decoder"), 2, "rnn_bidirectional='decoder': a decoder writes left to right"),
+    (dict(score="location"), 1, "score must be one of ('additive', 'bilinear', 'dot', 'scaled_dot', 'cosine'), "
+                                "got 'location'"),  # a score's name is checked where scores live, at build
+])
+def test_qkv_train_refuses_a_contradicting_rnn_config_in_one_line(tmp_path, capsys, model, status, named):
+    """`qkv train` has no flag per model field: a --config file's "model" section over the preset reaches them."""
+    config = tmp_path / "rnn.json"
+    config.write_text(json.dumps({"preset": "rnnsearch-tiny", "model": model}))
+    code = main(["train", "--config", str(config), "--data", str(_pairs(tmp_path, n=20)), "--out-dir",
+                 str(tmp_path / "run"), "--max-steps", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == status and err.startswith("qkv train: error: ") and named in err and "\n" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
 def test_rnn_fields_on_another_family_and_mismatched_scores_are_refused():
     with pytest.raises(ValueError, match=r"rnn_cell='gru': the rnn_\* fields configure family='rnn'"):
         qkv.preset("transformer-tiny", rnn_cell="gru")
@@ -140,3 +158,23 @@ def test_return_weights_gives_one_cross_map_the_viewers_read(tmp_path):
     assert (tmp_path / "cross.png").stat().st_size > 5_000
     none = qkv.build(qkv.preset("luong-tiny", rnn_attention="none")).eval()
     assert seq2seq_maps(none, [5, 6, 2], [1, 9], ["a", "b", "</s>"], ["<s>", "x"]) == []  # nothing to align
+
+
+def test_the_demos_figures_and_static_explorer_show_an_rnns_alignment(tmp_path):
+    """The demo's views (its alignment PNGs and explorer.html) take the cross map by kind: an RNN has only that."""
+    from qkv.demo import _write_views
+    from qkv.explore import Explorer
+    tok = CharTokenizer.train(iter(["abcdef"]))
+    torch.manual_seed(0)
+    model = qkv.build(qkv.preset("luong-tiny", d_model=16, rnn_embed_dim=8, vocab_size=tok.vocab_size,
+                                 pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                                 decoder_start_token_id=tok.bos_id)).eval()
+    _write_views(tmp_path, model, tok, ["abcd", "fedcba"], ["badc", "efcdab"], 1, [("x", "abcd"), ("y", "fed")],
+                 6, "an rnn")
+    for png in ("cross_attention.png", "cross_attention_heads.png"):
+        assert (tmp_path / png).stat().st_size > 5_000
+    from qkv.viz import explorer_page
+    explorer = Explorer(model, tok, num_beams=4, max_new_tokens=6)
+    shown = [explorer.example("abcd", label="x"), explorer.example("fed", label="y")]
+    assert all([k["kind"] for k in ex["kinds"]] == ["cross"] and ex["beam"]["steps"] for ex in shown)
+    assert (tmp_path / "explorer.html").read_text(encoding="utf-8") == explorer_page(shown, title="an rnn")
