@@ -34,14 +34,7 @@ RANKS = {
 # Modules that belong to another unit's rank: the explorer's server, the demo's folder guard, the config's value
 # checks and command-line glue.
 UNIT_OF = {"explore_server": "explore", "demo_folder": "demo", "config_rules": "config", "config_args": "config"}
-# Files whose function-level imports of qkv do not yet all say why (the number allowed, never more): each
-# belongs to a change in flight (the training loop, the tasks). The cli package, demo.py and explore.py import at
-# the top (they load nothing the parser of ``qkv`` does not already load) or say why.
-UNEXPLAINED_LAZY = {"qkv/tasks/__init__.py": 1, "qkv/tasks/batches.py": 2,
-                    "qkv/tasks/classify.py": 1, "qkv/tasks/image.py": 1, "qkv/tasks/lm.py": 1,
-                    "qkv/tasks/task.py": 2,
-                    "qkv/train/checkpointing.py": 1, "qkv/train/compiling.py": 2, "qkv/train/init.py": 10,
-                    "qkv/train/loop.py": 6, "qkv/train/processes.py": 1}
+
 
 
 def _module_name(path: Path) -> tuple[str, str]:
@@ -157,13 +150,12 @@ def _unexplained_lazy_imports(source: str, package: str) -> list[int]:
 
 def test_function_level_imports_say_why():
     """An import inside a function is there for a reason (an optional dependency, start-up time, a circle kept on
-    purpose): a comment says which. Files with changes in flight may keep the number they have, never more."""
+    purpose): a comment on its line or the line above says which. Every file, no exceptions."""
     wrong = {}
     for f in FILES:
-        rel = f.relative_to(ROOT.parent).as_posix()
         lines = _unexplained_lazy_imports(f.read_text(encoding="utf-8"), _module_name(f)[1])
-        if len(lines) > UNEXPLAINED_LAZY.get(rel, 0):
-            wrong[rel] = lines
+        if lines:
+            wrong[f.relative_to(ROOT.parent).as_posix()] = lines
     assert not wrong, f"function-level imports of qkv without a comment saying why (file: lines): {wrong}"
 
 

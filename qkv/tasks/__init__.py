@@ -11,6 +11,7 @@ Tasks:
 """
 from __future__ import annotations
 
+from ..models.registry import FAMILIES
 from .batches import (EndlessBatches, ImageBatches, LMBatches, MLMBatches, TaskData, batch_rows, count_targets,
                       shard_rows, take, to_device)
 from .caption import CaptionBatch, CaptionLoss, Captioning, caption_metrics
@@ -38,7 +39,6 @@ def get_task(name_or_task) -> Task:
 def task_for(family: str, task: str = "auto") -> Task:
     """The Task a model of ``family`` trains: ``task`` by name, or ("auto") the first its registry record names.
     A task the family's record does not list is refused (a decoder has no classification head to train)."""
-    from ..models.registry import FAMILIES
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}: no training task for it; expected one of {', '.join(FAMILIES)}")
     tasks = FAMILIES[family].tasks

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..data import MLMCollator, WindowSampler
 from .loss import IGNORE_INDEX
 
 
@@ -74,7 +75,6 @@ class LMBatches:
     """Causal LM: random windows from a token stream (``qkv.data.WindowSampler``), resumable."""
 
     def __init__(self, tokens, block_size: int, batch_size: int, *, seed: int):
-        from ..data import WindowSampler
         self.sampler = WindowSampler(tokens, block_size, batch_size, seed=seed)
 
     def __next__(self):
@@ -92,7 +92,6 @@ class MLMBatches(LMBatches):
 
     def __init__(self, tokens, block_size, batch_size, *, seed, tokenizer, mlm_probability=0.15):
         super().__init__(tokens, block_size, batch_size, seed=seed)
-        from ..data import MLMCollator
         self.collator = MLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed)
 
     def __next__(self):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data import read_lines
 from .batches import take
 from .loss import LossSums, TaskLoss, token_sums
 from .task import Footprint, Task
@@ -31,7 +32,6 @@ def read_labelled(path, arg: str = "data") -> list[tuple[str, str]]:
     """The (text, label) pairs of a ``.tsv`` file, one ``text<TAB>label`` per line; blank lines are skipped. A header
     line (label column one of HEADER_LABELS, a word no other line uses as its label) is skipped. ValueError names
     ``file:line`` of a line that is not two tab-separated, non-empty columns."""
-    from ..data import read_lines
     rows, lines = [], read_lines(path, arg)
     for n, line in enumerate(lines, start=1):
         if not line.strip():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import data as qd
 from .batches import ImageBatches, take
 from .loss import TaskLoss
 from .task import Footprint, Task
@@ -25,7 +26,6 @@ class ImageClassification(Task):
     fixed_shapes = True  # (B, C, H, W) at the model's image size
 
     def load(self, model_config, cfg, tokenizer):
-        from .. import data as qd
 
         def dataset(path):
             p = Path(path)

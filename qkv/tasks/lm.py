@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import load_lm_data
 from .batches import LMBatches, MLMBatches, take
 from .loss import TaskLoss
 from .task import Footprint, Task
@@ -23,7 +24,6 @@ class MaskedLMLoss(TaskLoss):
 
 
 def _token_splits(model_config, cfg, tokenizer):
-    from ..data import load_lm_data
     block = cfg.block_size or model_config.max_positions
     if block > model_config.max_positions:
         raise ValueError(f"block_size={block} exceeds the model's max_positions={model_config.max_positions}")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import data as qd
 from .batches import TaskData
 from .loss import TaskLoss
 
@@ -54,8 +55,7 @@ class Task:
         self.check_paths(cfg)
         if self.tokenizer is not None:
             if tokenizer is None:
-                from ..data import Tokenizer
-                tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else self.train_tokenizer(cfg)
+                tokenizer = qd.Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else self.train_tokenizer(cfg)
             model_config = self.follow_tokenizer(model_config, tokenizer)
         train, val = self.load(model_config, cfg, tokenizer)
         return TaskData(self, train, val, tokenizer, model_config)
@@ -87,7 +87,6 @@ class Task:
         digits split one by one, a space before every sentence for sentence tasks (so a word is the same token at
         its start); flowing text stays as it is. Characters: nanoGPT's vocabulary (plus specials if the task needs
         them)."""
-        from .. import data as qd
         kind = self.tokenizer if cfg.tokenizer_type == "auto" else cfg.tokenizer_type
         if kind not in self.tokenizer_kinds:
             raise ValueError(f"tokenizer_type={kind!r} (--tokenizer-type) is not for a {self.name} model; expected "

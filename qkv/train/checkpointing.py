@@ -19,6 +19,7 @@ import torch.distributed as dist
 from .. import checkpoint as ckpt
 from .. import files
 from ..config import TrainConfig
+from ..data import Tokenizer
 from . import processes
 from .state_checks import IMPLEMENTATION, check_trainer_state
 
@@ -114,7 +115,6 @@ def _check_resume(cfg: TrainConfig, resume_from: Path, tokenizer, data, max_posi
     saved_dir = resume_from / ckpt.TOKENIZER_DIR
     if not saved_dir.is_dir():
         return tokenizer, changes
-    from ..data import Tokenizer
     saved_tok = Tokenizer.load(saved_dir)
     given, what = tokenizer, "the tokenizer passed to train()"
     if given is None and data is not None:

@@ -18,6 +18,8 @@ import shutil
 import torch
 import torch.nn as nn
 
+from ..nn.block import Block
+
 log = logging.getLogger("qkv.train")
 
 # Steps from which "auto" compiles. gpt-char-tiny (4 x 128, batch 12 x 64) with bf16 autocast, one thread, in CPU
@@ -51,7 +53,6 @@ def compiler_available(device: torch.device) -> bool:
 def compile_blocks(model: nn.Module) -> int:
     """Compile the forward of every residual block of ``model`` (in place); returns how many. Identical blocks share
     one compiled graph (their weights are its inputs)."""
-    from ..nn.block import Block
     blocks = [m for m in model.modules() if isinstance(m, Block)]
     for b in blocks:
         b.forward = torch.compile(b.forward, dynamic=False)
@@ -60,7 +61,6 @@ def compile_blocks(model: nn.Module) -> int:
 
 def uncompile_blocks(model: nn.Module) -> None:
     """Back to the eager forward of every block (undoes ``compile_blocks``)."""
-    from ..nn.block import Block
     for m in model.modules():
         if isinstance(m, Block) and "forward" in vars(m):
             del m.forward

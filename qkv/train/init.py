@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .. import checkpoint as ckpt
+from .. import files
 from ..config import ModelConfig
+from ..data import Tokenizer
+from ..hub import from_hf, from_rwkv
+from ..hub.hf import hf_config
+from ..models import load
+from ..models.common import load_config
 from ..models.registry import family_of
 
 log = logging.getLogger("qkv.train")
@@ -49,14 +56,12 @@ def pretrained(source, *, tokenizer: str | None = None, tokenizer_type: str = "a
     folder, allowed only for a checkpoint that carries none (RWKV); ``tokenizer_type`` must stay "auto".
     ``src_lang`` / ``tgt_lang``: the language codes a multilingual tokenizer (mBART) puts around the source and
     target (default: the folder's tokenizer_config.json)."""
-    from ..data import Tokenizer
     flag = f"init={str(source)!r} (--init)"
     if tokenizer_type != "auto":
         raise ValueError(f"tokenizer_type={tokenizer_type!r} (--tokenizer-type): with {flag} the tokenizer is the "
                          f"checkpoint's; drop --tokenizer-type")
     p = Path(source)
     if p.is_file():  # an RWKV-LM .pth: its config comes from the tensors, so it is read whole here
-        from ..hub import from_rwkv
         model = from_rwkv(p)
         if tokenizer is None:
             raise ValueError(f"{flag}: an RWKV-LM file carries no tokenizer; pass --tokenizer FOLDER_OR_JSON (the "
@@ -102,23 +107,17 @@ def _trains_like_transformers(tok, config: ModelConfig) -> bool:
 
 def _locate(p: Path, source, flag: str):
     """(format, folder, config) of a qkv model folder, a qkv run folder or a Hugging Face folder / hub id."""
-    from .. import checkpoint as ckpt
-    from .. import files
     if p.is_dir():
         latest = ckpt.latest_checkpoint(p)
         folder = latest if latest is not None else p
         config_file = folder / "config.json"
         if config_file.is_file() and "family" in files.read_json(files.inside(folder, config_file,
                                                                               what="config.json")):
-            from ..models.common import load_config
             return "qkv", folder, load_config(folder)
     elif not p.exists():
-        from ..files import is_repo_id
-        if not is_repo_id(str(source)):
+        if not files.is_repo_id(str(source)):
             raise FileNotFoundError(f"{flag}: no such file or folder (nor a Hugging Face hub id like 'org/name')")
-    from ..hub.hf import hf_config
-    from ..files import resolve
-    folder = resolve(source)
+    folder = files.resolve(source)
     return "hf", folder, hf_config(folder)
 
 
@@ -140,10 +139,8 @@ def load_into(model: nn.Module, pre: Pretrained) -> None:
     if pre.model is not None:
         source = pre.model
     elif pre.format == "qkv":
-        from ..models import load
         source = load(pre.path)
     else:
-        from ..hub import from_hf
         num_labels = model.config.num_labels if model.config.num_labels != pre.config.num_labels else None
         source = from_hf(pre.path, num_labels=num_labels)  # the folder's pooler with a new classifier
     fresh, dropped = transfer(source.state_dict(), model)  # from_hf logs the head weights it started afresh

@@ -14,9 +14,13 @@ import torch.nn as nn
 
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, TrainConfig
+from ..files import check_fits
+from ..models import build
+from ..models.sizing import model_bytes, model_sizes
 from ..tasks import TaskData, count_targets, shard_rows, task_for, to_device
 from . import checkpointing, compiling, processes, stopping
 from .evaluation import evaluate
+from .init import check_config, load_into, pretrained
 from .log import MetricsLog, opening_line
 from .optim import make_optimizer
 from .precision import autocast, resolve_precision
@@ -202,7 +206,6 @@ def train(model_config: ModelConfig | None, train_config: TrainConfig, *, model:
     """
     pre = None
     if train_config.init:  # fine-tuning: the checkpoint's config and tokenizer (qkv.train.init)
-        from .init import pretrained
         if model is not None or model_config is not None:
             raise ValueError(f"init={train_config.init!r}: the model and its config come from the checkpoint; pass "
                              f"model_config=None and no model")
@@ -275,7 +278,6 @@ def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_
         data = task.prepare(model_config if model is None else model.config, cfg, tokenizer)
     model_config = data.model_config
     if pre is not None:  # the task may add a head, nothing else; the run's config.json says where it started
-        from .init import check_config
         check_config(pre, model_config)
         model_config = data.model_config = model_config.replace(extra={**model_config.extra, "init": pre.record()})
     if model is not None and model.config.vocab_size != model_config.vocab_size:
@@ -288,10 +290,8 @@ def _start(model_config, cfg, procs, device, task, model, tokenizer, data, eval_
 
     checkpointing.seed_all(cfg.seed)  # the same initial weights on every process
     if model is None:
-        from ..models import build
         model = build(model_config)
         if pre is not None and resume_from is None:
-            from .init import load_into
             load_into(model, pre)
     model.to(device)
     if resume_from is not None:
@@ -327,8 +327,6 @@ def check_memory(model_config: ModelConfig, cfg: TrainConfig, task, device, worl
     """Refuse a run whose smallest possible footprint cannot fit on ``device``: fp32 weights, gradients and the two
     AdamW moments; the grad_accum global micro-batches drawn per step; this process's share of one micro-batch's
     logits and their gradient. A lower bound: activations come on top."""
-    from ..files import check_fits
-    from ..models.sizing import model_bytes, model_sizes
     params, _ = model_bytes(model_config)
     check_fits(16 * params, device=device, what=f"training a model of {params:,} parameters "
                f"({model_sizes(model_config)}: fp32 weights, gradients and two AdamW moments)")

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..nn.block import Block
+
 log = logging.getLogger("qkv.train")
 
 
@@ -125,7 +127,6 @@ def wrap(task_loss: nn.Module, procs: Processes, device: torch.device):
     shadow = None
     if procs.world > 1 and procs.fsdp:
         from torch.distributed.fsdp import fully_shard
-        from ..nn.block import Block
         shadow = copy.deepcopy(task_loss.model).to("cpu")
         for m in task_loss.model.modules():
             if isinstance(m, Block):
