@@ -32,8 +32,9 @@ RANKS = {
     "__main__": 12,
 }
 # Modules that belong to another unit's rank: the explorer's server, the demo's folder guard, the config's value
-# checks and command-line glue.
-UNIT_OF = {"explore_server": "explore", "demo_folder": "demo", "config_rules": "config", "config_args": "config"}
+# checks and command-line glue, the explorer page's data and HTML (which viz re-exports).
+UNIT_OF = {"explore_server": "explore", "demo_folder": "demo", "config_rules": "config", "config_args": "config",
+           "viz_page": "viz"}
 
 
 
