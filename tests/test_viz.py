@@ -150,6 +150,11 @@ def script_json(page):
 def test_explorer_is_one_offline_file(tmp_path, explorer_maps):
     page = explorer_html(explorer_maps, tmp_path / "e.html", title="t").read_text(encoding="utf-8")
     assert not re.search(r"https?://", page)
+    # one <img>, the image models' figure, with no src in the markup: the script sets it to an inline PNG only
+    figure = re.findall(r"<img\b[^>]*>", page, re.I)
+    assert len(figure) == 1 and 'id="image-figure"' in figure[0] and "src" not in figure[0]
+    assert 'indexOf("data:image/png;base64,") === 0' in page
+    page = page.replace(figure[0], "")
     assert not re.search(r"<(link|img|iframe)\b|\bsrc\s*=|@import|url\(", page, re.I)
     assert page.count("<script") == 2  # the data and the code, both inline
 

@@ -50,7 +50,7 @@ def _info(args):
             model = load_model(args) if not args.preset else qkv.build(qkv.preset(args.preset))
     summary = summarize(model, args.seq_len)
     if args.json:
-        print(json.dumps({"summary": summary.to_dict(), "config": json.loads(model.config.to_json())}, indent=2))
+        print(json.dumps({"summary": summary.to_dict(), "config": model.config.to_dict()}, indent=2))
     else:
         print(format_summary(summary))
     for warning in summary.warnings:

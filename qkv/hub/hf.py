@@ -272,11 +272,12 @@ def to_hf(model, path, *, source_config: dict | None = None, unmapped: StateDict
 
     Example:
 
-        >>> import json, tempfile, qkv
+        >>> import tempfile, qkv
+        >>> from qkv.files import read_json
         >>> model = qkv.build(qkv.preset("llama-tiny"))
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     path = qkv.to_hf(model, folder)
-        ...     files, config = sorted(p.name for p in path.iterdir()), json.loads((path / "config.json").read_text())
+        ...     files, config = sorted(p.name for p in path.iterdir()), read_json(path / "config.json")
         >>> files, config["model_type"], config["num_key_value_heads"]
         (['config.json', 'model.safetensors'], 'llama', 2)
     """
