@@ -7,7 +7,7 @@ import webbrowser
 from ..config_args import one_line
 from ..demo_folder import saved_examples
 from ..explore import ExploreInputError, Explorer
-from ..explore_server import make_server
+from .. import explore_server  # by module: a test swaps its make_server for a server that stops at once
 from .common import CLIError, Command, warn_once
 from .loading import model_and_tokenizer, source_args
 
@@ -48,7 +48,7 @@ def _examples(args, explorer) -> list:
 def _explore(args):
     model, tok = model_and_tokenizer(args)
     explorer = Explorer(model, tok, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
-    server = make_server(explorer, port=args.port, examples=_examples(args, explorer))
+    server = explore_server.make_server(explorer, port=args.port, examples=_examples(args, explorer))
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     print(f"serving the explorer at {url} (this machine only); Ctrl-C stops it", flush=True)
     if args.open:
