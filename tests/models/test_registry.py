@@ -34,9 +34,9 @@ def test_record_says_what_a_family_does(preset, continues, has_source, text):
 
 def test_explorer_view_follows_the_record():
     from qkv.explore import view_of
-    assert [view_of(qkv.build(qkv.preset(p))).name for p in ("transformer-tiny", "gpt2-tiny", "bert-tiny")] == \
-        ["translate", "generate", "encode"]
-    with pytest.raises(ValueError, match="'vit' has no text to explore"):
+    assert [view_of(qkv.build(qkv.preset(p))).name for p in ("transformer-tiny", "gpt2-tiny", "bert-tiny", "sat-soft")] \
+        == ["translate", "generate", "encode", "describe"]
+    with pytest.raises(ValueError, match="'vit' writes no text to explore"):
         view_of(qkv.build(qkv.preset("vit-tiny")))
 
 
