@@ -237,3 +237,10 @@ def test_translate_refuses_a_language_model(tmp_path, capsys):
     CharTokenizer.train(iter(["abc"]), specials=()).save(tmp_path / "m" / "tokenizer")
     assert main(["translate", "--checkpoint", str(tmp_path / "m"), "--text", "a"]) == 2
     assert "encoder-decoder" in capsys.readouterr().err
+
+
+def test_a_value_that_is_not_utf8_is_one_line_naming_its_flag(capsys):
+    # bytes that are not UTF-8 reach Python's argv as lone surrogates ("caf\xe9" in Latin-1 -> "caf\udce9")
+    assert main(["info", "--preset", "caf\udce9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "qkv info: error: --preset: byte e9 at character 3 is not valid UTF-8; expected UTF-8 text"

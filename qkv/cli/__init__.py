@@ -18,7 +18,7 @@ from ..config import join_negative_values
 from ..config_args import OneLineParser, one_line
 from . import bench, convert, demo, explore, generate, info, plot, tokenize, train, translate
 from . import eval as evaluate  # the module of `qkv eval`, not the builtin
-from .common import CLIError, Command, Notes
+from .common import CLIError, Command, Notes, check_utf8
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "CLIError"]
 
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
         return 0
     Notes.said = set()
     try:
+        check_utf8(args)
         return COMMANDS[args.command].run(args) or 0
     except KeyboardInterrupt as e:  # a training run inside (qkv demo) says what it saved, and which signal
         print(f"qkv {args.command}: {e}" if str(e) else "qkv: interrupted", file=sys.stderr)

@@ -11,7 +11,7 @@ from ..config_args import CLIError
 from ..data import read_lines
 from ..repetition import describe, repetition
 
-__all__ = ["CLIError", "Command", "warn_once", "positive_flag", "encode", "warn_loop", "limit_and_eos", "on_one_line",
+__all__ = ["CLIError", "Command", "warn_once", "positive_flag", "check_utf8", "encode", "warn_loop", "limit_and_eos", "on_one_line",
            "file_lines"]
 
 
@@ -38,6 +38,21 @@ def warn_once(key: str, text: str) -> None:
 def positive_flag(value, flag: str, *, zero_ok: bool = False) -> None:
     if value is not None and value < (0 if zero_ok else 1):
         raise CLIError(f"{flag} {value}: expected an int >= {0 if zero_ok else 1}")
+
+
+def check_utf8(args) -> None:
+    """Refuse, in one line naming the flag, a command-line value that is not UTF-8: Python keeps such bytes as lone
+    surrogates, which no tokenizer, JSON file or terminal can take."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raw = text.encode("utf-8", "surrogateescape")[e.start:e.start + 1].hex()
+                raise CLIError(f"--{name.replace('_', '-')}: byte {raw} at character {e.start} is not valid UTF-8; "
+                               f"expected UTF-8 text") from None
 
 
 def encode(tok, text: str, flag: str, *, add_special: bool = False) -> list[int]:
