@@ -84,10 +84,10 @@ def _generate_one(args, model, tok, prompt, hf, config, spec):
             raise CLIError("--prompt is empty and the tokenizer has no BOS token to start from")
         ids = [tok.bos_id]
     input_ids = torch.tensor([ids])
-    _say_sliding(model, len(ids), config)
     if config.num_beams > 1 or config.num_return_sequences > 1 or spec or config.prompt_lookup_num_tokens or \
             args.show_scores:
         out = _generate_at_once(args, model, input_ids, config, spec)
+        _say_sliding(model, len(ids), config)  # said once the run went ahead: a refusal stays one line
         rows, scores = (out.sequences, out.sequences_scores.tolist()) if args.show_scores else (out, None)
         for r, row in enumerate(rows.tolist()):
             # --hf: transformers' batch_decode(skip_special_tokens=True) of prompt + continuation
@@ -113,6 +113,7 @@ def _generate_one(args, model, tok, prompt, hf, config, spec):
         final = tok.decode(ids + generated)
         print(final[len(shown):] if final.startswith(shown) else "\n" + final, end="")
     print()
+    _say_sliding(model, len(ids), config)  # after the text: a refusal stays one line, the stream one block
     warn_loop(f"--prompt {prompt!r}", generated, *limit_and_eos(config, model, len(ids)), tok=tok)
     return 0
 
