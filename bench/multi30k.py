@@ -101,49 +101,44 @@ def train_transformer(args, tok, common: dict, sources: list[str], refs: list[st
     config = qkv.preset(args.preset, **sizes, vocab_size=tok.vocab_size, max_positions=128, pad_token_id=tok.pad_id,
                         bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id,
                         prenorm=True)
-    steps = args.max_steps
-    if steps is None:  # a short probe measures the step time, then the budget sets the step count
-        probe = train(config, TrainConfig(**{**common, "progress": False}, out_dir=f"{args.out}/probe",
-                                          max_steps=20, eval_every=0), tokenizer=tok)
-        per_step = probe.wall_s / probe.steps
-        steps = max(50, int(args.minutes * 60 / per_step))
-        print(f"probe: {per_step:.2f} s/step -> {steps} steps for {args.minutes} minutes")
-    out = Path(args.out) / "run"
-    summary = train(config, TrainConfig(**common, out_dir=str(out), max_steps=steps, eval_every=max(steps // 4, 1),
-                                        resume=(out / "latest").is_file()), tokenizer=tok)
-    model = qkv.load(summary.checkpoint).to(args.device).eval()
-    started = time.time()
-    hyps = translate(model.cpu() if cpu else model, tok, sources, num_beams=args.beams, max_new_tokens=80)
-    score = bleu(hyps, refs)
-    return dict(model=sizes, params=model.num_parameters(), steps=summary.steps,
-                train_minutes=round(summary.wall_s / 60, 2), val_loss=summary.val_loss,
-                bleu=None if score is None else round(score, 2), decode_s=round(time.time() - started, 1)), hyps
+    model, result, hyps = train_and_score(config, "run", args, tok, common, sources, refs)
+    return dict(model=sizes, **result), hyps
 
 
 def train_rnn(args, tok, common: dict, sources: list[str], refs: list[str]) -> tuple[dict, list[str]]:
     """--rnn: the recurrent preset at CPU sizes on a CPU, trained and scored as the Transformer was; returns (its
     result, its translations of the test sources)."""
-    cpu = args.device == "cpu"
-    n = args.rnn_d_model or (256 if cpu else None)
+    n = args.rnn_d_model or (256 if args.device == "cpu" else None)
     sizes = {} if n is None else dict(d_model=n, rnn_embed_dim=n, d_ff=n)  # RNNsearch's maxout: 2l = d_model
     config = qkv.preset(args.rnn, **sizes, vocab_size=tok.vocab_size, max_positions=128, pad_token_id=tok.pad_id,
                         bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id,
                         dropout=0.2)
+    model, result, hyps = train_and_score(config, "rnn", args, tok, common, sources, refs)
+    return dict(preset=args.rnn, stack=model.stack(), **result), hyps
+
+
+def train_and_score(config, name: str, args, tok, common: dict, sources: list[str], refs: list[str]):
+    """Train ``config`` into OUT/name for --max-steps, or for --minutes from a 20-step probe of its own (so every
+    model gets the same time), then decode the test sources with beam search and score them. Returns (the model,
+    its numbers, its translations)."""
     steps = args.max_steps
-    if steps is None:  # the same minutes, from its own probe
-        probe = train(config, TrainConfig(**{**common, "progress": False}, out_dir=f"{args.out}/rnn-probe",
+    if steps is None:  # a short probe measures the step time, then the budget sets the step count
+        probe = train(config, TrainConfig(**{**common, "progress": False}, out_dir=f"{args.out}/{name}-probe",
                                           max_steps=20, eval_every=0), tokenizer=tok)
-        steps = max(50, int(args.minutes * 60 * probe.steps / probe.wall_s))
-    out = Path(args.out) / "rnn"
+        per_step = probe.wall_s / probe.steps
+        steps = max(50, int(args.minutes * 60 / per_step))
+        print(f"probe: {per_step:.2f} s/step -> {steps} steps for {args.minutes} minutes ({config.family})")
+    out = Path(args.out) / name
     summary = train(config, TrainConfig(**common, out_dir=str(out), max_steps=steps, eval_every=max(steps // 4, 1),
                                         resume=(out / "latest").is_file()), tokenizer=tok)
     model = qkv.load(summary.checkpoint).to(args.device).eval()
     started = time.time()
-    hyps = translate(model.cpu() if cpu else model, tok, sources, num_beams=args.beams, max_new_tokens=80)
+    hyps = translate(model.cpu() if args.device == "cpu" else model, tok, sources, num_beams=args.beams,
+                     max_new_tokens=80)
     score = bleu(hyps, refs)
-    return dict(preset=args.rnn, stack=model.stack(), params=model.num_parameters(), steps=summary.steps,
-                train_minutes=round(summary.wall_s / 60, 2), val_loss=summary.val_loss,
-                bleu=None if score is None else round(score, 2), decode_s=round(time.time() - started, 1)), hyps
+    return model, dict(params=model.num_parameters(), steps=summary.steps, train_minutes=round(summary.wall_s / 60, 2),
+                       val_loss=summary.val_loss, bleu=None if score is None else round(score, 2),
+                       decode_s=round(time.time() - started, 1)), hyps
 
 
 if __name__ == "__main__":
