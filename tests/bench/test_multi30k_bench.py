@@ -8,12 +8,17 @@ DE = "der die das ein eine mann frau hund katze spielt läuft auf dem im park"
 EN = "the a man woman dog cat plays runs on in park street"
 
 
-def test_the_bench_trains_decodes_and_scores_a_tiny_run(tmp_path, capsys):
-    data = tmp_path / "multi30k"
-    data.mkdir()
+def tiny_multi30k(folder):
+    """A made-up Multi30k folder: {train,val,test_2016_flickr}.{de,en} of 60, 8 and 6 aligned lines."""
+    folder.mkdir()
     for split, lines in (("train", 60), ("val", 8), ("test_2016_flickr", 6)):
-        word_corpus(data / f"{split}.de", DE, lines=lines, per_line=6, seed=len(split))
-        word_corpus(data / f"{split}.en", EN, lines=lines, per_line=5, seed=len(split) + 100)
+        word_corpus(folder / f"{split}.de", DE, lines=lines, per_line=6, seed=len(split))
+        word_corpus(folder / f"{split}.en", EN, lines=lines, per_line=5, seed=len(split) + 100)
+    return folder
+
+
+def test_the_bench_trains_decodes_and_scores_a_tiny_run(tmp_path, capsys):
+    data = tiny_multi30k(tmp_path / "multi30k")
     out = tmp_path / "out"
     assert load_bench("multi30k").main(["--data", str(data), "--max-steps", "2", "--d-model", "32", "--layers", "1",
                                         "--heads", "2", "--vocab", "300", "--max-tokens", "256", "--beams", "2",

@@ -5,15 +5,11 @@ import json
 import pytest
 
 from . import load_bench, word_corpus
-from .test_multi30k_bench import DE, EN
+from .test_multi30k_bench import DE, EN, tiny_multi30k
 
 
 def test_the_rnn_trains_beside_the_transformer_and_is_scored_the_same_way(tmp_path, capsys):
-    data = tmp_path / "multi30k"
-    data.mkdir()
-    for split, lines in (("train", 60), ("val", 8), ("test_2016_flickr", 6)):
-        word_corpus(data / f"{split}.de", DE, lines=lines, per_line=6, seed=len(split))
-        word_corpus(data / f"{split}.en", EN, lines=lines, per_line=5, seed=len(split) + 100)
+    data = tiny_multi30k(tmp_path / "multi30k")
     out = tmp_path / "out"
     assert load_bench("multi30k").main(["--data", str(data), "--max-steps", "2", "--d-model", "32", "--layers", "1",
                                         "--heads", "2", "--vocab", "300", "--max-tokens", "256", "--beams", "2",
