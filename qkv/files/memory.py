@@ -36,12 +36,27 @@ def available_bytes(device=None) -> int:
 
 
 def human(n: float) -> str:
-    """A byte count for messages: "512 B", "1.5 GiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} PiB"
+    """A byte count in binary units, three significant figures: "0 B", "1023 B", "1.00 KiB", "1023 KiB", "1.00 MiB",
+    "25.1 GiB" (messages, ``qkv info``)."""
+    return scaled(n, 1024, (" B", " KiB", " MiB", " GiB", " TiB", " PiB"))
+
+
+def scaled(n: float, base: int, units: tuple[str, ...]) -> str:
+    """``n`` >= 0 in the largest unit (each ``base`` times the one before) that keeps it under ``base``, in three
+    significant figures; a value that rounds up to ``base`` is said in the next unit ("1.00 MiB", not "1024 KiB")."""
+    if n < 0:
+        raise ValueError(f"expected a count >= 0, got {n}")
+    if n < base:
+        return f"{n:.0f}{units[0]}" if n == int(n) else f"{_figures(n)}{units[0]}"
+    for i, unit in enumerate(units[1:], 1):
+        text = _figures(n / base ** i)
+        if float(text) < base or i == len(units) - 1:
+            return f"{text}{unit}"
+    raise AssertionError("unreachable")
+
+
+def _figures(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
 def check_fits(nbytes: float, *, what: str, device=None, limit: int | None = None) -> None:

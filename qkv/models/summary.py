@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..files.memory import human, scaled
 from ..nn.cache import CrossKVCache, KVCache, RecurrentCache
 from ..ops.checks import trusted_values
 from .positions import decodable_positions
@@ -130,30 +131,10 @@ def _per_source(t: torch.Tensor, seq_len: int, text: bool) -> int:
 
 def count_text(n: float) -> str:
     """A count in three significant figures with a decimal suffix: "999", "1.00 K", "242 K", "6.74 B"."""
-    return _scaled(n, 1000, ("", " K", " M", " B", " T"))
+    return scaled(n, 1000, ("", " K", " M", " B", " T"))
 
 
-def bytes_text(n: float) -> str:
-    """A byte count in binary units, three significant figures: "0 B", "1023 B", "1.00 KiB", "1023 KiB", "1.00 MiB",
-    "25.1 GiB"."""
-    return _scaled(n, 1024, (" B", " KiB", " MiB", " GiB", " TiB", " PiB"))
-
-
-def _scaled(n: float, base: int, units: tuple[str, ...]) -> str:
-    if n < 0:
-        raise ValueError(f"expected a count >= 0, got {n}")
-    if n < base:
-        return f"{n:.0f}{units[0]}" if n == int(n) else f"{_figures(n)}{units[0]}"
-    for i, unit in enumerate(units[1:], 1):
-        x = n / base ** i
-        text = _figures(x)
-        if float(text) < base or i == len(units) - 1:  # 1023.7 KiB rounds to 1024: say 1.00 MiB instead
-            return f"{text}{unit}"
-    raise AssertionError("unreachable")
-
-
-def _figures(x: float) -> str:
-    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+bytes_text = human  # bytes in binary units, as every qkv message says them ("1.00 KiB", "25.1 GiB")
 
 
 def _layers(n: int, kind: str) -> str:
