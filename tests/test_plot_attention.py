@@ -135,3 +135,13 @@ def test_info_on_a_checkpoint_reads_its_config_not_its_weights(tmp_path, capsys,
     (folder / "model.safetensors").write_bytes(b"not read")  # info needs only config.json
     assert main(["info", "--checkpoint", str(folder)]) == 0
     assert "stack:            77 (7 rwkv7)" in capsys.readouterr().out and not recwarn.list
+
+
+@pytest.mark.parametrize("what", ["attention", "curves"])
+def test_out_must_be_a_file_matplotlib_writes(tmp_path, capsys, what):
+    # checked before anything is loaded: a folder was written as "<folder>.png" beside it, a .txt failed in matplotlib
+    for out, said in ((tmp_path, "is a folder"), (tmp_path / "a.txt", "expected a file name ending in .png")):
+        assert main(["plot", what, "--checkpoint", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"qkv plot: error: --out {out}: {said}") and "\n" not in err
+    assert sorted(tmp_path.parent.glob(tmp_path.name + "*")) == [tmp_path] and not any(tmp_path.iterdir())

@@ -41,9 +41,24 @@ def _plot_args(p):
 
 
 def _plot(args):
+    out = _out_file(args.out)
     if args.what == "curves":
-        return _curves(args, Path(args.out))
-    return _attention(args, Path(args.out))
+        return _curves(args, out)
+    return _attention(args, out)
+
+
+def _out_file(value: str) -> Path:
+    """--out as the one file to write: not a folder, and a format matplotlib writes (its suffix), checked before
+    any model is loaded."""
+    from matplotlib.backend_bases import FigureCanvasBase  # matplotlib: loaded only when a plot is drawn
+    out = Path(value)
+    if out.is_dir():
+        raise CLIError(f"--out {value}: is a folder; expected the file to write, e.g. {out / 'attention.png'}")
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in kinds:
+        raise CLIError(f"--out {value}: expected a file name ending in .png (or one of "
+                       f"{', '.join('.' + k for k in sorted(kinds))})")
+    return out
 
 
 def _curves(args, out: Path) -> int:
