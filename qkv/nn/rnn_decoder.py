@@ -42,8 +42,9 @@ class RecurrentDecoder(nn.Module):
         input_feeding: feed h~_{t-1} into step t (global and local kinds). half_width: D of the local kinds.
         deep_output: bahdanau: the maxout layer's input size 2l (its output is l). bridge: the size of the
             encoder state the first state is computed from (s_0 = tanh(W_s h), one W_s per layer: a bidirectional
-            encoder's backward state, Bahdanau et al. 2015, A.2.2); None: layer l starts from encoder layer l's
-            final state (Sutskever et al. 2014, Luong et al. 2015), or zeros where the encoder has no layer l.
+            encoder's backward state, Bahdanau et al. 2015, A.2.2; an LSTM's cells likewise, c_0 = tanh(W_c c), as
+            Xu et al. 2015 start both h and c from the image); None: layer l starts from encoder layer l's final
+            state (Sutskever et al. 2014, Luong et al. 2015), or zeros where the encoder has no layer l.
         dropout: on the embeddings, between layers and before the output layer.
 
     Example:
@@ -86,6 +87,10 @@ class RecurrentDecoder(nn.Module):
         elif attention != "none":
             self.combine = Linear(memory_dim + hidden, hidden, bias=False)  # W_c, eq. (5)
         self.bridge = None if bridge is None else nn.ModuleList(Linear(bridge, hidden) for _ in range(n_layers))
+        # an LSTM's cells get a bridge of their own: at c_0 = 0 the source reaches the cell only through h_0, and
+        # the fixed-vector baseline then barely learns (1-3 letter copies: 9.6% exact in 300 steps, the GRU 99.4%)
+        self.cell_bridge = None if bridge is None or cell != "lstm" else nn.ModuleList(
+            Linear(bridge, hidden) for _ in range(n_layers))
         self.head = Linear(out_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
         self.hidden, self.out_dim = hidden, out_dim
@@ -96,9 +101,9 @@ class RecurrentDecoder(nn.Module):
         B, L, N = encoded.memory.shape[0], len(self.cells), self.hidden
         zeros = encoded.memory.new_zeros(B, N)
         if self.bridge is not None:  # s_0 = tanh(W_s h_1 backward), h_1 of the top encoder layer's backward pass
-            backward = encoded.finals[-1][0][:, -1]  # (B, N_enc)
-            h = [torch.tanh(W(backward)) for W in self.bridge]
-            c = [zeros] * L
+            backward_h, backward_c = (f[:, -1] if f is not None else None for f in encoded.finals[-1])  # (B, N_enc)
+            h = [torch.tanh(W(backward_h)) for W in self.bridge]
+            c = [zeros] * L if self.cell_bridge is None else [torch.tanh(W(backward_c)) for W in self.cell_bridge]
         else:  # unidirectional: carry each encoder layer's final (h, c) over
             h = [encoded.finals[i][0][:, 0] if i < len(encoded.finals) else zeros for i in range(L)]
             c = [encoded.finals[i][1][:, 0] if i < len(encoded.finals) and self.lstm else zeros for i in range(L)]

@@ -112,9 +112,9 @@ def decoder_reference(model, src, tgt_in):
     kind, lstm, L = cfg.rnn_attention, cfg.rnn_cell == "lstm", cfg.n_decoder_layers
     memory, finals = encoder_reference(model, src)
     if cfg.rnn_bidirectional == "encoder":  # A.2.2: s_0 = tanh(W_s backward h_1), top encoder layer
-        backward_h1 = finals[-1][1][0]
+        backward_h1, backward_c1 = finals[-1][1]
         h = [torch.tanh(W.weight @ backward_h1 + W.bias) for W in dec.bridge]
-        c = [torch.zeros(N, dtype=F64) for _ in range(L)]
+        c = [torch.tanh(W.weight @ backward_c1 + W.bias) for W in dec.cell_bridge] if lstm else [None] * L
     else:  # each decoder layer starts where its encoder layer ended (Sutskever et al. 2014)
         h = [finals[i][0][0] for i in range(L)]
         c = [finals[i][0][1] for i in range(L)]
