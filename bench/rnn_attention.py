@@ -6,14 +6,16 @@ Claim (issue 24): without attention the decoder sees the source only through one
 falls as sources grow; with attention it reads every source position at every step, and it does not fall.
 
 The task is generated (``qkv/data/alignment_task.py``): strings of letters, 1 to 64 by default, each adjacent pair
-swapped ("abcde" -> "badce"). One letter is one token, so a source of n letters is n + 1 tokens with its EOS; the
+swapped ("abcde" -> "badce"). The training sources have harmonic lengths (every length as many letters, so that the
+fixed-vector RNN, which can hold only short sources, gets enough of them to start learning; with lengths drawn
+uniformly it stays at chance at every length, --lengths uniform); the held-out sources have uniform lengths, every
+length as many pairs. One letter is one token, so a source of n letters is n + 1 tokens with its EOS; the
 true alignment is known, so each attention model's argmax alignment accuracy is reported too (Transformer: its
 last layer's cross-attention, mean of heads). Every model trains through ``qkv.train.train`` (the seq2seq task:
 teacher forcing, label smoothing, checkpoints) for the same time budget (``--minutes``, from a 20-step probe) or
 the same step count (``--steps``), then greedy-decodes the held-out test set with ``qkv.generate``.
 
-    python bench/rnn_attention.py --steps 2000               # CPU: five models, 2000 steps each (docs/benchmarks.md)
-    python bench/rnn_attention.py --steps 4000               # the longer run (the Transformer nearer convergence)
+    python bench/rnn_attention.py --steps 8000               # CPU: five models, 8000 steps each (docs/benchmarks.md)
     python bench/rnn_attention.py --minutes 5                 # or the same wall-clock budget each (a quiet machine)
     python bench/rnn_attention.py --quick                     # a smoke run: tiny models, short sources, seconds
 
@@ -35,7 +37,7 @@ import qkv  # noqa: E402
 from qkv.checkpoint import latest_checkpoint  # noqa: E402
 from qkv.config import TrainConfig  # noqa: E402
 from qkv.data import CharTokenizer  # noqa: E402
-from qkv.data.alignment_task import LETTERS, alignment_accuracy, make_pairs  # noqa: E402
+from qkv.data.alignment_task import LENGTHS, LETTERS, alignment_accuracy, make_pairs  # noqa: E402
 from qkv.tasks.seq2seq import translate  # noqa: E402
 from qkv.train import train  # noqa: E402
 
@@ -64,12 +66,13 @@ def model_config(variant: str, tok, args):
 
 
 def write_data(out: Path, args) -> dict[str, Path]:
-    """train / val / test .tsv files of (source, target) pairs, disjoint seeds."""
+    """train / val / test .tsv files of (source, target) pairs, disjoint seeds; the test set's lengths uniform."""
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    for split, n, seed in (("train", args.train, args.seed), ("val", 200, args.seed + 1),
-                           ("test", args.test, args.seed + 2)):
-        pairs = make_pairs(n, rule=args.rule, min_len=args.min_len, max_len=args.max_len, seed=seed)
+    for split, n, seed, lengths in (("train", args.train, args.seed, args.lengths),
+                                    ("val", 200, args.seed + 1, args.lengths),
+                                    ("test", args.test, args.seed + 2, "uniform")):
+        pairs = make_pairs(n, rule=args.rule, min_len=args.min_len, max_len=args.max_len, lengths=lengths, seed=seed)
         files[split] = out / f"{split}.tsv"
         files[split].write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
     return files
@@ -165,6 +168,9 @@ def main(argv=None) -> int:
     p.add_argument("--rule", default="swap", choices=("swap", "reverse", "copy"))
     p.add_argument("--min-len", type=int, default=1), p.add_argument("--max-len", type=int, default=64)
     p.add_argument("--train", type=int, default=20000, help="training pairs")
+    p.add_argument("--lengths", default="harmonic", choices=LENGTHS,
+                   help="how training source lengths are drawn: harmonic, P(k) ~ 1/k (every length as many letters), "
+                        "or uniform (every length as many pairs); the test set's are uniform either way")
     p.add_argument("--test", type=int, default=800, help="held-out test pairs")
     p.add_argument("--d-model", type=int, default=64, help="RNN state size per direction")
     p.add_argument("--embed", type=int, default=32, help="RNN embedding size")
@@ -224,7 +230,8 @@ def main(argv=None) -> int:
               f"alignment {align}, {info['steps']} steps", flush=True)
     print_table(results, "buckets", "exact match (%) by source length")
     print_table(results, "letters", "letters right (%) by source length")
-    title = (f"'{args.rule}' task, {len(test_pairs)} held-out pairs, greedy decoding; "
+    title = (f"'{args.rule}' task, trained on {args.lengths} lengths 1-{args.max_len}, {len(test_pairs)} held-out "
+             f"pairs, greedy decoding; "
              + (f"{args.steps} steps each" if args.steps else f"{args.minutes:g} min of training each"))
     plot(results, Path(args.figure), title)
     record = {v: {**r, **{k: {f"{lo}-{hi}": b for (lo, hi), b in r[k].items()} for k in ("buckets", "letters")}}

@@ -2,6 +2,7 @@
 the swap task (each adjacent pair of letters swapped) attends, for most output letters, to the source letter it
 copies; the argmax alignment is scored against the task's known one. Untrained, it lands there about one time in
 ten. (bench/rnn_attention.py reports the same accuracy for every variant on sources of up to 64 letters.)"""
+import pytest
 import torch
 
 import qkv
@@ -35,6 +36,19 @@ def test_the_rules_know_their_alignment():
     assert apply_rule("abc", "reverse") == "cba" and apply_rule("abc", "copy") == "abc"
     weights = torch.eye(4)[[1, 0, 3, 2]]  # each row's argmax on the swapped position
     assert alignment_accuracy([weights], [4], "swap") == 1.0 and alignment_accuracy([weights], [4], "copy") == 0.0
+
+
+def test_harmonic_lengths_give_every_length_the_same_share_of_letters():
+    uniform = make_pairs(20000, min_len=1, max_len=16, seed=3)
+    harmonic = make_pairs(20000, min_len=1, max_len=16, lengths="harmonic", seed=3)
+    letters = lambda pairs, k: sum(len(s) for s, _ in pairs if len(s) == k) / sum(len(s) for s, _ in pairs)  # noqa: E731
+    for k in (1, 4, 16):  # each length 1/16 of the letters, to sampling noise
+        assert abs(letters(harmonic, k) - 1 / 16) < 0.01, (k, letters(harmonic, k))
+    assert letters(uniform, 1) < 0.01 and letters(uniform, 16) > 0.1  # uniform pairs: long sources hold the letters
+    assert all(apply_rule(s, "swap") == t and 1 <= len(s) <= 16 for s, t in harmonic)
+    assert make_pairs(50, max_len=9, seed=4) == make_pairs(50, max_len=9, lengths="uniform", seed=4)
+    with pytest.raises(ValueError, match=r"lengths must be one of \('uniform', 'harmonic'\), got 'zipf'"):
+        make_pairs(5, lengths="zipf")
 
 
 def test_a_tiny_model_learns_to_attend_where_the_rule_aligns():
