@@ -156,7 +156,7 @@ def plot(results, path: Path, title: str) -> None:
         ax.set_ylabel(what)
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].legend(fontsize=8, loc="center right")
     fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

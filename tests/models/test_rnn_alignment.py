@@ -54,7 +54,7 @@ def test_harmonic_lengths_give_every_length_the_same_share_of_letters():
 def test_a_tiny_model_learns_to_attend_where_the_rule_aligns():
     torch.manual_seed(0)
     model = qkv.build(qkv.preset("luong-tiny", vocab_size=3 + len(LETTERS), d_model=32, rnn_embed_dim=16, n_layers=1,
-                                 rnn_bidirectional="encoder"))  # seeds 0, 1, 2 reach 1.0, 1.0, 0.9
+                                 rnn_bidirectional="encoder"))  # seeds 0, 1, 2 reach 0.99, 0.74, 1.0
     train = make_pairs(6400, rule="swap", min_len=2, max_len=8, letters=LETTERS, seed=1)
     test = make_pairs(100, rule="swap", min_len=2, max_len=8, letters=LETTERS, seed=2)
     before = _accuracy(model.eval(), test)
