@@ -204,6 +204,8 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--variants: unknown {unknown}; expected some of {', '.join(LABELS)}")
     torch.set_num_threads(args.threads)
+    if not 1 <= args.min_len <= args.max_len:
+        p.error(f"--min-len {args.min_len} --max-len {args.max_len}: need 1 <= min-len <= max-len")
     out = Path(args.out)
     files = write_data(out / "data", args)
     tok = CharTokenizer.train(iter([LETTERS]))

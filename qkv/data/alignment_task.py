@@ -12,6 +12,7 @@ lands on its source position or it does not, and the share that does is a number
 """
 from __future__ import annotations
 
+import itertools
 import random
 
 RULES = ("swap", "reverse", "copy")
@@ -47,10 +48,10 @@ def make_pairs(n: int, *, rule: str = "swap", min_len: int = 1, max_len: int = 6
         raise ValueError(f"lengths must be one of {LENGTHS}, got {lengths!r}")
     rng = random.Random(seed)
     sizes = range(min_len, max_len + 1)
-    weights = [1 / k for k in sizes]
+    cumulative = list(itertools.accumulate(1 / k for k in sizes)) if lengths == "harmonic" else None  # once
     pairs = []
     for _ in range(n):
-        size = rng.randint(min_len, max_len) if lengths == "uniform" else rng.choices(sizes, weights)[0]
+        size = rng.randint(min_len, max_len) if cumulative is None else rng.choices(sizes, cum_weights=cumulative)[0]
         source = "".join(rng.choice(letters) for _ in range(size))
         pairs.append((source, apply_rule(source, rule)))
     return pairs

@@ -25,3 +25,12 @@ def test_the_bench_trains_every_variant_and_writes_table_and_figure(tmp_path, ca
                                              "--variants", "none,local_p"]) == 0
     again = json.loads((out / "result.json").read_text())
     assert again["local_p"]["exact"] == result["local_p"]["exact"] and again["none"]["steps"] == 10
+
+
+def test_lengths_that_contradict_are_one_line(tmp_path, capsys):
+    import pytest
+    with pytest.raises(SystemExit) as stop:
+        load_bench("rnn_attention").main(["--min-len", "5", "--max-len", "3", "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "--min-len 5 --max-len 3: need 1 <= min-len <= max-len" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
