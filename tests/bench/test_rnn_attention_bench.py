@@ -3,6 +3,8 @@ steps, decodes the held-out pairs, and the script writes result.json with exact 
 the alignment accuracy (none for the model without attention) and the figure. No quality is asserted."""
 import json
 
+import pytest
+
 from . import load_bench
 
 
@@ -28,7 +30,6 @@ def test_the_bench_trains_every_variant_and_writes_table_and_figure(tmp_path, ca
 
 
 def test_lengths_that_contradict_are_one_line(tmp_path, capsys):
-    import pytest
     with pytest.raises(SystemExit) as stop:
         load_bench("rnn_attention").main(["--min-len", "5", "--max-len", "3", "--out", str(tmp_path / "out")])
     assert stop.value.code == 2
